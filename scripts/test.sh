@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Install (into ./.venv) and run the test suite. Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+# The HTML report test renders pages in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; its test will be skipped"
+fi
+python -m pytest "$@"

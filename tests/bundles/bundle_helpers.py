@@ -1,0 +1,27 @@
+"""Helpers for running bundles in tests: tiny data, small images, outputs kept out of the repo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundle_config(bundle: str, name: str) -> str:
+    return str(REPO_ROOT / "bundles" / bundle / "configs" / f"{name}.json")
+
+
+def run_bundle(bundle: str, run_id: str, config: str, tmp: Path, **overrides) -> subprocess.CompletedProcess:
+    """`python -m monai.bundle run <run_id>` in a subprocess, as a user runs it, with outputs under ``tmp``."""
+    args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", bundle_config(bundle, config)]
+    overrides = {"ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "output"), **overrides}
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CIT_WEIGHTS_DIR": str(tmp / "weights")}
+    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result

@@ -1,0 +1,134 @@
+"""End to end: the ResNet-18 brain CT bundle trains, resumes, evaluates, infers and exports.
+
+Runs as users do (`python -m monai.bundle run ...` in a subprocess) on tiny synthetic data: 32 px
+inputs, random initialisation, outputs under the test's tmp folder.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
+from toolkit.data import load_datalist, make_synthetic_dataset
+
+BUNDLE = "resnet18_brain_ct"
+TINY = {"image_size": 32, "batch_size": 4, "pretrained": "None"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of training on tiny synthetic data; shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("bundle")
+    datalist = make_synthetic_dataset(tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=1)
+    run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, **TINY)
+    return tmp, datalist
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_writes_checkpoints_history_and_tensorboard(trained):
+    tmp, _ = trained
+    models = tmp / "models"
+    assert (models / "model.pt").is_file()
+    assert (models / "checkpoint_final.pt").is_file()
+    assert json.loads((models / "class_names.json").read_text()) == ["glioma", "meningioma", "pituitary"]
+    state = torch.load(models / "checkpoint_final.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+
+    history = _rows(tmp / "output" / "train" / "training_history.csv")
+    assert [int(r["epoch"]) for r in history] == [1]
+    assert 0.0 <= float(history[0]["val_accuracy"]) <= 1.0 and float(history[0]["train_loss"]) > 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((tmp / "output" / "train").glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train_loss" in tags and "val_accuracy" in tags
+    assert len(acc.Scalars("train_loss")) >= 1
+
+
+def test_resume_continues_at_the_next_epoch(trained, tmp_path):
+    tmp, datalist = trained
+    # resume in a copy so the other tests keep the one-epoch state
+    import shutil
+
+    shutil.copytree(tmp / "models", tmp_path / "models")
+    shutil.copytree(tmp / "output", tmp_path / "output")
+    result = run_bundle(BUNDLE, "training", "train", tmp_path, dataset_dir=datalist, max_epochs=2, resume=True, **TINY)
+    history = _rows(tmp_path / "output" / "train" / "training_history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert history[0] == _rows(tmp / "output" / "train" / "training_history.csv")[0]
+    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
+    assert state["trainer"]["epoch"] == 2
+    assert "Epoch[1]" not in result.stdout + result.stderr or "Epoch[2]" in result.stdout + result.stderr
+
+
+def test_evaluation_files_match_the_test_split(trained):
+    tmp, datalist = trained
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=datalist, image_size=32, batch_size=4)
+    test_items = load_datalist(datalist)["test"]
+    rows = _rows(tmp / "output" / "eval" / "predictions.csv")
+    assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in test_items)
+    for row in rows:
+        probs = [float(row[f"prob_{c}"]) for c in ("glioma", "meningioma", "pituitary")]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert int(row["pred"]) == max(range(3), key=probs.__getitem__)
+    metrics = json.loads((tmp / "output" / "eval" / "metrics.json").read_text())
+    right = sum(r["label"] == r["pred"] for r in rows)
+    assert metrics["accuracy"] == pytest.approx(right / len(rows))
+    assert metrics["num_samples"] == len(rows)
+
+
+def test_inference_rows_match_the_input_files(trained, tmp_path):
+    tmp, datalist = trained
+    inputs = sorted(i["image"] for i in load_datalist(datalist)["test"])
+    folder = tmp_path / "study"
+    for n, path in enumerate(inputs):
+        target = folder / f"sub{n % 2}" / (f"img{n}" + ("" if path.endswith(".dcm") else ".png"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(open(path, "rb").read())  # DICOMs lose their extension on purpose
+    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, image_size=32, inference_dir=tmp_path / "out")
+    rows = _rows(tmp_path / "out" / "predictions.csv")
+    assert sorted(r["image"] for r in rows) == sorted(str(p) for p in folder.rglob("img*"))
+    assert all(r["pred_name"] in ("glioma", "meningioma", "pituitary") for r in rows)
+
+
+def _bundle_cli(*args):
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_metadata_and_network_io_verify_offline():
+    meta = bundle_config(BUNDLE, "metadata")
+    schema = REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"
+    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(schema))
+    _bundle_cli(
+        "verify_net_in_out", "network_def", "--meta_file", meta,
+        "--config_file", bundle_config(BUNDLE, "inference"), "--device", "cpu",
+    )
+
+
+def test_trained_checkpoint_exports_with_equal_outputs(trained):
+    tmp, _ = trained
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config(BUNDLE, "inference"))
+    parser["ckpt_dir"] = str(tmp / "models")
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(torch.load(tmp / "models" / "model.pt", weights_only=True))
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(network, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), network(x), atol=1e-5)

@@ -1,0 +1,39 @@
+"""`cit`: thin sub-commands over the toolkit.
+
+Each command lives in its own module, which defines ``add_parser(subparsers)``; the parser it
+adds sets ``func`` to a callable taking the parsed args and returning the process exit code.
+Modules are imported only when the command line is parsed, so `cit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command modules, in the order `cit --help` lists them
+COMMAND_MODULES = [
+    "toolkit.data.commands",  # cit datalist, cit synth
+    "toolkit.inference.commands",  # cit infer
+    "toolkit.evaluation.commands",  # cit audit, cit report
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from toolkit import __version__
+
+    parser = argparse.ArgumentParser(prog="cit", description="Clinical imaging toolkit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Ignite handlers the bundles attach to MONAI's engines.
+
+MONAI's ``StatsHandler`` / ``TensorBoardStatsHandler`` log per-epoch numbers but write no table a
+person or a report can read back, and ``ClassificationSaver`` writes probabilities without a
+header, class names or labels. These two handlers fill those gaps and nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+
+
+def _write_csv_atomically(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TrainingHistoryWriter:
+    """Keep ``training_history.csv`` (one row per epoch: train/val loss and accuracy, learning rate).
+
+    Attach it to the trainer after ``ValidationHandler`` so the validation metrics of the epoch
+    are there. On a resumed run the rows of earlier epochs are kept.
+    """
+
+    def __init__(self, validator: Engine | None, path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None):
+        self.validator = validator
+        self.path = Path(path)
+        self.optimizer = optimizer
+        self._lr = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._remember_lr)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _remember_lr(self, engine: Engine) -> None:
+        if self.optimizer is not None:
+            self._lr = self.optimizer.param_groups[0]["lr"]
+
+    def _write(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        metrics = dict(engine.state.metrics)
+        if self.validator is not None:
+            metrics.update(self.validator.state.metrics)
+        row = [epoch] + [_scalar(metrics.get(k)) for k in HISTORY_COLUMNS[1:-1]] + [self._lr]
+        rows = [r for r in self._read_rows() if int(r[0]) < epoch]
+        _write_csv_atomically(self.path, HISTORY_COLUMNS, rows + [row])
+
+    def _read_rows(self) -> list[list]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.reader(f))[1:]
+
+
+def _scalar(value):
+    if value is None:
+        return ""
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    return float(value)
+
+
+class PredictionWriter:
+    """Collect per-image probabilities from an evaluator and write ``predictions.csv``.
+
+    The evaluator must run with ``decollate=False`` and postprocessing that turns ``pred`` into
+    probabilities; batches carry ``index`` (see ``toolkit.engines.dataset_items``) which maps
+    back to ``records`` for the image path and patient id. With ``write_metrics`` and labels,
+    the metrics files of ``toolkit.evaluation.metrics`` are written beside it.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: list[str],
+        records: list[dict],
+        write_metrics: bool = False,
+        multi_label: bool = False,
+        filename: str = "predictions.csv",
+    ):
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.records = records
+        self.write_metrics = write_metrics
+        self.multi_label = multi_label
+        self.filename = filename
+        self._probs: list[np.ndarray] = []
+        self._indices: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._probs, self._indices = [], []
+
+    def _collect(self, engine: Engine) -> None:
+        pred = engine.state.output["pred"]
+        index = engine.state.batch["index"]
+        self._probs.append(torch.as_tensor(pred).detach().float().cpu().numpy())
+        self._indices.append(torch.as_tensor(index).cpu().numpy())
+
+    def _write(self, engine: Engine) -> None:
+        if not self._probs:
+            logger.warning("no predictions were made; nothing written")
+            return
+        probs = np.concatenate(self._probs)
+        records = [self.records[i] for i in np.concatenate(self._indices)]
+        has_labels = all("label" in r for r in records)
+        header = ["image", "patient_id"]
+        if has_labels:
+            header += ["label", "label_name"]
+        header += ["pred", "pred_name"] + [f"prob_{name}" for name in self.class_names]
+        rows = []
+        for record, p in zip(records, probs):
+            row = [record["image"], record.get("patient_id", "")]
+            if has_labels:
+                row += [_label_text(record["label"]), self._label_name(record["label"])]
+            pred = (p >= 0.5).astype(int).tolist() if self.multi_label else int(p.argmax())
+            row += [_label_text(pred), self._label_name(pred)] + [f"{v:.6f}" for v in p]
+            rows.append(row)
+        path = self.output_dir / self.filename
+        _write_csv_atomically(path, header, rows)
+        logger.info("wrote %d predictions to %s", len(rows), path)
+        if self.write_metrics and has_labels:
+            self._write_metrics(records, probs)
+
+    def _label_name(self, label) -> str:
+        if isinstance(label, (list, tuple, np.ndarray)):
+            return "|".join(n for n, v in zip(self.class_names, label) if v)
+        return self.class_names[int(label)]
+
+    def _write_metrics(self, records: list[dict], probs: np.ndarray) -> None:
+        from toolkit.evaluation import metrics as evaluation_metrics
+
+        labels = np.asarray([r["label"] for r in records])
+        if self.multi_label:
+            result = evaluation_metrics.multilabel_metrics(labels, probs, self.class_names)
+        else:
+            result = evaluation_metrics.classification_metrics(labels, probs, self.class_names)
+        paths = evaluation_metrics.write_metrics(result, self.output_dir)
+        if "accuracy" in result:
+            logger.info("test accuracy %.4f on %d images", result["accuracy"], len(records))
+        logger.info("metrics written: %s", ", ".join(str(p) for p in paths.values()))
+
+
+def _label_text(label) -> str:
+    if isinstance(label, (list, tuple, np.ndarray)):
+        return "|".join(str(int(v)) for v in label)
+    return str(int(label))

@@ -1,0 +1,136 @@
+"""Small set-up helpers that bundle configs call: where the bundle is, device, network placement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from monai.engines.utils import PrepareBatch, default_prepare_batch
+
+logger = logging.getLogger(__name__)
+
+
+def find_bundle_root(name: str) -> str:
+    """Locate bundle ``name`` so that configs work from the repo root, the bundle folder or anywhere.
+
+    MONAI's ``ConfigWorkflow.run`` puts the bundle folder on ``sys.path`` before it evaluates the
+    config, so that is looked at first; then the working directory and ``./bundles/<name>``.
+    MONAI Label and MONAI Deploy override ``bundle_root`` themselves.
+    """
+    candidates = [Path(p) for p in sys.path if p and Path(p).name == name]
+    candidates += [Path.cwd(), Path.cwd() / "bundles" / name]
+    for path in candidates:
+        if path.name == name and (path / "configs").is_dir():
+            return str(path.resolve())
+    raise FileNotFoundError(
+        f"cannot find bundle '{name}' (looked in sys.path, {Path.cwd()} and ./bundles/{name}); "
+        "pass --bundle_root /path/to/bundle"
+    )
+
+
+def default_device() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True) -> torch.nn.Module:
+    """Move a 2D network to ``device``, in channels_last memory format (faster on GPUs and on this CPU)."""
+    network = network.to(device)
+    if channels_last and _is_2d(network):
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
+class PrepareImageBatch(PrepareBatch):
+    """MONAI's default batch preparation, with the image (only) in channels_last for 2D networks.
+
+    MONAI's ``to_kwargs`` would apply ``memory_format`` to the label too, which fails on 1-D labels.
+    """
+
+    def __init__(self, channels_last: bool = False):
+        self.channels_last = channels_last
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+        if self.channels_last and image.ndim == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, label
+
+
+def prepare_batch_for(network: torch.nn.Module) -> PrepareImageBatch:
+    """The batch preparation matching ``prepare_network``: channels_last images for 2D networks."""
+    return PrepareImageBatch(channels_last=_is_2d(network))
+
+
+def _is_2d(network: torch.nn.Module) -> bool:
+    return not any(isinstance(m, (torch.nn.Conv3d,)) for m in network.modules())
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, required: bool = False) -> str | None:
+    """Newest full-state checkpoint (``checkpoint_epoch=N.pt`` with the largest N, else ``checkpoint_final.pt``).
+
+    With ``required``, a missing checkpoint is an error that says where it was looked for.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    numbered = []
+    for path in ckpt_dir.glob("checkpoint_epoch=*.pt"):
+        match = re.search(r"epoch=(\d+)", path.name)
+        if match:
+            numbered.append((int(match.group(1)), path))
+    if numbered:
+        return str(max(numbered)[1])
+    final = ckpt_dir / "checkpoint_final.pt"
+    if final.is_file():
+        return str(final)
+    if required:
+        raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir} (expected checkpoint_epoch=N.pt)")
+    return None
+
+
+def save_class_names(class_names: list[str], path: str | os.PathLike) -> list[str]:
+    """Write the class names a model was trained with next to its weights; returns them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(list(class_names), indent=1))
+    os.replace(tmp, path)
+    return list(class_names)
+
+
+def load_class_names(path: str | os.PathLike, default: list[str]) -> list[str]:
+    """Class names saved at training time, or ``default`` (the bundle's metadata) when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return list(default)
+    names = json.loads(path.read_text())
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: expected a JSON list of class names")
+    return names
+
+
+def dataset_items(datalist: dict, split: str, with_label: bool = True) -> list[dict]:
+    """The items of one split reduced to what the engines collate: ``image``, ``label``, ``index``.
+
+    ``index`` points back into ``datalist[split]`` so that writers can report the full record
+    (patient id, UIDs...) without every optional key having to survive batch collation.
+    """
+    if split not in datalist or not datalist[split]:
+        raise ValueError(f"the datalist has no items in split '{split}' (splits: {[k for k in datalist if isinstance(datalist[k], list)]})")
+    items = []
+    for index, item in enumerate(datalist[split]):
+        record = {"image": item["image"], "index": index}
+        if with_label:
+            record["label"] = item["label"]
+        items.append(record)
+    return items
+
+
+def to_probabilities(logits: torch.Tensor, temperature: float = 1.0, multi_label: bool = False) -> torch.Tensor:
+    """Logits (``(C,)`` or ``(B, C)``) to probabilities: temperature-scaled softmax, or sigmoid for multi-label."""
+    scaled = logits.float() / float(temperature)
+    return torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)

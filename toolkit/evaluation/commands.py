@@ -1,0 +1,145 @@
+"""`cit audit` (data-set audit, leakage check) and `cit report` (evaluation report)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from toolkit.evaluation.audit import run_audit
+
+    source = Path(args.datalist)
+    out_dir = (
+        Path(args.out_dir) if args.out_dir else (source.parent if source.is_file() else source) / "audit"
+    )
+    build = {
+        k: v
+        for k, v in (("patient_from_name", args.patient_from_name), ("label_from_name", args.label_from_name))
+        if v
+    }
+    report = run_audit(
+        source,
+        out_dir,
+        threshold=args.hamming,
+        transforms=not args.no_transforms,
+        min_correlation=args.min_correlation,
+        workers=args.workers,
+        write_regrouped=not args.no_regroup,
+        seed=args.seed,
+        **build,
+    )
+    leak = report["leakage"]
+    print(
+        f"audited {report['num_items']} images ({len(report['unreadable'])} unreadable) in {report['elapsed_seconds']} s"
+    )
+    for pair, counts in leak["counts_by_split_pair"].items():
+        described = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
+        print(f"  {pair.replace('|', ' / ')}: {described}")
+    print("LEAKAGE FOUND" if leak["found"] else "no leakage found")
+    for name, path in report["outputs"].items():
+        print(f"{name}: {path}")
+    if report.get("regrouped_datalist"):
+        print(
+            f"regrouped datalist (patients and duplicate clusters kept together): {report['regrouped_datalist']}"
+        )
+    return 1 if args.strict and leak["found"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from toolkit.evaluation.report import build_report
+
+    summary = build_report(
+        args.eval_dir,
+        bundle_dir=args.bundle,
+        out_dir=args.out_dir,
+        validation_predictions=args.validation_predictions,
+        history=args.history,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        target_sensitivity=args.target_sensitivity,
+        cam_method=args.cam,
+        n_cam=args.n_cam,
+        save_temperature=args.save_temperature,
+    )
+    for warning in summary["warnings"]:
+        print(f"note: {warning}")
+    cal = summary["calibration"]
+    line = f"ECE {cal['ece_before']:.3f}"
+    if cal.get("temperature") is not None:
+        line += f" -> {cal['ece_after']:.3f} with T = {cal['temperature']:.3f}"
+    print(line)
+    if cal.get("saved_to"):
+        print(f"temperature saved: {cal['saved_to']}")
+    print(f"report: {summary['html']}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Add the ``audit`` and ``report`` sub-commands."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    a = subparsers.add_parser(
+        "audit",
+        help="audit a data set: class balance, image properties, unreadable files, train/test leakage",
+        description=(
+            "Audit a datalist (or a folder / CSV / MedMNIST .npz, turned into one with `cit datalist` rules): "
+            "class balance per split, image sizes / bit depth / modality / photometric interpretation, "
+            "unreadable files, and leakage between splits (shared patients, exact and near-duplicate images). "
+            "Writes audit.json, audit.md and a regrouped datalist that keeps patients and duplicates together."
+        ),
+    )
+    a.add_argument(
+        "--datalist", required=True, help="datalist .json, or a folder / CSV / .npz to build one from"
+    )
+    a.add_argument(
+        "--out-dir", default=None, help="where to write audit.json / audit.md (default: <source>/audit)"
+    )
+    a.add_argument(
+        "--hamming", type=int, default=4, help="max pHash Hamming distance of near-duplicates (default 4)"
+    )
+    a.add_argument("--min-correlation", type=float, default=0.9,
+                   help="min thumbnail correlation confirming a pHash match (default 0.9; 0 keeps all)")  # fmt: skip
+    a.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
+    a.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
+    a.add_argument("--no-regroup", action="store_true", help="do not write datalist_regrouped.json")
+    a.add_argument("--seed", type=int, default=0, help="seed of the regrouped split")
+    a.add_argument("--strict", action="store_true", help="exit with status 1 when leakage is found")
+    a.add_argument("--patient-from-name", default=None, help="patient-id preset when building from a folder")
+    a.add_argument("--label-from-name", default=None, help="label preset when building from a folder")
+    a.set_defaults(func=_audit)
+
+    r = subparsers.add_parser(
+        "report",
+        help="HTML evaluation report: metrics with 95%% CIs, curves, calibration, Grad-CAM",
+        description=(
+            "Build a self-contained HTML report (and PNGs) from an evaluation folder holding predictions.csv: "
+            "metrics with bootstrap confidence intervals, confusion matrices, ROC / PR curves, calibration "
+            "(temperature scaling on validation predictions), operating points, sample images and Grad-CAM."
+        ),
+    )
+    r.add_argument("--eval-dir", required=True, help="folder with predictions.csv (e.g. <output_dir>/eval)")
+    r.add_argument(
+        "--bundle", default=None, help="bundle folder, for Grad-CAM overlays and --save-temperature"
+    )
+    r.add_argument("--out-dir", default=None, help="report folder (default <eval-dir>/report)")
+    r.add_argument("--validation-predictions", default=None,
+                   help="validation predictions.csv (default <eval-dir>/../eval_validation/predictions.csv if present)")  # fmt: skip
+    r.add_argument(
+        "--history",
+        default=None,
+        help="training_history.csv (default <eval-dir>/../train/training_history.csv)",
+    )
+    r.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--target-sensitivity", type=float, default=0.9, help="for the operating points (default 0.9)"
+    )
+    r.add_argument("--cam", choices=("gradcam", "gradcampp"), default="gradcam", help="heat-map method")
+    r.add_argument(
+        "--n-cam", type=int, default=4, help="right and wrong predictions to explain, each (default 4)"
+    )
+    r.add_argument("--save-temperature", action="store_true",
+                   help="save the temperature fitted on validation to <bundle>/models/temperature.json")  # fmt: skip
+    r.set_defaults(func=_report)

@@ -1,0 +1,111 @@
+"""Loading what batch inference needs from a bundle's ``configs/inference.json``.
+
+The same config ids that ``python -m monai.bundle run inference`` evaluates (``preprocessing``,
+``network``, ``ckpt_path``, ``postprocessing``, ``class_names``) are parsed with MONAI's own
+``ConfigParser``, so `cit infer` and the bundle give the same numbers for the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class InferenceBundle:
+    """The parsed parts of a bundle used by :mod:`toolkit.inference.runner`."""
+
+    root: Path
+    name: str
+    version: str
+    class_names: list[str]
+    preprocessing: Any  # callable: {"image": path} -> {"image": tensor, ...}
+    network: torch.nn.Module
+    postprocessing: Any  # callable: {"pred": logits} -> {"pred": probabilities}
+    image_size: tuple[int, ...] | None
+    spatial_dims: int
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply the bundle's postprocessing to one item's logits ``(C,)``; returns probabilities ``(C,)``."""
+        out = self.postprocessing({"pred": logits}) if self.postprocessing is not None else {"pred": logits}
+        pred = out["pred"] if isinstance(out, dict) else out
+        return torch.as_tensor(pred).float().reshape(-1)
+
+
+def load_weights(network: torch.nn.Module, ckpt_path: str | os.PathLike) -> None:
+    """Load ``ckpt_path`` into ``network`` as the bundle's ``CheckpointLoader`` handler does.
+
+    Accepts a plain state dict (``models/model.pt``) or a training checkpoint holding it under
+    ``"model"``. Loading is idempotent, so configs whose ``network`` id loads the weights itself work too.
+    """
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    target = network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+    target.load_state_dict(state, strict=True)
+
+
+def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, device: str | torch.device = "cpu",
+                overrides: dict | None = None) -> InferenceBundle:
+    """Parse ``bundle_dir/configs/inference.json`` (+ ``metadata.json``) into an :class:`InferenceBundle`.
+
+    ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere); ``overrides``
+    are extra ``{id: value}`` pairs, as ``monai.bundle run --id value`` would take.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_dir).resolve()
+    config_file = root / "configs" / "inference.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{root} is not a bundle: {config_file} is missing")
+    meta_file = root / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    if meta_file.is_file():
+        parser.read_meta(str(meta_file))
+    parser["bundle_root"] = str(root)
+    if ckpt_path is not None:
+        parser["ckpt_path"] = str(Path(ckpt_path).resolve())
+    if "device" in parser:
+        parser["device"] = f"$torch.device('{torch.device(device)}')"
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    for required in ("preprocessing", "network", "class_names"):
+        if required not in parser:
+            raise KeyError(f"{config_file}: config id '{required}' is missing")
+    ckpt = parser.get_parsed_content("ckpt_path") if "ckpt_path" in parser else None
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)"
+        )
+
+    network = parser.get_parsed_content("network")
+    if ckpt is not None:
+        load_weights(network, ckpt)
+    network.eval()
+    postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
+    image_size = parser.get_parsed_content("image_size") if "image_size" in parser else None
+    if isinstance(image_size, int):
+        image_size = (image_size,)
+    spatial_dims = int(parser.get_parsed_content("spatial_dims")) if "spatial_dims" in parser else (
+        3 if any(isinstance(m, torch.nn.Conv3d) for m in network.modules()) else 2)
+    if image_size is not None and len(image_size) == 1:
+        image_size = tuple(image_size) * spatial_dims
+    return InferenceBundle(
+        root=root,
+        name=str(meta.get("name", root.name)),
+        version=str(meta.get("version", "")),
+        class_names=[str(c) for c in parser.get_parsed_content("class_names")],
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        network=network,
+        postprocessing=postprocessing,
+        image_size=tuple(int(s) for s in image_size) if image_size is not None else None,
+        spatial_dims=spatial_dims,
+    )

@@ -1,0 +1,136 @@
+"""DICOM Structured Reports of the predictions: one Comprehensive 3D SR per study, built with highdicom.
+
+Each report is a TID 1500 Measurement Report. Every classified image (or frame, or series) is one
+TID 1501 measurement group that references its source instance (and frame), holds the predicted
+class as a qualitative evaluation (concept DCM 121071 "Finding") and the probability of every
+class as a unitless measurement, and names the model (bundle name + version) as the algorithm.
+Class codes use the private coding scheme ``99CIT`` because a bundle's class names are not
+standard codes. UIDs are derived from the study and the model, so rerunning replaces a report
+instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+CODING_SCHEME = "99CIT"
+# Patient / study attributes highdicom copies from the evidence into the SR (Type 2 there).
+_TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+MANUFACTURER = "clinical-imaging-toolkit"
+
+
+def _class_code(index: int, name: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=f"class-{index}", scheme_designator=CODING_SCHEME, meaning=name[:64])
+
+
+def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike, bundle) -> list[Path]:
+    """Write one SR per study for the successful DICOM results; returns the files written.
+
+    ``results`` holds ``(InputItem, row)`` pairs as produced by the runner; rows whose status is not
+    ``ok`` or whose input is not DICOM are left out.
+    """
+    by_study: dict[str, list[tuple]] = {}
+    for item, row in results:
+        if row.get("status") == "ok" and item.kind == "dicom" and item.study_instance_uid:
+            by_study.setdefault(item.study_instance_uid, []).append((item, row))
+    written = []
+    for study_uid, entries in by_study.items():
+        path = Path(folder) / f"{study_uid}.dcm"
+        write_report(entries, path, bundle)
+        written.append(path)
+    return written
+
+
+def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> None:
+    """Build the SR of one study from ``(InputItem, row)`` pairs and write it atomically to ``path``."""
+    import highdicom as hd
+    import pydicom
+    from highdicom.sr import (
+        AlgorithmIdentification,
+        CodedConcept,
+        DeviceObserverIdentifyingAttributes,
+        Measurement,
+        MeasurementReport,
+        MeasurementsAndQualitativeEvaluations,
+        ObservationContext,
+        ObserverContext,
+        QualitativeEvaluation,
+        SourceImageForMeasurementGroup,
+        TrackingIdentifier,
+    )
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from toolkit.inference.writers import atomic_write_bytes
+
+    headers: dict[str, pydicom.Dataset] = {}
+
+    def header(file: str) -> pydicom.Dataset:
+        if file not in headers:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+            for keyword in _TYPE2_FROM_EVIDENCE:  # often absent in real files; empty is valid for Type 2
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+            headers[file] = ds
+        return headers[file]
+
+    study_uid = entries[0][0].study_instance_uid
+    seed = [study_uid, bundle.name, bundle.version]
+    algorithm = AlgorithmIdentification(name=bundle.name, version=bundle.version or "unversioned")
+    groups = []
+    for number, (item, row) in enumerate(entries, start=1):
+        files = item.files or [item.abs_path]
+        frames = [item.frame + 1] if item.frame is not None else None
+        sources = [SourceImageForMeasurementGroup.from_source_image(header(f), referenced_frame_numbers=frames)
+                   for f in files]
+        pred = int(row["pred"])
+        measurements = [
+            Measurement(
+                name=CodedConcept(f"prob-{i}", CODING_SCHEME, f"Probability of {name}"[:64]),
+                value=float(row[f"prob_{name}"]),
+                unit=CodedConcept("1", "UCUM", "no units"),
+                algorithm_id=algorithm,
+            )
+            for i, name in enumerate(bundle.class_names)
+        ]
+        groups.append(MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[*seed, item.key]), identifier=f"Classification {number}"),
+            algorithm_id=algorithm,
+            qualitative_evaluations=[QualitativeEvaluation(name=codes.DCM.Finding,
+                                                           value=_class_code(pred, bundle.class_names[pred]))],
+            measurements=measurements,
+            source_images=sources,
+        ))
+    observer = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[bundle.name, bundle.version]),
+            name=f"{bundle.name} {bundle.version}".strip()[:64], manufacturer_name=MANUFACTURER),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=CodedConcept("363679005", "SCT", "Imaging procedure"),
+        imaging_measurements=groups,
+    )
+    evidence = list(headers.values())
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=generate_uid(entropy_srcs=[*seed, "series"]),
+        series_number=9000,
+        sop_instance_uid=generate_uid(entropy_srcs=[*seed, "instance"]),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"AI classification: {bundle.name}"[:64],
+    )
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,268 @@
+"""Finding the inputs of a batch-inference run: one work item per image (or per series / frame).
+
+Files are recognised by content where it matters (DICOM without an extension is common in PACS
+exports). Every DICOM header is read once here, without pixel data, so that inputs can be filtered
+(modality, SOP class, body part), grouped by series and keyed for resuming; anything that cannot be
+an input becomes an item that is already decided (status ``error`` or ``skipped``) with a one-line
+reason, so that every file the user gave gets exactly one row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind
+
+# File name endings that never hold an image: ignored without a row (counted in the summary).
+_IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+@dataclass
+class InputItem:
+    """One unit of work; becomes exactly one row of the output."""
+
+    path: str  # relative to the input root ('/'-separated); the key users see in the CSV
+    abs_path: str
+    kind: str  # dicom | nifti | raster | unknown
+    size: int = 0
+    mtime_ns: int = 0
+    frame: int | None = None  # 0-based frame of a multi-frame instance when frames are split
+    number_of_frames: int = 1
+    files: list[str] = field(default_factory=list)  # series mode: the instances in slice order
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    modality: str = ""
+    body_part: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    status: str | None = None  # set when decided without inference (error / skipped)
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        """Resume key: the same file (path, size, mtime) and frame is not processed twice."""
+        frame = "" if self.frame is None else str(self.frame)
+        return f"{self.path}|{self.size}|{self.mtime_ns}|{frame}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DicomFilters:
+    """Which DICOM inputs to classify; empty tuples accept everything."""
+
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()  # UIDs or keywords such as CTImageStorage
+    body_parts: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.modalities or self.sop_classes or self.body_parts)
+
+    def rejection(self, item: InputItem) -> str | None:
+        """Why ``item`` is filtered out, or None if it passes."""
+        if item.kind != "dicom":
+            return f"not DICOM ({item.kind}) and DICOM filters were given"
+        if self.modalities and item.modality.upper() not in {m.upper() for m in self.modalities}:
+            return f"modality '{item.modality}' not in {list(self.modalities)}"
+        if self.sop_classes and not _sop_class_matches(item.sop_class_uid, self.sop_classes):
+            return f"SOP class {_sop_class_name(item.sop_class_uid)} not in {list(self.sop_classes)}"
+        if self.body_parts and item.body_part.upper() not in {b.upper() for b in self.body_parts}:
+            return f"body part '{item.body_part}' not in {list(self.body_parts)}"
+        return None
+
+
+def _sop_class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name if uid else "(none)"
+
+
+def _sop_class_matches(uid: str, wanted: Iterable[str]) -> bool:
+    from pydicom.uid import UID
+
+    keyword = UID(uid).keyword if uid else ""
+    return any(w == uid or (keyword and w.lower() == keyword.lower()) for w in wanted)
+
+
+def _is_candidate(path: Path) -> bool:
+    """Files that should be images: known image extensions, no extension (PACS style) or DICOM content."""
+    name = path.name.lower()
+    if name.endswith(_IMAGE_SUFFIXES) or "." not in name:
+        return True
+    return file_kind(path) == "dicom"
+
+
+def walk_files(root: str | os.PathLike) -> tuple[list[Path], int]:
+    """Candidate image files below ``root`` (sorted, hidden entries skipped) and the count of other files."""
+    root = Path(root)
+    if root.is_file():
+        return [root], 0
+    found, ignored = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if _is_candidate(path):
+                found.append(path)
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _read_dicom_header(item: InputItem) -> None:
+    """Fill the DICOM attributes of ``item`` from its header, or mark it as an error."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a property of the file
+        item.status, item.reason = "error", f"unreadable DICOM header: {_one_line(exc)}"
+        return
+    try:
+        item.sop_class_uid = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
+        item.study_instance_uid = str(ds.get("StudyInstanceUID", "") or "")
+        item.series_instance_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        item.sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
+        item.modality = str(ds.get("Modality", "") or "")
+        item.body_part = str(ds.get("BodyPartExamined", "") or "")
+        item.patient_id = str(ds.get("PatientID", "") or "")
+        item.patient_name = str(ds.get("PatientName", "") or "")
+        frames = ds.get("NumberOfFrames", 1)
+        item.number_of_frames = int(frames) if frames not in (None, "") else 1
+    except Exception as exc:  # noqa: BLE001 - invalid values (e.g. NumberOfFrames "1A")
+        item.status, item.reason = "error", f"invalid DICOM attribute: {_one_line(exc)}"
+        return
+    if item.sop_class_uid == _DICOMDIR_SOP_CLASS:
+        item.status, item.reason = "skipped", "DICOMDIR (media directory), not an image"
+    elif "Rows" not in ds or "Columns" not in ds:
+        if not item.sop_class_uid and not item.sop_instance_uid and not ds.get("PixelData"):
+            item.status, item.reason = "error", "not a DICOM image: no DICOM header or image attributes found"
+        else:
+            item.status = "error"
+            item.reason = f"not an image: {_sop_class_name(item.sop_class_uid)} has no Rows/Columns/Pixel Data"
+
+
+def _sort_key_in_series(item: InputItem) -> tuple:
+    """Slice order of an instance: position along the slice normal, else InstanceNumber, else path."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True,
+                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"])
+        pos = [float(v) for v in ds.get("ImagePositionPatient", [])]
+        ori = [float(v) for v in ds.get("ImageOrientationPatient", [])]
+        if len(pos) == 3 and len(ori) == 6:
+            normal = (ori[1] * ori[5] - ori[2] * ori[4], ori[2] * ori[3] - ori[0] * ori[5], ori[0] * ori[4] - ori[1] * ori[3])
+            return (0, sum(p * n for p, n in zip(pos, normal, strict=True)), item.path)
+        number = ds.get("InstanceNumber")
+        if number is not None:
+            return (1, float(number), item.path)
+    except Exception:  # noqa: BLE001 - fall back to the path order
+        pass
+    return (2, 0.0, item.path)
+
+
+def discover_inputs(
+    root: str | os.PathLike,
+    filters: DicomFilters | None = None,
+    frames: str = "reject",
+    series_mode: bool = False,
+) -> tuple[list[InputItem], int]:
+    """Work items for every candidate file below ``root`` and the number of non-image files ignored.
+
+    ``frames``: what to do with multi-frame DICOM for 2D models: ``reject`` (one error row) or
+    ``each`` (one item per frame). ``series_mode`` (3D models): valid DICOM instances of a series
+    become one item listing its files in slice order; NIfTI stays one item per file.
+    """
+    filters = filters or DicomFilters()
+    root = Path(root)
+    paths, ignored = walk_files(root)
+    base = root if root.is_dir() else root.parent
+    items: list[InputItem] = []
+    for path in paths:
+        rel = path.relative_to(base).as_posix()
+        item = InputItem(path=rel, abs_path=str(path.resolve()), kind="unknown")
+        try:
+            stat = path.stat()
+            item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
+        except OSError as exc:
+            item.status, item.reason = "error", f"cannot stat file: {_one_line(exc)}"
+            items.append(item)
+            continue
+        if item.size == 0:
+            item.status, item.reason = "error", "empty file (0 bytes)"
+            items.append(item)
+            continue
+        if not os.access(path, os.R_OK):
+            item.status, item.reason = "error", "file is not readable (permission denied)"
+            items.append(item)
+            continue
+        item.kind = file_kind(path) or "unknown"
+        if item.kind == "unknown":
+            item.status, item.reason = "error", "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG)"
+        elif item.kind == "dicom":
+            _read_dicom_header(item)
+        if item.status is None and filters.active:
+            why = filters.rejection(item)
+            if why:
+                item.status, item.reason = "skipped", f"filtered out: {why}"
+        items.extend(_expand_frames(item, frames) if not series_mode else [item])
+    if series_mode:
+        items = _group_series(items)
+    return items, ignored
+
+
+def _expand_frames(item: InputItem, frames: str) -> list[InputItem]:
+    if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1:
+        return [item]
+    if frames == "each":
+        return [InputItem(**{**item.to_dict(), "frame": f}) for f in range(item.number_of_frames)]
+    item.status = "error"
+    item.reason = f"multi-frame instance ({item.number_of_frames} frames) given to a 2D model; use --frames each"
+    return [item]
+
+
+def _group_series(items: Sequence[InputItem]) -> list[InputItem]:
+    """Replace the valid DICOM instances of each series by one item holding the series' files in order."""
+    series: dict[str, list[InputItem]] = {}
+    out: list[InputItem] = []
+    for item in items:
+        if item.kind == "dicom" and item.status is None and item.series_instance_uid:
+            if item.series_instance_uid not in series:
+                series[item.series_instance_uid] = []
+                out.append(item)  # placeholder keeps the position of the series' first file
+            series[item.series_instance_uid].append(item)
+        else:
+            out.append(item)
+    grouped = []
+    for item in out:
+        members = series.get(item.series_instance_uid) if item.kind == "dicom" and item.status is None else None
+        if not members:
+            grouped.append(item)
+            continue
+        members = sorted(members, key=_sort_key_in_series)
+        first = members[0]
+        grouped.append(InputItem(**{
+            **first.to_dict(),
+            "files": [m.abs_path for m in members],
+            "size": sum(m.size for m in members),
+            "mtime_ns": max(m.mtime_ns for m in members),
+            "sop_instance_uid": "",
+            "path": str(Path(first.path).parent.as_posix()) + f"/[series {first.series_instance_uid}]",
+        }))
+    return grouped

@@ -1,0 +1,531 @@
+"""Batch inference over a folder: discovery -> resumable, sharded, fault-tolerant prediction -> outputs.
+
+Flow of :func:`run_inference`:
+
+1. rank 0 takes the output lock, discovers the inputs and drops those already in the journals
+   (resume); under ``torchrun`` it broadcasts the work list and every rank takes ``pending[rank::world]``;
+2. each rank feeds its share through a ``torch.utils.data.DataLoader`` whose dataset returns an
+   error record instead of raising, runs the bundle's network batch by batch and appends the rows
+   of each batch to its own journal (flushed + fsynced);
+3. rank 0 merges all journals into ``predictions.csv`` / ``predictions.jsonl`` (temp + rename),
+   optionally writes one DICOM SR per study, and prints a summary by status.
+
+Exit codes (also in `cit infer --help`): 0 every input processed (``ok`` or ``skipped``),
+3 some inputs failed (rows with status ``error``), 4 another run holds the output folder,
+1 the run itself failed (bundle not loadable, a process died before all rows were written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.inference.bundle import InferenceBundle, load_bundle
+from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs
+from toolkit.inference.locking import LockedError, OutputLock
+from toolkit.inference.writers import (
+    ResultJournal,
+    all_part_paths,
+    part_path,
+    read_journals,
+    write_final_outputs,
+)
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_INPUTS_FAILED = 3
+EXIT_LOCKED = 4
+
+BASE_COLUMNS = ["path", "kind", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+                "modality", "status", "reason", "pred", "pred_name"]
+MODEL_COLUMNS = ["model_name", "model_version"]
+PATIENT_COLUMNS = ["patient_id", "patient_name"]
+
+
+@dataclass
+class InferenceOptions:
+    """Everything `cit infer` can be told; see ``toolkit.inference.commands`` for the meaning of each."""
+
+    bundle: str
+    input: str
+    output: str
+    ckpt_path: str | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    workers: int = 2
+    filters: DicomFilters = field(default_factory=DicomFilters)
+    frames: str = "reject"  # reject | each  (multi-frame DICOM for 2D models)
+    include_patient_info: bool = False
+    dicom_sr: bool = False
+    gradcam: bool = False
+    retry_errors: bool = False
+    progress: bool = True
+    verbose: bool = False
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``exit_code`` is what `cit infer` returns."""
+
+    counts: dict[str, int]
+    processed_now: int
+    already_done: int
+    ignored_files: int
+    exit_code: int
+    csv_path: Path | None = None
+    sr_paths: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _resolve_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but no GPU is available")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(device)
+
+
+def _broadcast(obj, world: int):
+    if world == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# data loading: one record per item, never an exception
+
+
+class InferenceDataset(torch.utils.data.Dataset):
+    """Runs the bundle's preprocessing on one work item; failures become ``{"error": reason}`` records."""
+
+    def __init__(self, items: list[InputItem], preprocessing, expected_spatial: tuple[int, ...] | None):
+        self.items = items
+        self.preprocessing = preprocessing
+        self.expected_spatial = expected_spatial
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        record = {"index": index, "image": None, "error": None}
+        try:
+            record["image"] = self._load(item)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
+            record["error"] = _reason(exc, item.abs_path)
+        return record
+
+    def _load(self, item: InputItem) -> torch.Tensor:
+        source = item.files if item.files else item.abs_path
+        if item.frame is None:
+            out = self.preprocessing({"image": source})
+        else:
+            with select_dicom_frame(self.preprocessing, item.frame):
+                out = self.preprocessing({"image": source})
+        image = out["image"] if isinstance(out, dict) else out
+        image = torch.as_tensor(image).as_subclass(torch.Tensor).float()
+        if self.expected_spatial is not None and tuple(image.shape[1:]) != tuple(self.expected_spatial):
+            raise ValueError(f"wrong dimensions: preprocessed image has shape {tuple(image.shape)}, "
+                             f"the network expects (C, {', '.join(map(str, self.expected_spatial))})")
+        if not torch.isfinite(image).all():
+            raise ValueError("image contains NaN or infinite values")
+        return image
+
+
+@contextlib.contextmanager
+def select_dicom_frame(preprocessing, frame: int):
+    """Make the DICOM reader(s) inside ``preprocessing`` decode ``frame`` for the duration of the block.
+
+    The bundle's chain fixes the reader's ``frame`` option; `--frames each` needs it per item. Each
+    DataLoader worker has its own copy of the chain and handles one item at a time, so this is safe.
+    """
+    readers = _find_dicom_readers(preprocessing)
+    if not readers:
+        raise ValueError("the bundle's preprocessing has no toolkit DicomReader, so single frames cannot be chosen")
+    saved = [r.frame for r in readers]
+    for r in readers:
+        r.frame = frame
+    try:
+        yield
+    finally:
+        for r, f in zip(readers, saved, strict=True):
+            r.frame = f
+
+
+def _find_dicom_readers(obj, depth: int = 0) -> list:
+    """DicomReader instances reachable through Compose / LoadImage(d) / MedicalImageReader attributes."""
+    from toolkit.transforms.readers import DicomReader
+
+    if isinstance(obj, DicomReader):
+        return [obj]
+    if depth > 6 or obj is None:
+        return []
+    found = []
+    for attr in ("transforms", "_loader", "readers", "dicom"):
+        value = getattr(obj, attr, None)
+        for child in (value if isinstance(value, (list, tuple)) else [value]):
+            if child is not None and child is not obj:
+                found += _find_dicom_readers(child, depth + 1)
+    return found
+
+
+def _reason(exc: BaseException, path: str | None = None) -> str:
+    """One line: the root cause (MONAI wraps transform errors in RuntimeError), without the file path."""
+    while exc.__cause__ is not None and isinstance(exc, RuntimeError) and "applying transform" in str(exc):
+        exc = exc.__cause__
+    reason = getattr(exc, "reason", None)  # toolkit ImageReadError / DicomReadError: message minus file
+    text = reason if isinstance(reason, str) else " ".join(str(exc).split())
+    if path:
+        text = text.replace(path, "<file>")
+    if isinstance(reason, str):
+        return text[:400]
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:400]
+
+
+def _collate(records: list[dict]) -> list[dict]:
+    return records  # stacking happens in the main process, after bad records are set aside
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+
+
+def _columns(bundle: InferenceBundle, options: InferenceOptions) -> list[str]:
+    columns = list(BASE_COLUMNS) + [f"prob_{c}" for c in bundle.class_names] + MODEL_COLUMNS
+    if options.gradcam:
+        columns.append("gradcam")
+    if options.include_patient_info:
+        columns += PATIENT_COLUMNS
+    return columns
+
+
+def _base_row(item: InputItem, bundle: InferenceBundle, options: InferenceOptions) -> dict:
+    row = {
+        "key": item.key, "path": item.path, "kind": item.kind, "frame": item.frame,
+        "study_instance_uid": item.study_instance_uid, "series_instance_uid": item.series_instance_uid,
+        "sop_instance_uid": item.sop_instance_uid, "modality": item.modality,
+        "status": item.status, "reason": item.reason, "pred": None, "pred_name": None,
+        "model_name": bundle.name, "model_version": bundle.version,
+    }
+    for name in bundle.class_names:
+        row[f"prob_{name}"] = None
+    if options.include_patient_info:
+        row["patient_id"], row["patient_name"] = item.patient_id, item.patient_name
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def run_inference(options: InferenceOptions) -> RunSummary:
+    """Run `cit infer` with ``options`` (in one process, or as one rank under torchrun)."""
+    started = time.perf_counter()
+    world, rank, local_rank = _dist_env()
+    output = Path(options.output)
+    device = _resolve_device(options.device, local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(hours=24))
+
+    lock = OutputLock(output)
+    plan = None
+    if rank == 0:
+        try:
+            lock.acquire()
+            plan = _plan(options)
+        except LockedError as exc:
+            plan = {"locked": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - tell the other ranks before failing
+            plan = {"failed": f"{type(exc).__name__}: {exc}"}
+    plan = _broadcast(plan, world)
+    if "locked" in plan:
+        if rank == 0:
+            print(f"cit infer: {plan['locked']}", file=sys.stderr)
+        return RunSummary({}, 0, 0, 0, EXIT_LOCKED)
+    if "failed" in plan:
+        if rank == 0:
+            lock.release()
+        raise RuntimeError(plan["failed"])
+
+    try:
+        bundle = load_bundle(options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides)
+        items: list[InputItem] = plan["items"]
+        mine = [items[i] for i in plan["pending"][rank::world]]
+        processed = _process(mine, bundle, options, device, part_path(output, rank), lock, rank, world)
+        if world > 1:
+            torch.distributed.barrier()
+        summary = None
+        if rank == 0:
+            summary = _finish(items, bundle, options, processed_now=len(plan["pending"]),
+                              already_done=len(items) - len(plan["pending"]), ignored=plan["ignored"])
+            summary.seconds = time.perf_counter() - started
+        summary = _broadcast(summary, world)
+        if rank != 0:
+            summary.processed_now = processed
+        return summary
+    finally:
+        if rank == 0:
+            lock.release()
+
+
+def _plan(options: InferenceOptions) -> dict:
+    """Rank 0: discover inputs and find the ones no journal has a (final) result for."""
+    if not Path(options.input).exists():
+        raise FileNotFoundError(f"--input {options.input} does not exist")
+    spatial_dims = _bundle_spatial_dims(options.bundle)
+    items, ignored = discover_inputs(options.input, options.filters, frames=options.frames,
+                                     series_mode=spatial_dims == 3)
+    done = read_journals(all_part_paths(options.output))
+    pending = [i for i, item in enumerate(items)
+               if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")]
+    return {"items": items, "pending": pending, "ignored": ignored}
+
+
+def _bundle_spatial_dims(bundle_dir: str) -> int:
+    """2 or 3, read from the config without building anything (decides series grouping)."""
+    import json
+
+    config = json.loads((Path(bundle_dir) / "configs" / "inference.json").read_text())
+    value = config.get("spatial_dims", 2)
+    return value if isinstance(value, int) else 2
+
+
+def _process(items: list[InputItem], bundle: InferenceBundle, options: InferenceOptions, device: torch.device,
+             journal_path: Path, lock: OutputLock, rank: int, world: int) -> int:
+    """Predict ``items`` and journal one row each; returns how many rows were written."""
+    from tqdm.auto import tqdm
+
+    network = _prepare(bundle.network, device)
+    use_amp = device.type == "cuda"
+    cam = _GradCamWriter(bundle, Path(options.output)) if options.gradcam else None
+    decided = [it for it in items if it.status is not None]
+    todo = [it for it in items if it.status is None]
+    written = 0
+    with ResultJournal(journal_path) as journal, tqdm(
+        total=len(items), unit="img", desc=f"cit infer{f' [rank {rank}]' if world > 1 else ''}",
+        disable=not options.progress, position=rank, leave=True, file=sys.stderr, dynamic_ncols=True,
+    ) as bar:
+        if decided:
+            journal.append(_base_row(it, bundle, options) for it in decided)
+            written += len(decided)
+            bar.update(len(decided))
+        if not todo:
+            return written
+        dataset = InferenceDataset(todo, bundle.preprocessing, bundle.image_size)
+        workers = max(0, int(options.workers))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=max(1, options.batch_size), shuffle=False, num_workers=workers,
+            collate_fn=_collate, worker_init_fn=_WorkerInit(lock) if workers else None,
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+        )
+        for records in loader:
+            rows = _predict_batch(records, todo, network, bundle, options, device, use_amp, cam)
+            journal.append(rows)
+            written += len(rows)
+            bar.update(len(rows))
+            if options.verbose:
+                for row in rows:
+                    if row["status"] == "error":
+                        logger.warning("error: %s: %s", row["path"], row["reason"])
+    return written
+
+
+class _WorkerInit:
+    """DataLoader worker set-up: one thread each, and drop the inherited lock descriptor."""
+
+    def __init__(self, lock: OutputLock):
+        self.lock = lock
+
+    def __call__(self, worker_id: int) -> None:
+        torch.set_num_threads(1)
+        self.lock.release_in_child()
+
+
+def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from toolkit.engines import prepare_network
+
+    return prepare_network(network, device).eval()
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def _forward(network, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        return network(x).float().cpu()
+
+
+def _predict_batch(records, items, network, bundle, options, device, use_amp, cam) -> list[dict]:
+    """Rows for one loader batch: errors as recorded, the rest through the network (per item on failure)."""
+    rows = {}
+    good = []
+    for rec in records:
+        item = items[rec["index"]]
+        row = _base_row(item, bundle, options)
+        if rec["error"] is not None:
+            row["status"], row["reason"] = "error", rec["error"]
+        else:
+            good.append(rec)
+        rows[rec["index"]] = row
+    logits = {}
+    # items with the same shape go through the network together; a failing group is retried one by one
+    by_shape: dict[tuple, list[dict]] = {}
+    for rec in good:
+        by_shape.setdefault(tuple(rec["image"].shape), []).append(rec)
+    for group in by_shape.values():
+        try:
+            out = _forward(network, _to_device(torch.stack([r["image"] for r in group]), device), use_amp)
+            logits.update({r["index"]: out[i] for i, r in enumerate(group)})
+        except Exception:  # noqa: BLE001 - isolate the item the network cannot take
+            for r in group:
+                try:
+                    logits[r["index"]] = _forward(network, _to_device(r["image"][None], device), use_amp)[0]
+                except Exception as exc:  # noqa: BLE001
+                    rows[r["index"]]["status"] = "error"
+                    rows[r["index"]]["reason"] = f"network failed on this input: {_reason(exc)}"
+    for rec in good:
+        if rec["index"] not in logits:
+            continue
+        row = rows[rec["index"]]
+        try:
+            probs = bundle.probabilities(logits[rec["index"]])
+            if not torch.isfinite(probs).all():
+                raise ValueError("the network produced non-finite outputs")
+            if probs.numel() != len(bundle.class_names):
+                raise ValueError(f"the network gave {probs.numel()} outputs for {len(bundle.class_names)} classes")
+        except Exception as exc:  # noqa: BLE001
+            row["status"], row["reason"] = "error", _reason(exc)
+            continue
+        pred = int(torch.argmax(probs))
+        row.update(status="ok", reason="", pred=pred, pred_name=bundle.class_names[pred])
+        for name, p in zip(bundle.class_names, probs.tolist(), strict=True):
+            row[f"prob_{name}"] = float(p)
+        if cam is not None:
+            row["gradcam"] = cam.write(items[rec["index"]], rec["image"], pred)
+    return [rows[rec["index"]] for rec in records]
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad-CAM overlays
+
+
+class _GradCamWriter:
+    """Grad-CAM heat maps of the predicted class (MONAI ``GradCAM``), saved as PNG overlays."""
+
+    def __init__(self, bundle: InferenceBundle, output: Path):
+        from monai.visualize import GradCAM
+
+        # a float32 copy on the CPU, so the hooks GradCAM registers never touch the inference model
+        model = copy.deepcopy(bundle.network).float().cpu().to(memory_format=torch.contiguous_format).eval()
+        self.cam = GradCAM(nn_module=model, target_layers=_target_layer(model))
+        self.folder = output / "gradcam"
+
+    def write(self, item: InputItem, image: torch.Tensor, class_index: int) -> str:
+        from PIL import Image
+
+        if image.ndim != 3:
+            return ""  # overlays are for 2D inputs
+        with torch.enable_grad():
+            heat = self.cam(x=image[None].float(), class_idx=class_index)[0, 0].detach().cpu().numpy()
+        base = image.float().mean(0).numpy()
+        base = (base - base.min()) / max(float(base.max() - base.min()), 1e-8)
+        overlay = _blend(base, heat)
+        name = item.path.replace("/", "__") + (f"_frame{item.frame}" if item.frame is not None else "") + ".png"
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay).save(path)
+        return f"gradcam/{name}"
+
+
+def _target_layer(model: torch.nn.Module) -> str:
+    try:
+        from toolkit.networks import gradcam_target_layer
+
+        return gradcam_target_layer(model)
+    except ImportError:
+        # fallback until toolkit.networks provides it: the last convolution of the network
+        names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        if not names:
+            raise ValueError("Grad-CAM needs a convolutional network") from None
+        return names[-1]
+
+
+def _blend(base: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    from matplotlib import colormaps
+
+    coloured = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    grey = np.repeat(base[..., None], 3, axis=-1)
+    return (255 * ((1 - alpha) * grey + alpha * coloured)).clip(0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# merge + summary (rank 0)
+
+
+def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceOptions, processed_now: int,
+            already_done: int, ignored: int) -> RunSummary:
+    output = Path(options.output)
+    records = read_journals(all_part_paths(output))
+    rows = [records[item.key] for item in items if item.key in records]
+    missing = len(items) - len(rows)
+    csv_path = output / "predictions.csv"
+    write_final_outputs(rows, _columns(bundle, options), csv_path, output / "predictions.jsonl")
+    sr_paths = []
+    if options.dicom_sr:
+        from toolkit.inference.dicom_sr import write_study_reports
+
+        by_key = {item.key: item for item in items}
+        sr_paths = write_study_reports([(by_key[r["key"]], r) for r in rows], output / "sr", bundle)
+    counts = Counter(r["status"] for r in rows)
+    if missing:
+        counts["missing"] = missing
+    code = EXIT_RUN_FAILED if missing else EXIT_INPUTS_FAILED if counts.get("error") else EXIT_OK
+    summary = RunSummary(dict(counts), processed_now, already_done, ignored, code, csv_path, sr_paths)
+    _log_summary(summary, len(items))
+    return summary
+
+
+def _log_summary(summary: RunSummary, total: int) -> None:
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
+    lines = [f"cit infer: {total} inputs: {by_status} "
+             f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"]
+    if summary.ignored_files:
+        lines.append(f"  {summary.ignored_files} non-image files ignored")
+    if summary.counts.get("error"):
+        lines.append(f"  see {summary.csv_path} (status 'error', column 'reason') for what failed")
+    if summary.counts.get("missing"):
+        lines.append("  some inputs have no result (a process stopped early); rerun the same command to finish")
+    if summary.sr_paths:
+        lines.append(f"  {len(summary.sr_paths)} DICOM SR report(s) in {summary.sr_paths[0].parent}")
+    lines.append(f"  results: {summary.csv_path}")
+    print("\n".join(lines), file=sys.stderr)

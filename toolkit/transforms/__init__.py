@@ -1,0 +1,52 @@
+"""Transforms: fast readers (DICOM, NIfTI, raster), intensity and augmentation presets, chains."""
+
+from toolkit.transforms.augmentation import (
+    AUGMENTATION_PRESETS,
+    COVID_MINORITY_KINDS,
+    RandGaussianBlurKerneld,
+    augmentation_transforms,
+    covid_minority_synthesis,
+)
+from toolkit.transforms.chains import classification_transforms
+from toolkit.transforms.intensity import INTENSITY_PRESETS, intensity_transforms
+from toolkit.transforms.readers import (
+    DicomReader,
+    DicomReadError,
+    ImageReadError,
+    MedicalImageReader,
+    NiftiReader,
+    RasterReader,
+)
+from toolkit.transforms.utility import (
+    AsChannels,
+    AsChannelsd,
+    LabelToTensord,
+    SelectSlice,
+    SelectSliced,
+    invert_intensity,
+    label_to_tensor,
+)
+
+__all__ = [
+    "AUGMENTATION_PRESETS",
+    "COVID_MINORITY_KINDS",
+    "INTENSITY_PRESETS",
+    "LabelToTensord",
+    "AsChannels",
+    "AsChannelsd",
+    "DicomReadError",
+    "DicomReader",
+    "ImageReadError",
+    "MedicalImageReader",
+    "NiftiReader",
+    "RandGaussianBlurKerneld",
+    "RasterReader",
+    "SelectSlice",
+    "SelectSliced",
+    "augmentation_transforms",
+    "classification_transforms",
+    "covid_minority_synthesis",
+    "intensity_transforms",
+    "invert_intensity",
+    "label_to_tensor",
+]

@@ -1,0 +1,79 @@
+"""Ready-made transform chains for 2D classification."""
+
+from __future__ import annotations
+
+from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized
+
+from toolkit.transforms.augmentation import augmentation_transforms
+from toolkit.transforms.intensity import intensity_transforms
+from toolkit.transforms.readers import MedicalImageReader
+from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced
+
+__all__ = ["classification_transforms"]
+
+
+def classification_transforms(
+    stage: str = "train",
+    image_size: int = 224,
+    channels: int = 3,
+    intensity: str = "minmax",
+    intensity_kwargs: dict | None = None,
+    augmentation: str = "none",
+    augmentation_kwargs: dict | None = None,
+    keys: str = "image",
+    label_key: str | None = "label",
+    spatial_dims: int = 2,
+    dicom_frame: int | str = "reject",
+    nifti_slice: int | str = "middle",
+    reader_max_size: int | None = None,
+    nifti_volume: int | None = None,
+    resize_mode: str = "area",
+) -> Compose:
+    """Transforms for 2D image classification over a datalist entry ``{"image": path, "label": ...}``.
+
+    Steps: load (reader chosen per file by content: :class:`~toolkit.transforms.readers.DicomReader`
+    for DICOM with or without extension, :class:`~toolkit.transforms.readers.NiftiReader` for NIfTI,
+    :class:`~toolkit.transforms.readers.RasterReader` for PNG / JPEG / ...) -> channel first ->
+    middle (or ``nifti_slice``) slice of 3D volumes -> ``channels`` channels (grey repeated to
+    RGB, RGB to grey by luminance) -> resize to ``image_size`` x ``image_size`` -> intensity
+    preset -> (train only) augmentation preset -> float32 tensors.
+
+    Resizing is a plain resize to a square, ignoring the aspect ratio, as in the studies the
+    bundles reproduce. ``resize_mode="area"`` averages pixels when shrinking (anti-aliased) but
+    equals nearest neighbour when enlarging; pass ``"bilinear"`` for tiny inputs.
+    ``reader_max_size`` lets the readers shrink large images by an integer factor right after
+    decoding (both sides stay >= it; set it to ``image_size``): much faster for 2048 px
+    radiographs, with a slightly different (still area-averaged) result.
+
+    Every deterministic step comes before the first random one, so ``CacheDataset`` caches the
+    expensive part. The label (class index or multi-hot list) becomes an int64 scalar / float32
+    vector tensor. Eval chains keep the metadata (``MetaTensor``: file name, SOP / series UIDs);
+    train chains drop it.
+    """
+    if stage not in ("train", "eval"):
+        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if spatial_dims != 2:
+        raise ValueError("classification_transforms builds 2D chains only (spatial_dims=2)")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    intensity_kwargs = dict(intensity_kwargs or {})
+    if intensity == "imagenet":
+        intensity_kwargs.setdefault("channels", channels)
+
+    reader = MedicalImageReader(dicom_frame=dicom_frame, max_size=reader_max_size)
+    steps = [
+        LoadImaged(keys, reader=reader, image_only=True),
+        EnsureChannelFirstd(keys),
+        SelectSliced(keys, axis=-1, index=nifti_slice, volume=nifti_volume),
+        AsChannelsd(keys, channels=channels),
+        Resized(keys, spatial_size=(image_size, image_size), mode=resize_mode),
+        *intensity_transforms(intensity, keys=keys, **intensity_kwargs),
+    ]
+    if stage == "train":
+        steps += augmentation_transforms(
+            augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
+        )
+    steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=stage == "eval"))
+    if label_key:
+        steps.append(LabelToTensord(label_key, allow_missing_keys=True))
+    return Compose(steps)

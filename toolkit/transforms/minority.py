@@ -1,0 +1,95 @@
+"""On-the-fly minority-class synthesis for items made by ``toolkit.data.minority.add_minority_samples``."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from monai.config import KeysCollection
+from monai.transforms import Compose, EnsureTyped, MapTransform, NormalizeIntensityd, Randomizable
+
+from toolkit.transforms.augmentation import (
+    COVID_MINORITY_KINDS,
+    augmentation_transforms,
+    covid_minority_synthesis,
+)
+from toolkit.transforms.chains import classification_transforms
+
+__all__ = ["MinoritySynthesisd", "minority_training_transforms"]
+
+
+class MinoritySynthesisd(Randomizable, MapTransform):
+    """Apply the synthesis named by ``data[kind_key]`` (rotate_crop / invert / blur / noise, see
+    :func:`~toolkit.transforms.augmentation.covid_minority_synthesis`); items whose ``kind_key`` is
+    empty or missing pass unchanged. A random transform, so ``CacheDataset`` caches the steps before it.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        image_size: int = 224,
+        kind_key: str = "synthesis",
+        allow_missing_keys: bool = False,
+        **synthesis_kwargs,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.kind_key = kind_key
+        self.syntheses = {
+            kind: Compose(covid_minority_synthesis(kind, image_size, self.keys, **synthesis_kwargs))
+            for kind in COVID_MINORITY_KINDS
+        }
+
+    def set_random_state(self, seed: int | None = None, state=None) -> MinoritySynthesisd:
+        super().set_random_state(seed, state)
+        for n, synthesis in enumerate(self.syntheses.values()):
+            synthesis.set_random_state(seed=None if seed is None else seed + n, state=state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:  # the sub-transforms draw their own parameters
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        kind = d.get(self.kind_key) or ""
+        if not kind:
+            return d
+        if kind not in self.syntheses:
+            raise ValueError(
+                f"unknown synthesis {kind!r} in item {d.get('image', '')!s}; known: {list(self.syntheses)}"
+            )
+        return self.syntheses[kind](d)
+
+
+def minority_training_transforms(
+    image_size: int = 224,
+    channels: int = 3,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    augmentation: str = "none",
+    augmentation_kwargs: dict | None = None,
+    synthesis_kwargs: dict | None = None,
+    keys: str = "image",
+    **chain_kwargs,
+) -> Compose:
+    """Training chain with minority synthesis: the deterministic part of
+    :func:`~toolkit.transforms.classification_transforms` (load -> channels -> resize -> min-max to
+    [0, 1], cached) -> :class:`MinoritySynthesisd` on the [0, 1] image -> mean / std normalisation ->
+    optional augmentation preset. For items without a synthesis this equals the eval chain with the
+    ``imagenet`` intensity preset (min-max, then ``mean`` / ``std``), plus the augmentation.
+    One flat ``Compose`` so that ``CacheDataset`` can cache up to the first random step.
+    """
+    base = classification_transforms(
+        "train", image_size, channels, intensity="minmax", augmentation="none", keys=keys, **chain_kwargs
+    )
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean / std need {channels} values, got {list(mean)} / {list(std)}")
+    steps = [
+        *base.transforms,
+        MinoritySynthesisd(keys, image_size=image_size, **(synthesis_kwargs or {})),
+        NormalizeIntensityd(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True),
+        *augmentation_transforms(
+            augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
+        ),
+        EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False),
+    ]
+    return Compose(steps)

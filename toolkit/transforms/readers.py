@@ -1,0 +1,650 @@
+"""Image readers for MONAI's ``LoadImage``: a fast DICOM reader, NIfTI and raster readers, and a
+reader that picks the right one by file content.
+
+Conventions (all readers here):
+
+* 2D images come out as ``(rows, cols)`` -- ``(H, W)`` as displayed, the layout torchvision / timm
+  models are pre-trained on -- plus a trailing colour axis for RGB (``original_channel_dim`` is
+  ``"no_channel"`` for grey and ``-1`` for RGB, so ``EnsureChannelFirstd`` gives ``(C, H, W)``).
+  MONAI's own ``PILReader`` / ``PydicomReader`` default to the transposed ``(x, y)`` layout; mixing
+  them with these readers would feed a network transposed images, so the chains only use these.
+* NIfTI volumes keep MONAI's ``(x, y, z)`` voxel layout.
+* Values are float32; for DICOM, bright = dense (MONOCHROME1 and Presentation LUT Shape INVERSE
+  are inverted).
+* Every failure raises :class:`ImageReadError` (:class:`DicomReadError` for DICOM), a
+  ``ValueError`` whose one-line message names the file and the reason.
+
+Why the readers do their I/O in ``get_data`` and not in ``read``: ``LoadImage`` catches any
+exception raised by ``read()`` of a reader given to it and replaces it with a generic
+``RuntimeError`` ("cannot find a suitable reader") that hides the cause. Exceptions from
+``get_data()`` pass through unchanged, so ``read()`` here only records the file names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import ImageReader, NibabelReader
+from monai.utils import ensure_tuple
+
+from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind, is_dicom_file
+
+__all__ = [
+    "ImageReadError",
+    "DicomReadError",
+    "DicomReader",
+    "NiftiReader",
+    "RasterReader",
+    "MedicalImageReader",
+]
+
+PathLike = str | os.PathLike
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the reason (one line)."""
+
+    def __init__(self, filename: PathLike | None, reason: str):
+        self.filename = os.fspath(filename) if filename is not None else None
+        self.reason = " ".join(str(reason).split())  # one line
+        super().__init__(f"{self.filename}: {self.reason}" if self.filename else self.reason)
+
+
+class DicomReadError(ImageReadError):
+    """A DICOM file could not be read (truncated, no pixel data, non-image object, unsupported or
+    corrupt encoding, invalid value ...)."""
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Early shrinking shared by the readers
+# --------------------------------------------------------------------------------------------
+
+
+def shrink_factor(shape: Sequence[int], max_size: int | None) -> int:
+    """Largest integer factor ``k`` with ``ceil(side / k) >= max_size`` for every side (1 = none)."""
+    if not max_size or max_size <= 0:
+        return 1
+    k = max(1, min(int(s) for s in shape) // int(max_size))
+    while k > 1 and any(math.ceil(s / k) < max_size for s in shape):
+        k -= 1
+    return k
+
+
+def box_shrink(arr: np.ndarray, k: int, channel_last: bool = False, rows_per_strip: int = 64) -> np.ndarray:
+    """Average ``k x k`` blocks of ``arr`` (``(H, W)`` or ``(H, W, C)`` with ``channel_last``).
+
+    This is an exact area downsample (edge blocks average only the pixels they cover). It works
+    in strips of rows so a large integer image is never copied to float32 as a whole.
+    """
+    if k <= 1:
+        return arr.astype(np.float32, copy=False)
+    out = []
+    step = k * rows_per_strip
+    for start in range(0, arr.shape[0], step):
+        strip = torch.from_numpy(np.ascontiguousarray(arr[start : start + step])).to(torch.float32)
+        strip = strip.permute(2, 0, 1)[None] if channel_last else strip[None, None]
+        out.append(F.avg_pool2d(strip, k, k, ceil_mode=True)[0])
+    result = torch.cat(out, dim=1)
+    result = result.permute(1, 2, 0) if channel_last else result[0]
+    return result.numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+
+# Names pydicom does not know (yet) for transfer syntaxes it cannot decode.
+_EXTRA_TS_NAMES = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+    "1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression",
+}
+
+# Identifying metadata that is safe to keep (no patient name / ID / birth date in image meta).
+_META_TAGS = {
+    "Modality": "modality",
+    "SOPInstanceUID": "sop_instance_uid",
+    "SeriesInstanceUID": "series_instance_uid",
+    "StudyInstanceUID": "study_instance_uid",
+    "SOPClassUID": "sop_class_uid",
+}
+
+
+@dataclass
+class _Decoded:
+    array: np.ndarray  # (H, W), (H, W, 3) or frames-first (F, H, W) when frame="all"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DicomReader(ImageReader):
+    """Fast DICOM reader for ``LoadImage(d)``: pydicom (+ pylibjpeg / openjpeg plugins) decoding,
+    Modality LUT / rescale, optional VOI LUT, MONOCHROME1 / INVERSE inversion, colour conversion.
+
+    Why our own: MONAI's ``PydicomReader`` spends 3-4x the decoder's time on array copies (six
+    ``np.ascontiguousarray`` calls, ~42 ms for a 2048^2 16-bit image) and on building metadata
+    with ``to_json_dict`` (19-22 ms, it base64-encodes the pixel data); see
+    ``../shared/perf-notes.md``. This reader makes one float32 copy (of the shrunk image when
+    ``max_size`` is set) and keeps only the metadata later steps need.
+
+    Args:
+        frame: what to do with multi-frame objects: an ``int`` frame index, ``"middle"``,
+            ``"all"`` (frames become channels: ``(F, H, W)`` grey, ``(3F, H, W)`` colour in
+            frame-major order) or ``"reject"`` (default: raise :class:`DicomReadError` naming the
+            file and the frame count). Single frames are only decoded when one is selected.
+        apply_voi: apply the VOI LUT / first window centre-width when present (default False:
+            the normalisation presets choose windows, e.g. ``ct_window``, and a stored display
+            window would silently clip the data differently per file).
+        max_size: shrink early: average ``k x k`` blocks (largest integer ``k`` keeping both
+            sides >= ``max_size``) right after decoding, before the float conversion, so a
+            2048 px image headed for 224 px never exists as a full float32 copy. The reported
+            ``spacing`` / ``affine`` / ``spatial_shape`` describe the shrunk grid (spacing x k).
+        force: read files without the DICOM preamble / File Meta (old ACR-NEMA style). The
+            transfer syntax is then taken from the encoding pydicom detects (implicit VR little
+            endian for ACR-NEMA files).
+
+    Metadata: ``spatial_shape``, ``spacing`` (row, col; PixelSpacing, else ImagerPixelSpacing,
+    else 1.0 with ``spacing_source`` "none"), ``affine`` (4x4, scaled with ``spacing``),
+    ``modality``, ``photometric``, ``frames``, ``frame_index``, ``sop_instance_uid``,
+    ``series_instance_uid``, ``study_instance_uid``, ``sop_class_uid``, ``shrink_factor``,
+    ``original_channel_dim``. No patient name / ID.
+    """
+
+    def __init__(
+        self,
+        frame: int | str = "reject",
+        apply_voi: bool = False,
+        max_size: int | None = None,
+        force: bool = True,
+    ):
+        super().__init__()
+        if not (isinstance(frame, int) or frame in ("middle", "all", "reject")):
+            raise ValueError(f"frame must be an int, 'middle', 'all' or 'reject', got {frame!r}")
+        self.frame = frame
+        self.apply_voi = apply_voi
+        self.max_size = max_size
+        self.force = force
+
+    # -- ImageReader API --------------------------------------------------------------------
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True if every file is DICOM by content (extension not needed; ACR-NEMA recognised)."""
+        return all(is_dicom_file(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs) -> Any:
+        """Record the file name(s); decoding happens in :meth:`get_data` (see module docstring)."""
+        names = tuple(os.fspath(f) for f in ensure_tuple(data))
+        return names if len(names) > 1 else names[0]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        """Decode the file(s) recorded by :meth:`read`; several files are stacked as channels."""
+        names = ensure_tuple(img)
+        decoded = [self.decode(name) for name in names]
+        if len(decoded) == 1:
+            return decoded[0].array, decoded[0].meta
+        meta = dict(decoded[0].meta)
+        shape = decoded[0].array.shape
+        for d in decoded[1:]:
+            if d.array.shape != shape:
+                raise DicomReadError(
+                    d.meta["filename_or_obj"], f"shape {d.array.shape} differs from {shape} of {names[0]}"
+                )
+        channels_first = []
+        for d in decoded:
+            channel_dim = d.meta["original_channel_dim"]
+            if channel_dim == "no_channel":
+                channels_first.append(d.array[None])
+            else:
+                channels_first.append(d.array if channel_dim == 0 else np.moveaxis(d.array, -1, 0))
+        meta["original_channel_dim"] = 0
+        return np.concatenate(channels_first), meta
+
+    # -- decoding -----------------------------------------------------------------------------
+    def decode(self, filename: PathLike) -> _Decoded:
+        """Read and decode one DICOM file; any failure raises :class:`DicomReadError`."""
+        try:
+            return self._decode(os.fspath(filename))
+        except DicomReadError:
+            raise
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # anything pydicom / numpy / a plugin raises on bad input
+            raise DicomReadError(filename, f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+    def _decode(self, filename: str) -> _Decoded:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        if not os.path.isfile(filename):
+            raise DicomReadError(filename, "file not found")
+        if not is_dicom_file(filename):
+            raise DicomReadError(filename, "not a DICOM file (no DICM preamble and no recognisable header)")
+        try:
+            ds = pydicom.dcmread(filename, force=self.force)
+        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
+            raise DicomReadError(
+                filename, f"unreadable or truncated DICOM header: {_first_line(exc)}"
+            ) from exc
+
+        self._ensure_transfer_syntax(ds, filename)
+        self._check_pixel_data(ds, filename)
+        n_frames = self._number_of_frames(ds, filename)
+        frame_index = self._frame_index(n_frames, filename)
+        self._trust_j2k_signedness(ds)
+        arr = self._pixels(ds, frame_index, filename)
+        return self._to_output(ds, arr, n_frames, frame_index, filename)
+
+    @staticmethod
+    def _ensure_transfer_syntax(ds, filename: str) -> None:
+        """Files without File Meta (ACR-NEMA / headless): use the encoding pydicom detected."""
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("TransferSyntaxUID"):
+            return
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        if implicit is None:
+            raise DicomReadError(
+                filename, "no Transfer Syntax UID in the File Meta and the encoding cannot be determined"
+            )
+        if meta is None:
+            ds.file_meta = FileMetaDataset()
+        if implicit:
+            uid = ImplicitVRLittleEndian
+        else:
+            uid = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = uid
+
+    @staticmethod
+    def _check_pixel_data(ds, filename: str) -> None:
+        from pydicom.pixels import get_decoder
+        from pydicom.uid import UID
+
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            sop = ds.get("SOPClassUID")
+            if sop and "Image" not in UID(str(sop)).name:
+                raise DicomReadError(
+                    filename, f"non-image object ({UID(str(sop)).name}, SOP Class {sop}): no pixel data"
+                )
+            raise DicomReadError(filename, "no Pixel Data element (7FE0,0010)")
+        elem = ds["PixelData"] if "PixelData" in ds else None
+        if elem is not None and not elem.value:
+            raise DicomReadError(filename, "Pixel Data element is empty")
+        for keyword in ("Rows", "Columns", "BitsAllocated"):
+            value = ds.get(keyword)
+            if value in (None, "") or int(value) <= 0:
+                raise DicomReadError(filename, f"missing or invalid {keyword} ({value!r})")
+        tsyntax = ds.file_meta.TransferSyntaxUID
+        name = _EXTRA_TS_NAMES.get(str(tsyntax), UID(str(tsyntax)).name)
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            raise DicomReadError(
+                filename, f"unsupported transfer syntax {tsyntax} ({name}): no decoder in pydicom"
+            ) from None
+        if not decoder.is_available:
+            raise DicomReadError(
+                filename,
+                f"transfer syntax {tsyntax} ({name}) needs a decoding plugin that is not installed "
+                f"(e.g. pylibjpeg-openjpeg / pylibjpeg-libjpeg / pylibjpeg-rle)",
+            )
+
+    @staticmethod
+    def _number_of_frames(ds, filename: str) -> int:
+        raw = ds.get("NumberOfFrames", 1)
+        try:
+            n = int(raw) if raw not in (None, "") else 1
+        except (TypeError, ValueError):
+            raise DicomReadError(
+                filename, f"invalid value {str(raw)!r} for NumberOfFrames (0028,0008)"
+            ) from None
+        if n < 1:
+            raise DicomReadError(filename, f"invalid NumberOfFrames {n}")
+        return n
+
+    def _frame_index(self, n_frames: int, filename: str) -> int | None:
+        """Index of the frame to decode, or None to decode every frame."""
+        if n_frames == 1:
+            return None
+        if self.frame == "reject":
+            raise DicomReadError(
+                filename,
+                f"multi-frame object with {n_frames} frames; choose frame=<index>, 'middle' or 'all'",
+            )
+        if self.frame == "all":
+            return None
+        if self.frame == "middle":
+            return n_frames // 2
+        index = int(self.frame)
+        if not -n_frames <= index < n_frames:
+            raise DicomReadError(filename, f"frame {index} out of range for {n_frames} frames")
+        return index % n_frames
+
+    @staticmethod
+    def _trust_j2k_signedness(ds) -> None:
+        """Some CT vendors (e.g. Toshiba) store signed JPEG 2000 codestreams but declare unsigned
+        Pixel Representation; pydicom then follows the header and turns -2048 padding into 63488.
+        Like GDCM, trust the codestream's SIZ signedness bit for such files."""
+        from pydicom.encaps import generate_frames
+        from pydicom.uid import JPEG2000TransferSyntaxes
+
+        if ds.file_meta.TransferSyntaxUID not in JPEG2000TransferSyntaxes:
+            return
+        if int(ds.get("PixelRepresentation", 0) or 0) != 0 or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            return
+        try:
+            first = next(
+                generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+            )
+        except Exception:  # leave it to the decoder to report
+            return
+        siz = first.find(b"\xff\x4f\xff\x51")  # SOC + SIZ marker (also inside a JP2 wrapper)
+        ssiz_offset = siz + 2 + 2 + 2 + 2 + 32 + 2  # SOC, SIZ, Lsiz, Rsiz, 8 x 4-byte sizes, Csiz
+        if siz >= 0 and len(first) > ssiz_offset and first[ssiz_offset] & 0x80:
+            ds.PixelRepresentation = 1
+
+    @staticmethod
+    def _pixels(ds, frame_index: int | None, filename: str) -> np.ndarray:
+        from pydicom.pixels import pixel_array
+
+        try:
+            arr = pixel_array(ds, index=frame_index)
+        except Exception as exc:
+            raise DicomReadError(
+                filename, f"cannot decode pixel data (corrupt or truncated?): {_first_line(exc)}"
+            ) from exc
+        if arr.size == 0:
+            raise DicomReadError(filename, "decoded pixel data is empty")
+        return arr
+
+    def _to_output(
+        self, ds, arr: np.ndarray, n_frames: int, frame_index: int | None, filename: str
+    ) -> _Decoded:
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        multi = frame_index is None and n_frames > 1  # frames on axis 0
+        colour = samples == 3 or photometric == "PALETTE COLOR"
+
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+        if colour:
+            if arr.ndim != (4 if multi else 3) or arr.shape[-1] != 3:
+                raise DicomReadError(filename, f"colour image has unexpected shape {arr.shape}")
+            frames = arr if multi else arr[None]
+            k = shrink_factor(frames.shape[1:3], self.max_size)
+            out = np.stack([box_shrink(f, k, channel_last=True) for f in frames])
+            out = out[0] if not multi else np.moveaxis(out, -1, 1).reshape(-1, *out.shape[1:3])
+            channel_dim: Any = -1 if not multi else 0
+        else:
+            # Grey: Modality LUT (sequence: non-linear, before shrinking), optional VOI, inversion.
+            lo, hi = self._stored_range(ds)
+            has_lut_seq = bool(ds.get("ModalityLUTSequence"))
+            if has_lut_seq:
+                arr = apply_modality_lut(arr, ds)
+                # Output range of the LUT over every storable value (LUTs are small: <= 65536 entries).
+                lut_range = apply_modality_lut(np.arange(lo, hi + 1, dtype=np.int64), ds)
+                lo, hi = float(lut_range.min()), float(lut_range.max())
+            slope = float(ds.get("RescaleSlope", 1) or 1) if not has_lut_seq else 1.0
+            intercept = float(ds.get("RescaleIntercept", 0) or 0) if not has_lut_seq else 0.0
+            if self.apply_voi and (ds.get("VOILUTSequence") or ds.get("WindowCenter") is not None):
+                arr = apply_voi_lut(arr * slope + intercept if (slope, intercept) != (1.0, 0.0) else arr, ds)
+                slope, intercept = 1.0, 0.0
+                lo, hi = float(arr.min()), float(arr.max())
+            frames = arr if multi else arr[None]
+            k = shrink_factor(frames.shape[1:3], self.max_size)
+            out = np.stack([box_shrink(f, k) for f in frames])  # float32
+            if (slope, intercept) != (1.0, 0.0):
+                out *= np.float32(slope)
+                out += np.float32(intercept)
+                lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+            if (
+                photometric == "MONOCHROME1"
+                or str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+            ):
+                # Invert around the nominal value range so every file of a series maps alike.
+                np.subtract(np.float32(lo + hi), out, out=out)
+            out = out[0] if not multi else out
+            channel_dim = "no_channel" if not multi else 0
+
+        return _Decoded(
+            out.astype(np.float32, copy=False),
+            self._meta(ds, out, colour, multi, k, n_frames, frame_index, filename, channel_dim),
+        )
+
+    @staticmethod
+    def _stored_range(ds) -> tuple[float, float]:
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+        if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+            return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+        return 0.0, float(2**bits - 1)
+
+    @staticmethod
+    def _meta(ds, out, colour, multi, k, n_frames, frame_index, filename, channel_dim) -> dict:
+        spatial = tuple(out.shape[1:3]) if multi else tuple(out.shape[:2])
+        spacing_source, spacing = "none", (1.0, 1.0)
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = ds.get(keyword)
+            try:
+                if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+                    spacing_source, spacing = keyword, (float(value[0]), float(value[1]))
+                    break
+            except (TypeError, ValueError):
+                continue
+        spacing = (spacing[0] * k, spacing[1] * k)
+        affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
+        meta = {
+            "spatial_shape": np.asarray(spatial),
+            "spacing": np.asarray(spacing),
+            "spacing_source": spacing_source,
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "original_channel_dim": channel_dim,
+            "photometric": str(ds.get("PhotometricInterpretation", "")).strip(),
+            "frames": n_frames,
+            "frame_index": -1 if frame_index is None else frame_index,
+            "shrink_factor": k,
+            "filename_or_obj": filename,
+        }
+        for keyword, key in _META_TAGS.items():
+            meta[key] = str(ds.get(keyword, "") or "")
+        return meta
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+# --------------------------------------------------------------------------------------------
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader`` with clear errors and RGB24 support.
+
+    * RGB24 volumes (NIfTI datatype 128, a structured numpy dtype) become a trailing axis of 3
+      channels (``original_channel_dim`` -1).
+    * 4D volumes keep MONAI's behaviour (the 4th axis becomes the channel axis) and record
+      ``n_volumes`` in the metadata, so :class:`~toolkit.transforms.utility.SelectSliced` can
+      ask for a volume index.
+    * NaN / Inf voxels, unreadable or truncated files raise :class:`ImageReadError` naming the file.
+    """
+
+    def read(self, data, **kwargs):
+        """Record the file name(s); loading happens in :meth:`get_data` (see module docstring)."""
+        names = tuple(os.fspath(f) for f in ensure_tuple(data))
+        return names if len(names) > 1 else names[0]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        """Load the recorded NIfTI file(s) with nibabel through MONAI's reader."""
+        names = ensure_tuple(img)
+        try:
+            loaded = NibabelReader.read(self, names)
+            arr, meta = NibabelReader.get_data(self, loaded)
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(
+                names[0], f"cannot read NIfTI: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        spatial_rank = len(meta["spatial_shape"])
+        if arr.dtype.names:  # RGB24 / RGBA32 structured voxels -> trailing colour axis
+            if len(arr.dtype.names) not in (3, 4):
+                raise ImageReadError(names[0], f"unsupported structured NIfTI datatype {arr.dtype}")
+            arr = np.stack([arr[c] for c in arr.dtype.names[:3]], axis=-1)
+            meta["original_channel_dim"] = -1
+        elif arr.ndim == spatial_rank + 1:  # 4D: volumes (time, ASL label/control ...) on the last axis
+            meta["n_volumes"] = int(arr.shape[-1])
+        elif arr.ndim > spatial_rank + 1:
+            raise ImageReadError(names[0], f"unsupported NIfTI shape {arr.shape} (more than 4 dimensions)")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ImageReadError(names[0], f"unsupported NIfTI datatype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            n_bad = int((~np.isfinite(arr)).sum())
+            raise ImageReadError(names[0], f"{n_bad} of {arr.size} voxels are NaN or Inf")
+        meta["filename_or_obj"] = names[0]
+        return arr.astype(np.float32, copy=False), meta
+
+
+# --------------------------------------------------------------------------------------------
+# PNG / JPEG / BMP / TIFF
+# --------------------------------------------------------------------------------------------
+
+
+class RasterReader(ImageReader):
+    """Pillow reader for PNG / JPEG / BMP / TIFF giving ``(H, W)`` grey or ``(H, W, 3)`` RGB float32.
+
+    Grey stays grey (8 / 16 / 32-bit), palette and RGBA / LA / CMYK / YCbCr become RGB (alpha is
+    dropped), 1-bit becomes 0 / 255. With ``max_size`` large JPEGs are decoded at a reduced DCT
+    scale with Pillow's ``draft()`` (1/2, 1/4 or 1/8, never below ``max_size`` per side), which
+    costs about a quarter of a full decode (perf notes: 5.2 ms vs 18.4 ms at 1024 px), then
+    other formats are box-shrunk like :class:`DicomReader`.
+    Metadata: ``spatial_shape``, ``original_channel_dim``, ``format``, ``mode``, ``shrink_factor``
+    (approximate for JPEG draft), ``filename_or_obj``.
+    """
+
+    def __init__(self, max_size: int | None = None):
+        super().__init__()
+        self.max_size = max_size
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(os.fspath(f).lower().endswith(RASTER_SUFFIXES) for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        names = tuple(os.fspath(f) for f in ensure_tuple(data))
+        return names if len(names) > 1 else names[0]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        names = ensure_tuple(img)
+        if len(names) != 1:
+            raise ImageReadError(names[0], "RasterReader reads one file at a time")
+        return self.load(names[0])
+
+    def load(self, filename: PathLike) -> tuple[np.ndarray, dict]:
+        """Decode one raster file; failures raise :class:`ImageReadError`."""
+        from PIL import Image, UnidentifiedImageError
+
+        filename = os.fspath(filename)
+        try:
+            with Image.open(filename) as im:
+                fmt, full_size = im.format, im.size
+                if self.max_size and fmt == "JPEG":
+                    # draft() keeps each side >= the requested size.
+                    im.draft(im.mode if im.mode in ("L", "RGB") else None, (self.max_size, self.max_size))
+                im.load()
+                arr, mode = self._to_array(im)
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as exc:
+            raise ImageReadError(
+                filename, f"cannot read image: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
+        if arr.size == 0:
+            raise ImageReadError(filename, "image is empty")
+        k = shrink_factor(arr.shape[:2], self.max_size)
+        colour = arr.ndim == 3
+        out = box_shrink(arr, k, channel_last=colour)
+        meta = {
+            "spatial_shape": np.asarray(out.shape[:2]),
+            "original_channel_dim": -1 if colour else "no_channel",
+            "format": fmt,
+            "mode": mode,
+            "shrink_factor": round(full_size[0] / out.shape[1], 3),
+            "filename_or_obj": filename,
+        }
+        return out, meta
+
+    @staticmethod
+    def _to_array(im) -> tuple[np.ndarray, str]:
+        mode = im.mode
+        if mode in ("L", "I", "F") or mode.startswith("I;16"):
+            return np.asarray(im), mode
+        if mode == "1":
+            return np.asarray(im.convert("L")), mode
+        if mode == "LA":
+            return np.asarray(im.getchannel("L")), mode
+        if mode == "P" and im.palette is not None and im.palette.mode in ("L", "LA"):
+            return np.asarray(im.convert("L")), mode
+        return np.asarray(im.convert("RGB")), mode
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch by content
+# --------------------------------------------------------------------------------------------
+
+
+class MedicalImageReader(ImageReader):
+    """Choose the reader per file by content: DICOM (also without extension / ACR-NEMA) ->
+    :class:`DicomReader`, NIfTI -> :class:`NiftiReader`, PNG / JPEG / ... -> :class:`RasterReader`.
+
+    ``LoadImaged(keys, reader=MedicalImageReader(...))`` so one datalist may mix formats.
+    """
+
+    def __init__(
+        self, dicom_frame: int | str = "reject", max_size: int | None = None, apply_voi: bool = False
+    ):
+        super().__init__()
+        self.dicom = DicomReader(frame=dicom_frame, apply_voi=apply_voi, max_size=max_size)
+        self.nifti = NiftiReader()
+        self.raster = RasterReader(max_size=max_size)
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(file_kind(f) is not None for f in ensure_tuple(filename))
+
+    def read(self, data, **kwargs):
+        names = tuple(os.fspath(f) for f in ensure_tuple(data))
+        return names if len(names) > 1 else names[0]
+
+    def reader_for(self, filename: PathLike) -> ImageReader:
+        """The reader that handles ``filename`` (by extension for NIfTI / raster, else by content)."""
+        name = os.fspath(filename)
+        if not os.path.isfile(name):
+            raise ImageReadError(name, "file not found")
+        kind = file_kind(name)
+        if kind == "raster" and is_dicom_file(name) and not name.lower().endswith(RASTER_SUFFIXES):
+            kind = "dicom"
+        if kind is None and name.lower().endswith(NIFTI_SUFFIXES):
+            kind = "nifti"
+        if kind is None:
+            raise ImageReadError(name, "unknown image format (not DICOM, NIfTI, PNG, JPEG, BMP or TIFF)")
+        return {"dicom": self.dicom, "nifti": self.nifti, "raster": self.raster}[kind]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        names = ensure_tuple(img)
+        reader = self.reader_for(names[0])
+        return reader.get_data(reader.read(names))
