@@ -249,6 +249,12 @@ def test_dicom_folder_with_accession_csv(tmp_path, caplog):
     assert by_patient["PAT1"]["label"] == 1 and by_patient["PAT2"]["label_name"] == "normal"
     assert all(pydicom.uid.UID(i["sop_instance_uid"]).is_valid for i in items)
     assert {"study_uid", "series_uid"} <= set(items[0])
+    # build_datalist picks up a CSV keyed by a DICOM attribute inside the folder
+    (root / "labels.csv").write_text(csv_path.read_text())
+    doc = load_datalist(build_datalist(root, tmp_path / "dl.json", ratios="50:50"))
+    assert doc["source_kind"] == "dicom_folder" and doc["labels"] == ["fracture", "normal"]
+    check_no_leakage({k: doc[k] for k in ("training", "validation")})
+    assert sum(len(doc[k]) for k in ("training", "validation")) == 3
 
 
 def test_dicom_folder_labels_from_folders_and_build(tmp_path):

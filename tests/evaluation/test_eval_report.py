@@ -139,7 +139,13 @@ def test_report_without_bundle_or_validation_says_what_is_missing(run_dir, tmp_p
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
     shutil.copy(out / "eval" / "predictions.csv", eval_dir)
-    assert cit(["report", "--eval-dir", str(eval_dir), "--n-resamples", "50"]) == 0
+    audit = tmp_path / "audit.json"  # the part of `cit audit`'s output the report shows
+    audit.write_text(json.dumps({"leakage": {
+        "found": True, "counts_by_split_pair": {"training|test": {"exact_duplicate_pairs": 3}},
+        "images_with_a_copy_in_another_split": {"training": 3, "test": 3}}}))  # fmt: skip
+    assert cit(["report", "--eval-dir", str(eval_dir), "--n-resamples", "50", "--audit", str(audit)]) == 0
+    page = (eval_dir / "report" / "report.html").read_text()
+    assert "leakage found" in page and "3 test images have an exact or near copy" in page
     summary = json.loads((eval_dir / "report" / "report.json").read_text())
     assert summary["calibration"]["temperature"] is None
     assert any("training history" in w for w in summary["warnings"])

@@ -256,3 +256,22 @@ def test_deit_weights_at_another_image_size_resample_position_embedding(tmp_path
     assert torch.equal(model.pos_embed[:, :2], source.pos_embed[:, :2])
     with torch.no_grad():
         assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_http_error_names_the_url_and_leaves_nothing(http_server, tmp_path):
+    base, _, _, _ = http_server
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="absent.pth.*404"):
+        download_weights(f"{base}/absent.pth#sha256={'a' * 64}", cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_default_download_folder_is_not_the_imagenet_lookup(http_server, resnet18_checkpoint, isolated_caches):
+    """A URL's resnet18.pth must not later pass for the ImageNet weights of resnet18."""
+    path, sha, _ = resnet18_checkpoint
+    base, folder, _, _ = http_server
+    shutil.copy(path, folder / "resnet18.pth")
+    downloaded = download_weights(f"{base}/resnet18.pth", sha256=sha)
+    assert downloaded == isolated_caches / "downloads" / "resnet18.pth"
+    with pytest.raises(PretrainedWeightsUnavailable):
+        create_network("resnet18", num_classes=2, pretrained="imagenet")

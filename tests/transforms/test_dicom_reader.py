@@ -126,7 +126,10 @@ def test_every_broken_file_raises_dicom_read_error_naming_it(manifest, decode):
     [
         ("broken/MR_truncated.dcm", ["less than expected"]),
         ("broken/reportsi.dcm", ["non-image", "SR"]),
-        ("broken/monochrome_jpeg_xl.dcm", ["unsupported transfer syntax", "1.2.840.10008.1.2.4.110", "JPEG XL"]),
+        (
+            "broken/monochrome_jpeg_xl.dcm",
+            ["unsupported transfer syntax", "1.2.840.10008.1.2.4.110", "JPEG XL"],
+        ),
         ("broken/GH1146.dcm", ["empty"]),
         ("broken/GH178.dcm", ["no Pixel Data"]),
         ("broken/badVR.dcm", ["invalid value", "1A"]),
@@ -253,3 +256,21 @@ def test_written_dicom_with_rescale_and_window(tmp_path):
     assert "SECRET-ID" not in repr(meta_out) and "Doe" not in repr(meta_out)
     windowed, _ = DicomReader(apply_voi=True).get_data(str(path))
     assert np.unique(windowed).size < np.unique(arr).size  # clipped to the window
+
+
+def test_jpeg2000_reduced_resolution_decode_matches_full_decode(decode, shared_data):
+    """max_size on a 1760 px JPEG 2000 CR: decoded at wavelet level 4 (16x smaller) instead of
+    fully. The level samples around every 16th pixel, half a block off the box average, so it
+    is compared with 16x16 box averages of the full decode centred on those pixels."""
+    full, _ = decode("radiography_other/RG3_J2KR.dcm")
+    path = str(shared_data / "dicom/radiography_other/RG3_J2KR.dcm")
+    small, meta = DicomReader(max_size=110).get_data(path)
+    assert small.shape == (110, 110) and meta["shrink_factor"] == 16
+    shifted = np.pad(full, ((8, 0), (8, 0)), mode="edge")[:1760, :1760]
+    aligned = shifted.reshape(110, 16, 110, 16).mean(axis=(1, 3))
+    assert np.corrcoef(aligned.ravel(), small.ravel())[0, 1] > 0.995
+    assert np.abs(small - aligned).mean() / float(full.max() - full.min()) < 0.01
+
+    exact, meta_exact = DicomReader(max_size=110, j2k_reduce=False).get_data(path)
+    np.testing.assert_allclose(exact, full.reshape(110, 16, 110, 16).mean(axis=(1, 3)), atol=1e-2)
+    assert meta_exact["shrink_factor"] == 16

@@ -126,13 +126,14 @@ class PredictionWriter:
         probs = np.concatenate(self._probs)
         records = [self.records[i] for i in np.concatenate(self._indices)]
         has_labels = all("label" in r for r in records)
-        header = ["image", "patient_id"]
+        has_patients = any(r.get("patient_id") for r in records)
+        header = ["image"] + (["patient_id"] if has_patients else [])
         if has_labels:
             header += ["label", "label_name"]
         header += ["pred", "pred_name"] + [f"prob_{name}" for name in self.class_names]
         rows = []
         for record, p in zip(records, probs):
-            row = [record["image"], record.get("patient_id", "")]
+            row = [record["image"]] + ([record.get("patient_id", "")] if has_patients else [])
             if has_labels:
                 row += [_label_text(record["label"]), self._label_name(record["label"])]
             pred = (p >= 0.5).astype(int).tolist() if self.multi_label else int(p.argmax())

@@ -15,6 +15,18 @@ import torch
 __all__ = ["WarmupCosine", "warmup_cosine_scheduler", "warmup_epochs"]
 
 
+def _flag(value, name: str) -> bool:
+    """A switch given as a bool or as command-line text (true/false, yes/no, on/off, 1/0)."""
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def warmup_epochs(max_epochs: int, fraction: float = 0.1) -> int:
     """Number of warm-up epochs: ``fraction`` of ``max_epochs`` rounded half up, at least 1."""
     if not 0.0 < fraction < 1.0:
@@ -65,10 +77,12 @@ def warmup_cosine_scheduler(
     """``LambdaLR`` with linear warm-up over the first ``warmup_fraction`` of the epochs (if ``warmup``),
     then cosine decay over the rest (if ``cosine``); both off = constant learning rate.
 
+    ``warmup`` / ``cosine`` also accept "true" / "false" text (bundle command-line overrides).
     Step it once per epoch (``LrScheduleHandler(..., epoch_level=True)``). See :class:`WarmupCosine`
     for the exact factors.
     """
-    w = warmup_epochs(max_epochs, warmup_fraction) if warmup else 0
+    cosine = _flag(cosine, "cosine")
+    w = warmup_epochs(max_epochs, warmup_fraction) if _flag(warmup, "warmup") else 0
     if w >= max_epochs:  # a 1-epoch run has no room for a warm-up
         w = 0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(max_epochs, w, cosine, min_lr_factor))

@@ -62,6 +62,7 @@ def _report(args: argparse.Namespace) -> int:
         cam_method=args.cam,
         n_cam=args.n_cam,
         save_temperature=args.save_temperature,
+        audit=args.audit,
     )
     for warning in summary["warnings"]:
         print(f"note: {warning}")
@@ -142,4 +143,7 @@ def add_parser(subparsers) -> None:
     )
     r.add_argument("--save-temperature", action="store_true",
                    help="save the temperature fitted on validation to <bundle>/models/temperature.json")  # fmt: skip
+    r.add_argument(
+        "--audit", default=None, help="audit.json of `cit audit` on the data set, shown in the report"
+    )
     r.set_defaults(func=_report)

@@ -447,6 +447,24 @@ def _operating_html(points: dict, target: float) -> str:
               "validation set, then applied unchanged to the test set.</p>")  # fmt: skip
 
 
+def _audit_html(audit: dict, path: Path) -> str:
+    leak = audit["leakage"]
+    rows = [[html.escape(pair.replace("|", " / ")), str(c.get("shared_patients", 0)),
+             str(c.get("exact_duplicate_pairs", 0)), str(c.get("near_duplicate_pairs", 0))]
+            for pair, c in leak["counts_by_split_pair"].items()]  # fmt: skip
+    text = f"<p>Audit of the data set (<code>{html.escape(str(path))}</code>): "
+    text += "<b>leakage found</b>.</p>" if leak["found"] else "no leakage found.</p>"
+    if rows:
+        text += _table(
+            ["split pair", "shared patients", "exact duplicate pairs", "near-duplicate pairs"], rows
+        )
+    copies = leak.get("images_with_a_copy_in_another_split", {})
+    if copies.get("test"):
+        text += (f'<div class="warn">{copies["test"]} test images have an exact or near copy in another split; '
+                 "the test metrics above are optimistic.</div>")  # fmt: skip
+    return text
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 
@@ -476,11 +494,13 @@ def build_report(
     n_bins: int = 15,
     save_temperature: bool = False,
     title: str | None = None,
+    audit: str | os.PathLike | None = None,
 ) -> dict:
     """Write ``report.html`` + PNGs + metrics (with CIs), ``calibration.json`` and
     ``operating_points.json`` to ``out_dir`` (default ``<eval_dir>/report``); returns a summary
     with the paths. ``save_temperature`` writes the fitted temperature to
-    ``<bundle_dir>/models/temperature.json`` (combined with the one the predictions were made with)."""
+    ``<bundle_dir>/models/temperature.json`` (combined with the one the predictions were made with).
+    ``audit``: an ``audit.json`` of ``cit audit`` whose leakage findings are shown with the metrics."""
     started = time.perf_counter()
     eval_dir = Path(eval_dir).resolve()
     out_dir = Path(out_dir).resolve() if out_dir else eval_dir / "report"
@@ -594,6 +614,9 @@ def build_report(
     if warnings:
         sections.append("".join(f'<div class="warn">{html.escape(w)}</div>' for w in warnings))
     sections.append(_section("Metrics", _metrics_html(metrics)))
+    if audit is not None:
+        audit_report = json.loads(Path(audit).read_text(encoding="utf-8"))
+        sections.append(_section("Data audit", _audit_html(audit_report, Path(audit))))
     sections.append(_section("Calibration", _calibration_html(cal)))
     if points is not None:
         sections.append(_section(f"Operating points (target sensitivity {target_sensitivity:.2f})",

@@ -153,7 +153,7 @@ def create_network(
             weights found offline (``$CIT_WEIGHTS_DIR/<name>.pth|.pt|.bin|.safetensors``, then the Hugging Face
             and torch.hub caches; 3-D networks look for ``<name>_3d.*``; the hub is contacted only with
             ``CIT_ALLOW_DOWNLOAD=1``); a file path; or an http(s) URL, downloaded once into `cache_dir`
-            after a SHA-256 check (`weights_sha256`, a ``#sha256=`` fragment, or a torch.hub-style name).
+            (default ``$CIT_WEIGHTS_DIR/downloads``) after a SHA-256 check (`weights_sha256`, a ``#sha256=`` fragment, or a torch.hub-style name).
         freeze: None, an int N = the first N stages (ResNet: 1 = stem, 2 = stem + layer1, ...), or a list
             of parameter-name prefixes. See `toolkit.networks.freezing.apply_freeze`.
         spatial_dims: 2 (timm) or 3 (MONAI).

@@ -102,7 +102,7 @@ def _sha256_of(path: Path) -> str:
 
 
 def download_weights(url: str, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Download `url` into `cache_dir` (default ``$CIT_WEIGHTS_DIR``) once, verified by SHA-256; return the path.
+    """Download `url` into `cache_dir` (default ``$CIT_WEIGHTS_DIR/downloads``) once, SHA-256 verified; return its path.
 
     The expected hash comes from `sha256`, or a ``#sha256=<hex>`` URL fragment; without either, the file
     name must carry a torch.hub-style hash prefix (``resnet18-5c106cde.pth``), which is checked. A file
@@ -133,7 +133,9 @@ def download_weights(url: str, sha256: str | None = None, cache_dir: str | os.Pa
             )
         hash_prefix = hub_hash.group(1)
 
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else weights_dir()
+    # Default: a sub-folder, so a downloaded "resnet18.pth" (maybe not ImageNet weights at all) is never
+    # mistaken for the $CIT_WEIGHTS_DIR/resnet18.pth that pretrained="imagenet" looks for.
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else weights_dir() / "downloads"
     target = folder / filename
     if target.is_file():
         actual = _sha256_of(target)

@@ -16,6 +16,7 @@ from toolkit.transforms.readers import (
     MedicalImageReader,
     NiftiReader,
     RasterReader,
+    find_read_error,
 )
 from toolkit.transforms.utility import (
     AsChannels,
@@ -46,6 +47,7 @@ __all__ = [
     "augmentation_transforms",
     "classification_transforms",
     "covid_minority_synthesis",
+    "find_read_error",
     "intensity_transforms",
     "invert_intensity",
     "label_to_tensor",

@@ -22,6 +22,7 @@ exception raised by ``read()`` of a reader given to it and replaces it with a ge
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import zlib
@@ -40,6 +41,7 @@ from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind, is_di
 __all__ = [
     "ImageReadError",
     "DicomReadError",
+    "find_read_error",
     "DicomReader",
     "NiftiReader",
     "RasterReader",
@@ -61,6 +63,22 @@ class ImageReadError(ValueError):
 class DicomReadError(ImageReadError):
     """A DICOM file could not be read (truncated, no pixel data, non-image object, unsupported or
     corrupt encoding, invalid value ...)."""
+
+
+def find_read_error(exc: BaseException | None) -> ImageReadError | None:
+    """The :class:`ImageReadError` behind ``exc``, if any.
+
+    MONAI's ``Compose`` re-raises every exception of a transform as ``RuntimeError("applying
+    transform ...")`` chained to the original, so code running a chain (datasets, batch
+    inference) uses this to report "file: reason" and skip the file.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ImageReadError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -155,6 +173,12 @@ class DicomReader(ImageReader):
         force: read files without the DICOM preamble / File Meta (old ACR-NEMA style). The
             transfer syntax is then taken from the encoding pydicom detects (implicit VR little
             endian for ACR-NEMA files).
+        j2k_reduce: with ``max_size``, decode large grey unsigned JPEG 2000 frames at a reduced
+            wavelet resolution level (10-15x faster: ~70 ms instead of ~1.1 s at 2048 px), then
+            box-shrink the rest. The level is a wavelet low-pass sampled at every 2^r-th pixel,
+            so its grid sits half a block off the box average of the uncompressed path (mean
+            difference ~0.5 % of the value range once aligned, ~2 % without, on the WG04 / pydicom
+            test files); set False for bit-for-bit the same sampling as other transfer syntaxes.
 
     Metadata: ``spatial_shape``, ``spacing`` (row, col; PixelSpacing, else ImagerPixelSpacing,
     else 1.0 with ``spacing_source`` "none"), ``affine`` (4x4, scaled with ``spacing``),
@@ -169,6 +193,7 @@ class DicomReader(ImageReader):
         apply_voi: bool = False,
         max_size: int | None = None,
         force: bool = True,
+        j2k_reduce: bool = True,
     ):
         super().__init__()
         if not (isinstance(frame, int) or frame in ("middle", "all", "reject")):
@@ -177,6 +202,7 @@ class DicomReader(ImageReader):
         self.apply_voi = apply_voi
         self.max_size = max_size
         self.force = force
+        self.j2k_reduce = j2k_reduce
 
     # -- ImageReader API --------------------------------------------------------------------
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -243,8 +269,8 @@ class DicomReader(ImageReader):
         n_frames = self._number_of_frames(ds, filename)
         frame_index = self._frame_index(n_frames, filename)
         self._trust_j2k_signedness(ds)
-        arr = self._pixels(ds, frame_index, filename)
-        return self._to_output(ds, arr, n_frames, frame_index, filename)
+        arr, reduced_by = self._pixels(ds, frame_index, n_frames, filename)
+        return self._to_output(ds, arr, n_frames, frame_index, filename, reduced_by)
 
     @staticmethod
     def _ensure_transfer_syntax(ds, filename: str) -> None:
@@ -334,32 +360,78 @@ class DicomReader(ImageReader):
         return index % n_frames
 
     @staticmethod
-    def _trust_j2k_signedness(ds) -> None:
-        """Some CT vendors (e.g. Toshiba) store signed JPEG 2000 codestreams but declare unsigned
-        Pixel Representation; pydicom then follows the header and turns -2048 padding into 63488.
-        Like GDCM, trust the codestream's SIZ signedness bit for such files."""
+    def _j2k_frame(ds, frame_index: int | None) -> tuple[bytes, int, bool] | None:
+        """(codestream, precision, signed) of a JPEG 2000 frame from its SIZ marker, else None."""
         from pydicom.encaps import generate_frames
         from pydicom.uid import JPEG2000TransferSyntaxes
 
         if ds.file_meta.TransferSyntaxUID not in JPEG2000TransferSyntaxes:
-            return
+            return None
+        try:
+            frames = generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+            for _ in range(frame_index or 0):
+                next(frames)
+            frame = next(frames)
+        except Exception:  # leave it to the decoder to report
+            return None
+        siz = frame.find(b"\xff\x4f\xff\x51")  # SOC + SIZ marker (also inside a JP2 wrapper)
+        ssiz = siz + 2 + 2 + 2 + 2 + 32 + 2  # SOC, SIZ, Lsiz, Rsiz, 8 x 4-byte sizes, Csiz
+        if siz < 0 or len(frame) <= ssiz:
+            return None
+        return frame, (frame[ssiz] & 0x7F) + 1, bool(frame[ssiz] & 0x80)
+
+    def _trust_j2k_signedness(self, ds) -> None:
+        """Some CT vendors (e.g. Toshiba) store signed JPEG 2000 codestreams but declare unsigned
+        Pixel Representation; pydicom then follows the header and turns -2048 padding into 63488.
+        Like GDCM, trust the codestream's SIZ signedness bit for such files."""
         if int(ds.get("PixelRepresentation", 0) or 0) != 0 or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             return
-        try:
-            first = next(
-                generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
-            )
-        except Exception:  # leave it to the decoder to report
-            return
-        siz = first.find(b"\xff\x4f\xff\x51")  # SOC + SIZ marker (also inside a JP2 wrapper)
-        ssiz_offset = siz + 2 + 2 + 2 + 2 + 32 + 2  # SOC, SIZ, Lsiz, Rsiz, 8 x 4-byte sizes, Csiz
-        if siz >= 0 and len(first) > ssiz_offset and first[ssiz_offset] & 0x80:
+        info = self._j2k_frame(ds, 0)
+        if info is not None and info[2]:
             ds.PixelRepresentation = 1
 
-    @staticmethod
-    def _pixels(ds, frame_index: int | None, filename: str) -> np.ndarray:
+    def _reduced_j2k(self, ds, frame_index: int | None, n_frames: int) -> tuple[np.ndarray, int] | None:
+        """Decode a big grey JPEG 2000 frame at a reduced resolution level (Pillow / OpenJPEG
+        ``reduce``), about 10x faster than a full decode (perf notes: a 2048 px frame takes ~1.1 s).
+        Only for unsigned single-component frames when ``max_size`` allows a level >= 1;
+        returns (array, factor) or None to decode fully. The level is a wavelet low-pass, close
+        to (not identical with) a box average."""
+        if not (self.j2k_reduce and self.max_size) or (frame_index is None and n_frames > 1):
+            return None
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0:
+            return None
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        level = 0
+        while min(math.ceil(rows / 2 ** (level + 1)), math.ceil(cols / 2 ** (level + 1))) >= self.max_size:
+            level += 1
+        info = self._j2k_frame(ds, frame_index) if level else None
+        if info is None or info[2] or info[1] > 16:
+            return None
+        frame, precision, _ = info
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(frame)) as im:
+                im.reduce = level
+                im.load()
+                if im.mode not in ("L", "I;16"):
+                    return None
+                arr = np.array(im)
+        except Exception:  # Pillow rejects some valid streams: fall back to pydicom
+            return None
+        if im.mode == "I;16" and precision < 16:
+            arr >>= 16 - precision  # Pillow scales samples up to 16 bits
+        if arr.shape != (math.ceil(rows / 2**level), math.ceil(cols / 2**level)):
+            return None
+        return arr, 2**level
+
+    def _pixels(self, ds, frame_index: int | None, n_frames: int, filename: str) -> tuple[np.ndarray, int]:
+        """Decoded pixels and the factor they are already reduced by."""
         from pydicom.pixels import pixel_array
 
+        reduced = self._reduced_j2k(ds, frame_index, n_frames)
+        if reduced is not None:
+            return reduced
         try:
             arr = pixel_array(ds, index=frame_index)
         except Exception as exc:
@@ -368,10 +440,10 @@ class DicomReader(ImageReader):
             ) from exc
         if arr.size == 0:
             raise DicomReadError(filename, "decoded pixel data is empty")
-        return arr
+        return arr, 1
 
     def _to_output(
-        self, ds, arr: np.ndarray, n_frames: int, frame_index: int | None, filename: str
+        self, ds, arr: np.ndarray, n_frames: int, frame_index: int | None, filename: str, reduced_by: int = 1
     ) -> _Decoded:
         from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -423,7 +495,7 @@ class DicomReader(ImageReader):
 
         return _Decoded(
             out.astype(np.float32, copy=False),
-            self._meta(ds, out, colour, multi, k, n_frames, frame_index, filename, channel_dim),
+            self._meta(ds, out, colour, multi, k * reduced_by, n_frames, frame_index, filename, channel_dim),
         )
 
     @staticmethod

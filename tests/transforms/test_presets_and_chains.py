@@ -1,0 +1,187 @@
+"""Intensity / augmentation presets and the classification chain."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import Compose, RandomizableTrait
+from PIL import Image
+
+from toolkit.transforms import (
+    AUGMENTATION_PRESETS,
+    COVID_MINORITY_KINDS,
+    INTENSITY_PRESETS,
+    augmentation_transforms,
+    classification_transforms,
+    covid_minority_synthesis,
+    intensity_transforms,
+)
+
+SIZE = 32
+
+
+def _image(channels: int = 3) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
+    base = 0.2 + 0.6 * xx * (1 - 0.5 * yy)
+    base[8:14, 20:26] = 0.95  # an asymmetric bright block so flips / rotations show
+    return torch.stack([base * (1 - 0.1 * c) for c in range(channels)])
+
+
+def _run(transforms: list, seed: int, n: int = 6) -> list[torch.Tensor]:
+    chain = Compose(transforms)
+    chain.set_random_state(seed=seed)
+    return [torch.as_tensor(chain({"image": _image()})["image"]) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- intensity
+
+
+def test_intensity_presets():
+    hu = torch.tensor([[[-1000.0, 0.0, 40.0, 80.0, 3000.0]]])
+    out = Compose(intensity_transforms("ct_window"))({"image": hu})["image"]
+    torch.testing.assert_close(torch.as_tensor(out), torch.tensor([[[0.0, 0.0, 0.5, 1.0, 1.0]]]))
+
+    out = Compose(intensity_transforms("minmax"))({"image": hu})["image"]
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+    spiky = torch.cat([torch.linspace(0, 1, 1000), torch.tensor([1000.0])]).view(1, 1, -1)
+    out = Compose(intensity_transforms("percentile", lower=1, upper=99))({"image": spiky})["image"]
+    assert float(out.max()) == 1.0 and float(out[0, 0, 500]) == pytest.approx(0.5, abs=0.02)
+
+    out = Compose(intensity_transforms("zscore"))({"image": _image()})["image"]
+    assert abs(float(out[0].mean())) < 1e-5 and float(out[0].std()) == pytest.approx(1.0, abs=0.05)
+
+    out = Compose(intensity_transforms("imagenet"))({"image": _image()})["image"]
+    scaled = (_image() - _image().min()) / (_image().max() - _image().min())
+    expected = (scaled[1] - 0.456) / 0.224
+    torch.testing.assert_close(torch.as_tensor(out[1]), expected, atol=1e-5, rtol=0)
+    grey = Compose(intensity_transforms("imagenet", channels=1))({"image": _image(1)})["image"]
+    assert grey.shape == (1, SIZE, SIZE)
+
+    assert set(INTENSITY_PRESETS) == {"minmax", "percentile", "ct_window", "zscore", "imagenet"}
+    with pytest.raises(ValueError, match="unknown intensity preset"):
+        intensity_transforms("nope")
+    with pytest.raises(ValueError, match="ct_window"):
+        intensity_transforms("ct_window", level=3)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+@pytest.mark.parametrize("name", sorted(set(AUGMENTATION_PRESETS) - {"none"}))
+def test_augmentation_preset_is_seeded_and_changes_the_image(name):
+    transforms = augmentation_transforms(name, image_size=SIZE)
+    assert transforms and all(isinstance(t, RandomizableTrait) for t in transforms)
+    first, again, other = (
+        _run(transforms, 0),
+        _run(augmentation_transforms(name, image_size=SIZE), 0),
+        _run(transforms, 1),
+    )
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, _image()) for a in first), "the preset never changed the image"
+    assert any(not torch.allclose(a, b) for a, b in zip(first, other, strict=True)), (
+        "different seeds gave the same images"
+    )
+    assert all(a.shape == (3, SIZE, SIZE) for a in first)
+
+
+def test_augmentation_overrides_and_errors():
+    never = augmentation_transforms(
+        "chestxray14", image_size=SIZE, flip_prob=0, rotate_prob=0, intensity_prob=0
+    )
+    for out in _run(never, 0, n=3):
+        torch.testing.assert_close(out, _image())
+    assert augmentation_transforms("none") == []
+    with pytest.raises(ValueError, match="unknown augmentation preset"):
+        augmentation_transforms("nope")
+    with pytest.raises(ValueError, match="pneumonia"):
+        augmentation_transforms("pneumonia", flip_prob=0.5)  # the study uses no flips
+
+
+@pytest.mark.parametrize("kind", COVID_MINORITY_KINDS)
+def test_covid_minority_synthesis_pieces(kind):
+    first = _run(covid_minority_synthesis(kind, SIZE), 3, n=2)
+    again = _run(covid_minority_synthesis(kind, SIZE), 3, n=2)
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b)
+        assert a.shape == (3, SIZE, SIZE)
+        assert not torch.allclose(a, _image())
+    if kind == "invert":
+        torch.testing.assert_close(first[0], _image().max() + _image().min() - _image())
+    if kind == "blur":  # a 3x3 blur with a large sigma is close to a 3x3 mean: small, local change
+        assert float((first[0] - _image()).abs().mean()) < 0.05
+    with pytest.raises(ValueError, match="COVID"):
+        covid_minority_synthesis("flip", SIZE)
+
+
+# ---------------------------------------------------------------- chains
+
+
+@pytest.fixture
+def png_files(tmp_path):
+    paths = []
+    for i, mode in enumerate(["L", "RGB", "I;16"]):
+        rng = np.random.default_rng(i)
+        if mode == "I;16":
+            img = Image.fromarray((rng.random((40, 50)) * 60000).astype(np.uint16))
+        else:
+            img = Image.fromarray((rng.random((40, 50)) * 255).astype(np.uint8)).convert(mode)
+        path = tmp_path / f"img{i}.png"
+        img.save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_train_chain_gives_float_tensors_of_the_right_shape(png_files, shared_data, channels):
+    chain = classification_transforms(
+        "train", image_size=SIZE, channels=channels, intensity="imagenet", augmentation="brain_ct"
+    )
+    files = [
+        *png_files,
+        str(shared_data / "dicom/mr/MR_small.dcm"),
+        str(shared_data / "dicom/other/US1_J2KR.dcm"),
+    ]
+    for i, path in enumerate(files):
+        out = chain({"image": path, "label": i % 2, "patient_id": "p1"})
+        assert type(out["image"]) is torch.Tensor  # metadata dropped for training
+        assert out["image"].shape == (channels, SIZE, SIZE) and out["image"].dtype == torch.float32
+        assert out["label"].dtype == torch.int64 and out["label"].ndim == 0
+        assert out["patient_id"] == "p1"
+
+
+def test_multi_hot_label_becomes_float_vector(png_files):
+    out = classification_transforms("eval", SIZE)({"image": png_files[0], "label": [0, 1, 1]})
+    torch.testing.assert_close(out["label"], torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_eval_chain_keeps_metadata_and_is_deterministic(shared_data):
+    chain = classification_transforms("eval", SIZE, augmentation="pneumonia")  # ignored for eval
+    path = str(shared_data / "dicom/ct/CT_small.dcm")
+    a, b = chain({"image": path, "label": 1}), chain({"image": path, "label": 1})
+    torch.testing.assert_close(a["image"].as_tensor(), b["image"].as_tensor())
+    assert a["image"].meta["filename_or_obj"] == path and a["image"].meta["sop_instance_uid"]
+
+
+def test_deterministic_steps_come_first_and_cache(png_files):
+    chain = classification_transforms("train", SIZE, augmentation="histopathology")
+    kinds = [isinstance(t, RandomizableTrait) for t in chain.transforms]
+    first_random = kinds.index(True)
+    assert not any(kinds[:first_random]) and first_random >= 5
+    data = [{"image": p, "label": 0} for p in png_files]
+    dataset = CacheDataset(data, chain, num_workers=0, progress=False)
+    batch = next(iter(DataLoader(dataset, batch_size=3)))
+    assert batch["image"].shape == (3, 3, SIZE, SIZE)
+    pickle.dumps(chain)  # DataLoader workers need picklable transforms
+
+
+def test_chain_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="stage"):
+        classification_transforms("test")
+    with pytest.raises(ValueError, match="channels"):
+        classification_transforms(channels=2)
