@@ -114,9 +114,7 @@ def test_planted_leakage_is_found_pair_by_pair(leaky, tmp_path):
         "p01_0.png",
         "flipped_p01_0.png",
     }
-    assert (
-        near["transform"].startswith("flip") and near["hamming"] <= 4 and near["thumbnail_correlation"] > 0.9
-    )
+    assert near["transform"].startswith("flip") and near["hamming"] <= 6 and near["hamming_256"] <= 32
     assert leak["counts_by_split_pair"] == {
         "training|test": {"exact_duplicate_pairs": 1, "shared_patients": 1},
         "training|validation": {"near_duplicate_pairs": 1},

@@ -195,14 +195,21 @@ def test_max_size_is_an_exact_block_average_with_scaled_spacing(shared_data):
     np.testing.assert_allclose(np.diag(meta["affine"])[:2], meta["spacing"])
 
 
-def test_matches_monai_pydicom_reader_chain(shared_data):
-    """Same file through MONAI's PydicomReader chain and ours: equal within 1e-5 on [0, 1].
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "ct/CT_Explicit_Little.dcm",  # signed, rescale slope / intercept
+        "chest_xr/1.3.6.1.4.1.11129.5.5.110503645592756492463169821050252582267888.dcm",  # 8-bit DX
+    ],
+)
+def test_matches_monai_pydicom_reader_chain(shared_data, relative):
+    """Uncompressed file through MONAI's PydicomReader chain and ours: equal within 1e-5 on [0, 1].
 
-    Tolerance: both apply the same rescale and min-max scaling; PydicomReader computes in
-    float64 before casting, we in float32, so values differ by float32 rounding (< 1e-6
-    measured); 1e-5 leaves room for other BLAS / torch builds. ``swap_ij=False`` gives MONAI's
-    reader our (rows, cols) layout."""
-    path = str(shared_data / "dicom/ct/CT_Explicit_Little.dcm")
+    Tolerance: both apply the same rescale and min-max scaling; MONAI may compute in float64
+    before casting, we in float32, so values could differ by float32 rounding (measured
+    difference on these files: 0.0); 1e-5 leaves room for other numpy / torch builds.
+    ``swap_ij=False`` gives MONAI's reader our (rows, cols) layout."""
+    path = str(shared_data / "dicom" / relative)
 
     def chain(reader):
         return Compose(
@@ -274,3 +281,19 @@ def test_jpeg2000_reduced_resolution_decode_matches_full_decode(decode, shared_d
     exact, meta_exact = DicomReader(max_size=110, j2k_reduce=False).get_data(path)
     np.testing.assert_allclose(exact, full.reshape(110, 16, 110, 16).mean(axis=(1, 3)), atol=1e-2)
     assert meta_exact["shrink_factor"] == 16
+
+
+def test_max_size_works_for_every_transfer_syntax_of_the_same_image(shared_data):
+    """MR_small in six encodings (incl. big endian, RLE, JPEG-LS, JPEG 2000) shrinks identically."""
+    names = [
+        "MR_small",
+        "MR_small_implicit",
+        "MR_small_bigendian",
+        "MR_small_RLE",
+        "MR_small_jpeg_ls_lossless",
+        "MR_small_jp2klossless",
+    ]
+    arrays = [DicomReader(max_size=16).get_data(str(shared_data / f"dicom/mr/{n}.dcm"))[0] for n in names]
+    for name, arr in zip(names, arrays, strict=True):
+        assert arr.shape == (16, 16), name
+        np.testing.assert_array_equal(arr, arrays[0], err_msg=name)

@@ -97,6 +97,6 @@ def test_select_slice_array_form_and_2d_passthrough():
     flat = torch.rand(1, 7, 7)
     assert SelectSlice()(flat) is flat
     with pytest.raises(ImageReadError, match="NaN"):
-        SelectSlice()(torch.full((1, 3, 3), float("nan")))
+        SelectSlice()(torch.full((1, 3, 3, 3), float("nan")))
     with pytest.raises(ImageReadError, match="out of range"):
         SelectSlice(index=9)(torch.rand(1, 4, 4, 4))

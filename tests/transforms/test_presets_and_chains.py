@@ -185,3 +185,15 @@ def test_chain_rejects_bad_arguments():
         classification_transforms("test")
     with pytest.raises(ValueError, match="channels"):
         classification_transforms(channels=2)
+
+
+def test_blur_uses_a_3x3_gaussian_kernel():
+    from toolkit.transforms import RandGaussianBlurKerneld
+
+    image = torch.zeros(1, 7, 7)
+    image[0, 3, 3] = 1.0  # impulse: the output is the kernel itself
+    out = RandGaussianBlurKerneld("image", sigma_ranges=[(4.0, 4.0)])({"image": image})["image"]
+    g = torch.exp(-torch.tensor([1.0, 0.0, 1.0]) / (2 * 4.0**2))
+    kernel = torch.outer(g, g) / torch.outer(g, g).sum()
+    torch.testing.assert_close(torch.as_tensor(out)[0, 2:5, 2:5], kernel)
+    assert float(torch.as_tensor(out)[0, :2].abs().sum()) == 0.0  # nothing beyond 3x3

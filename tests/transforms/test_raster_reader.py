@@ -80,3 +80,12 @@ def test_unreadable_raster_names_the_file(tmp_path):
     with pytest.raises(RuntimeError) as info:
         classification_transforms("eval", 16)({"image": str(path), "label": 0})
     assert "broken.png" in str(find_read_error(info.value))
+
+
+def test_float_tiff_with_nan_is_rejected(tmp_path):
+    data = np.ones((10, 12), dtype=np.float32)
+    data[3, 4] = np.nan
+    path = tmp_path / "float_nan.tif"
+    Image.fromarray(data).save(path)
+    with pytest.raises(ImageReadError, match=r"float_nan\.tif.*NaN"):
+        RasterReader().get_data(str(path))

@@ -24,7 +24,7 @@ def _audit(args: argparse.Namespace) -> int:
         out_dir,
         threshold=args.hamming,
         transforms=not args.no_transforms,
-        min_correlation=args.min_correlation,
+        confirm=None if args.confirm_hamming < 0 else args.confirm_hamming,
         workers=args.workers,
         write_regrouped=not args.no_regroup,
         seed=args.seed,
@@ -79,6 +79,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``audit`` and ``report`` sub-commands."""
+    from toolkit.evaluation.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     a = subparsers.add_parser(
@@ -98,10 +100,17 @@ def add_parser(subparsers) -> None:
         "--out-dir", default=None, help="where to write audit.json / audit.md (default: <source>/audit)"
     )
     a.add_argument(
-        "--hamming", type=int, default=4, help="max pHash Hamming distance of near-duplicates (default 4)"
+        "--hamming",
+        type=int,
+        default=DEFAULT_HAMMING,
+        help=f"max 64-bit pHash distance of near-duplicate candidates (default {DEFAULT_HAMMING})",
     )
-    a.add_argument("--min-correlation", type=float, default=0.9,
-                   help="min thumbnail correlation confirming a pHash match (default 0.9; 0 keeps all)")  # fmt: skip
+    a.add_argument(
+        "--confirm-hamming",
+        type=int,
+        default=DEFAULT_CONFIRM,
+        help=f"max 256-bit pHash distance confirming a candidate (default {DEFAULT_CONFIRM}; -1: none)",
+    )
     a.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
     a.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
     a.add_argument("--no-regroup", action="store_true", help="do not write datalist_regrouped.json")

@@ -222,8 +222,9 @@ def plot_reliability(diagrams: dict[str, dict], path: Path, what: str) -> Path:
         width = edges[1] - edges[0]
         acc = np.array([np.nan if v is None else v for v in d["accuracy"]])
         conf = np.array([np.nan if v is None else v for v in d["confidence"]])
-        ax.bar(centres, np.nan_to_num(acc), width=width * 0.95, color="#4a78b5", label="observed frequency")
-        ax.bar(centres, np.nan_to_num(conf), width=width * 0.95, fill=False, edgecolor="#c62828", linewidth=1.2,
+        filled = ~np.isnan(acc)  # empty bins draw nothing
+        ax.bar(centres[filled], acc[filled], width=width * 0.95, color="#4a78b5", label="observed frequency")
+        ax.bar(centres[filled], conf[filled], width=width * 0.95, fill=False, edgecolor="#c62828", linewidth=1.2,
                label="mean confidence")  # fmt: skip
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{what} (mean per bin)", ylabel="observed frequency",

@@ -177,7 +177,6 @@ def _pneumonia(
             scale_range=(scale, scale),
             translate_range=(shift, shift),
             padding_mode="zeros",
-            spatial_size=(image_size, image_size),
         )
     ]
 

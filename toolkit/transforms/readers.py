@@ -12,7 +12,9 @@ Conventions (all readers here):
 * Values are float32; for DICOM, bright = dense (MONOCHROME1 and Presentation LUT Shape INVERSE
   are inverted).
 * Every failure raises :class:`ImageReadError` (:class:`DicomReadError` for DICOM), a
-  ``ValueError`` whose one-line message names the file and the reason.
+  ``ValueError`` whose one-line message names the file and the reason. Inside a MONAI
+  ``Compose`` it arrives wrapped in ``RuntimeError("applying transform ...")``;
+  :func:`find_read_error` digs it out.
 
 Why the readers do their I/O in ``get_data`` and not in ``read``: ``LoadImage`` catches any
 exception raised by ``read()`` of a reader given to it and replaces it with a generic
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from monai.data import ImageReader, NibabelReader
 from monai.utils import ensure_tuple
 
-from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind, is_dicom_file
+from toolkit.data.files import RASTER_SUFFIXES, file_kind, is_dicom_file
 
 __all__ = [
     "ImageReadError",
@@ -58,6 +60,9 @@ class ImageReadError(ValueError):
         self.filename = os.fspath(filename) if filename is not None else None
         self.reason = " ".join(str(reason).split())  # one line
         super().__init__(f"{self.filename}: {self.reason}" if self.filename else self.reason)
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return self.__class__, (self.filename, self.reason)
 
 
 class DicomReadError(ImageReadError):
@@ -101,6 +106,11 @@ def shrink_factor(shape: Sequence[int], max_size: int | None) -> int:
     return k
 
 
+_TORCH_DTYPES = {
+    np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32", "int64", "float32", "float64")
+}
+
+
 def box_shrink(arr: np.ndarray, k: int, channel_last: bool = False, rows_per_strip: int = 64) -> np.ndarray:
     """Average ``k x k`` blocks of ``arr`` (``(H, W)`` or ``(H, W, C)`` with ``channel_last``).
 
@@ -109,6 +119,8 @@ def box_shrink(arr: np.ndarray, k: int, channel_last: bool = False, rows_per_str
     """
     if k <= 1:
         return arr.astype(np.float32, copy=False)
+    if arr.dtype not in _TORCH_DTYPES:  # big-endian, bool, uint32 ...: not convertible by torch
+        arr = arr.astype(np.float32)
     out = []
     step = k * rows_per_strip
     for start in range(0, arr.shape[0], step):
@@ -648,6 +660,8 @@ class RasterReader(ImageReader):
             ) from exc
         if arr.size == 0:
             raise ImageReadError(filename, "image is empty")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ImageReadError(filename, "image contains NaN or Inf values")
         k = shrink_factor(arr.shape[:2], self.max_size)
         colour = arr.ndim == 3
         out = box_shrink(arr, k, channel_last=colour)
@@ -708,10 +722,6 @@ class MedicalImageReader(ImageReader):
         if not os.path.isfile(name):
             raise ImageReadError(name, "file not found")
         kind = file_kind(name)
-        if kind == "raster" and is_dicom_file(name) and not name.lower().endswith(RASTER_SUFFIXES):
-            kind = "dicom"
-        if kind is None and name.lower().endswith(NIFTI_SUFFIXES):
-            kind = "nifti"
         if kind is None:
             raise ImageReadError(name, "unknown image format (not DICOM, NIfTI, PNG, JPEG, BMP or TIFF)")
         return {"dicom": self.dicom, "nifti": self.nifti, "raster": self.raster}[kind]

@@ -44,7 +44,7 @@ class SelectSlice(Transform):
             or more than 1 and not 3 channels) the volume to use; required for 4D data.
 
     2D input ``(C, H, W)`` passes through unchanged, so the transform is safe in mixed chains.
-    NaN / Inf in the chosen slice raise :class:`~toolkit.transforms.readers.ImageReadError`
+    NaN / Inf in the chosen slice of a volume raise :class:`~toolkit.transforms.readers.ImageReadError`
     naming the file (``meta["filename_or_obj"]``).
     """
 
@@ -58,8 +58,7 @@ class SelectSlice(Transform):
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         name = _filename(img)
         n_spatial = img.ndim - 1
-        if n_spatial == 2:
-            self._check_finite(img, name)
+        if n_spatial == 2:  # already 2D (the readers reject NaN / Inf in float files)
             return img
         if n_spatial != 3:
             raise ImageReadError(

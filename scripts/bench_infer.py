@@ -1,0 +1,187 @@
+"""Benchmark of batch inference (issue 4): where the time goes and whether `cit infer` uses it well.
+
+Writes N DICOM files per kind (16-bit, 1024 and 2048 px, uncompressed and JPEG 2000 lossless),
+then measures, in one process on the same files:
+
+  (a) model_only      images/s of the bundle's network on pre-loaded tensors (batch, channels_last)
+  (b) loader          images/s of decode + the bundle's preprocessing through the DataLoader
+  (c) cit_infer       images/s of `cit infer` end to end (discovery, loading, model, CSV), same workers
+  (d) per_file_monai  images/s of a per-file loop: MONAI LoadImage(PydicomReader) + EnsureChannelFirst +
+                      ScaleIntensity + Resize + repeat to 3 channels, then predict one image at a time
+
+and prints JSON with the ratios against the targets: (c) >= 0.9 * 1/(1/a + 1/b) (both stages share
+the CPU) and (c) >= 3 * (d). The network has random weights (speed does not depend on them).
+
+    python scripts/bench_infer.py --n 8 --workers 2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "resnet18_brain_ct"
+
+
+def write_files(folder: Path, n: int, sizes: list[int]) -> list[Path]:
+    """N files per (size, encoding): a smooth 12-bit 'anatomy' plus noise, so J2K has real work."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for size in sizes:
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        base = 2000 + 1500 * np.sin(6 * xx) * np.cos(4 * yy)
+        for encoding in ("raw", "j2k"):
+            for i in range(n):
+                arr = (base + rng.normal(0, 60, base.shape)).clip(0, 4095).astype(np.uint16)
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+                meta.MediaStorageSOPInstanceUID = generate_uid()
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds = pydicom.Dataset()
+                ds.file_meta = meta
+                ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+                ds.Modality, ds.Rows, ds.Columns = "DX", size, size
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+                ds.PixelData = arr.tobytes()
+                if encoding == "j2k":
+                    ds.compress(JPEG2000Lossless)
+                path = folder / f"{size}_{encoding}" / f"IM{i:04d}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(path, enforce_file_format=True)
+                paths.append(path)
+    return paths
+
+
+def bench_model(bundle, batch_size: int, repeats: int) -> float:
+    from toolkit.engines import prepare_network
+
+    size = bundle.image_size or (224, 224)
+    net = prepare_network(bundle.network, "cpu").eval()
+    x = torch.randn(batch_size, 3, *size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            net(x)
+    return batch_size * repeats / (time.perf_counter() - start)
+
+
+def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> float:
+    from toolkit.inference.discovery import InputItem
+    from toolkit.inference.runner import InferenceDataset, _collate
+
+    items = [InputItem(path=p.name, abs_path=str(p), kind="dicom") for p in paths]
+    loader = torch.utils.data.DataLoader(InferenceDataset(items, bundle.preprocessing, bundle.image_size),
+                                         batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                         prefetch_factor=4 if workers else None)
+    start = time.perf_counter()
+    n = 0
+    for records in loader:
+        assert all(r["error"] is None for r in records), [r["error"] for r in records if r["error"]]
+        n += len(records)
+    return n / (time.perf_counter() - start)
+
+
+def bench_cit_infer(folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int) -> float:
+    from toolkit.inference.runner import InferenceOptions, run_inference
+
+    options = InferenceOptions(bundle=str(BUNDLE), input=str(folder), output=str(out), ckpt_path=str(ckpt),
+                               device="cpu", batch_size=batch_size, workers=workers, progress=False)
+    start = time.perf_counter()
+    summary = run_inference(options)
+    seconds = time.perf_counter() - start
+    assert summary.counts.get("ok") == n, summary.counts
+    return n / seconds
+
+
+def bench_per_file_monai(bundle, paths: list[Path]) -> float:
+    from monai.data import PydicomReader
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, RepeatChannel, Resize, ScaleIntensity
+
+    size = bundle.image_size or (224, 224)
+    chain = Compose([LoadImage(reader=PydicomReader(), image_only=True), EnsureChannelFirst(), ScaleIntensity(),
+                     Resize(size), RepeatChannel(3)])
+    net = bundle.network.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for p in paths:
+            x = torch.as_tensor(chain(str(p))).as_subclass(torch.Tensor).float()[None]
+            torch.softmax(net(x), dim=1)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=8, help="files per (size, encoding)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
+    parser.add_argument("--model-repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from monai.bundle import ConfigParser
+
+    from toolkit.inference.bundle import load_bundle
+
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        paths = write_files(tmp / "in", args.n, args.sizes)
+        write_seconds = time.perf_counter() - t0
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+        parser["bundle_root"] = str(BUNDLE)
+        ckpt = tmp / "model.pt"
+        torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+        bundle = load_bundle(BUNDLE, ckpt_path=ckpt, device="cpu")
+
+        a = bench_model(bundle, args.batch_size, args.model_repeats)
+        b = bench_loader(bundle, paths, args.batch_size, args.workers)
+        c = bench_cit_infer(tmp / "in", ckpt, tmp / "out", args.batch_size, args.workers, len(paths))
+        d = bench_per_file_monai(bundle, paths)
+        per_kind = {}
+        for kind in sorted({p.parent.name for p in paths}):
+            subset = [p for p in paths if p.parent.name == kind]
+            per_kind[kind] = round(bench_loader(bundle, subset, args.batch_size, args.workers), 2)
+
+    allowed_shared_cpu = 1 / (1 / a + 1 / b)
+    result = {
+        "files": len(paths), "sizes": args.sizes, "encodings": ["uncompressed", "jpeg2000_lossless"],
+        "image_size": list(bundle.image_size or ()), "batch_size": args.batch_size, "workers": args.workers,
+        "threads": args.threads, "cpu_count": os.cpu_count(), "write_seconds": round(write_seconds, 1),
+        "a_model_only_img_s": round(a, 2),
+        "b_loader_img_s": round(b, 2),
+        "b_loader_img_s_by_kind": per_kind,
+        "c_cit_infer_img_s": round(c, 2),
+        "d_per_file_monai_img_s": round(d, 2),
+        "allowed_by_stages_shared_cpu_img_s": round(allowed_shared_cpu, 2),
+        "allowed_by_stages_gpu_img_s": round(min(a, b), 2),
+        "c_over_allowed_shared_cpu": round(c / allowed_shared_cpu, 3),
+        "c_over_d": round(c / d, 2),
+        "targets": {"c_over_allowed_shared_cpu": 0.9, "c_over_d": 3.0},
+        "meets_targets": {"c_over_allowed_shared_cpu": c / allowed_shared_cpu >= 0.9, "c_over_d": c / d >= 3.0},
+        "note": "c includes bundle loading and discovery; shared 2-core machine, read ratios more than values",
+    }
+    json.dump(result, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

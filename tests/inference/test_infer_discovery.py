@@ -1,0 +1,63 @@
+"""Input discovery (content-based, filters, series grouping) and the durable journal, without a model."""
+
+from __future__ import annotations
+
+import json
+
+from infer_helpers import make_dicom, write_input_tree
+
+from toolkit.inference.discovery import DicomFilters, discover_inputs
+from toolkit.inference.writers import ResultJournal, read_journals
+
+
+def test_discovery_finds_dicom_by_content_and_decides_hopeless_files(tmp_path):
+    expected = write_input_tree(tmp_path)
+    items, ignored = discover_inputs(tmp_path)
+    assert sorted(i.path for i in items) == sorted(expected)
+    assert ignored == 1  # README.txt
+    by_path = {i.path: i for i in items}
+    assert by_path["pacs/study1/series_m2/IM0000"].kind == "dicom"  # no extension
+    assert by_path["broken/empty.dcm"].status == "error"
+    assert by_path["broken/report_sr.dcm"].status == "error"
+    assert by_path["pacs/study2/multiframe/MF0001"].status == "error"
+    assert by_path["raster/grey.png"].status is None  # left to the bundle's reader
+
+
+def test_filters_skip_with_a_reason(tmp_path):
+    make_dicom(tmp_path / "ct", study=1, series="a", index=0)
+    (tmp_path / "x.png").write_bytes(b"not really")
+    items, _ = discover_inputs(tmp_path, DicomFilters(modalities=("MR",)))
+    assert {i.path: i.status for i in items} == {"ct": "skipped", "x.png": "skipped"}
+    assert "modality 'CT'" in items[0].reason
+    items, _ = discover_inputs(tmp_path, DicomFilters(modalities=("ct",), body_parts=("HEAD",),
+                                                      sop_classes=("CTImageStorage",)))
+    assert {i.path: i.status for i in items} == {"ct": None, "x.png": "skipped"}
+    items, _ = discover_inputs(tmp_path, DicomFilters(body_parts=("CHEST",)))
+    assert "body part 'HEAD'" in items[0].reason
+
+
+def test_frames_each_and_series_grouping_in_slice_order(tmp_path):
+    make_dicom(tmp_path / "mf", study=1, series="m", index=0, frames=4)
+    for i in (2, 0, 1):  # written out of order, named against slice order
+        make_dicom(tmp_path / "s" / f"z{2 - i}", study=1, series="s", index=i)
+    items, _ = discover_inputs(tmp_path, frames="each")
+    assert [(i.path, i.frame) for i in items if i.path == "mf"] == [("mf", f) for f in range(4)]
+    assert len({i.key for i in items}) == len(items)
+    items, _ = discover_inputs(tmp_path, series_mode=True)
+    series = [i for i in items if i.files]
+    assert len(series) == 2
+    stack = next(i for i in series if len(i.files) == 3)
+    assert [p.rsplit("/", 1)[-1] for p in stack.files] == ["z2", "z1", "z0"]  # z position 0, 1, 2
+
+
+def test_journal_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "part.jsonl"
+    with ResultJournal(path) as journal:
+        journal.append([{"key": "a", "status": "ok"}, {"key": "b", "status": "error"}])
+    with open(path, "a") as f:
+        f.write(json.dumps({"key": "c", "status": "ok"})[:10])  # a kill in the middle of a write
+    assert set(read_journals([path])) == {"a", "b"}
+    with ResultJournal(path) as journal:  # reopening cuts the torn line
+        journal.append([{"key": "b", "status": "ok"}])
+    records = read_journals([path])
+    assert set(records) == {"a", "b"} and records["b"]["status"] == "ok"
