@@ -36,7 +36,12 @@ def write_files(folder: Path, n: int, sizes: list[int]) -> list[Path]:
     """N files per (size, encoding): a smooth 12-bit 'anatomy' plus noise, so J2K has real work."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        generate_uid,
+    )
 
     rng = np.random.default_rng(0)
     paths = []
@@ -97,16 +102,19 @@ def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> fl
     return n / (time.perf_counter() - start)
 
 
-def bench_cit_infer(folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int) -> float:
+def bench_cit_infer(folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int,
+                    overrides: dict) -> tuple[float, float]:
+    """(end-to-end images/s including bundle loading and discovery, images/s of the loading + predicting phase)"""
     from toolkit.inference.runner import InferenceOptions, run_inference
 
     options = InferenceOptions(bundle=str(BUNDLE), input=str(folder), output=str(out), ckpt_path=str(ckpt),
-                               device="cpu", batch_size=batch_size, workers=workers, progress=False)
+                               device="cpu", batch_size=batch_size, workers=workers, progress=False,
+                               overrides=overrides)
     start = time.perf_counter()
     summary = run_inference(options)
     seconds = time.perf_counter() - start
     assert summary.counts.get("ok") == n, summary.counts
-    return n / seconds
+    return n / seconds, n / summary.processing_seconds
 
 
 def bench_per_file_monai(bundle, paths: list[Path]) -> float:
@@ -133,7 +141,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     parser.add_argument("--model-repeats", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID=VALUE",
+                        help="bundle config override for (b) and (c), e.g. preprocessing#reader_max_size=224")
     args = parser.parse_args(argv)
+    overrides = {}
+    for text in args.overrides:
+        key, _, value = text.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     torch.set_num_threads(args.threads)
     from monai.bundle import ConfigParser
 
@@ -149,11 +166,12 @@ def main(argv=None) -> int:
         parser["bundle_root"] = str(BUNDLE)
         ckpt = tmp / "model.pt"
         torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
-        bundle = load_bundle(BUNDLE, ckpt_path=ckpt, device="cpu")
+        bundle = load_bundle(BUNDLE, ckpt_path=ckpt, device="cpu", overrides=overrides)
 
         a = bench_model(bundle, args.batch_size, args.model_repeats)
         b = bench_loader(bundle, paths, args.batch_size, args.workers)
-        c = bench_cit_infer(tmp / "in", ckpt, tmp / "out", args.batch_size, args.workers, len(paths))
+        c, c_steady = bench_cit_infer(tmp / "in", ckpt, tmp / "out", args.batch_size, args.workers, len(paths),
+                                      overrides)
         d = bench_per_file_monai(bundle, paths)
         per_kind = {}
         for kind in sorted({p.parent.name for p in paths}):
@@ -164,16 +182,18 @@ def main(argv=None) -> int:
     result = {
         "files": len(paths), "sizes": args.sizes, "encodings": ["uncompressed", "jpeg2000_lossless"],
         "image_size": list(bundle.image_size or ()), "batch_size": args.batch_size, "workers": args.workers,
-        "threads": args.threads, "cpu_count": os.cpu_count(), "write_seconds": round(write_seconds, 1),
+        "threads": args.threads, "overrides": overrides, "cpu_count": os.cpu_count(), "write_seconds": round(write_seconds, 1),
         "a_model_only_img_s": round(a, 2),
         "b_loader_img_s": round(b, 2),
         "b_loader_img_s_by_kind": per_kind,
         "c_cit_infer_img_s": round(c, 2),
+        "c_cit_infer_processing_phase_img_s": round(c_steady, 2),
         "d_per_file_monai_img_s": round(d, 2),
         "allowed_by_stages_shared_cpu_img_s": round(allowed_shared_cpu, 2),
         "allowed_by_stages_gpu_img_s": round(min(a, b), 2),
         "c_over_allowed_shared_cpu": round(c / allowed_shared_cpu, 3),
         "c_over_d": round(c / d, 2),
+        "c_processing_phase_over_allowed_shared_cpu": round(c_steady / allowed_shared_cpu, 3),
         "targets": {"c_over_allowed_shared_cpu": 0.9, "c_over_d": 3.0},
         "meets_targets": {"c_over_allowed_shared_cpu": c / allowed_shared_cpu >= 0.9, "c_over_d": c / d >= 3.0},
         "note": "c includes bundle loading and discovery; shared 2-core machine, read ratios more than values",

@@ -158,3 +158,29 @@ def test_near_duplicate_pairs_vectorised_matches_brute_force():
         if min(bin(int(hashes[i, 0]) ^ int(h)).count("1") for h in hashes[j]) <= 4
     }
     assert found == expected and len(found) > 100
+
+
+def test_volumes_get_exact_checks_only(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(5)
+    volume = (rng.random((12, 12, 8)) * 100).astype(np.int16)
+    paths = []
+    for name, data in (("a", volume), ("b", volume), ("c", volume[::-1].copy())):
+        paths.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(data, np.eye(4) * (2 if name == "b" else 1)), paths[-1])
+    splits = {
+        "training": [{"image": str(paths[0]), "label": 0, "patient_id": "A"}],
+        "test": [
+            {"image": str(p), "label": 1, "patient_id": n} for p, n in ((paths[1], "B"), (paths[2], "C"))
+        ],
+    }
+    report = run_audit(
+        save_datalist(tmp_path / "vol.json", splits, LABELS), tmp_path / "audit", write_regrouped=False
+    )
+    [exact] = report["leakage"]["exact_duplicates"]
+    assert exact["kind"] == "identical pixels"  # same voxels, different header (spacing)
+    assert {Path(exact["a"]["image"]).name, Path(exact["b"]["image"]).name} == {"a.nii.gz", "b.nii.gz"}
+    assert report["leakage"]["near_duplicates"] == []  # the flipped volume is not matched
+    assert report["settings"]["volumes_checked_for_exact_duplicates_only"] == 3
+    assert report["image_stats"]["size"] == {"12x12x8": 3} and report["image_stats"]["format"] == {"NIfTI": 3}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -94,6 +95,9 @@ def test_write_metrics_files(tmp_path):
     report = paths["classification_report"].read_text()
     assert "macro avg" in report and "0.6667" in report
     assert not list((tmp_path / "eval").glob(".*tmp"))  # no temporary files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert paths["metrics"].stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, unlike mkstemp
 
 
 def test_write_multilabel_metrics(tmp_path):

@@ -128,6 +128,7 @@ def test_report_end_to_end(run_dir):
     # temperature fitted on validation (the probabilities are 4x too sharp), ECE lowered, saved
     cal = summary["calibration"]
     assert 2.0 < cal["temperature"] < 8.0 and cal["ece_after"] < cal["ece_before"]
+    assert cal["intervals"]["ece_before"]["low"] <= cal["ece_before"] <= cal["intervals"]["ece_before"]["high"]
     assert load_temperature(bundle / "models" / "temperature.json") == pytest.approx(cal["temperature"])
     # operating point of the binary task, chosen on validation
     point = summary["operating_points"]["pneumonia"]

@@ -61,3 +61,10 @@ def test_journal_survives_a_torn_last_line(tmp_path):
         journal.append([{"key": "b", "status": "ok"}])
     records = read_journals([path])
     assert set(records) == {"a", "b"} and records["b"]["status"] == "ok"
+
+
+def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
+    make_dicom(tmp_path / "IM1", study=1, series="a", index=0)
+    make_dicom(tmp_path / "out" / "sr" / "report", study=1, series="b", index=0)  # e.g. an SR of a previous run
+    items, _ = discover_inputs(tmp_path, exclude=tmp_path / "out")
+    assert [i.path for i in items] == ["IM1"]

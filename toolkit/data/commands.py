@@ -15,6 +15,7 @@ def _datalist(args: argparse.Namespace) -> int:
         ratios=args.ratios,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        classes=args.classes.split(",") if args.classes else None,
         label_from_name=args.label_from_name,
         patient_from_name=args.patient_from_name,
     )
@@ -61,6 +62,9 @@ def add_parser(subparsers) -> None:
         "--val-fraction", type=float, default=0.15, help="validation carved from a published training split"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--classes", default=None, help="comma-separated class names, in label order; images of other classes are left out"
+    )
     p.add_argument(
         "--label-from-name", default=None, help="label preset from file names, e.g. kermany_3class"
     )

@@ -2,12 +2,12 @@
 
 from toolkit.engines.handlers import PredictionWriter, TrainingHistoryWriter
 from toolkit.engines.setup import (
+    PrepareImageBatch,
     dataset_items,
     default_device,
     find_bundle_root,
     latest_checkpoint,
     load_class_names,
-    PrepareImageBatch,
     prepare_batch_for,
     prepare_network,
     save_class_names,

@@ -132,7 +132,7 @@ class PredictionWriter:
             header += ["label", "label_name"]
         header += ["pred", "pred_name"] + [f"prob_{name}" for name in self.class_names]
         rows = []
-        for record, p in zip(records, probs):
+        for record, p in zip(records, probs, strict=True):
             row = [record["image"]] + ([record.get("patient_id", "")] if has_patients else [])
             if has_labels:
                 row += [_label_text(record["label"]), self._label_name(record["label"])]
@@ -147,7 +147,7 @@ class PredictionWriter:
 
     def _label_name(self, label) -> str:
         if isinstance(label, (list, tuple, np.ndarray)):
-            return "|".join(n for n, v in zip(self.class_names, label) if v)
+            return "|".join(n for n, v in zip(self.class_names, label, strict=True) if v)
         return self.class_names[int(label)]
 
     def _write_metrics(self, records: list[dict], probs: np.ndarray) -> None:

@@ -73,27 +73,16 @@ def phash256_distance(a: np.ndarray, b: np.ndarray, transform: int = 0) -> int:
     return int(ha - hb)
 
 
-def _grey_plane(arr: np.ndarray, kind: str) -> np.ndarray:
-    """A 2D grey plane to hash: the image itself (colour averaged), or for a volume its three mean
-    projections side by side, so the hash reflects the whole volume rather than one slice."""
-    from PIL import Image
+def _grey_plane(arr: np.ndarray, kind: str) -> np.ndarray | None:
+    """The 2D grey plane to hash (colour averaged), or None for a volume.
 
+    Volumes get exact-duplicate checks only: hashes of their slices or projections matched
+    different patients' adrenal masks (AdrenalMNIST3D) as near-duplicates, so they would mislead.
+    """
     if kind == "nifti":
-        while arr.ndim > 3:  # 4D: first volume; RGB voxels: mean of the colours
-            arr = arr.mean(axis=-1) if arr.shape[-1] == 3 else arr[..., 0]
-        if arr.ndim == 3:
-            views = [arr.mean(axis=k).astype(np.float32) for k in range(3)]
-            side = THUMB
-            return np.concatenate(
-                [
-                    np.asarray(Image.fromarray(v).resize((side, side), Image.Resampling.BILINEAR))
-                    for v in views
-                ],
-                axis=1,
-            )
-    elif arr.ndim == 3:  # (H, W, 3)
-        arr = arr.mean(axis=-1)
-    return arr
+        arr = np.squeeze(arr)
+        return arr if arr.ndim == 2 else None
+    return arr.mean(axis=-1) if arr.ndim == 3 else arr  # (H, W, 3) -> grey
 
 
 def _thumbnail(plane: np.ndarray) -> np.ndarray:
@@ -176,8 +165,9 @@ def describe_image(path: str | os.PathLike) -> dict:
         facts = _header_facts(path, kind)
         arr = np.ascontiguousarray(arr)
         pixel = hashlib.sha256(repr(arr.shape).encode() + arr.astype(np.float32).tobytes()).hexdigest()
-        thumb = _thumbnail(_grey_plane(arr, kind))
-        hashes = [_phash64(t) for t in _dihedral(thumb)]
+        plane = _grey_plane(arr, kind)
+        thumb = None if plane is None else _thumbnail(plane)
+        hashes = None if thumb is None else [_phash64(t) for t in _dihedral(thumb)]
     except Exception as exc:  # any decoder failure: report the file and go on
         return {"image": path, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     shape = arr.shape[:2] if kind != "nifti" else arr.shape
@@ -356,10 +346,11 @@ def audit_datalist(
                 exact_set.add((a, b))
                 links.append((a, b))
     # near duplicates
-    if ok:
-        hashes = np.array([described[i]["phash"] for i in ok], dtype=np.uint64)
+    hashed = [i for i in ok if described[i]["phash"] is not None]  # 2D images
+    if hashed:
+        hashes = np.array([described[i]["phash"] for i in hashed], dtype=np.uint64)
         for pa, pb, dist, t in near_duplicate_pairs(hashes, threshold, transforms):
-            a, b = ok[pa], ok[pb]
+            a, b = hashed[pa], hashed[pb]
             if (a, b) in exact_set:
                 continue
             fine = phash256_distance(described[a]["thumb"], described[b]["thumb"], t)
@@ -451,6 +442,7 @@ def audit_datalist(
             "rotations_and_flips": transforms,
             "confirm_hamming_256": confirm,
             "exact": "sha256 of file bytes and of decoded pixels",
+            "volumes_checked_for_exact_duplicates_only": len(ok) - len(hashed),
         },
         "elapsed_seconds": round(time.perf_counter() - started, 1),
         "_groups": [uf.find(i) for i in range(len(items))],
@@ -531,6 +523,9 @@ def audit_markdown(report: Mapping) -> str:
                  f"{' (also against the 8 rotations / flips)' if s['rotations_and_flips'] else ''}"
                  + (f", confirmed by 256-bit pHash distance <= {s['confirm_hamming_256']}"
                     if s["confirm_hamming_256"] is not None else "") + ".")  # fmt: skip
+    if s.get("volumes_checked_for_exact_duplicates_only"):
+        lines.append(f"{s['volumes_checked_for_exact_duplicates_only']} volumes were checked for exact duplicates "
+                     "only (perceptual hashes of volumes matched different patients).")  # fmt: skip
 
     lines += ["", "## Class balance", ""]
     splits = list(report["splits"])

@@ -416,11 +416,12 @@ def _metrics_html(m: dict) -> str:
 
 
 def _calibration_html(cal: dict) -> str:
-    rows = [["ECE on test, as evaluated", _fmt(cal["ece_before"])]]
+    ci = cal.get("intervals", {})
+    rows = [["ECE on test, as evaluated", _with_ci(cal["ece_before"], ci.get("ece_before"))]]
     if cal.get("temperature") is not None:
         rows += [["Temperature T (fitted on validation)", _fmt(cal["temperature"])],
-                 ["ECE on test after temperature scaling", _fmt(cal["ece_after"])]]  # fmt: skip
-    text = _table(["", "value"], rows)
+                 ["ECE on test after temperature scaling", _with_ci(cal["ece_after"], ci.get("ece_after"))]]  # fmt: skip
+    text = _table(["", "value (95% CI)"], rows)
     text += (f'<p class="note">Expected calibration error with {cal["n_bins"]} equal-width bins of '
              f'{html.escape(cal["confidence"])}. ')  # fmt: skip
     if cal.get("temperature") is None:
@@ -468,6 +469,53 @@ def _audit_html(audit: dict, path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The report
+
+
+def _calibrate(pred: Predictions, val: Predictions | None, bundle_dir, save_temperature: bool, n_bins: int,
+               n_resamples: int, seed: int) -> tuple[dict, dict]:  # fmt: skip
+    """ECE (with bootstrap CI) of the test predictions, before and after a temperature fitted on
+    ``val``; optionally saved to the bundle. Returns (summary, reliability diagrams)."""
+    what = "predicted probability" if pred.multi_label else "top-class confidence"
+    cal = {"n_bins": n_bins, "confidence": what, "ece_before": calibration.expected_calibration_error(
+        pred.y_true, pred.probs, n_bins), "temperature": None}  # fmt: skip
+    diagrams = {"As evaluated": calibration.reliability_diagram(pred.y_true, pred.probs, n_bins)}
+    scaled = None  # test probabilities after temperature scaling
+    if val is not None:
+        val_logits = calibration.logits_from_probabilities(val.probs, pred.multi_label)
+        t = calibration.fit_temperature(val_logits, val.y_true)
+        scaled = calibration.apply_temperature(
+            calibration.logits_from_probabilities(pred.probs, pred.multi_label), t, pred.multi_label
+        )
+        diagrams[f"After temperature scaling (T={t:.2f})"] = calibration.reliability_diagram(
+            pred.y_true, scaled, n_bins
+        )
+        cal.update(temperature=t, ece_after=calibration.expected_calibration_error(pred.y_true, scaled, n_bins),
+                   validation_predictions=str(val.path), validation_nll_before=calibration.negative_log_likelihood(
+                       val_logits, val.y_true), validation_nll_after=calibration.negative_log_likelihood(
+                       val_logits, val.y_true, t))  # fmt: skip
+        if save_temperature:
+            if bundle_dir is None:
+                raise ValueError("--save-temperature needs --bundle")
+            target = Path(bundle_dir) / "models" / calibration.TEMPERATURE_FILE
+            # the predictions were made with the bundle's current temperature: compose the two
+            combined = calibration.load_temperature(target) * t
+            calibration.save_temperature(combined, target, fitted_on=str(val.path), ece_test_before=cal["ece_before"],
+                                         ece_test_after=cal["ece_after"])  # fmt: skip
+            cal.update(saved_to=str(target), saved_temperature=combined)
+
+    def ece_statistic(idx: np.ndarray) -> dict[tuple, float]:
+        out = {
+            ("ece_before",): calibration.expected_calibration_error(pred.y_true[idx], pred.probs[idx], n_bins)
+        }
+        if scaled is not None:
+            out[("ece_after",)] = calibration.expected_calibration_error(
+                pred.y_true[idx], scaled[idx], n_bins
+            )
+        return out
+
+    ece_ci = bootstrap.bootstrap_intervals(ece_statistic, len(pred.images), pred.groups, n_resamples, seed)
+    cal["intervals"] = {path[0]: ci for path, ci in ece_ci.items()}
+    return cal, diagrams
 
 
 def _default_validation(eval_dir: Path) -> Path | None:
@@ -528,33 +576,8 @@ def build_report(
         n_resamples=n_resamples, seed=seed))  # fmt: skip
     metric_files = write_metrics(metrics, out_dir)
 
-    # calibration
+    cal, diagrams = _calibrate(pred, val, bundle_dir, save_temperature, n_bins, n_resamples, seed)
     what = "predicted probability" if pred.multi_label else "top-class confidence"
-    cal = {"n_bins": n_bins, "confidence": what, "ece_before": calibration.expected_calibration_error(
-        pred.y_true, pred.probs, n_bins), "temperature": None}  # fmt: skip
-    diagrams = {"As evaluated": calibration.reliability_diagram(pred.y_true, pred.probs, n_bins)}
-    if val is not None:
-        val_logits = calibration.logits_from_probabilities(val.probs, pred.multi_label)
-        t = calibration.fit_temperature(val_logits, val.y_true)
-        scaled = calibration.apply_temperature(
-            calibration.logits_from_probabilities(pred.probs, pred.multi_label), t, pred.multi_label
-        )
-        diagrams[f"After temperature scaling (T={t:.2f})"] = calibration.reliability_diagram(
-            pred.y_true, scaled, n_bins
-        )
-        cal.update(temperature=t, ece_after=calibration.expected_calibration_error(pred.y_true, scaled, n_bins),
-                   validation_predictions=str(val_path), validation_nll_before=calibration.negative_log_likelihood(
-                       val_logits, val.y_true), validation_nll_after=calibration.negative_log_likelihood(
-                       val_logits, val.y_true, t))  # fmt: skip
-        if save_temperature:
-            if bundle_dir is None:
-                raise ValueError("--save-temperature needs --bundle")
-            target = Path(bundle_dir) / "models" / calibration.TEMPERATURE_FILE
-            # the predictions were made with the bundle's current temperature: compose the two
-            combined = calibration.load_temperature(target) * t
-            calibration.save_temperature(combined, target, fitted_on=str(val_path), ece_test_before=cal["ece_before"],
-                                         ece_test_after=cal["ece_after"])  # fmt: skip
-            cal.update(saved_to=str(target), saved_temperature=combined)
     write_text_atomic(
         out_dir / "calibration.json", json.dumps({**cal, "reliability": diagrams}, indent=1) + "\n"
     )
@@ -592,7 +615,6 @@ def build_report(
     figures.append((plot_sample_grid(pred, grid, out_dir / "samples.png"),
                     f"{len(grid)} random test images; title green when the prediction is right, red when wrong.", True))  # fmt: skip
 
-    cam_note = ""
     if bundle_dir is not None and n_cam > 0:
         right = [i for i in range(len(pred.images)) if np.array_equal(pred.y_true[i], pred.y_pred[i])]
         wrong = [i for i in range(len(pred.images)) if not np.array_equal(pred.y_true[i], pred.y_pred[i])]
@@ -607,8 +629,7 @@ def build_report(
             logger.exception("Grad-CAM failed")
             warnings.append(f"Grad-CAM overlays could not be made: {type(e).__name__}: {e}")
     elif bundle_dir is None:
-        cam_note = "Grad-CAM overlays need the bundle (--bundle)."
-        warnings.append(cam_note)
+        warnings.append("Grad-CAM overlays need the bundle (--bundle).")
 
     # page
     sections = []

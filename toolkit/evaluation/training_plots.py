@@ -42,12 +42,15 @@ def plot_training_history(history_csv: str | os.PathLike, out_path: str | os.Pat
         raise ValueError(f"{history_csv} has no epochs to plot")
     epochs = [int(r["epoch"]) for r in rows]
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split, style in (("train", "o-"), ("val", "s--")):
             values = [_float(r.get(f"{split}_{metric}", "")) for r in rows]
             if not all(np.isnan(values)):
                 ax.plot(epochs, values, style, label="training" if split == "train" else "validation")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} per epoch")

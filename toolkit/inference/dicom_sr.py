@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,22 +30,58 @@ def _class_code(index: int, name: str):
     return CodedConcept(value=f"class-{index}", scheme_designator=CODING_SCHEME, meaning=name[:64])
 
 
-def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike, bundle) -> list[Path]:
-    """Write one SR per study for the successful DICOM results; returns the files written.
+def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike,
+                        bundle) -> tuple[list[Path], dict[str, str]]:
+    """Write one SR per study for the successful DICOM results.
 
     ``results`` holds ``(InputItem, row)`` pairs as produced by the runner; rows whose status is not
-    ``ok`` or whose input is not DICOM are left out.
+    ``ok`` or whose input is not DICOM are left out. Returns the files written and, for studies
+    whose report could not be built, ``{StudyInstanceUID: one-line reason}`` (never a crash: the
+    predictions are already saved).
     """
+    from toolkit.inference.discovery import quiet_dicom_warnings
+
     by_study: dict[str, list[tuple]] = {}
     for item, row in results:
         if row.get("status") == "ok" and item.kind == "dicom" and item.study_instance_uid:
             by_study.setdefault(item.study_instance_uid, []).append((item, row))
-    written = []
+    written, failed = [], {}
     for study_uid, entries in by_study.items():
         path = Path(folder) / f"{study_uid}.dcm"
-        write_report(entries, path, bundle)
-        written.append(path)
-    return written
+        try:
+            with quiet_dicom_warnings():
+                write_report(entries, path, bundle)
+            written.append(path)
+        except Exception as exc:  # noqa: BLE001 - one odd study must not cost the others their report
+            # quoted values may be patient data: keep them out of the message
+            text = re.sub(r"'[^']*'", "'...'", " ".join(str(exc).split()))
+            failed[study_uid] = f"{type(exc).__name__}: {text[:200]}"
+    return written, failed
+
+
+def _single_character_set(ds) -> None:
+    """'ISO 2022 IR 100' alone (seen in real files) is the code-extension form of 'ISO_IR 100'; highdicom
+    rejects a lone code-extension term, so use the plain one (IR 6 is the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    if isinstance(value, str) and value.startswith("ISO 2022 IR "):
+        number = value[len("ISO 2022 IR "):]
+        if number == "6":
+            del ds.SpecificCharacterSet
+        else:
+            ds.SpecificCharacterSet = f"ISO_IR {number}"
+
+
+def _valid(ds, keyword: str) -> bool:
+    from pydicom.valuerep import validate_value
+
+    elem = ds[keyword]
+    try:
+        values = elem.value if elem.VM > 1 else [elem.value]
+        for value in values:
+            validate_value(elem.VR, value, 2)  # 2 = raise
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> None:
@@ -74,9 +111,11 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> N
     def header(file: str) -> pydicom.Dataset:
         if file not in headers:
             ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
-            for keyword in _TYPE2_FROM_EVIDENCE:  # often absent in real files; empty is valid for Type 2
-                if keyword not in ds:
+            for keyword in _TYPE2_FROM_EVIDENCE:
+                # often absent or invalid in real (e.g. anonymised) files; empty is valid for Type 2
+                if keyword not in ds or not _valid(ds, keyword):
                     setattr(ds, keyword, "")
+            _single_character_set(ds)
             headers[file] = ds
         return headers[file]
 

@@ -9,7 +9,10 @@ reason, so that every file the user gave gets exactly one row.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,14 +103,19 @@ def _is_candidate(path: Path) -> bool:
     return file_kind(path) == "dicom"
 
 
-def walk_files(root: str | os.PathLike) -> tuple[list[Path], int]:
-    """Candidate image files below ``root`` (sorted, hidden entries skipped) and the count of other files."""
+def walk_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> tuple[list[Path], int]:
+    """Candidate image files below ``root`` (sorted, hidden entries skipped) and the count of other files.
+
+    ``exclude``: a folder not to enter (the run's own output when it lies inside the input).
+    """
     root = Path(root)
     if root.is_file():
         return [root], 0
+    excluded = Path(exclude).resolve() if exclude is not None else None
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (excluded is None or (Path(dirpath) / d).resolve() != excluded))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -124,7 +132,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
+@contextlib.contextmanager
+def quiet_dicom_warnings():
+    """Silence pydicom / highdicom warnings for the block: they quote element values, which may be
+    patient names or IDs, and logs must not hold those."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "highdicom")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
 def _read_dicom_header(item: InputItem) -> None:
+    with quiet_dicom_warnings():
+        _read_dicom_header_unchecked(item)
+
+
+def _read_dicom_header_unchecked(item: InputItem) -> None:
     """Fill the DICOM attributes of ``item`` from its header, or mark it as an error."""
     import pydicom
 
@@ -182,16 +212,18 @@ def discover_inputs(
     filters: DicomFilters | None = None,
     frames: str = "reject",
     series_mode: bool = False,
+    exclude: str | os.PathLike | None = None,
 ) -> tuple[list[InputItem], int]:
     """Work items for every candidate file below ``root`` and the number of non-image files ignored.
 
     ``frames``: what to do with multi-frame DICOM for 2D models: ``reject`` (one error row) or
     ``each`` (one item per frame). ``series_mode`` (3D models): valid DICOM instances of a series
     become one item listing its files in slice order; NIfTI stays one item per file.
+    ``exclude``: a folder below ``root`` to leave out (the output folder of the run).
     """
     filters = filters or DicomFilters()
     root = Path(root)
-    paths, ignored = walk_files(root)
+    paths, ignored = walk_files(root, exclude)
     base = root if root.is_dir() else root.parent
     items: list[InputItem] = []
     for path in paths:
@@ -227,10 +259,24 @@ def discover_inputs(
     return items, ignored
 
 
+def _has_pixel_data(path: str) -> bool:
+    import pydicom
+
+    try:
+        with quiet_dicom_warnings():
+            ds = pydicom.dcmread(path, force=True, defer_size=1024)  # large values stay on disk
+        return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    except Exception:  # noqa: BLE001 - the reader will report the problem per frame
+        return True
+
+
 def _expand_frames(item: InputItem, frames: str) -> list[InputItem]:
     if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1:
         return [item]
     if frames == "each":
+        if not _has_pixel_data(item.abs_path):  # one row for a broken file, not one per frame
+            item.status, item.reason = "error", f"no Pixel Data element (7FE0,0010) in a {item.number_of_frames}-frame instance"
+            return [item]
         return [InputItem(**{**item.to_dict(), "frame": f}) for f in range(item.number_of_frames)]
     item.status = "error"
     item.reason = f"multi-frame instance ({item.number_of_frames} frames) given to a 2D model; use --frames each"

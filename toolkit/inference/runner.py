@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from toolkit.inference.bundle import InferenceBundle, load_bundle
-from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs
+from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
 from toolkit.inference.locking import LockedError, OutputLock
 from toolkit.inference.writers import (
     ResultJournal,
@@ -88,7 +88,8 @@ class RunSummary:
     exit_code: int
     csv_path: Path | None = None
     sr_paths: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # whole run
+    processing_seconds: float = 0.0  # loading + predicting this process's share (rank 0 under torchrun)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class InferenceDataset(torch.utils.data.Dataset):
         item = self.items[index]
         record = {"index": index, "image": None, "error": None}
         try:
-            record["image"] = self._load(item)
+            with quiet_dicom_warnings():
+                record["image"] = self._load(item)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
             record["error"] = _reason(exc, item.abs_path)
         return record
@@ -249,11 +251,20 @@ def run_inference(options: InferenceOptions) -> RunSummary:
     """Run `cit infer` with ``options`` (in one process, or as one rank under torchrun)."""
     started = time.perf_counter()
     world, rank, local_rank = _dist_env()
-    output = Path(options.output)
     device = _resolve_device(options.device, local_rank)
-    if world > 1 and not torch.distributed.is_initialized():
+    own_group = world > 1 and not torch.distributed.is_initialized()
+    if own_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(hours=24))
+    try:
+        return _run(options, started, world, rank, device)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _run(options: InferenceOptions, started: float, world: int, rank: int, device: torch.device) -> RunSummary:
+    output = Path(options.output)
 
     lock = OutputLock(output)
     plan = None
@@ -279,7 +290,9 @@ def run_inference(options: InferenceOptions) -> RunSummary:
         bundle = load_bundle(options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides)
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
+        t_process = time.perf_counter()
         processed = _process(mine, bundle, options, device, part_path(output, rank), lock, rank, world)
+        t_process = time.perf_counter() - t_process
         if world > 1:
             torch.distributed.barrier()
         summary = None
@@ -287,6 +300,7 @@ def run_inference(options: InferenceOptions) -> RunSummary:
             summary = _finish(items, bundle, options, processed_now=len(plan["pending"]),
                               already_done=len(items) - len(plan["pending"]), ignored=plan["ignored"])
             summary.seconds = time.perf_counter() - started
+            summary.processing_seconds = t_process
         summary = _broadcast(summary, world)
         if rank != 0:
             summary.processed_now = processed
@@ -302,7 +316,7 @@ def _plan(options: InferenceOptions) -> dict:
         raise FileNotFoundError(f"--input {options.input} does not exist")
     spatial_dims = _bundle_spatial_dims(options.bundle)
     items, ignored = discover_inputs(options.input, options.filters, frames=options.frames,
-                                     series_mode=spatial_dims == 3)
+                                     series_mode=spatial_dims == 3, exclude=options.output)
     done = read_journals(all_part_paths(options.output))
     pending = [i for i, item in enumerate(items)
                if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")]
@@ -505,7 +519,9 @@ def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceO
         from toolkit.inference.dicom_sr import write_study_reports
 
         by_key = {item.key: item for item in items}
-        sr_paths = write_study_reports([(by_key[r["key"]], r) for r in rows], output / "sr", bundle)
+        sr_paths, sr_failures = write_study_reports([(by_key[r["key"]], r) for r in rows], output / "sr", bundle)
+        for study, reason in sr_failures.items():
+            print(f"cit infer: no DICOM SR for study {study}: {reason}", file=sys.stderr)
     counts = Counter(r["status"] for r in rows)
     if missing:
         counts["missing"] = missing

@@ -47,8 +47,8 @@ def classification_transforms(
 
     Every deterministic step comes before the first random one, so ``CacheDataset`` caches the
     expensive part. The label (class index or multi-hot list) becomes an int64 scalar / float32
-    vector tensor. Eval chains keep the metadata (``MetaTensor``: file name, SOP / series UIDs);
-    train chains drop it.
+    vector tensor. Images come out as plain tensors (no ``MetaTensor`` metadata), so one batch may
+    mix formats and colour modes.
     """
     if stage not in ("train", "eval"):
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
@@ -73,7 +73,9 @@ def classification_transforms(
         steps += augmentation_transforms(
             augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
         )
-    steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=stage == "eval"))
+    # Plain tensors out: images of one batch may come from different formats / colour modes whose
+    # metadata do not collate; engines find the source record through the item's ``index``.
+    steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False))
     if label_key:
         steps.append(LabelToTensord(label_key, allow_missing_keys=True))
     return Compose(steps)

@@ -1,0 +1,181 @@
+"""End to end: the ResNet-D COVID-19 radiography bundle runs its recipe on a tiny tree in the database's layout.
+
+The test writes ``{COVID,Lung_Opacity,Normal,Viral Pneumonia}/images/*.png`` (imbalanced, no
+published split) with 40 px grey PNGs and runs the bundle as users do, with 32 px inputs, random
+initialisation and ResNet-18-D (the smallest depth of the family).
+"""
+
+import csv
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
+from toolkit.transforms.minority import MinoritySynthesisd
+
+BUNDLE = "resnet_d_covid_cxr"
+COUNTS = {"COVID": 14, "Lung_Opacity": 10, "Normal": 24, "Viral Pneumonia": 6}
+TINY = {"image_size": 32, "batch_size": 5, "pretrained": "None", "model_name": "resnet18d"}
+EPOCHS = 4
+BASE_LR = 0.001
+
+
+def write_covid_tree(root, seed=0):
+    rng = np.random.default_rng(seed)
+    for cls, n in COUNTS.items():
+        for k in range(n):
+            path = root / cls / "images" / f"{cls}-{k + 1}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_covid_tree(tmp_path_factory.mktemp("covid") / "COVID-19_Radiography_Dataset")
+
+
+def _parsed(tmp, data, **overrides):
+    parser = ConfigParser()
+    parser.read_config(bundle_config(BUNDLE, "train"))
+    parser.update({"dataset_dir": str(data), "output_dir": str(tmp / "output"), "ckpt_dir": str(tmp / "models"), **overrides})
+    parser.parse()
+    return parser
+
+
+def _half_up(x):
+    return math.floor(x + 0.5)
+
+
+@pytest.mark.parametrize("percent", [0, 10, 30])
+def test_minority_classes_grow_by_percent_in_training_only(data, tmp_path, percent):
+    parser = _parsed(tmp_path, data, minority_percent=percent, train_fraction=0.7, val_fraction=0.2)
+    doc = parser.get_parsed_content("datalist")
+    items = parser.get_parsed_content("train#items")
+    real = [i for i in items if not i["synthesis"]]
+    synthetic = [i for i in items if i["synthesis"]]
+    assert [(i["image"], i["label"]) for i in real] == [(i["image"], i["label"]) for i in doc["training"]]
+    counts = [sum(i["label"] == c for i in doc["training"]) for c in range(4)]
+    largest = max(counts)
+    for c, n in enumerate(counts):
+        added = sum(i["label"] == c for i in synthetic)
+        assert added == (_half_up(n * percent / 100) if n < largest else 0), (c, n, added)
+    assert {i["synthesis"] for i in synthetic} <= {"rotate_crop", "invert", "blur", "noise"}
+    # synthetic samples derive from training images only; validation / test stay as split
+    held_out = {i["image"] for i in doc["validation"] + doc["test"]}
+    assert {i["image"] for i in synthetic} <= {i["image"] for i in doc["training"]}
+    assert not {i["image"] for i in synthetic} & held_out
+    assert len(parser.get_parsed_content("validate#items")) == len(doc["validation"])
+    assert not any("synthesis" in i for i in parser.get_parsed_content("validate#items"))
+    # the split follows train_fraction (70/30), with validation carved from train (20 %), stratified
+    total = sum(COUNTS.values())
+    assert len(doc["test"]) == pytest.approx(0.3 * total, abs=4)
+    assert len(doc["validation"]) == pytest.approx(0.7 * 0.2 * total, abs=4)
+    assert all(sum(i["label"] == c for i in doc["test"]) >= 1 for c in range(4))
+
+
+def test_synthesis_alters_only_synthetic_items_and_is_seeded():
+    image = torch.rand(3, 32, 32)
+    transform = MinoritySynthesisd("image", image_size=32)
+    transform.set_random_state(seed=0)
+    assert torch.equal(transform({"image": image, "synthesis": ""})["image"], image)
+    assert torch.allclose(transform({"image": image, "synthesis": "invert"})["image"], image.max() + image.min() - image)
+    noisy = [MinoritySynthesisd("image", image_size=32).set_random_state(seed=3)({"image": image, "synthesis": "noise"})["image"] for _ in range(2)]
+    assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], image)
+    for kind in ("rotate_crop", "blur"):
+        out = transform({"image": image, "synthesis": kind})["image"]
+        assert out.shape == image.shape and not torch.allclose(out, image)
+    with pytest.raises(ValueError, match="unknown synthesis"):
+        transform({"image": image, "synthesis": "mixup"})
+
+
+def _history(tmp):
+    with open(tmp / "output" / "train" / "training_history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _expected_lrs(warmup, cosine, epochs=EPOCHS):
+    """The study's schedule, written out: linear warm-up over 10 % of the epochs (at least one),
+    reaching the full rate when the cosine decay starts."""
+    w = max(1, math.floor(0.1 * epochs + 0.5)) if warmup else 0
+    lrs = []
+    for e in range(epochs):
+        if e < w:
+            lrs.append(BASE_LR * (e + 1) / (w + 1))
+        elif cosine:
+            lrs.append(BASE_LR * 0.5 * (1 + math.cos(math.pi * (e - w) / (epochs - w))))
+        else:
+            lrs.append(BASE_LR)
+    return lrs
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Warm-up + cosine, 20 % minority augmentation, four tiny epochs."""
+    tmp = tmp_path_factory.mktemp("covid_run")
+    result = run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY)
+    return tmp, result
+
+
+def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
+    tmp, result = trained
+    history = _history(tmp)
+    assert [int(r["epoch"]) for r in history] == list(range(1, EPOCHS + 1))
+    assert [float(r["lr"]) for r in history] == pytest.approx(_expected_lrs(True, True), rel=1e-9)
+    parser = _parsed(tmp, tmp / "output" / "datalist.json")
+    n_items = len(parser.get_parsed_content("train#items"))
+    assert n_items > len(parser.get_parsed_content("datalist")["training"])
+    iterations = {int(m) for m in re.findall(r"Epoch: \d+/\d+, Iter: \d+/(\d+)", result.stdout + result.stderr)}
+    assert iterations == {math.ceil(n_items / TINY["batch_size"])}, "the trainer did not iterate over the augmented set"
+    assert (tmp / "models" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("warmup, cosine", [(True, False), (False, True)])
+def test_warmup_and_cosine_switch_independently(data, tmp_path, warmup, cosine):
+    run_bundle(
+        BUNDLE, "training", "train", tmp_path, dataset_dir=data, max_epochs=EPOCHS, minority_percent=0,
+        warmup=str(warmup).lower(), cosine=str(cosine).lower(), **TINY,
+    )
+    assert [float(r["lr"]) for r in _history(tmp_path)] == pytest.approx(_expected_lrs(warmup, cosine), rel=1e-9)
+
+
+def test_evaluation_on_the_held_out_test_split(trained):
+    tmp, _ = trained
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=tmp / "output" / "datalist.json", image_size=32, batch_size=4)
+    with open(tmp / "output" / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    parser = _parsed(tmp, tmp / "output" / "datalist.json")
+    assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in parser.get_parsed_content("datalist")["test"])
+    assert (tmp / "output" / "eval" / "confusion_matrix.png").is_file()
+
+
+def test_depth_is_one_override():
+    parser = ConfigParser()
+    parser.read_config(bundle_config(BUNDLE, "inference"))
+    for depth in (18, 101):
+        parser["model_name"] = f"resnet{depth}d"
+        net = parser.get_parsed_content("network_def", lazy=False)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) > 0
+        assert len(net.layer3) == {18: 2, 101: 23}[depth]
+        assert net.fc.out_features == 4
+
+
+def _bundle_cli(*args):
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_metadata_and_network_io_verify_offline():
+    meta = bundle_config(BUNDLE, "metadata")
+    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"))
+    _bundle_cli(
+        "verify_net_in_out", "network_def", "--meta_file", meta,
+        "--config_file", bundle_config(BUNDLE, "inference"), "--device", "cpu",
+    )
