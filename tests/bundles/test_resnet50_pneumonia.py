@@ -63,8 +63,16 @@ def trained(tmp_path_factory):
     weights = tmp / "resnet50_source.pt"
     torch.save(source.state_dict(), weights)
     run_bundle(
-        BUNDLE, "training", "train", tmp, dataset_dir=data, pretrained=weights, max_epochs=EPOCHS,
-        lr_step_size=STEP, image_size=32, batch_size=5,
+        BUNDLE,
+        "training",
+        "train",
+        tmp,
+        dataset_dir=data,
+        pretrained=weights,
+        max_epochs=EPOCHS,
+        lr_step_size=STEP,
+        image_size=32,
+        batch_size=5,
     )
     return tmp, data, torch.load(weights, weights_only=True)
 
@@ -134,14 +142,28 @@ def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
 
 
 def _bundle_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_metadata_and_network_io_verify_offline():
     meta = bundle_config(BUNDLE, "metadata")
-    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"))
     _bundle_cli(
-        "verify_net_in_out", "network_def", "--meta_file", meta,
-        "--config_file", bundle_config(BUNDLE, "inference"), "--device", "cpu",
+        "verify_metadata",
+        "--meta_file",
+        meta,
+        "--filepath",
+        str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"),
+    )
+    _bundle_cli(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        meta,
+        "--config_file",
+        bundle_config(BUNDLE, "inference"),
+        "--device",
+        "cpu",
     )

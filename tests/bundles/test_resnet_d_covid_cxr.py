@@ -45,7 +45,14 @@ def data(tmp_path_factory):
 def _parsed(tmp, data, **overrides):
     parser = ConfigParser()
     parser.read_config(bundle_config(BUNDLE, "train"))
-    parser.update({"dataset_dir": str(data), "output_dir": str(tmp / "output"), "ckpt_dir": str(tmp / "models"), **overrides})
+    parser.update(
+        {
+            "dataset_dir": str(data),
+            "output_dir": str(tmp / "output"),
+            "ckpt_dir": str(tmp / "models"),
+            **overrides,
+        }
+    )
     parser.parse()
     return parser
 
@@ -86,8 +93,15 @@ def test_synthesis_alters_only_synthetic_items_and_is_seeded():
     transform = MinoritySynthesisd("image", image_size=32)
     transform.set_random_state(seed=0)
     assert torch.equal(transform({"image": image, "synthesis": ""})["image"], image)
-    assert torch.allclose(transform({"image": image, "synthesis": "invert"})["image"], image.max() + image.min() - image)
-    noisy = [MinoritySynthesisd("image", image_size=32).set_random_state(seed=3)({"image": image, "synthesis": "noise"})["image"] for _ in range(2)]
+    assert torch.allclose(
+        transform({"image": image, "synthesis": "invert"})["image"], image.max() + image.min() - image
+    )
+    noisy = [
+        MinoritySynthesisd("image", image_size=32).set_random_state(seed=3)(
+            {"image": image, "synthesis": "noise"}
+        )["image"]
+        for _ in range(2)
+    ]
     assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], image)
     for kind in ("rotate_crop", "blur"):
         out = transform({"image": image, "synthesis": kind})["image"]
@@ -132,27 +146,51 @@ def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
     parser = _parsed(tmp, tmp / "output" / "datalist.json")
     n_items = len(parser.get_parsed_content("train#items"))
     assert n_items > len(parser.get_parsed_content("datalist")["training"])
-    iterations = {int(m) for m in re.findall(r"Epoch: \d+/\d+, Iter: \d+/(\d+)", result.stdout + result.stderr)}
-    assert iterations == {math.ceil(n_items / TINY["batch_size"])}, "the trainer did not iterate over the augmented set"
+    iterations = {
+        int(m) for m in re.findall(r"Epoch: \d+/\d+, Iter: \d+/(\d+)", result.stdout + result.stderr)
+    }
+    assert iterations == {math.ceil(n_items / TINY["batch_size"])}, (
+        "the trainer did not iterate over the augmented set"
+    )
     assert (tmp / "models" / "model.pt").is_file()
 
 
 @pytest.mark.parametrize("warmup, cosine", [(True, False), (False, True)])
 def test_warmup_and_cosine_switch_independently(data, tmp_path, warmup, cosine):
     run_bundle(
-        BUNDLE, "training", "train", tmp_path, dataset_dir=data, max_epochs=EPOCHS, minority_percent=0,
-        warmup=str(warmup).lower(), cosine=str(cosine).lower(), **TINY,
+        BUNDLE,
+        "training",
+        "train",
+        tmp_path,
+        dataset_dir=data,
+        max_epochs=EPOCHS,
+        minority_percent=0,
+        warmup=str(warmup).lower(),
+        cosine=str(cosine).lower(),
+        **TINY,
     )
-    assert [float(r["lr"]) for r in _history(tmp_path)] == pytest.approx(_expected_lrs(warmup, cosine), rel=1e-9)
+    assert [float(r["lr"]) for r in _history(tmp_path)] == pytest.approx(
+        _expected_lrs(warmup, cosine), rel=1e-9
+    )
 
 
 def test_evaluation_on_the_held_out_test_split(trained):
     tmp, _ = trained
-    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=tmp / "output" / "datalist.json", image_size=32, batch_size=4)
+    run_bundle(
+        BUNDLE,
+        "evaluating",
+        "evaluate",
+        tmp,
+        dataset_dir=tmp / "output" / "datalist.json",
+        image_size=32,
+        batch_size=4,
+    )
     with open(tmp / "output" / "eval" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     parser = _parsed(tmp, tmp / "output" / "datalist.json")
-    assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in parser.get_parsed_content("datalist")["test"])
+    assert sorted(r["image"] for r in rows) == sorted(
+        i["image"] for i in parser.get_parsed_content("datalist")["test"]
+    )
     assert (tmp / "output" / "eval" / "confusion_matrix.png").is_file()
 
 
@@ -168,14 +206,28 @@ def test_depth_is_one_override():
 
 
 def _bundle_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_metadata_and_network_io_verify_offline():
     meta = bundle_config(BUNDLE, "metadata")
-    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"))
     _bundle_cli(
-        "verify_net_in_out", "network_def", "--meta_file", meta,
-        "--config_file", bundle_config(BUNDLE, "inference"), "--device", "cpu",
+        "verify_metadata",
+        "--meta_file",
+        meta,
+        "--filepath",
+        str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"),
+    )
+    _bundle_cli(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        meta,
+        "--config_file",
+        bundle_config(BUNDLE, "inference"),
+        "--device",
+        "cpu",
     )

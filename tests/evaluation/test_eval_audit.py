@@ -184,3 +184,27 @@ def test_volumes_get_exact_checks_only(tmp_path):
     assert report["leakage"]["near_duplicates"] == []  # the flipped volume is not matched
     assert report["settings"]["volumes_checked_for_exact_duplicates_only"] == 3
     assert report["image_stats"]["size"] == {"12x12x8": 3} and report["image_stats"]["format"] == {"NIfTI": 3}
+
+
+def test_real_dicoms_broken_ones_reported_and_skipped(shared_data, tmp_path):
+    """The shared data's 16 broken DICOM files are listed with reasons; readable ones are
+    described with the modality / photometric / bit depth of their headers."""
+    import csv
+    from collections import Counter
+
+    rows = list(csv.DictReader(open(shared_data / "dicom" / "manifest.csv", newline="")))
+    broken = [r for r in rows if r["file"].startswith("broken/")]
+    good = [r for r in rows if r["pydicom_decode"].startswith("ok") and r["frames"] == "1"
+            and int(r["bytes"]) < 120_000 and not r["file"].startswith("broken/")][:6]  # fmt: skip
+    items = [{"image": str(shared_data / "dicom" / r["file"]), "label": n % 2, "patient_id": f"X{n}"}
+             for n, r in enumerate(broken + good)]  # fmt: skip
+    datalist = save_datalist(tmp_path / "dicom.json", {"training": items[::2], "test": items[1::2]}, LABELS)
+    report = run_audit(datalist, tmp_path / "audit", write_regrouped=False)
+    unreadable = {Path(u["image"]).name: u["error"] for u in report["unreadable"]}
+    assert set(unreadable) == {Path(r["file"]).name for r in broken}
+    assert all(name in error for name, error in unreadable.items())  # each reason names its file
+    stats = report["image_stats"]
+    assert sum(stats["format"].values()) == len(good) == stats["format"]["DICOM"]
+    assert stats["modality"] == dict(Counter(r["modality"] for r in good))
+    assert stats["photometric"] == dict(Counter(r["photometric"] for r in good))
+    assert stats["bit_depth"] == dict(Counter(r["bits_stored"] for r in good))

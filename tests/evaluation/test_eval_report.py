@@ -128,7 +128,9 @@ def test_report_end_to_end(run_dir):
     # temperature fitted on validation (the probabilities are 4x too sharp), ECE lowered, saved
     cal = summary["calibration"]
     assert 2.0 < cal["temperature"] < 8.0 and cal["ece_after"] < cal["ece_before"]
-    assert cal["intervals"]["ece_before"]["low"] <= cal["ece_before"] <= cal["intervals"]["ece_before"]["high"]
+    assert (
+        cal["intervals"]["ece_before"]["low"] <= cal["ece_before"] <= cal["intervals"]["ece_before"]["high"]
+    )
     assert load_temperature(bundle / "models" / "temperature.json") == pytest.approx(cal["temperature"])
     # operating point of the binary task, chosen on validation
     point = summary["operating_points"]["pneumonia"]
@@ -152,6 +154,15 @@ def test_report_without_bundle_or_validation_says_what_is_missing(run_dir, tmp_p
     assert any("training history" in w for w in summary["warnings"])
     assert any("--bundle" in w for w in summary["warnings"])
     assert "gradcam.png" not in {Path(p).name for p in summary["figures"]}
+
+
+def test_save_temperature_needs_validation(run_dir, tmp_path):
+    bundle, out = run_dir
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    shutil.copy(out / "eval" / "predictions.csv", eval_dir)
+    with pytest.raises(ValueError, match="validation predictions"):
+        cit(["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--save-temperature"])
 
 
 def test_bad_predictions_file_is_named(tmp_path):

@@ -56,7 +56,7 @@ def add_minority_samples(
     labels = [int(item[label_key]) for item in items]
     counter = Counter(labels)
     classes = sorted(counter)
-    extra = dict(zip(classes, minority_counts([counter[c] for c in classes], percent)))
+    extra = dict(zip(classes, minority_counts([counter[c] for c in classes], percent), strict=True))
     out = [{**item, key: ""} for item in items]
     rng = np.random.default_rng(seed)
     for c in classes:
@@ -66,8 +66,12 @@ def add_minority_samples(
         members = [i for i, label in enumerate(labels) if label == c]
         rounds = math.ceil(k / len(members))
         sources = np.concatenate([rng.permutation(members) for _ in range(rounds)])[:k]
-        kind_order = np.concatenate([rng.permutation(len(kinds)) for _ in range(math.ceil(k / len(kinds)))])[:k]
-        for source, kind in zip(sources, kind_order):
+        kind_order = np.concatenate([rng.permutation(len(kinds)) for _ in range(math.ceil(k / len(kinds)))])[
+            :k
+        ]
+        for source, kind in zip(sources, kind_order, strict=True):
             out.append({**items[int(source)], key: kinds[int(kind)]})
-        logger.info("minority class %s: %d -> %d items (+%g %% synthetic)", c, counter[c], counter[c] + k, percent)
+        logger.info(
+            "minority class %s: %d -> %d items (+%g %% synthetic)", c, counter[c], counter[c] + k, percent
+        )
     return out

@@ -48,7 +48,9 @@ class WarmupCosine:
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
         if not 0 <= warmup_epochs < max_epochs:
-            raise ValueError(f"warmup_epochs must be in [0, max_epochs), got {warmup_epochs} for {max_epochs} epochs")
+            raise ValueError(
+                f"warmup_epochs must be in [0, max_epochs), got {warmup_epochs} for {max_epochs} epochs"
+            )
         if not 0.0 <= min_factor <= 1.0:
             raise ValueError(f"min_factor must be in [0, 1], got {min_factor}")
         self.max_epochs = int(max_epochs)

@@ -494,8 +494,6 @@ def _calibrate(pred: Predictions, val: Predictions | None, bundle_dir, save_temp
                        val_logits, val.y_true), validation_nll_after=calibration.negative_log_likelihood(
                        val_logits, val.y_true, t))  # fmt: skip
         if save_temperature:
-            if bundle_dir is None:
-                raise ValueError("--save-temperature needs --bundle")
             target = Path(bundle_dir) / "models" / calibration.TEMPERATURE_FILE
             # the predictions were made with the bundle's current temperature: compose the two
             combined = calibration.load_temperature(target) * t
@@ -561,6 +559,8 @@ def build_report(
         raise ValueError(
             f"{val_path}: classes {val.class_names} differ from the test predictions' {pred.class_names}"
         )
+    if save_temperature and (bundle_dir is None or val is None):
+        raise ValueError("saving a temperature needs the bundle and validation predictions to fit it on")
     history_path = Path(history) if history else eval_dir.parent / "train" / "training_history.csv"
     rng = np.random.default_rng(seed)
     figures: list[tuple[Path, str, bool]] = []
