@@ -315,6 +315,10 @@ def _read_csv(csv_path: Path) -> list[dict]:
     return rows, columns
 
 
+# Column names that hold the image path in manifests met in the wild, most specific first.
+IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "path", "filename", "file")
+
+
 def _require_columns(csv_path, columns, wanted):
     missing = [c for c in wanted if c and c not in columns]
     if missing:
@@ -725,6 +729,7 @@ def save_datalist(
     base.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a datalist is a shared, reviewable file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
@@ -733,6 +738,12 @@ def save_datalist(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _relative(image: str, base: Path) -> str:
@@ -838,7 +849,10 @@ def _collect(source: Path, out_path: Path, classes, label_from_name, patient_fro
             (c for c in ("patient_id", "PatientID", "patient", "Patient ID") if c in columns), None
         )
         split = "split" if "split" in columns else None
-        items, labels, multi = _csv_items(source, patient_column=patient, classes=classes, split_column=split)
+        image = next((c for c in IMAGE_COLUMNS if c in columns), "image")
+        items, labels, multi = _csv_items(
+            source, image_column=image, patient_column=patient, classes=classes, split_column=split
+        )
         return items, labels, multi, "csv"
     raise ValueError(f"unsupported dataset source {source}: expected a folder, .csv, .npz or datalist .json")
 

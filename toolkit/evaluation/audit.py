@@ -375,22 +375,26 @@ def audit_datalist(
 
     by_pair: dict[str, Counter] = defaultdict(Counter)
     within: dict[str, Counter] = defaultdict(Counter)
-    cross_exact, cross_near = [], []
+    cross_exact, cross_near, within_pairs = [], [], []
     for a, b, kind in exact_pairs:
+        record = {"a": ref(a), "b": ref(b), "kind": kind}
         sa, sb = items[a]["_split"], items[b]["_split"]
         if sa == sb:
             within[sa]["exact_duplicate_pairs"] += 1
+            within_pairs.append(record)
         else:
             by_pair[_split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
-            cross_exact.append({"a": ref(a), "b": ref(b), "kind": kind})
+            cross_exact.append(record)
     for a, b, dist, transform, fine in near_pairs:
+        record = {"a": ref(a), "b": ref(b), "kind": "near", "hamming": dist, "transform": transform,
+                  "hamming_256": fine}  # fmt: skip
         sa, sb = items[a]["_split"], items[b]["_split"]
         if sa == sb:
             within[sa]["near_duplicate_pairs"] += 1
+            within_pairs.append(record)
         else:
             by_pair[_split_pair(sa, sb, splits)]["near_duplicate_pairs"] += 1
-            cross_near.append({"a": ref(a), "b": ref(b), "hamming": dist, "transform": transform,
-                               "hamming_256": fine})  # fmt: skip
+            cross_near.append(record)
     for entry in shared_patients:
         names = sorted(entry["splits"], key=lambda s: splits.index(s) if s in splits else len(splits))
         for x in range(len(names)):
@@ -431,6 +435,7 @@ def audit_datalist(
             "images_with_a_copy_in_another_split": {s: len(v) for s, v in leaked_images.items()},
         },
         "within_split": {s: dict(within[s]) for s in splits if within[s]},
+        "within_split_pairs": within_pairs,
         "clusters": {
             "count": len(cluster_sizes),
             "largest": max(cluster_sizes.values(), default=0),

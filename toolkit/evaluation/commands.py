@@ -11,9 +11,12 @@ def _audit(args: argparse.Namespace) -> int:
     from toolkit.evaluation.audit import run_audit
 
     source = Path(args.datalist)
-    out_dir = (
-        Path(args.out_dir) if args.out_dir else (source.parent if source.is_file() else source) / "audit"
-    )
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+    elif source.suffix.lower() == ".json":
+        out_dir = source.parent / "audit"  # beside the datalist
+    else:  # never write into a data folder, which may be read-only or shared
+        out_dir = Path.cwd() / f"audit_{source.stem or source.name}"
     build = {
         k: v
         for k, v in (("patient_from_name", args.patient_from_name), ("label_from_name", args.label_from_name))
@@ -97,7 +100,9 @@ def add_parser(subparsers) -> None:
         "--datalist", required=True, help="datalist .json, or a folder / CSV / .npz to build one from"
     )
     a.add_argument(
-        "--out-dir", default=None, help="where to write audit.json / audit.md (default: <source>/audit)"
+        "--out-dir",
+        default=None,
+        help="output folder (default: <datalist folder>/audit for a .json, else ./audit_<source name>)",
     )
     a.add_argument(
         "--hamming",

@@ -333,7 +333,11 @@ def gradcam_panels(
     explainer = Explainer(bundle.network, method=method)
     panels = []
     for i in indices:
-        data = bundle.preprocessing({"image": pred.images[i]})
+        try:
+            data = bundle.preprocessing({"image": pred.images[i]})
+        except Exception as e:  # a moved or corrupt file: leave this one out, keep the others
+            logger.warning("Grad-CAM skips %s: %s", pred.images[i], e)
+            continue
         image = torch.as_tensor(data["image"]).float()
         true, guess = pred.y_true[i], pred.y_pred[i]
         top = int(pred.probs[i].argmax())  # the predicted class (multi-label: the most probable one)
@@ -347,6 +351,10 @@ def gradcam_panels(
             "right": bool(np.array_equal(true, guess)),
             "file": pred.images[i],
         })  # fmt: skip
+    if indices and not panels:
+        raise ValueError(
+            f"none of the {len(indices)} chosen images could be read (first: {pred.images[indices[0]]})"
+        )
     return panels, explainer.target_layer
 
 
