@@ -8,13 +8,16 @@ source scripts/setup_env.sh
 
 BUNDLE=bundles/resnet18_brain_ct
 CONFIGS=$BUNDLE/configs
-EPOCHS="${CIT_DEMO_EPOCHS:-6}"
-SIZE="${CIT_DEMO_IMAGE_SIZE:-128}"
+EPOCHS="${CIT_DEMO_EPOCHS:-12}"
+SIZE="${CIT_DEMO_IMAGE_SIZE:-96}"
 
 python -m monai.bundle run training --config_file $CONFIGS/train.json \
   --max_epochs "$EPOCHS" --image_size "$SIZE" --learning_rate 0.001 "$@"
+python -m monai.bundle run evaluating --config_file $CONFIGS/evaluate.json --image_size "$SIZE" \
+  --eval_split validation --eval_dir $BUNDLE/output/eval_validation
 python -m monai.bundle run evaluating --config_file $CONFIGS/evaluate.json --image_size "$SIZE"
 python -m monai.bundle run inference --config_file $CONFIGS/inference.json --image_size "$SIZE"
+cit report --eval-dir $BUNDLE/output/eval --bundle $BUNDLE --n-resamples 200
 
 cat <<MSG
 
@@ -23,6 +26,7 @@ Done. Outputs of the demo (synthetic data, ${EPOCHS} epochs at ${SIZE} px on $(p
   model weights             $BUNDLE/models/model.pt (best validation accuracy), checkpoint_*.pt (full state)
   training history          $BUNDLE/output/train/training_history.csv, TensorBoard events in $BUNDLE/output/train/
   test-set evaluation       $BUNDLE/output/eval/ (metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv)
+  evaluation report         $BUNDLE/output/eval/report/report.html (validation predictions in output/eval_validation/)
   inference                 $BUNDLE/output/inference/predictions.csv
 MSG
 python - <<'PY'

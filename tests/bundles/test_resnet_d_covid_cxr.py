@@ -184,6 +184,7 @@ def test_evaluation_on_the_held_out_test_split(trained):
         dataset_dir=tmp / "output" / "datalist.json",
         image_size=32,
         batch_size=4,
+        model_name=TINY["model_name"],
     )
     with open(tmp / "output" / "eval" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -231,3 +232,25 @@ def test_metadata_and_network_io_verify_offline():
         "--device",
         "cpu",
     )
+
+
+def test_minority_samples_are_seeded_spread_over_kinds_and_cycle_above_100_percent():
+    from toolkit.data.minority import add_minority_samples
+
+    items = [{"image": f"big{i}.png", "label": 0} for i in range(10)] + [
+        {"image": f"small{i}.png", "label": 1} for i in range(4)
+    ]
+    out = add_minority_samples(items, 150, seed=1)
+    synthetic = [i for i in out if i["synthesis"]]
+    assert len(synthetic) == 6 and all(i["label"] == 1 for i in synthetic)
+    sources = [i["image"] for i in synthetic]
+    assert sorted(set(sources)) == [f"small{i}.png" for i in range(4)]  # all 4 used before any repeats
+    assert max(sources.count(s) for s in sources) == 2
+    kinds = [i["synthesis"] for i in synthetic]
+    assert max(kinds.count(k) for k in kinds) - min(kinds.count(k) for k in set(kinds)) <= 1
+    assert add_minority_samples(items, 150, seed=1) == out
+    assert add_minority_samples(items, 150, seed=2) != out
+    with pytest.raises(ValueError):
+        add_minority_samples(items, -5)
+    with pytest.raises(ValueError, match="single-label"):
+        add_minority_samples([{"image": "a", "label": [0, 1]}], 10)

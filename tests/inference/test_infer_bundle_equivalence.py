@@ -40,7 +40,6 @@ def test_same_predictions_as_monai_bundle_run_inference(bundle_dir, tiny_ckpt, t
         ckpt_path=str(tiny_ckpt),
         output_dir=str(tmp_path / "bundle_out"),
         image_size=IMAGE_SIZE,
-        batch_size=1,  # the bundle DataLoader cannot yet collate NIfTI + DICOM/PNG metadata in one batch
     )
     theirs = {Path(r["image"]).resolve(): r for r in read_csv(tmp_path / "bundle_out" / "inference" / "predictions.csv")}
 

@@ -59,6 +59,8 @@ def test_error_reasons_name_the_problem(folder_run):
     assert "shape" in reason["broken/five_d.nii.gz"]
     assert "multi-frame" in reason["pacs/study2/multiframe/MF0001"]
     assert "not a dicom" in reason["broken/notes.dcm"]
+    assert "cannot" in reason["broken/not_png.png"]
+    assert not any(str(out.parent) in r for r in reason.values()), "the path is its own column, not in reasons"
 
 
 def test_dicom_rows_carry_uids_and_jsonl_matches_csv(folder_run):

@@ -71,6 +71,17 @@ def _single_character_set(ds) -> None:
             ds.SpecificCharacterSet = f"ISO_IR {number}"
 
 
+def _source_image(cls, ds, frames):
+    """Reference ``ds`` (and the frame); highdicom refuses frame numbers for instances of single-frame
+    SOP classes that still carry NumberOfFrames > 1 (legacy multi-frame MR), so those are referenced whole."""
+    try:
+        return cls.from_source_image(ds, referenced_frame_numbers=frames)
+    except TypeError:
+        if frames is None:
+            raise
+        return cls.from_source_image(ds)
+
+
 def _valid(ds, keyword: str) -> bool:
     from pydicom.valuerep import validate_value
 
@@ -126,8 +137,7 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> N
     for number, (item, row) in enumerate(entries, start=1):
         files = item.files or [item.abs_path]
         frames = [item.frame + 1] if item.frame is not None else None
-        sources = [SourceImageForMeasurementGroup.from_source_image(header(f), referenced_frame_numbers=frames)
-                   for f in files]
+        sources = [_source_image(SourceImageForMeasurementGroup, header(f), frames) for f in files]
         pred = int(row["pred"])
         measurements = [
             Measurement(

@@ -66,6 +66,7 @@ class InferenceOptions:
     device: str = "auto"
     batch_size: int = 16
     workers: int = 2
+    threads: int = 0  # torch threads of the network on CPU; 0 keeps torch's default
     filters: DicomFilters = field(default_factory=DicomFilters)
     frames: str = "reject"  # reject | each  (multi-frame DICOM for 2D models)
     include_patient_info: bool = False
@@ -337,6 +338,8 @@ def _process(items: list[InputItem], bundle: InferenceBundle, options: Inference
     """Predict ``items`` and journal one row each; returns how many rows were written."""
     from tqdm.auto import tqdm
 
+    if options.threads > 0:
+        torch.set_num_threads(options.threads)
     network = _prepare(bundle.network, device)
     use_amp = device.type == "cuda"
     cam = _GradCamWriter(bundle, Path(options.output)) if options.gradcam else None
