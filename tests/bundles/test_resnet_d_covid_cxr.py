@@ -149,7 +149,8 @@ def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
     iterations = {
         int(m) for m in re.findall(r"Epoch: \d+/\d+, Iter: \d+/(\d+)", result.stdout + result.stderr)
     }
-    assert iterations == {math.ceil(n_items / TINY["batch_size"])}, (
+    full_batches = n_items // TINY["batch_size"]  # the loader drops a last partial batch (BatchNorm)
+    assert iterations == {full_batches if n_items > TINY["batch_size"] else 1}, (
         "the trainer did not iterate over the augmented set"
     )
     assert (tmp / "models" / "model.pt").is_file()

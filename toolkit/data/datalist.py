@@ -244,14 +244,20 @@ _SIDE_SUFFIXES = (".csv", ".tsv", ".json", ".txt", ".md", ".yaml", ".yml", ".xml
 _SIDE_NAMES = ("license", "readme", "dicomdir")
 
 
+# Segmentation masks stored beside the images (e.g. COVID-19 Radiography Database <class>/masks/)
+# are not images to classify.
+MASK_FOLDERS = ("mask", "masks", "segmentation", "segmentations")
+
+
 def _scan(root: Path) -> list[tuple[Path, str]]:
     """(path, kind) of every image file below ``root`` (sorted, hidden entries skipped), one pass.
 
     Other files are reported in one warning, except metadata (CSV, JSON, text, DICOMDIR ...).
     """
-    images, others = [], []
+    images, others, masks = [], [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        masks += [str(Path(dirpath) / d) for d in dirnames if d.lower() in MASK_FOLDERS]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in MASK_FOLDERS)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -262,6 +268,7 @@ def _scan(root: Path) -> list[tuple[Path, str]]:
             elif not name.lower().endswith(_SIDE_SUFFIXES) and name.lower() not in _SIDE_NAMES:
                 others.append(str(path))
     _warn_list(f"skipping files that are not images (PNG/JPEG/DICOM/NIfTI) under {root}", others)
+    _warn_list(f"skipping segmentation-mask folders under {root}", masks)
     return images
 
 

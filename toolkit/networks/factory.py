@@ -177,6 +177,11 @@ def create_network(
     model = _build(name, num_classes, in_channels, spatial_dims, drop_rate, model_kwargs)
     model.pretrained_report = None
     _load_requested_weights(model, name, pretrained, spatial_dims, pretrained_fallback, weights_sha256, cache_dir)
+    if freeze and not (model.pretrained_report and model.pretrained_report.loaded):
+        logger.warning(
+            "freezing %s of '%s', which has no pretrained weights: the frozen layers keep their random "
+            "initial values and will not learn", freeze, name,
+        )
     apply_freeze(model, freeze)
     return model
 
