@@ -7,7 +7,8 @@ tumour MRI set's ``near_duplicate_of_a_training_image`` column:
         --flags ../shared/data/brain_tumor_mri_224/labels.csv --flag-column near_duplicate_of_a_training_image
 
 Images are matched on their path relative to the flags CSV's folder (column ``--file-column``).
-Prints JSON: accuracy and macro F1 on all rows, on the unflagged rows, and the counts.
+Prints JSON: accuracy, macro F1, per-class recall and the confusion matrix on all rows and on
+the unflagged rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ def _summary(rows: list[dict], class_names: list[str]) -> dict:
     y_true = np.array([int(r["label"]) for r in rows])
     y_prob = np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in rows])
     m = classification_metrics(y_true, y_prob, class_names)
-    return {"images": len(rows), "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro"]["f1"], 4)}
+    return {
+        "images": len(rows),
+        "accuracy": round(m["accuracy"], 4),
+        "macro_f1": round(m["macro"]["f1"], 4),
+        "recall": {name: round(m["per_class"][name]["recall"], 4) for name in class_names},
+        "confusion_matrix": m["confusion_matrix"],
+    }
 
 
 def main() -> None:
