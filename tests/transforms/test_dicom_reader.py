@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import torch
 from monai.data import PydicomReader
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityd
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Resized, ScaleIntensityd
 
 from toolkit.transforms import DicomReader, DicomReadError, classification_transforms
 
@@ -179,9 +179,10 @@ def test_extensionless_ct_series_loads_through_classification_chain(shared_data)
         image = chain({"image": str(path)})["image"]
         assert tuple(image.shape) == (3, 24, 24) and image.dtype == torch.float32
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
-        assert image.meta["sop_instance_uid"] and image.meta["series_instance_uid"]
-    uids = {chain({"image": str(p)})["image"].meta["series_instance_uid"] for p in series}
-    assert len(uids) == 1
+    # the reader's metadata carries the UIDs (the chain's output is a plain tensor)
+    metas = [LoadImage(reader=DicomReader(), image_only=False)(str(p))[1] for p in series]
+    assert all(m["sop_instance_uid"] for m in metas)
+    assert len({m["series_instance_uid"] for m in metas}) == 1
 
 
 def test_max_size_is_an_exact_block_average_with_scaled_spacing(shared_data):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -11,8 +10,6 @@ from pathlib import Path
 
 import torch
 from monai.engines.utils import PrepareBatch, default_prepare_batch
-
-logger = logging.getLogger(__name__)
 
 
 def find_bundle_root(name: str) -> str:
