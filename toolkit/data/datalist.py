@@ -324,6 +324,7 @@ def _read_csv(csv_path: Path) -> list[dict]:
 
 # Column names that hold the image path in manifests met in the wild, most specific first.
 IMAGE_COLUMNS = ("image", "image_path", "filepath", "file_path", "path", "filename", "file")
+LABEL_COLUMNS = ("label", "class", "class_name", "diagnosis", "target", "category")
 
 
 def _require_columns(csv_path, columns, wanted):
@@ -857,8 +858,10 @@ def _collect(source: Path, out_path: Path, classes, label_from_name, patient_fro
         )
         split = "split" if "split" in columns else None
         image = next((c for c in IMAGE_COLUMNS if c in columns), "image")
+        label = next((c for c in LABEL_COLUMNS if c in columns), "label")
         items, labels, multi = _csv_items(
-            source, image_column=image, patient_column=patient, classes=classes, split_column=split
+            source, image_column=image, label_column=label, patient_column=patient, classes=classes,
+            split_column=split,
         )
         return items, labels, multi, "csv"
     raise ValueError(f"unsupported dataset source {source}: expected a folder, .csv, .npz or datalist .json")
@@ -879,7 +882,8 @@ def build_datalist(
 
     ``source``: an existing datalist ``.json`` (validated and returned as is), a class-per-folder
     tree (DICOM folders with a ``*.csv`` keyed by a DICOM attribute use that CSV), a CSV manifest
-    (NIH ``Data_Entry_2017.csv`` recognised), or a MedMNIST ``.npz``. Published splits are kept;
+    (NIH ``Data_Entry_2017.csv`` recognised; otherwise the image and label columns are the first of
+    ``IMAGE_COLUMNS`` / ``LABEL_COLUMNS`` present), or a MedMNIST ``.npz``. Published splits are kept;
     with training and test but no validation, validation is carved from training by patient
     (``val_fraction``). Without published splits, items are split by ``ratios`` (default
     80/10/10), stratified and grouped by ``group_key``. No patient is in two of the splits made
