@@ -25,3 +25,19 @@ def run_bundle(bundle: str, run_id: str, config: str, tmp: Path, **overrides) ->
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def _bundle_cli(*args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def verify_bundle(bundle: str) -> None:
+    """`verify_metadata` (offline, against the vendored schema) and `verify_net_in_out` pass."""
+    meta = bundle_config(bundle, "metadata")
+    schema = REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"
+    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(schema))
+    _bundle_cli(
+        "verify_net_in_out", "network_def", "--meta_file", meta,
+        "--config_file", bundle_config(bundle, "inference"), "--device", "cpu",
+    )

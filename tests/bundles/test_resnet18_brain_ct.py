@@ -6,13 +6,11 @@ inputs, random initialisation, outputs under the test's tmp folder.
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
+from tests.bundles.bundle_helpers import bundle_config, run_bundle, verify_bundle
 from toolkit.data import load_datalist, make_synthetic_dataset
 
 BUNDLE = "resnet18_brain_ct"
@@ -103,20 +101,8 @@ def test_inference_rows_match_the_input_files(trained, tmp_path):
     assert all(r["pred_name"] in ("glioma", "meningioma", "pituitary") for r in rows)
 
 
-def _bundle_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_metadata_and_network_io_verify_offline():
-    meta = bundle_config(BUNDLE, "metadata")
-    schema = REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"
-    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(schema))
-    _bundle_cli(
-        "verify_net_in_out", "network_def", "--meta_file", meta,
-        "--config_file", bundle_config(BUNDLE, "inference"), "--device", "cpu",
-    )
+    verify_bundle(BUNDLE)
 
 
 def test_trained_checkpoint_exports_with_equal_outputs(trained):

@@ -8,8 +8,6 @@ ResNet-50 written to a file, so that the frozen part can be compared bit by bit 
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import timm
 import torch
 from PIL import Image
 
-from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
+from tests.bundles.bundle_helpers import run_bundle, verify_bundle
 from toolkit.data import load_datalist
 
 BUNDLE = "resnet50_pneumonia"
@@ -141,29 +139,5 @@ def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
     assert metrics["num_samples"] == len(rows)
 
 
-def _bundle_cli(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 def test_metadata_and_network_io_verify_offline():
-    meta = bundle_config(BUNDLE, "metadata")
-    _bundle_cli(
-        "verify_metadata",
-        "--meta_file",
-        meta,
-        "--filepath",
-        str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"),
-    )
-    _bundle_cli(
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        meta,
-        "--config_file",
-        bundle_config(BUNDLE, "inference"),
-        "--device",
-        "cpu",
-    )
+    verify_bundle(BUNDLE)

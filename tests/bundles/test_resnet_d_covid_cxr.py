@@ -8,8 +8,6 @@ initialisation and ResNet-18-D (the smallest depth of the family).
 import csv
 import math
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
+from tests.bundles.bundle_helpers import bundle_config, run_bundle, verify_bundle
 from toolkit.transforms.minority import MinoritySynthesisd
 
 BUNDLE = "resnet_d_covid_cxr"
@@ -207,32 +205,8 @@ def test_depth_is_one_override():
         assert net.fc.out_features == 4
 
 
-def _bundle_cli(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 def test_metadata_and_network_io_verify_offline():
-    meta = bundle_config(BUNDLE, "metadata")
-    _bundle_cli(
-        "verify_metadata",
-        "--meta_file",
-        meta,
-        "--filepath",
-        str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"),
-    )
-    _bundle_cli(
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        meta,
-        "--config_file",
-        bundle_config(BUNDLE, "inference"),
-        "--device",
-        "cpu",
-    )
+    verify_bundle(BUNDLE)
 
 
 def test_minority_samples_are_seeded_spread_over_kinds_and_cycle_above_100_percent():
