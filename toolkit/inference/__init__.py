@@ -1,16 +1,25 @@
-"""Batch inference over folders (`cit infer`): discovery, resumable sharded runs, CSV / JSONL / DICOM SR."""
+"""Batch inference over folders (`cit infer`): discovery, resumable sharded runs, CSV / JSONL / DICOM SR.
 
-from toolkit.inference.bundle import InferenceBundle, load_bundle
-from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs
-from toolkit.inference.runner import InferenceOptions, RunSummary, run_inference
+Names are imported on first use, so that `cit --help` does not pay for importing torch.
+"""
 
-__all__ = [
-    "DicomFilters",
-    "InferenceBundle",
-    "InferenceOptions",
-    "InputItem",
-    "RunSummary",
-    "discover_inputs",
-    "load_bundle",
-    "run_inference",
-]
+import importlib
+
+_EXPORTS = {
+    "InferenceBundle": "toolkit.inference.bundle",
+    "load_bundle": "toolkit.inference.bundle",
+    "DicomFilters": "toolkit.inference.discovery",
+    "InputItem": "toolkit.inference.discovery",
+    "discover_inputs": "toolkit.inference.discovery",
+    "InferenceOptions": "toolkit.inference.runner",
+    "RunSummary": "toolkit.inference.runner",
+    "run_inference": "toolkit.inference.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'toolkit.inference' has no attribute {name!r}")
