@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.files import file_kind, find_image_files
+from toolkit.data.files import MASK_FOLDERS, file_kind, find_image_files
 from toolkit.data.splits import SPLIT_NAMES, check_no_leakage, class_counts, parse_ratios, split_items
 
 logger = logging.getLogger(__name__)
@@ -242,11 +242,6 @@ def _class_folder_items(root, classes=None, label_from_name=None, patient_from_n
 # Metadata beside the images is expected and not worth a warning.
 _SIDE_SUFFIXES = (".csv", ".tsv", ".json", ".txt", ".md", ".yaml", ".yml", ".xml", ".xlsx", ".pdf", ".html")
 _SIDE_NAMES = ("license", "readme", "dicomdir")
-
-
-# Segmentation masks stored beside the images (e.g. COVID-19 Radiography Database <class>/masks/)
-# are not images to classify.
-MASK_FOLDERS = ("mask", "masks", "segmentation", "segmentations")
 
 
 def _scan(root: Path) -> list[tuple[Path, str]]:

@@ -13,6 +13,9 @@ from pathlib import Path
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# Segmentation masks stored beside the images (e.g. COVID-19 Radiography Database <class>/masks/)
+# are not images to classify.
+MASK_FOLDERS = ("mask", "masks", "segmentation", "segmentations")
 
 
 def _lower_name(path: str | os.PathLike) -> str:
@@ -47,10 +50,10 @@ def file_kind(path: str | os.PathLike) -> str | None:
 
 
 def find_image_files(root: str | os.PathLike, kinds: tuple[str, ...] = ("dicom", "nifti", "raster")) -> list[Path]:
-    """All image files below ``root`` (recursively, sorted, hidden entries skipped) of the given kinds."""
+    """All image files below ``root`` (recursively, sorted, hidden and mask folders skipped) of the given kinds."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in MASK_FOLDERS)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
