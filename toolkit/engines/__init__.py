@@ -1,30 +1,21 @@
-"""What MONAI's engines lack for the bundles: set-up helpers and a few Ignite handlers."""
+"""What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, schedules."""
 
-from toolkit.engines.handlers import PredictionWriter, TrainingHistoryWriter
 from toolkit.engines.setup import (
     PrepareImageBatch,
     dataset_items,
     default_device,
-    find_bundle_root,
     latest_checkpoint,
-    load_class_names,
     prepare_batch_for,
     prepare_network,
-    save_class_names,
     to_probabilities,
 )
 
 __all__ = [
-    "PredictionWriter",
-    "TrainingHistoryWriter",
+    "PrepareImageBatch",
     "dataset_items",
     "default_device",
-    "find_bundle_root",
     "latest_checkpoint",
-    "load_class_names",
-    "PrepareImageBatch",
     "prepare_batch_for",
     "prepare_network",
-    "save_class_names",
     "to_probabilities",
 ]

@@ -323,7 +323,7 @@ def gradcam_panels(
     import torch
 
     from toolkit.evaluation.gradcam import Explainer, display_plane, map_plane
-    from toolkit.inference.bundle import load_bundle
+    from toolkit.bundle.loading import load_bundle
 
     bundle = load_bundle(bundle_dir)
     if list(bundle.class_names) != pred.class_names:

@@ -33,7 +33,7 @@ def _float(value: str) -> float:
 
 def plot_training_history(history_csv: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
     """Loss (train / validation) and accuracy (train / validation) per epoch from ``training_history.csv``
-    (written by ``toolkit.engines.TrainingHistoryWriter``); saved as ``training_curves.png`` beside it
+    (written by ``toolkit.bundle.TrainingHistoryWriter``); saved as ``training_curves.png`` beside it
     unless ``out_path`` is given. Returns the PNG path."""
     history_csv = Path(history_csv)
     with open(history_csv, newline="") as f:

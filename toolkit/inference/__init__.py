@@ -6,8 +6,6 @@ Names are imported on first use, so that `cit --help` does not pay for importing
 import importlib
 
 _EXPORTS = {
-    "InferenceBundle": "toolkit.inference.bundle",
-    "load_bundle": "toolkit.inference.bundle",
     "DicomFilters": "toolkit.inference.discovery",
     "InputItem": "toolkit.inference.discovery",
     "discover_inputs": "toolkit.inference.discovery",

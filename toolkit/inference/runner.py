@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.inference.bundle import InferenceBundle, load_bundle
+from toolkit.bundle.loading import InferenceBundle, load_bundle
 from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
 from toolkit.inference.locking import LockedError, OutputLock
 from toolkit.inference.writers import (
@@ -57,7 +57,7 @@ PATIENT_COLUMNS = ["patient_id", "patient_name"]
 
 @dataclass
 class InferenceOptions:
-    """Everything `cit infer` can be told; see ``toolkit.inference.commands`` for the meaning of each."""
+    """Everything `cit infer` can be told; see ``toolkit.cli.infer`` for the meaning of each."""
 
     bundle: str
     input: str

@@ -13,9 +13,10 @@ import sys
 
 # command modules, in the order `cit --help` lists them
 COMMAND_MODULES = [
-    "toolkit.data.commands",  # cit datalist, cit synth
-    "toolkit.inference.commands",  # cit infer
-    "toolkit.evaluation.commands",  # cit audit, cit report
+    "toolkit.cli.datalist",  # cit datalist, cit synth
+    "toolkit.cli.infer",  # cit infer
+    "toolkit.cli.audit",  # cit audit
+    "toolkit.cli.report",  # cit report
 ]
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from toolkit.engines import PredictionWriter, TrainingHistoryWriter, to_probabilities
+from toolkit.bundle import PredictionWriter, TrainingHistoryWriter
+from toolkit.engines import to_probabilities
 
 CLASSES = ["glioma", "meningioma", "pituitary"]
 # 6 images: true labels and the probabilities a model gave them (argmax: 0,1,2,0,2,1)

@@ -1,0 +1,78 @@
+"""Atomic file writes: the one way every layer of the toolkit writes a result file.
+
+A reader (a person, a resumed run, another process) sees either the old file or the whole new
+one, never half of it: the content goes to a temporary file in the same folder (same file system,
+so the rename is atomic), is flushed and fsynced, renamed over the target, and the folder is
+fsynced so the rename itself survives a power cut. Files get ``mode`` (default 0o644 under the
+process umask: results are shared, reviewable files), not ``tempfile.mkstemp``'s 0600.
+This module imports nothing from the toolkit, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders are created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, mode: int = 0o644, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (ending in a newline) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", mode)
+
+
+def atomic_write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable], mode: int = 0o644) -> Path:
+    """Write a header and rows as CSV to ``path`` atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue(), mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems (and Windows) cannot open a folder; the rename still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
