@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.cli.audit import read_image
+from toolkit.data.audit import describe_images, near_duplicate_pairs
 from toolkit.data.files import find_image_files
-from toolkit.evaluation.audit import describe_images, near_duplicate_pairs
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
 
     files = [str(p) for p in find_image_files(args.folder)[: args.images]]
     start = time.perf_counter()
-    described = describe_images(files, workers=args.workers)
+    described = describe_images(files, read_image, workers=args.workers)
     read_s = time.perf_counter() - start
 
     rng = np.random.default_rng(0)

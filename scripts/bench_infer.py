@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from monai.bundle import ConfigParser
 
-    from toolkit.bundle.loading import load_bundle
+    from toolkit.bundle import load_bundle
 
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("cli", "data", "engines", "evaluation", "inference", "networks", "transforms")
+_SUBPACKAGES = ("bundle", "cli", "data", "engines", "evaluation", "inference", "io", "networks", "transforms")
 
 
 def __getattr__(name: str):

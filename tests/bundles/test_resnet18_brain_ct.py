@@ -31,6 +31,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_history_and_tensorboard(trained):
     tmp, _ = trained
     models = tmp / "models"
@@ -55,6 +56,7 @@ def test_training_writes_checkpoints_history_and_tensorboard(trained):
     assert len(acc.Scalars("train_loss")) >= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     tmp, datalist = trained
     # resume in a copy so the other tests keep the one-epoch state
@@ -71,6 +73,7 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     assert "resuming from iteration" in result.stdout and "epoch 1 until 2 epochs" in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluation_files_match_the_test_split(trained):
     tmp, datalist = trained
     run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=datalist, image_size=32, batch_size=4)
@@ -87,6 +90,7 @@ def test_evaluation_files_match_the_test_split(trained):
     assert metrics["num_samples"] == len(rows)
 
 
+@pytest.mark.slow
 def test_inference_rows_match_the_input_files(trained, tmp_path):
     tmp, datalist = trained
     inputs = sorted(i["image"] for i in load_datalist(datalist)["test"])
@@ -105,6 +109,7 @@ def test_metadata_and_network_io_verify_offline():
     verify_bundle(BUNDLE)
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_exports_with_equal_outputs(trained):
     tmp, _ = trained
     from monai.bundle import ConfigParser

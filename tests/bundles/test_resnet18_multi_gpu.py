@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config
 from toolkit.data import make_synthetic_dataset
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_writes_one_model(tmp_path):
     datalist = make_synthetic_dataset(tmp_path / "data", n_patients=10, images_per_patient=2, image_size=48, seed=2)
     configs = f"['{bundle_config('resnet18_brain_ct', 'train')}','{bundle_config('resnet18_brain_ct', 'multi_gpu_train')}']"

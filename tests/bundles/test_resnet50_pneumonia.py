@@ -80,6 +80,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_datalist_keeps_the_published_test_split_and_carves_validation_by_patient(trained):
     tmp, data, _ = trained
     doc = load_datalist(tmp / "output" / "datalist.json")
@@ -96,6 +97,7 @@ def test_datalist_keeps_the_published_test_split_and_carves_validation_by_patien
         assert item["label_name"] == expected and CLASSES[item["label"]] == expected
 
 
+@pytest.mark.slow
 def test_frozen_stages_and_their_batch_norm_statistics_do_not_change(trained):
     tmp, _, source = trained
     final = torch.load(tmp / "models" / "checkpoint_final.pt", weights_only=True)["model"]
@@ -109,6 +111,7 @@ def test_frozen_stages_and_their_batch_norm_statistics_do_not_change(trained):
     assert not torch.equal(final["layer4.0.bn1.running_mean"], source["layer4.0.bn1.running_mean"])
 
 
+@pytest.mark.slow
 def test_learning_rate_steps_down_by_ten_every_step_size_epochs(trained):
     tmp, _, _ = trained
     history = _rows(tmp / "output" / "train" / "training_history.csv")
@@ -121,6 +124,7 @@ def test_learning_rate_steps_down_by_ten_every_step_size_epochs(trained):
     assert (tmp / "output" / "train" / "training_curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
     tmp, data, _ = trained
     run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=data, image_size=32, batch_size=4)

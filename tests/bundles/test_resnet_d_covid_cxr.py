@@ -136,6 +136,7 @@ def trained(data, tmp_path_factory):
     return tmp, result
 
 
+@pytest.mark.slow
 def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
     tmp, result = trained
     history = _history(tmp)
@@ -154,6 +155,7 @@ def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
     assert (tmp / "models" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warmup, cosine", [(True, False), (False, True)])
 def test_warmup_and_cosine_switch_independently(data, tmp_path, warmup, cosine):
     run_bundle(
@@ -173,6 +175,7 @@ def test_warmup_and_cosine_switch_independently(data, tmp_path, warmup, cosine):
     )
 
 
+@pytest.mark.slow
 def test_evaluation_on_the_held_out_test_split(trained):
     tmp, _ = trained
     run_bundle(

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -199,8 +200,6 @@ def _npz(path, shape, labels_shape, rng, k=2):
     ],
 )
 def test_medmnist(tmp_path, shape, labels_shape, suffix):
-    import nibabel as nib
-
     arrays = _npz(tmp_path / "toy.npz", shape, labels_shape, np.random.default_rng(0))
     splits = from_medmnist(tmp_path / "toy.npz", tmp_path / "out")
     assert {k: len(v) for k, v in splits.items()} == {"training": 6, "validation": 2, "test": 3}
@@ -289,7 +288,7 @@ def test_save_load_round_trip(tmp_path):
     assert doc["training"][0]["image"] == str(inside)
     assert doc["training"][0]["patient_id"] == "data"  # not turned into a path
     assert doc["labels"] == ["a", "b"] and doc["seed"] == 3 and doc["multi_label"] is False
-    from monai.data import load_decathlon_datalist
+    from monai.data import load_decathlon_datalist  # MONAI takes seconds to import; only this test needs it
 
     assert load_decathlon_datalist(path, False, "training")[0]["image"] == str(inside)
 

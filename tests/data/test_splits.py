@@ -81,7 +81,7 @@ def test_check_no_leakage_names_ids_and_splits():
 def test_parse_ratios():
     assert parse_ratios("85:15") == pytest.approx({"training": 0.85, "validation": 0.15})
     assert parse_ratios("training=8,test=2") == pytest.approx({"training": 0.8, "test": 0.2})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unnamed ratios need 1 to 3 parts"):
         parse_ratios("1:1:1:1")
 
 

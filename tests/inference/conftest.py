@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from infer_helpers import BUNDLE, write_input_tree
+from infer_helpers import BUNDLE, write_input_tree, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -17,18 +17,9 @@ def bundle_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(bundle_dir, tmp_path_factory) -> Path:
-    """Random-init weights of the bundle's own ``network_def``, saved as a state dict."""
-    import torch
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return path
+    """Random-init weights of the bundle's own architecture, saved as a state dict with the model
+    description that training writes beside it (``model_info.json``; inputs of IMAGE_SIZE pixels)."""
+    return write_tiny_checkpoint(bundle_dir, tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Helpers for the `cit infer` tests. Inputs: a folder tree: a folder tree of real files (written with pydicom, Pillow,
+"""Helpers for the `cit infer` tests. Inputs: a folder tree of real files (written with pydicom, Pillow,
 nibabel) holding valid images and one of every kind of broken input, plus a tiny checkpoint
 for the real bundle bundles/resnet18_brain_ct (random-init weights: the tests check plumbing,
 not accuracy)."""
@@ -14,7 +14,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # CIT_INFER_TEST_BUNDLE: run these tests against another copy of the bundle (default: the real one)
 BUNDLE = Path(os.environ.get("CIT_INFER_TEST_BUNDLE", REPO_ROOT / "bundles" / "resnet18_brain_ct"))
-IMAGE_SIZE = 32  # tiny network input for tests (the bundle's image_size is overridden)
+IMAGE_SIZE = 32  # tiny network input for tests (recorded in the tiny checkpoint's model description)
 
 
 def subprocess_env() -> dict:
@@ -26,6 +26,31 @@ def subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
+CLASS_NAMES = ["glioma", "meningioma", "pituitary"]
+
+
+def write_tiny_checkpoint(bundle: Path, folder: Path, seed: int = 0) -> Path:
+    """``folder/model.pt``: random-init weights of the bundle's architecture (``model_name`` and
+    ``channels`` of its train.json) for IMAGE_SIZE inputs, with ``folder/model_info.json`` as training
+    writes it. Returns the weights' path."""
+    import json
+
+    import torch
+
+    from toolkit.bundle import write_model_info
+
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    info = write_model_info(
+        folder,
+        network={"name": train["model_name"], "num_classes": len(CLASS_NAMES), "in_channels": train["channels"]},
+        class_names=CLASS_NAMES,
+        preprocessing={"image_size": IMAGE_SIZE, "reader_max_size": IMAGE_SIZE, "channels": train["channels"],
+                       "intensity": train["intensity"]},
+        bundle_name=bundle.name,
+    )
+    torch.manual_seed(seed)
+    torch.save(info.create_network().state_dict(), folder / "model.pt")
+    return folder / "model.pt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +192,7 @@ def infer_args(bundle: Path, ckpt: Path, inputs: Path, output: Path, *extra: str
     """`cit infer` arguments for the tests: tiny images, tiny batches, no progress bar."""
     return ["infer", "--bundle", str(bundle), "--ckpt-path", str(ckpt), "--input", str(inputs),
             "--output", str(output), "--device", "cpu", "--batch-size", "2", "--workers", "0",
-            "--no-progress", "--set", f"image_size={IMAGE_SIZE}", *extra]
+            "--no-progress", *extra]
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from infer_helpers import PYTHON, infer_args, read_csv, subprocess_env, write_input_tree
 
 from toolkit.cli import main
@@ -18,6 +19,7 @@ def _journal_lines(out) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(bundle_dir, tiny_ckpt, tmp_path, capsys):
     inputs = tmp_path / "in"
     expected = write_input_tree(inputs, n_extra_png=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from infer_helpers import PYTHON, infer_args, read_csv, subprocess_env
 
 from toolkit.cli import main
@@ -11,6 +12,7 @@ from toolkit.inference.runner import EXIT_INPUTS_FAILED
 from toolkit.inference.writers import part_path
 
 
+@pytest.mark.slow
 def test_two_processes_shard_and_merge(bundle_dir, tiny_ckpt, input_tree, tmp_path):
     inputs, expected = input_tree
     out = tmp_path / "dist"

@@ -24,6 +24,8 @@ from toolkit.networks import (
     load_pretrained,
 )
 
+NO_RESNET18_WEIGHTS = "No pretrained ImageNet weights found for 'resnet18'"
+
 
 @pytest.fixture(scope="module")
 def resnet18_checkpoint(tmp_path_factory) -> tuple[Path, str, dict]:
@@ -125,7 +127,7 @@ def test_wrong_sha256_raises_and_leaves_no_file(http_server, resnet18_checkpoint
     cache = tmp_path / "cache"
     wrong = "0" * 64
 
-    with pytest.raises(WeightsIntegrityError) as err:
+    with pytest.raises(WeightsIntegrityError, match=wrong) as err:
         download_weights(f"{base}/resnet18.pth", sha256=wrong, cache_dir=cache)
 
     message = str(err.value)
@@ -158,7 +160,7 @@ def test_download_without_any_hash_is_refused(http_server, resnet18_checkpoint, 
 
 def test_offline_imagenet_without_weights_raises_with_how_to(isolated_caches, monkeypatch):
     _no_network(monkeypatch)
-    with pytest.raises(PretrainedWeightsUnavailable) as err:
+    with pytest.raises(PretrainedWeightsUnavailable, match=NO_RESNET18_WEIGHTS) as err:
         create_network("resnet18", num_classes=2, pretrained="imagenet")
     message = str(err.value)
     assert "resnet18" in message
@@ -273,5 +275,5 @@ def test_default_download_folder_is_not_the_imagenet_lookup(http_server, resnet1
     shutil.copy(path, folder / "resnet18.pth")
     downloaded = download_weights(f"{base}/resnet18.pth", sha256=sha)
     assert downloaded == isolated_caches / "downloads" / "resnet18.pth"
-    with pytest.raises(PretrainedWeightsUnavailable):
+    with pytest.raises(PretrainedWeightsUnavailable, match=NO_RESNET18_WEIGHTS):
         create_network("resnet18", num_classes=2, pretrained="imagenet")

@@ -77,7 +77,7 @@ def test_unreadable_raster_names_the_file(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(ImageReadError, match="broken.png"):
         RasterReader().get_data(str(path))
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(RuntimeError, match="applying transform.*LoadImaged") as info:
         classification_transforms("eval", 16)({"image": str(path), "label": 0})
     assert "broken.png" in str(find_read_error(info.value))
 

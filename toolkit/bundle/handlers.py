@@ -14,23 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
+
+from toolkit.engines import is_distributed
+from toolkit.evaluation import metrics as evaluation_metrics
+from toolkit.io import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
-
-
-def _write_csv_atomically(path: Path, header: list[str], rows: list[list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TrainingHistoryWriter:
@@ -61,7 +54,7 @@ class TrainingHistoryWriter:
             metrics.update(self.validator.state.metrics)
         row = [epoch] + [_scalar(metrics.get(k)) for k in HISTORY_COLUMNS[1:-1]] + [self._lr]
         rows = [r for r in self._read_rows() if int(r[0]) < epoch]
-        _write_csv_atomically(self.path, HISTORY_COLUMNS, rows + [row])
+        atomic_write_csv(self.path, HISTORY_COLUMNS, rows + [row])
 
     def _read_rows(self) -> list[list]:
         if not self.path.is_file():
@@ -120,11 +113,13 @@ class PredictionWriter:
         self._indices.append(torch.as_tensor(index).cpu().numpy())
 
     def _write(self, engine: Engine) -> None:
-        if not self._probs:
+        probs, indices = self._gathered()
+        if probs is None:  # another rank of a torchrun evaluation: rank 0 writes
+            return
+        if not len(probs):
             logger.warning("no predictions were made; nothing written")
             return
-        probs = np.concatenate(self._probs)
-        records = [self.records[i] for i in np.concatenate(self._indices)]
+        records = [self.records[i] for i in indices]
         has_labels = all("label" in r for r in records)
         has_patients = any(r.get("patient_id") for r in records)
         header = ["image"] + (["patient_id"] if has_patients else [])
@@ -140,10 +135,29 @@ class PredictionWriter:
             row += [_label_text(pred), self._label_name(pred)] + [f"{v:.6f}" for v in p]
             rows.append(row)
         path = self.output_dir / self.filename
-        _write_csv_atomically(path, header, rows)
+        atomic_write_csv(path, header, rows)
         logger.info("wrote %d predictions to %s", len(rows), path)
         if self.write_metrics and has_labels:
             self._write_metrics(records, probs)
+
+    def _gathered(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """This process's predictions, or under DDP every rank's on rank 0 (``None`` elsewhere).
+
+        The evaluation sampler pads nothing, so each item comes from exactly one rank; items are
+        put back in datalist order, so a torchrun evaluation writes the same file as one process.
+        """
+        probs = np.concatenate(self._probs) if self._probs else np.zeros((0, len(self.class_names)))
+        indices = np.concatenate(self._indices) if self._indices else np.zeros(0, dtype=int)
+        if not is_distributed():
+            return probs, indices
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (probs, indices))
+        if dist.get_rank() != 0:
+            return None, None
+        probs = np.concatenate([p for p, _ in parts])
+        indices = np.concatenate([i for _, i in parts])
+        order = np.argsort(indices, kind="stable")
+        return probs[order], indices[order]
 
     def _label_name(self, label) -> str:
         if isinstance(label, (list, tuple, np.ndarray)):
@@ -151,8 +165,6 @@ class PredictionWriter:
         return self.class_names[int(label)]
 
     def _write_metrics(self, records: list[dict], probs: np.ndarray) -> None:
-        from toolkit.evaluation import metrics as evaluation_metrics
-
         labels = np.asarray([r["label"] for r in records])
         if self.multi_label:
             result = evaluation_metrics.multilabel_metrics(labels, probs, self.class_names)

@@ -1,4 +1,4 @@
-"""Loading what batch inference needs from a bundle's ``configs/inference.json``.
+"""Loading what batch inference and reports need from a bundle's ``configs/inference.json``.
 
 The same config ids that ``python -m monai.bundle run inference`` evaluates (``preprocessing``,
 ``network``, ``ckpt_path``, ``postprocessing``, ``class_names``) are parsed with MONAI's own
@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
+
+from toolkit.bundle.configs import read_config
+from toolkit.bundle.description import ModelInfo
 
 
 @dataclass
@@ -29,6 +33,8 @@ class InferenceBundle:
     postprocessing: Any  # callable: {"pred": logits} -> {"pred": probabilities}
     image_size: tuple[int, ...] | None
     spatial_dims: int
+    ckpt_path: str
+    model_info: ModelInfo
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the bundle's postprocessing to one item's logits ``(C,)``; returns probabilities ``(C,)``."""
@@ -54,11 +60,11 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
                 overrides: dict | None = None) -> InferenceBundle:
     """Parse ``bundle_dir/configs/inference.json`` (+ ``metadata.json``) into an :class:`InferenceBundle`.
 
-    ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere); ``overrides``
-    are extra ``{id: value}`` pairs, as ``monai.bundle run --id value`` would take.
+    ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere; its
+    ``model_info.json`` and ``temperature.json`` are read from the same folder); ``overrides``
+    are extra ``{id: value}`` pairs, as ``monai.bundle run --id value`` would take. Overrides of
+    ``model_name`` / ``image_size`` / ``channels`` must agree with the model's description.
     """
-    from monai.bundle import ConfigParser
-
     root = Path(bundle_dir).resolve()
     config_file = root / "configs" / "inference.json"
     if not config_file.is_file():
@@ -66,8 +72,7 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
     meta_file = root / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
+    parser = ConfigParser(read_config(config_file, bundle_root=root))
     if meta_file.is_file():
         parser.read_meta(str(meta_file))
     parser["bundle_root"] = str(root)
@@ -77,35 +82,29 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
         parser["device"] = f"$torch.device('{torch.device(device)}')"
     for key, value in (overrides or {}).items():
         parser[key] = value
-    for required in ("preprocessing", "network", "class_names"):
+    for required in ("preprocessing", "network", "class_names", "model_info", "ckpt_path"):
         if required not in parser:
             raise KeyError(f"{config_file}: config id '{required}' is missing")
-    ckpt = parser.get_parsed_content("ckpt_path") if "ckpt_path" in parser else None
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise FileNotFoundError(
-            f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)"
-        )
-
+    ckpt = parser.get_parsed_content("ckpt_path")
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)")
+    info = parser.get_parsed_content("model_info")
     network = parser.get_parsed_content("network")
-    if ckpt is not None:
-        load_weights(network, ckpt)
+    load_weights(network, ckpt)
     network.eval()
-    postprocessing = parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None
-    image_size = parser.get_parsed_content("image_size") if "image_size" in parser else None
-    if isinstance(image_size, int):
-        image_size = (image_size,)
-    spatial_dims = int(parser.get_parsed_content("spatial_dims")) if "spatial_dims" in parser else (
-        3 if any(isinstance(m, torch.nn.Conv3d) for m in network.modules()) else 2)
-    if image_size is not None and len(image_size) == 1:
-        image_size = tuple(image_size) * spatial_dims
+    spatial_dims = int(info.network.get("spatial_dims", 2))
+    size = info.preprocessing.get("image_size")
+    image_size = tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else [size] * spatial_dims)) if size else None
     return InferenceBundle(
         root=root,
         name=str(meta.get("name", root.name)),
         version=str(meta.get("version", "")),
-        class_names=[str(c) for c in parser.get_parsed_content("class_names")],
+        class_names=list(info.class_names),
         preprocessing=parser.get_parsed_content("preprocessing"),
         network=network,
-        postprocessing=postprocessing,
-        image_size=tuple(int(s) for s in image_size) if image_size is not None else None,
+        postprocessing=parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None,
+        image_size=image_size,
         spatial_dims=spatial_dims,
+        ckpt_path=str(ckpt),
+        model_info=info,
     )

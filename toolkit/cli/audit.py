@@ -1,4 +1,8 @@
-"""`cit audit`: data-set audit and leakage check."""
+"""`cit audit`: data-set audit and leakage check.
+
+The audit lives in the data layer (``toolkit.data.audit``) and reads images with the function it
+is given; this command gives it the toolkit's readers from ``toolkit.transforms``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,23 @@ import argparse
 import logging
 from pathlib import Path
 
+from toolkit.data.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING, run_audit
+
+
+def read_image(path: str):
+    """Pixels of one image as the toolkit's transforms read it (a multi-frame DICOM: its middle
+    frame); raises ``ImageReadError`` (a ValueError) naming the file when it cannot be read.
+
+    Module-level, so ``--workers`` processes can pickle it.
+    """
+    # torch + MONAI take seconds to import: only when images are read, so `cit --help` stays fast.
+    from toolkit.transforms.readers import MedicalImageReader
+
+    reader = MedicalImageReader(dicom_frame="middle")
+    return reader.get_data(reader.read(path))[0]
+
 
 def _audit(args: argparse.Namespace) -> int:
-    from toolkit.evaluation.audit import run_audit
-
     source = Path(args.datalist)
     if args.out_dir:
         out_dir = Path(args.out_dir)
@@ -25,6 +42,7 @@ def _audit(args: argparse.Namespace) -> int:
     report = run_audit(
         source,
         out_dir,
+        read_image,
         threshold=args.hamming,
         transforms=not args.no_transforms,
         confirm=None if args.confirm_hamming < 0 else args.confirm_hamming,
@@ -52,8 +70,6 @@ def _audit(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``audit`` sub-command."""
-    from toolkit.evaluation.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     a = subparsers.add_parser(

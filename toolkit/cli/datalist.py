@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+from toolkit.data.datalist import build_datalist, load_datalist, summarize
+from toolkit.data.synthetic import make_synthetic_dataset
+
 
 def _datalist(args: argparse.Namespace) -> int:
-    from toolkit.data.datalist import build_datalist, load_datalist, summarize
-
     path = build_datalist(
         args.source,
         args.out,
@@ -25,9 +26,6 @@ def _datalist(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from toolkit.data.datalist import load_datalist, summarize
-    from toolkit.data.synthetic import make_synthetic_dataset
-
     path = make_synthetic_dataset(
         args.out_dir,
         n_patients=args.n_patients,

@@ -22,6 +22,11 @@ scale-out:
 """
 
 
+# Why a run fails as a whole: a missing or unreadable bundle, input or weights (OSError), a bundle config
+# MONAI cannot evaluate (RuntimeError, KeyError for a missing id), an invalid option value (ValueError).
+RUN_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
 def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from toolkit.inference.runner import EXIT_RUN_FAILED, InferenceOptions, run_inference
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.verbose:  # also the traceback of each input that failed (toolkit.inference logs them at debug level)
+        logging.getLogger("toolkit.inference").setLevel(logging.DEBUG)
     options = InferenceOptions(
         bundle=args.bundle, input=args.input, output=args.output, ckpt_path=args.ckpt_path,
         device=args.device, batch_size=args.batch_size, workers=args.workers, threads=args.threads,
@@ -90,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return run_inference(options).exit_code
-    except Exception as exc:  # noqa: BLE001 - a clear one-line message instead of a traceback
+    except RUN_ERRORS as exc:  # a clear one-line message instead of a traceback; a bug keeps its traceback
         print(f"cit infer: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.verbose:
             raise

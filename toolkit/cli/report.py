@@ -4,25 +4,58 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # no torch at `cit --help`
+    from toolkit.evaluation.gradcam import ExplainableModel
+
+# Why a bundle cannot give the model for Grad-CAM: missing files (OSError), a config MONAI cannot
+# evaluate (RuntimeError) or that lacks an id (KeyError), invalid values or weights (ValueError,
+# RuntimeError from load_state_dict, pickle.UnpicklingError from torch.load).
+BUNDLE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError)
+
+
+def _model_for_gradcam(bundle: str) -> tuple[ExplainableModel | None, list[str]]:
+    """(the bundle's network, preprocessing and class names as an ExplainableModel, []), or (None, [why])
+    when the bundle cannot be loaded: a report without heat maps beats no report."""
+    from toolkit.bundle import load_bundle
+    from toolkit.evaluation.gradcam import ExplainableModel
+
+    try:
+        loaded = load_bundle(bundle, device="cpu")
+    except BUNDLE_ERRORS as e:
+        logging.getLogger(__name__).debug("cannot load the bundle %s", bundle, exc_info=True)
+        return None, [f"Grad-CAM overlays could not be made: the bundle {bundle} did not load: {type(e).__name__}: {e}"]
+    return ExplainableModel(loaded.network, loaded.preprocessing, list(loaded.class_names)), []
 
 
 def _report(args: argparse.Namespace) -> int:
+    from toolkit.evaluation.calibration import TEMPERATURE_FILE
     from toolkit.evaluation.report import build_report
 
+    if args.save_temperature and not args.bundle:
+        raise ValueError("--save-temperature needs the bundle (--bundle) to save models/temperature.json in")
+    model, notes, n_cam = None, [], args.n_cam
+    if args.bundle and n_cam > 0:
+        model, notes = _model_for_gradcam(args.bundle)
+        n_cam = n_cam if model is not None else 0  # the note says why there are no heat maps
     summary = build_report(
         args.eval_dir,
-        bundle_dir=args.bundle,
         out_dir=args.out_dir,
         validation_predictions=args.validation_predictions,
         history=args.history,
+        model=model,
         n_resamples=args.n_resamples,
         seed=args.seed,
         target_sensitivity=args.target_sensitivity,
         cam_method=args.cam,
-        n_cam=args.n_cam,
-        save_temperature=args.save_temperature,
+        n_cam=n_cam,
+        temperature_file=Path(args.bundle) / "models" / TEMPERATURE_FILE if args.save_temperature else None,
+        title=f"Evaluation report: {Path(args.bundle).resolve().name}" if args.bundle else None,
         audit=args.audit,
+        notes=notes,
     )
     for warning in summary["warnings"]:
         print(f"note: {warning}")

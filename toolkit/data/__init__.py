@@ -1,22 +1,23 @@
-"""Data layer: datalists, patient-grouped splits, class weights and the synthetic demo data."""
+"""Data layer: datalists (read by the format modules in ``sources``), patient-grouped splits,
+class weights and the synthetic demo data. The data-set audit is ``toolkit.data.audit``,
+imported directly."""
 
-from toolkit.data.datalist import (
+from toolkit.data.datalist import build_datalist, load_datalist, save_datalist, split_keys, summarize
+from toolkit.data.files import file_kind, find_image_files, is_dicom_file
+from toolkit.data.sources import (
     CHESTXRAY14_FINDINGS,
-    build_datalist,
     from_chestxray14,
     from_class_folders,
     from_csv,
     from_dicom_folder,
     from_medmnist,
-    load_datalist,
-    save_datalist,
 )
-from toolkit.data.files import file_kind, find_image_files, is_dicom_file
 from toolkit.data.splits import (
     check_no_leakage,
     class_counts,
     class_weights,
     parse_ratios,
+    sample_weights,
     split_items,
     weighted_sampler,
 )
@@ -39,7 +40,10 @@ __all__ = [
     "load_datalist",
     "make_synthetic_dataset",
     "parse_ratios",
+    "sample_weights",
     "save_datalist",
     "split_items",
+    "split_keys",
+    "summarize",
     "weighted_sampler",
 ]

@@ -215,19 +215,31 @@ def class_weights(items: Sequence[dict], num_classes: int, multi_label: bool = F
     return [w / mean for w in inverse]
 
 
+def sample_weights(items: Sequence[dict], num_classes: int):
+    """Per-item weights (float64 tensor) that make every class about equally likely to be drawn.
+
+    An item weighs 1 / (size of its class); multi-hot items are weighted by their rarest positive
+    class (all-negative items count as one more class).
+    """
+    import torch
+
+    multi = _is_multi_label(items)
+    class_counts(items, num_classes, multi)  # validates the labels against num_classes
+    strata = _strata(items, stratify=True) if multi else [int(item["label"]) for item in items]
+    frequency = Counter(strata)
+    return torch.tensor([1.0 / frequency[s] for s in strata], dtype=torch.double)
+
+
 def weighted_sampler(items: Sequence[dict], num_classes: int, seed: int = 0):
     """A seeded ``WeightedRandomSampler`` drawing classes about equally often (with replacement).
 
     Multi-hot items are weighted by their rarest positive class (all-negative items count as
     one more class).
     """
+    # torch takes ~2.5 s to import: only the sampler needs it, not `import toolkit.data`
     import torch
     from torch.utils.data import WeightedRandomSampler
 
-    multi = _is_multi_label(items)
-    class_counts(items, num_classes, multi)  # validates the labels against num_classes
-    strata = _strata(items, stratify=True) if multi else [int(item["label"]) for item in items]
-    frequency = Counter(strata)
-    weights = torch.tensor([1.0 / frequency[s] for s in strata], dtype=torch.double)
+    weights = sample_weights(items, num_classes)
     generator = torch.Generator().manual_seed(int(seed))
     return WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)

@@ -15,12 +15,16 @@ signed 16-bit; MR 16-bit and 12-bit MONOCHROME1 with inverted stored values) and
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from toolkit.data.datalist import load_datalist, save_datalist
 from toolkit.data.splits import check_no_leakage, class_counts, split_items
+from toolkit.io import atomic_write_bytes
 
 GENERATOR_VERSION = 1
 PATTERNS = ("blob", "crescent", "spots", "none")
@@ -31,7 +35,7 @@ RATIOS = {"training": 0.8, "validation": 0.1, "test": 0.1}
 
 def _zoom_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth random field in [-1, 1]: a coarse grid upsampled bilinearly to ``size``."""
-    from scipy.ndimage import zoom
+    from scipy.ndimage import zoom  # ~0.3 s: only the generator needs it, not `import toolkit.data`
 
     coarse = rng.uniform(-1, 1, (cells, cells))
     return zoom(coarse, size / cells, order=1, mode="nearest")[:size, :size]
@@ -139,8 +143,8 @@ def _hounsfield(tissue: np.ndarray, bone: np.ndarray) -> np.ndarray:
 
 
 def _write_dicom(path: Path, tissue, bone, variant, patient, uids, number, size, rng) -> None:
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
+    # pydicom ~0.3 s: imported when the demo data is written, not by `import toolkit.data`
+    from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
     ct = variant.startswith("ct")
@@ -216,17 +220,20 @@ def _write_dicom(path: Path, tissue, bone, variant, patient, uids, number, size,
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
     ds.PixelData = pixels.tobytes()
     ds.BurnedInAnnotation = "NO"
-    pydicom.dataset.validate_file_meta(ds.file_meta, enforce_standard=True)
-    ds.save_as(path, enforce_file_format=True)
+    validate_file_meta(ds.file_meta, enforce_standard=True)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_png(path: Path, tissue: np.ndarray, variant: str) -> None:
-    from PIL import Image
-
     if variant == "png8":
-        Image.fromarray(np.round(tissue * 255).astype(np.uint8)).save(path)
+        image = Image.fromarray(np.round(tissue * 255).astype(np.uint8))
     else:
-        Image.fromarray(np.round(tissue * 60000).astype(np.uint16)).save(path)
+        image = Image.fromarray(np.round(tissue * 60000).astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +254,7 @@ def make_synthetic_dataset(
     80/10/10 by patient, stratified by class. Idempotent: if ``out_dir/datalist.json`` was made
     with the same parameters and its files exist, it is returned unchanged.
     """
-    from pydicom.uid import generate_uid
-
-    from toolkit.data.datalist import load_datalist, save_datalist
+    from pydicom.uid import generate_uid  # pydicom ~0.3 s: see _write_dicom
 
     classes = [str(c) for c in classes]
     if not 2 <= len(classes) <= len(PATTERNS):

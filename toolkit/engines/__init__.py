@@ -1,9 +1,18 @@
-"""What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, schedules."""
+"""What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, DDP helpers, schedules."""
 
+from toolkit.engines.distributed import (
+    default_device,
+    eval_sampler,
+    is_distributed,
+    main_process_handlers,
+    on_main_process,
+    process_rank,
+    train_sampler,
+)
+from toolkit.engines.progress import ProgressBar
 from toolkit.engines.setup import (
     PrepareImageBatch,
     dataset_items,
-    default_device,
     latest_checkpoint,
     prepare_batch_for,
     prepare_network,
@@ -12,10 +21,17 @@ from toolkit.engines.setup import (
 
 __all__ = [
     "PrepareImageBatch",
+    "ProgressBar",
     "dataset_items",
     "default_device",
+    "eval_sampler",
+    "is_distributed",
     "latest_checkpoint",
+    "main_process_handlers",
+    "on_main_process",
     "prepare_batch_for",
     "prepare_network",
+    "process_rank",
     "to_probabilities",
+    "train_sampler",
 ]

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import torch
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 
 
-
-
-def default_device() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
 def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True) -> torch.nn.Module:
-    """Move a 2D network to ``device``, in channels_last memory format (faster on GPUs and on this CPU)."""
+    """Move a 2D network to ``device``, in channels_last memory format (faster on GPUs and on this CPU).
+
+    Under torchrun (a process group is initialised) the network is wrapped in
+    ``DistributedDataParallel`` on this process's device.
+    """
     network = network.to(device)
     if channels_last and _is_2d(network):
         network = network.to(memory_format=torch.channels_last)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = torch.device(device)
+        device_ids = [device] if device.type == "cuda" else None
+        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
     return network
 
 

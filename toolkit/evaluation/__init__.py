@@ -6,8 +6,8 @@ Import the sub-modules directly; this package imports nothing heavy:
 - ``bootstrap``: 95% bootstrap confidence intervals, resampling patients where ids exist
 - ``calibration``: ECE, reliability diagrams, temperature scaling (``models/temperature.json``)
 - ``operating_points``: thresholds for a target sensitivity, chosen on validation
-- ``gradcam``: Grad-CAM / Grad-CAM++ heat maps (``monai.visualize``) and overlays
-- ``training_plots``: learning curves and confusion matrix PNGs from a run's output files
-- ``report``: the HTML evaluation report (`cit report`)
-- ``audit``: the data-set audit and leakage check (`cit audit`)
+- ``gradcam``: Grad-CAM / Grad-CAM++ heat maps (``monai.visualize``) and the one overlay of them
+- ``figures``: every PNG figure (learning curves, confusion matrix, ROC / PR, reliability, samples, Grad-CAM)
+- ``report``: the HTML evaluation report (`cit report`); the caller hands it the model for Grad-CAM
+- the data-set audit and leakage check (`cit audit`) is a data concern: ``toolkit.data.audit``
 """

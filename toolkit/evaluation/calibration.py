@@ -21,6 +21,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
+from toolkit.io import atomic_write_json
+
 TEMPERATURE_FILE = "temperature.json"
 # Search range of T; beyond it a model is so mis-calibrated that a scalar fix hides a real problem.
 T_MIN, T_MAX = 0.05, 20.0
@@ -50,12 +52,10 @@ def load_temperature(path: str | os.PathLike | None) -> float:
 
 def save_temperature(temperature: float, path: str | os.PathLike, **extra) -> Path:
     """Write ``{"temperature": T, **extra}`` to ``path`` atomically (e.g. bundle/models/temperature.json)."""
-    from toolkit.evaluation.metrics import write_text_atomic
-
     temperature = float(temperature)
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    return write_text_atomic(path, json.dumps({"temperature": temperature, **extra}, indent=2) + "\n")
+    return atomic_write_json(path, {"temperature": temperature, **extra}, indent=2)
 
 
 def _is_multi_label(logits: np.ndarray, labels: np.ndarray) -> bool:

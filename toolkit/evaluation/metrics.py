@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from toolkit.io import atomic_write_json, atomic_write_text
 
 # Text report kept in the metrics dict for `write_metrics`; not written into metrics.json.
 REPORT_KEY = "classification_report"
@@ -167,25 +167,6 @@ def multilabel_metrics(y_true, y_prob, class_names: Sequence[str], threshold: fl
     }
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename.
-
-    The temporary file is opened normally (not with ``tempfile.mkstemp``, which creates mode 0600),
-    so the result gets the usual permissions under the process umask.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _csv_text(rows: list[list]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
@@ -230,12 +211,11 @@ def write_metrics(metrics: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     serialisable = {k: v for k, v in metrics.items() if k != REPORT_KEY}
     paths = {
-        "metrics": write_text_atomic(out_dir / "metrics.json", json.dumps(serialisable, indent=2) + "\n"),
-        "per_class": write_text_atomic(out_dir / "per_class.csv", _csv_text(_per_class_rows(metrics))),
-        "confusion_matrix": write_text_atomic(
-            out_dir / "confusion_matrix.csv", _csv_text(_confusion_rows(metrics))
-        ),
+        "metrics": atomic_write_json(out_dir / "metrics.json", serialisable, indent=2),
+        "per_class": atomic_write_text(out_dir / "per_class.csv", _csv_text(_per_class_rows(metrics))),
+        "confusion_matrix": atomic_write_text(out_dir / "confusion_matrix.csv", _csv_text(_confusion_rows(metrics))),
     }
-    report = metrics.get(REPORT_KEY) or ""
-    paths["classification_report"] = write_text_atomic(out_dir / "classification_report.txt", report)
+    paths["classification_report"] = atomic_write_text(
+        out_dir / "classification_report.txt", metrics.get(REPORT_KEY) or ""
+    )
     return paths

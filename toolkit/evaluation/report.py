@@ -4,8 +4,10 @@ PNG files, the metrics with bootstrap confidence intervals, calibration and oper
 Inputs are the files a bundle run writes (docs/architecture.md): ``<output_dir>/eval/
 predictions.csv`` (test set), optionally validation predictions (``evaluating`` run with
 ``--eval_split validation --eval_dir <output_dir>/eval_validation``) for temperature scaling and
-operating points, ``<output_dir>/train/training_history.csv`` for the learning curves, and the
-bundle itself for Grad-CAM overlays.
+operating points, ``<output_dir>/train/training_history.csv`` for the learning curves, and, for
+Grad-CAM overlays, the trained model as an :class:`~toolkit.evaluation.gradcam.ExplainableModel`
+handed over by the caller (`cit report --bundle` loads it from the bundle). The figures are drawn
+by :mod:`toolkit.evaluation.figures`; this module computes what they show and assembles the page.
 """
 
 from __future__ import annotations
@@ -18,26 +20,33 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
 import numpy as np
+import torch
 
 from toolkit.evaluation import bootstrap, calibration
-from toolkit.evaluation.metrics import (
-    classification_metrics,
-    multilabel_metrics,
-    write_metrics,
-    write_text_atomic,
+from toolkit.evaluation.figures import (
+    label_text,
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_reliability,
+    plot_roc_pr,
+    plot_sample_grid,
+    plot_training_history,
 )
+from toolkit.evaluation.gradcam import ExplainableModel, Explainer
+from toolkit.evaluation.metrics import classification_metrics, multilabel_metrics, write_metrics
 from toolkit.evaluation.operating_points import operating_points
-from toolkit.evaluation.training_plots import plot_training_history
+from toolkit.io import atomic_write_json, atomic_write_text
+from toolkit.transforms.readers import find_read_error
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
-GREEN, RED = "#1a7f37", "#c62828"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,257 +114,55 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures (matplotlib, Agg backend)
+# Grad-CAM panels
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
-def plot_confusion(matrix, class_names: list[str], path: Path) -> Path:
-    """Confusion matrix as counts and row-normalised (recall per true class)."""
-    plt = _plt()
-    cm = np.asarray(matrix, dtype=float)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    size = max(4.0, 0.6 * len(class_names) + 2.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, data, title, fmt in (
-        (axes[0], cm, "Counts", "{:.0f}"),
-        (axes[1], norm, "Row-normalised", "{:.2f}"),
-    ):
-        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
-        ax.set_xticks(range(len(class_names)), class_names, rotation=40, ha="right")
-        ax.set_yticks(range(len(class_names)), class_names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title)
-        threshold = data.max() / 2 if data.max() > 0 else 0.5
-        for i in range(len(class_names)):
-            for j in range(len(class_names)):
-                colour = "white" if data[i, j] > threshold else "black"
-                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=colour, fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_multilabel_confusion(matrices, class_names: list[str], path: Path) -> Path:
-    """Per-class 2x2 confusion matrices ([[tn, fp], [fn, tp]]) of a multi-label task."""
-    plt = _plt()
-    n = len(class_names)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.8 * rows), squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
-        if k >= n:
-            ax.axis("off")
-            continue
-        m = np.asarray(matrices[k], dtype=float)
-        ax.imshow(m, cmap="Blues", vmin=0)
-        for i in range(2):
-            for j in range(2):
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center",
-                        color="white" if m[i, j] > m.max() / 2 else "black")  # fmt: skip
-        ax.set_xticks([0, 1], ["pred 0", "pred 1"])
-        ax.set_yticks([0, 1], ["true 0", "true 1"])
-        ax.set_title(class_names[k], fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _curve_targets(pred: Predictions) -> list[tuple[int, str, np.ndarray]]:
-    if pred.multi_label:
-        return [(k, n, pred.y_true[:, k]) for k, n in enumerate(pred.class_names)]
-    if len(pred.class_names) == 2:
-        return [(1, pred.class_names[1], (pred.y_true == 1).astype(int))]
-    return [(k, n, (pred.y_true == k).astype(int)) for k, n in enumerate(pred.class_names)]
-
-
-def plot_roc_pr(pred: Predictions, roc_path: Path, pr_path: Path) -> tuple[Path, Path]:
-    """One-vs-rest ROC and precision-recall curves with AUC / average precision per class."""
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
-
-    plt = _plt()
-    fig_roc, ax_roc = plt.subplots(figsize=(5.6, 5))
-    fig_pr, ax_pr = plt.subplots(figsize=(5.6, 5))
-    for k, name, truth in _curve_targets(pred):
-        if truth.min() == truth.max():
-            continue  # class absent (or everything): no curve
-        fpr, tpr, _ = roc_curve(truth, pred.probs[:, k])
-        ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        precision, recall, _ = precision_recall_curve(truth, pred.probs[:, k])
-        ap = average_precision_score(truth, pred.probs[:, k])
-        ax_pr.step(
-            recall, precision, where="post", label=f"{name} (AP {ap:.3f}, prevalence {truth.mean():.2f})"
-        )
-    ax_roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
-    ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-               title="ROC, one vs rest", xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
-    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall, one vs rest",
-              xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
-    for ax in (ax_roc, ax_pr):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
-    return _save(fig_roc, roc_path), _save(fig_pr, pr_path)
-
-
-def plot_reliability(diagrams: dict[str, dict], path: Path, what: str) -> Path:
-    """Reliability diagram(s): observed frequency against mean confidence per bin, with ECE."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(diagrams), figsize=(5 * len(diagrams), 4.6), squeeze=False)
-    for ax, (title, d) in zip(axes[0], diagrams.items(), strict=True):
-        edges = np.asarray(d["bin_edges"])
-        centres = (edges[:-1] + edges[1:]) / 2
-        width = edges[1] - edges[0]
-        acc = np.array([np.nan if v is None else v for v in d["accuracy"]])
-        conf = np.array([np.nan if v is None else v for v in d["confidence"]])
-        filled = ~np.isnan(acc)  # empty bins draw nothing
-        ax.bar(centres[filled], acc[filled], width=width * 0.95, color="#4a78b5", label="observed frequency")
-        ax.bar(centres[filled], conf[filled], width=width * 0.95, fill=False, edgecolor="#c62828", linewidth=1.2,
-               label="mean confidence")  # fmt: skip
-        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{what} (mean per bin)", ylabel="observed frequency",
-               title=f"{title}: ECE {d['ece']:.3f}")  # fmt: skip
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _read_display(path: str) -> np.ndarray | None:
-    """An image file as a displayable (H, W) / (H, W, 3) array in [0, 1], or None if unreadable."""
-    from toolkit.evaluation.gradcam import display_plane
-    from toolkit.transforms.readers import MedicalImageReader
-
-    try:
-        reader = MedicalImageReader(dicom_frame="middle", max_size=256)
-        arr, meta = reader.get_data(reader.read(path))
-    except Exception as e:  # a missing / corrupt file must not stop the report
-        logger.warning("cannot show %s: %s", path, e)
-        return None
-    arr = np.asarray(arr, dtype=np.float64)
-    if meta.get("original_channel_dim") == -1 and arr.ndim >= 3:
-        arr = np.moveaxis(arr, -1, 0)  # (H, W, 3) -> (3, H, W)
-    else:
-        arr = arr[None]
-    if arr.ndim == 3 and arr.shape[0] == 3:
-        return display_plane(arr)
-    if arr.ndim > 3:  # volume (1, x, y, z[, t])
-        arr = arr[..., 0] if arr.ndim == 5 else arr
-        return np.rot90(display_plane(arr))  # NIfTI (x, y): rotate to the usual view
-    return display_plane(arr)
-
-
-def _label_text(label, class_names: list[str]) -> str:
-    if np.ndim(label):
-        names = [class_names[k] for k, v in enumerate(label) if v]
-        return ", ".join(names) or "none"
-    return class_names[int(label)]
-
-
-def plot_sample_grid(pred: Predictions, indices: list[int], path: Path, columns: int = 4) -> Path:
-    """Test images titled true / predicted, green when right and red when wrong."""
-    plt = _plt()
-    rows = max(1, math.ceil(len(indices) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, i in zip(axes.ravel(), indices, strict=False):
-        image = _read_display(pred.images[i])
-        if image is None:
-            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
-        else:
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-        true, guess = pred.y_true[i], pred.y_pred[i]
-        right = bool(np.array_equal(true, guess))
-        ax.set_title(f"true: {_label_text(true, pred.class_names)}\npred: {_label_text(guess, pred.class_names)}",
-                     color=GREEN if right else RED, fontsize=9)  # fmt: skip
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_gradcam(panels: list[dict], path: Path, method: str, layer: str) -> Path:
-    """Image and heat-map overlay side by side for each explained prediction."""
-    from toolkit.evaluation.gradcam import overlay
-
-    plt = _plt()
-    pairs_per_row = 2
-    rows = max(1, math.ceil(len(panels) / pairs_per_row))
-    fig, axes = plt.subplots(
-        rows, 2 * pairs_per_row, figsize=(2.8 * 2 * pairs_per_row, 3.1 * rows), squeeze=False
-    )
-    for ax in axes.ravel():
-        ax.axis("off")
-    for n, panel in enumerate(panels):
-        ax_img, ax_cam = (
-            axes[n // pairs_per_row, 2 * (n % pairs_per_row)],
-            axes[n // pairs_per_row, 2 * (n % pairs_per_row) + 1],
-        )
-        image = panel["image"]
-        ax_img.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-        ax_cam.imshow(overlay(image, panel["heatmap"]))
-        colour = GREEN if panel["right"] else RED
-        ax_img.set_title(f"true: {panel['true']}", color=colour, fontsize=9)
-        ax_cam.set_title(f"pred: {panel['pred']} ({panel['prob']:.2f})", color=colour, fontsize=9)
-    fig.suptitle(f"{'Grad-CAM++' if method == 'gradcampp' else 'Grad-CAM'} on layer '{layer}' for the predicted class",
-                 fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    return _save(fig, path)
+def _why(exc: BaseException) -> str:
+    """One line on why an image could not be explained: the reader's reason when there is one (MONAI's
+    ``Compose`` wraps it in ``RuntimeError("applying transform ...")``), else the exception itself."""
+    read_error = find_read_error(exc)
+    if read_error is not None:
+        return read_error.reason
+    while isinstance(exc, RuntimeError) and exc.__cause__ is not None and "applying transform" in str(exc):
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
 
 
 def gradcam_panels(
-    bundle_dir: str | os.PathLike, pred: Predictions, indices: list[int], method: str
-) -> tuple[list[dict], str]:
-    """Grad-CAM heat maps for the given prediction rows, using the bundle's preprocessing and
-    network (``toolkit.inference.bundle.load_bundle`` parses ``configs/inference.json``)."""
-    import torch
-
-    from toolkit.evaluation.gradcam import Explainer, display_plane, map_plane
-    from toolkit.bundle.loading import load_bundle
-
-    bundle = load_bundle(bundle_dir)
-    if list(bundle.class_names) != pred.class_names:
+    model: ExplainableModel, pred: Predictions, indices: Sequence[int], method: str
+) -> tuple[list[dict], str, list[str]]:
+    """Grad-CAM heat maps of the predicted class for the given prediction rows, through the model's
+    own preprocessing and network. Returns the panels (for ``figures.plot_gradcam``), the target
+    layer, and one line (file: reason) per image that could not be explained. Raises ``ValueError``
+    when the model does not fit the predictions or none of the images could be explained."""
+    if list(model.class_names) != pred.class_names:
         raise ValueError(
-            f"bundle classes {bundle.class_names} differ from the predictions' {pred.class_names}"
+            f"the model's classes {list(model.class_names)} differ from the predictions' {pred.class_names}"
         )
-    explainer = Explainer(bundle.network, method=method)
-    panels = []
+    explainer = Explainer(model.network, method=method)
+    panels, skipped = [], []
     for i in indices:
-        try:
-            data = bundle.preprocessing({"image": pred.images[i]})
-        except Exception as e:  # a moved or corrupt file: leave this one out, keep the others
-            logger.warning("Grad-CAM skips %s: %s", pred.images[i], e)
-            continue
-        image = torch.as_tensor(data["image"]).float()
-        true, guess = pred.y_true[i], pred.y_pred[i]
         top = int(pred.probs[i].argmax())  # the predicted class (multi-label: the most probable one)
-        heatmap = explainer(image[None], class_idx=top)[0]
+        try:
+            image = torch.as_tensor(model.preprocessing({"image": pred.images[i]})["image"])
+            shown, heatmap = explainer.explain(image, class_idx=top)
+        except (OSError, ValueError, RuntimeError) as e:  # a moved or corrupt file: leave it out, say why
+            logger.debug("Grad-CAM of %s failed", pred.images[i], exc_info=True)
+            skipped.append(f"Grad-CAM skips {pred.images[i]}: {_why(e)}")
+            continue
+        true, guess = pred.y_true[i], pred.y_pred[i]
         panels.append({
-            "image": display_plane(image.numpy()),
-            "heatmap": map_plane(heatmap),
-            "true": _label_text(true, pred.class_names),
-            "pred": _label_text(guess, pred.class_names),
+            "image": shown,
+            "heatmap": heatmap,
+            "true": label_text(true, pred.class_names),
+            "pred": label_text(guess, pred.class_names),
             "prob": float(pred.probs[i, top]),
             "right": bool(np.array_equal(true, guess)),
             "file": pred.images[i],
         })  # fmt: skip
     if indices and not panels:
-        raise ValueError(
-            f"none of the {len(indices)} chosen images could be read (first: {pred.images[indices[0]]})"
-        )
-    return panels, explainer.target_layer
+        raise ValueError(f"none of the {len(indices)} chosen images could be explained; first: {skipped[0]}")
+    return panels, explainer.target_layer, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,10 +286,10 @@ def _audit_html(audit: dict, path: Path) -> str:
 # The report
 
 
-def _calibrate(pred: Predictions, val: Predictions | None, bundle_dir, save_temperature: bool, n_bins: int,
+def _calibrate(pred: Predictions, val: Predictions | None, temperature_file: Path | None, n_bins: int,
                n_resamples: int, seed: int) -> tuple[dict, dict]:  # fmt: skip
     """ECE (with bootstrap CI) of the test predictions, before and after a temperature fitted on
-    ``val``; optionally saved to the bundle. Returns (summary, reliability diagrams)."""
+    ``val``; optionally saved to ``temperature_file``. Returns (summary, reliability diagrams)."""
     what = "predicted probability" if pred.multi_label else "top-class confidence"
     cal = {"n_bins": n_bins, "confidence": what, "ece_before": calibration.expected_calibration_error(
         pred.y_true, pred.probs, n_bins), "temperature": None}  # fmt: skip
@@ -501,13 +308,12 @@ def _calibrate(pred: Predictions, val: Predictions | None, bundle_dir, save_temp
                    validation_predictions=str(val.path), validation_nll_before=calibration.negative_log_likelihood(
                        val_logits, val.y_true), validation_nll_after=calibration.negative_log_likelihood(
                        val_logits, val.y_true, t))  # fmt: skip
-        if save_temperature:
-            target = Path(bundle_dir) / "models" / calibration.TEMPERATURE_FILE
-            # the predictions were made with the bundle's current temperature: compose the two
-            combined = calibration.load_temperature(target) * t
-            calibration.save_temperature(combined, target, fitted_on=str(val.path), ece_test_before=cal["ece_before"],
-                                         ece_test_after=cal["ece_after"])  # fmt: skip
-            cal.update(saved_to=str(target), saved_temperature=combined)
+        if temperature_file is not None:
+            # the predictions were made with the temperature already saved there: compose the two
+            combined = calibration.load_temperature(temperature_file) * t
+            calibration.save_temperature(combined, temperature_file, fitted_on=str(val.path),
+                                         ece_test_before=cal["ece_before"], ece_test_after=cal["ece_after"])  # fmt: skip
+            cal.update(saved_to=str(temperature_file), saved_temperature=combined)
 
     def ece_statistic(idx: np.ndarray) -> dict[tuple, float]:
         out = {
@@ -536,10 +342,10 @@ def _default_validation(eval_dir: Path) -> Path | None:
 
 def build_report(
     eval_dir: str | os.PathLike,
-    bundle_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     validation_predictions: str | os.PathLike | None = None,
     history: str | os.PathLike | None = None,
+    model: ExplainableModel | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     target_sensitivity: float = 0.9,
@@ -547,15 +353,22 @@ def build_report(
     n_grid: int = 16,
     n_cam: int = 4,
     n_bins: int = 15,
-    save_temperature: bool = False,
+    temperature_file: str | os.PathLike | None = None,
     title: str | None = None,
     audit: str | os.PathLike | None = None,
+    notes: Sequence[str] = (),
 ) -> dict:
     """Write ``report.html`` + PNGs + metrics (with CIs), ``calibration.json`` and
     ``operating_points.json`` to ``out_dir`` (default ``<eval_dir>/report``); returns a summary
-    with the paths. ``save_temperature`` writes the fitted temperature to
-    ``<bundle_dir>/models/temperature.json`` (combined with the one the predictions were made with).
-    ``audit``: an ``audit.json`` of ``cit audit`` whose leakage findings are shown with the metrics."""
+    with the paths.
+
+    ``model``: the network, preprocessing and class names for Grad-CAM overlays of ``n_cam`` right
+    and ``n_cam`` wrong predictions (left out, with a warning, when None). ``temperature_file``: save
+    the temperature fitted on the validation predictions there (e.g. ``<bundle>/models/temperature.json``),
+    combined with the temperature already in it, which the predictions were made with.
+    ``audit``: an ``audit.json`` of ``cit audit`` whose leakage findings are shown with the metrics.
+    ``notes``: warnings of the caller to show at the top of the page (e.g. why there is no model).
+    A figure that cannot be made is a warning on the page, not a failed report."""
     started = time.perf_counter()
     eval_dir = Path(eval_dir).resolve()
     out_dir = Path(out_dir).resolve() if out_dir else eval_dir / "report"
@@ -567,12 +380,12 @@ def build_report(
         raise ValueError(
             f"{val_path}: classes {val.class_names} differ from the test predictions' {pred.class_names}"
         )
-    if save_temperature and (bundle_dir is None or val is None):
-        raise ValueError("saving a temperature needs the bundle and validation predictions to fit it on")
+    if temperature_file is not None and val is None:
+        raise ValueError("saving a temperature needs validation predictions to fit it on")
     history_path = Path(history) if history else eval_dir.parent / "train" / "training_history.csv"
     rng = np.random.default_rng(seed)
     figures: list[tuple[Path, str, bool]] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(notes)
 
     # metrics + bootstrap intervals
     if pred.multi_label:
@@ -584,11 +397,10 @@ def build_report(
         n_resamples=n_resamples, seed=seed))  # fmt: skip
     metric_files = write_metrics(metrics, out_dir)
 
-    cal, diagrams = _calibrate(pred, val, bundle_dir, save_temperature, n_bins, n_resamples, seed)
+    temperature_file = Path(temperature_file) if temperature_file is not None else None
+    cal, diagrams = _calibrate(pred, val, temperature_file, n_bins, n_resamples, seed)
     what = "predicted probability" if pred.multi_label else "top-class confidence"
-    write_text_atomic(
-        out_dir / "calibration.json", json.dumps({**cal, "reliability": diagrams}, indent=1) + "\n"
-    )
+    atomic_write_json(out_dir / "calibration.json", {**cal, "reliability": diagrams})
     figures.append((plot_reliability(diagrams, out_dir / "reliability.png", what),
                     "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; calibrated bars meet the diagonal.", True))  # fmt: skip
 
@@ -598,7 +410,7 @@ def build_report(
         points = operating_points(val.y_true, val.probs, pred.y_true, pred.probs, pred.class_names,
                                   target_sensitivity, pred.multi_label, test_groups=pred.groups,
                                   n_resamples=n_resamples, seed=seed)  # fmt: skip
-        write_text_atomic(out_dir / "operating_points.json", json.dumps(points, indent=1) + "\n")
+        atomic_write_json(out_dir / "operating_points.json", points)
 
     # figures
     if history_path.is_file():
@@ -609,35 +421,37 @@ def build_report(
             warnings.append(f"Cannot plot the training history {history_path}: {e}")
     else:
         warnings.append(f"No training history at {history_path}: learning curves are left out.")
-    if pred.multi_label:
-        figures.append((plot_multilabel_confusion(metrics["confusion_matrix"], pred.class_names,
-                                                  out_dir / "confusion_matrix.png"),
-                        "Confusion matrix per class at the 0.5 threshold.", True))  # fmt: skip
-    else:
-        figures.append((plot_confusion(metrics["confusion_matrix"], pred.class_names, out_dir / "confusion_matrix.png"),
-                        "Confusion matrix: counts, and normalised per true class (the diagonal is the recall).", True))  # fmt: skip
-    roc, pr = plot_roc_pr(pred, out_dir / "roc.png", out_dir / "precision_recall.png")
+    caption = ("Confusion matrix per class at the 0.5 threshold." if pred.multi_label else
+               "Confusion matrix: counts, and normalised per true class (the diagonal is the recall).")  # fmt: skip
+    figures.append((plot_confusion_matrix(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
+                                          pred.class_names), caption, True))  # fmt: skip
+    roc, pr = plot_roc_pr(pred.y_true, pred.probs, pred.class_names, out_dir / "roc.png",
+                          out_dir / "precision_recall.png", multi_label=pred.multi_label)  # fmt: skip
     figures += [(roc, "ROC curves, one class against the rest.", False),
                 (pr, "Precision-recall curves; the baseline of each is its prevalence.", False)]  # fmt: skip
-    grid = sorted(rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist())
-    figures.append((plot_sample_grid(pred, grid, out_dir / "samples.png"),
-                    f"{len(grid)} random test images; title green when the prediction is right, red when wrong.", True))  # fmt: skip
+    if n_grid > 0:
+        grid = sorted(rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist())
+        samples = plot_sample_grid([pred.images[i] for i in grid], pred.y_true[grid], pred.y_pred[grid],
+                                   pred.class_names, out_dir / "samples.png")  # fmt: skip
+        figures.append((samples, f"{len(grid)} random test images; title green when the prediction is right, "
+                                 "red when wrong.", True))  # fmt: skip
 
-    if bundle_dir is not None and n_cam > 0:
+    if model is not None and n_cam > 0:
         right = [i for i in range(len(pred.images)) if np.array_equal(pred.y_true[i], pred.y_pred[i])]
         wrong = [i for i in range(len(pred.images)) if not np.array_equal(pred.y_true[i], pred.y_pred[i])]
         chosen = [int(i) for group in (right, wrong) if group
                   for i in rng.choice(group, size=min(n_cam, len(group)), replace=False)]  # fmt: skip
         try:
-            panels, layer = gradcam_panels(bundle_dir, pred, chosen, cam_method)
+            panels, layer, skipped = gradcam_panels(model, pred, chosen, cam_method)
+            warnings += skipped
             figures.append((plot_gradcam(panels, out_dir / "gradcam.png", cam_method, layer),
                             f"Heat maps for {sum(p['right'] for p in panels)} right and "
                             f"{sum(not p['right'] for p in panels)} wrong predictions: where the network looked.", True))  # fmt: skip
-        except Exception as e:  # a report without heat maps beats no report; say why
-            logger.exception("Grad-CAM failed")
+        except (OSError, ValueError, RuntimeError) as e:  # a report without heat maps beats no report; say why
+            logger.debug("Grad-CAM failed", exc_info=True)
             warnings.append(f"Grad-CAM overlays could not be made: {type(e).__name__}: {e}")
-    elif bundle_dir is None:
-        warnings.append("Grad-CAM overlays need the bundle (--bundle).")
+    elif n_cam > 0:
+        warnings.append("Grad-CAM overlays need the model (cit report --bundle).")
 
     # page
     sections = []
@@ -662,22 +476,22 @@ def build_report(
     )
     report_text = html.escape(metrics.get("classification_report", ""))
     sections.append(_section("scikit-learn classification report", f"<pre>{report_text}</pre>"))
-    title = title or f"Evaluation report: {bundle_dir and Path(bundle_dir).name or eval_dir.parent.name}"
+    title = title or f"Evaluation report: {eval_dir.parent.name}"
     subtitle = (f"<p>Predictions: {html.escape(str(pred.path))}</p>"
                 f"<p>{metrics['num_samples']} test images, classes: {html.escape(', '.join(pred.class_names))}; "
                 f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")  # fmt: skip
     page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=html.escape(title), subtitle=subtitle, sections="\n".join(sections)
     )
-    html_path = write_text_atomic(out_dir / "report.html", page)
+    html_path = atomic_write_text(out_dir / "report.html", page)
     summary = {
         "html": str(html_path),
         "figures": [str(f[0]) for f in figures],
         "metrics": {k: str(v) for k, v in metric_files.items()},
-        "calibration": {k: v for k, v in cal.items()},
+        "calibration": dict(cal),
         "operating_points": points,
         "warnings": warnings,
         "elapsed_seconds": round(time.perf_counter() - started, 1),
     }
-    write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_json(out_dir / "report.json", summary)
     return summary

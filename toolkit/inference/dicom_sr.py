@@ -17,16 +17,39 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import highdicom as hd
+import pydicom
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    DeviceObserverIdentifyingAttributes,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
+
+from toolkit.inference.discovery import DICOM_PARSE_ERRORS, quiet_dicom_warnings
+from toolkit.io import atomic_write_bytes
+
 CODING_SCHEME = "99CIT"
 # Patient / study attributes highdicom copies from the evidence into the SR (Type 2 there).
 _TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "ReferringPhysicianName", "StudyID", "AccessionNumber")
 MANUFACTURER = "clinical-imaging-toolkit"
+# What an odd source study raises while its report is built: its headers cannot be read again, or
+# highdicom / pydicom reject one of its values. Anything else is a bug and surfaces.
+SOURCE_ERRORS = (*DICOM_PARSE_ERRORS, KeyError)
 
 
-def _class_code(index: int, name: str):
-    from highdicom.sr import CodedConcept
-
+def _class_code(index: int, name: str) -> CodedConcept:
     return CodedConcept(value=f"class-{index}", scheme_designator=CODING_SCHEME, meaning=name[:64])
 
 
@@ -39,8 +62,6 @@ def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike,
     whose report could not be built, ``{StudyInstanceUID: one-line reason}`` (never a crash: the
     predictions are already saved).
     """
-    from toolkit.inference.discovery import quiet_dicom_warnings
-
     by_study: dict[str, list[tuple]] = {}
     for item, row in results:
         if row.get("status") == "ok" and item.kind == "dicom" and item.study_instance_uid:
@@ -52,7 +73,7 @@ def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike,
             with quiet_dicom_warnings():
                 write_report(entries, path, bundle)
             written.append(path)
-        except Exception as exc:  # noqa: BLE001 - one odd study must not cost the others their report
+        except SOURCE_ERRORS as exc:  # one odd study must not cost the others their report
             # quoted values may be patient data: keep them out of the message
             text = re.sub(r"'[^']*'", "'...'", " ".join(str(exc).split()))
             failed[study_uid] = f"{type(exc).__name__}: {text[:200]}"
@@ -83,40 +104,18 @@ def _source_image(cls, ds, frames):
 
 
 def _valid(ds, keyword: str) -> bool:
-    from pydicom.valuerep import validate_value
-
     elem = ds[keyword]
     try:
         values = elem.value if elem.VM > 1 else [elem.value]
         for value in values:
             validate_value(elem.VR, value, 2)  # 2 = raise
         return True
-    except Exception:  # noqa: BLE001
+    except ValueError:  # validate_value(..., 2) raises ValueError
         return False
 
 
 def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> None:
     """Build the SR of one study from ``(InputItem, row)`` pairs and write it atomically to ``path``."""
-    import highdicom as hd
-    import pydicom
-    from highdicom.sr import (
-        AlgorithmIdentification,
-        CodedConcept,
-        DeviceObserverIdentifyingAttributes,
-        Measurement,
-        MeasurementReport,
-        MeasurementsAndQualitativeEvaluations,
-        ObservationContext,
-        ObserverContext,
-        QualitativeEvaluation,
-        SourceImageForMeasurementGroup,
-        TrackingIdentifier,
-    )
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
-
-    from toolkit.inference.writers import atomic_write_bytes
-
     headers: dict[str, pydicom.Dataset] = {}
 
     def header(file: str) -> pydicom.Dataset:

@@ -12,16 +12,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import pydicom
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.uid import UID
 
 from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind
 
 # File name endings that never hold an image: ignored without a row (counted in the summary).
 _IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# What pydicom raises on a file that is not valid DICOM, found by feeding it truncated, byte-flipped
+# and random versions of the real files in shared/data/dicom. Anything else is a bug and surfaces.
+DICOM_PARSE_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, InvalidDicomError, BytesLengthException,
+                      struct.error, zlib.error)
 
 
 @dataclass
@@ -83,14 +93,10 @@ class DicomFilters:
 
 
 def _sop_class_name(uid: str) -> str:
-    from pydicom.uid import UID
-
     return UID(uid).name if uid else "(none)"
 
 
 def _sop_class_matches(uid: str, wanted: Iterable[str]) -> bool:
-    from pydicom.uid import UID
-
     keyword = UID(uid).keyword if uid else ""
     return any(w == uid or (keyword and w.lower() == keyword.lower()) for w in wanted)
 
@@ -156,11 +162,9 @@ def _read_dicom_header(item: InputItem) -> None:
 
 def _read_dicom_header_unchecked(item: InputItem) -> None:
     """Fill the DICOM attributes of ``item`` from its header, or mark it as an error."""
-    import pydicom
-
     try:
         ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a property of the file
+    except DICOM_PARSE_ERRORS as exc:  # a parse failure is a property of the file
         item.status, item.reason = "error", f"unreadable DICOM header: {_one_line(exc)}"
         return
     try:
@@ -174,7 +178,7 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
         item.patient_name = str(ds.get("PatientName", "") or "")
         frames = ds.get("NumberOfFrames", 1)
         item.number_of_frames = int(frames) if frames not in (None, "") else 1
-    except Exception as exc:  # noqa: BLE001 - invalid values (e.g. NumberOfFrames "1A")
+    except (*DICOM_PARSE_ERRORS, TypeError) as exc:  # invalid values: NumberOfFrames "1A" or multi-valued
         item.status, item.reason = "error", f"invalid DICOM attribute: {_one_line(exc)}"
         return
     if item.sop_class_uid == _DICOMDIR_SOP_CLASS:
@@ -189,8 +193,6 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
 
 def _sort_key_in_series(item: InputItem) -> tuple:
     """Slice order of an instance: position along the slice normal, else InstanceNumber, else path."""
-    import pydicom
-
     try:
         ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True,
                              specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"])
@@ -202,7 +204,7 @@ def _sort_key_in_series(item: InputItem) -> tuple:
         number = ds.get("InstanceNumber")
         if number is not None:
             return (1, float(number), item.path)
-    except Exception:  # noqa: BLE001 - fall back to the path order
+    except (*DICOM_PARSE_ERRORS, TypeError):  # unreadable or non-numeric values: fall back to the path order
         pass
     return (2, 0.0, item.path)
 
@@ -260,13 +262,11 @@ def discover_inputs(
 
 
 def _has_pixel_data(path: str) -> bool:
-    import pydicom
-
     try:
         with quiet_dicom_warnings():
             ds = pydicom.dcmread(path, force=True, defer_size=1024)  # large values stay on disk
         return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    except Exception:  # noqa: BLE001 - the reader will report the problem per frame
+    except DICOM_PARSE_ERRORS:  # the reader will report the problem per frame
         return True
 
 

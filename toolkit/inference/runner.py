@@ -2,11 +2,14 @@
 
 Flow of :func:`run_inference`:
 
-1. rank 0 takes the output lock, discovers the inputs and drops those already in the journals
-   (resume); under ``torchrun`` it broadcasts the work list and every rank takes ``pending[rank::world]``;
+1. rank 0 takes the output lock, loads the bundle, discovers the inputs (a 3D network takes a DICOM
+   series as one input) and drops those already in the journals (resume; ``--retry-errors`` keeps
+   error rows to do again); under ``torchrun`` it broadcasts the work list, every rank loads the
+   bundle and takes ``pending[rank::world]``;
 2. each rank feeds its share through a ``torch.utils.data.DataLoader`` whose dataset returns an
-   error record instead of raising, runs the bundle's network batch by batch and appends the rows
-   of each batch to its own journal (flushed + fsynced);
+   error record instead of raising (the one place where anything a file causes becomes its row),
+   runs the bundle's network batch by batch and appends the rows of each batch to its own journal
+   (flushed + fsynced);
 3. rank 0 merges all journals into ``predictions.csv`` / ``predictions.jsonl`` (temp + rename),
    optionally writes one DICOM SR per study, and prints a summary by status.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import io
 import logging
 import os
 import sys
@@ -30,8 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 
-from toolkit.bundle.loading import InferenceBundle, load_bundle
+from toolkit.bundle import InferenceBundle, load_bundle
+from toolkit.engines import prepare_network
+from toolkit.evaluation.gradcam import Explainer, overlay
+from toolkit.inference.dicom_sr import write_study_reports
 from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
 from toolkit.inference.locking import LockedError, OutputLock
 from toolkit.inference.writers import (
@@ -41,6 +50,8 @@ from toolkit.inference.writers import (
     read_journals,
     write_final_outputs,
 )
+from toolkit.io import atomic_write_bytes
+from toolkit.transforms.readers import DicomReader
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +64,9 @@ BASE_COLUMNS = ["path", "kind", "frame", "study_instance_uid", "series_instance_
                 "modality", "status", "reason", "pred", "pred_name"]
 MODEL_COLUMNS = ["model_name", "model_version"]
 PATIENT_COLUMNS = ["patient_id", "patient_name"]
+# What the network or the postprocessing raise on an input they cannot take (torch: RuntimeError, its
+# out-of-memory error included; the checks of a row: ValueError). Anything else is a bug and surfaces.
+NETWORK_ERRORS = (RuntimeError, ValueError)
 
 
 @dataclass
@@ -141,7 +155,13 @@ class InferenceDataset(torch.utils.data.Dataset):
         try:
             with quiet_dicom_warnings():
                 record["image"] = self._load(item)
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
+        except Exception as exc:  # noqa: BLE001
+            # THE per-file boundary of a run. Reading and preprocessing parse whatever bytes the user's
+            # files hold, through pydicom, Pillow, nibabel and the bundle's own transforms (MONAI's
+            # Compose re-raises every exception as RuntimeError anyway), so anything one file makes
+            # them raise becomes that file's error row: one bad file never stops a run. The traceback
+            # goes to the debug log (`cit infer --verbose`), so an unexpected error is still seen.
+            logger.debug("input %s failed to load", item.path, exc_info=True)
             record["error"] = _reason(exc, item.abs_path)
         return record
 
@@ -184,8 +204,6 @@ def select_dicom_frame(preprocessing, frame: int):
 
 def _find_dicom_readers(obj, depth: int = 0) -> list:
     """DicomReader instances reachable through Compose / LoadImage(d) / MedicalImageReader attributes."""
-    from toolkit.transforms.readers import DicomReader
-
     if isinstance(obj, DicomReader):
         return [obj]
     if depth > 6 or obj is None:
@@ -268,15 +286,16 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
     output = Path(options.output)
 
     lock = OutputLock(output)
-    plan = None
+    plan, bundle, failure = None, None, None
     if rank == 0:
         try:
             lock.acquire()
-            plan = _plan(options)
+            bundle = _load(options, device)
+            plan = _plan(options, bundle.spatial_dims)
         except LockedError as exc:
             plan = {"locked": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - tell the other ranks before failing
-            plan = {"failed": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - not swallowed: re-raised below, once the other ranks know
+            plan, failure = {"failed": f"{type(exc).__name__}: {exc}"}, exc
     plan = _broadcast(plan, world)
     if "locked" in plan:
         if rank == 0:
@@ -285,10 +304,12 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
     if "failed" in plan:
         if rank == 0:
             lock.release()
-        raise RuntimeError(plan["failed"])
+            raise failure
+        raise RuntimeError(f"rank 0 failed: {plan['failed']}")
 
     try:
-        bundle = load_bundle(options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides)
+        if bundle is None:
+            bundle = _load(options, device)
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
         t_process = time.perf_counter()
@@ -311,11 +332,16 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
             lock.release()
 
 
-def _plan(options: InferenceOptions) -> dict:
-    """Rank 0: discover inputs and find the ones no journal has a (final) result for."""
+def _load(options: InferenceOptions, device: torch.device) -> InferenceBundle:
+    return load_bundle(options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides)
+
+
+def _plan(options: InferenceOptions, spatial_dims: int) -> dict:
+    """Rank 0: discover inputs and find the ones no journal has a (final) result for.
+
+    ``spatial_dims`` of the bundle's network: 3D networks take a DICOM series as one input."""
     if not Path(options.input).exists():
         raise FileNotFoundError(f"--input {options.input} does not exist")
-    spatial_dims = _bundle_spatial_dims(options.bundle)
     items, ignored = discover_inputs(options.input, options.filters, frames=options.frames,
                                      series_mode=spatial_dims == 3, exclude=options.output)
     done = read_journals(all_part_paths(options.output))
@@ -324,25 +350,14 @@ def _plan(options: InferenceOptions) -> dict:
     return {"items": items, "pending": pending, "ignored": ignored}
 
 
-def _bundle_spatial_dims(bundle_dir: str) -> int:
-    """2 or 3, read from the config without building anything (decides series grouping)."""
-    import json
-
-    config = json.loads((Path(bundle_dir) / "configs" / "inference.json").read_text())
-    value = config.get("spatial_dims", 2)
-    return value if isinstance(value, int) else 2
-
-
 def _process(items: list[InputItem], bundle: InferenceBundle, options: InferenceOptions, device: torch.device,
              journal_path: Path, lock: OutputLock, rank: int, world: int) -> int:
     """Predict ``items`` and journal one row each; returns how many rows were written."""
-    from tqdm.auto import tqdm
-
     if options.threads > 0:
         torch.set_num_threads(options.threads)
     network = _prepare(bundle.network, device)
     use_amp = device.type == "cuda"
-    cam = _GradCamWriter(bundle, Path(options.output)) if options.gradcam else None
+    cam = _GradCamWriter(bundle.network, Path(options.output)) if options.gradcam else None
     decided = [it for it in items if it.status is not None]
     todo = [it for it in items if it.status is None]
     written = 0
@@ -387,8 +402,6 @@ class _WorkerInit:
 
 
 def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    from toolkit.engines import prepare_network
-
     return prepare_network(network, device).eval()
 
 
@@ -423,11 +436,12 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
         try:
             out = _forward(network, _to_device(torch.stack([r["image"] for r in group]), device), use_amp)
             logits.update({r["index"]: out[i] for i, r in enumerate(group)})
-        except Exception:  # noqa: BLE001 - isolate the item the network cannot take
+        except NETWORK_ERRORS:  # isolate the item the network cannot take
+            logger.debug("batch of %d failed; retrying one by one", len(group), exc_info=True)
             for r in group:
                 try:
                     logits[r["index"]] = _forward(network, _to_device(r["image"][None], device), use_amp)[0]
-                except Exception as exc:  # noqa: BLE001
+                except NETWORK_ERRORS as exc:
                     rows[r["index"]]["status"] = "error"
                     rows[r["index"]]["reason"] = f"network failed on this input: {_reason(exc)}"
     for rec in good:
@@ -440,7 +454,7 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
                 raise ValueError("the network produced non-finite outputs")
             if probs.numel() != len(bundle.class_names):
                 raise ValueError(f"the network gave {probs.numel()} outputs for {len(bundle.class_names)} classes")
-        except Exception as exc:  # noqa: BLE001
+        except NETWORK_ERRORS as exc:  # postprocessing (MONAI re-raises as RuntimeError) or the checks above
             row["status"], row["reason"] = "error", _reason(exc)
             continue
         pred = int(torch.argmax(probs))
@@ -448,7 +462,11 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
         for name, p in zip(bundle.class_names, probs.tolist(), strict=True):
             row[f"prob_{name}"] = float(p)
         if cam is not None:
-            row["gradcam"] = cam.write(items[rec["index"]], rec["image"], pred)
+            try:
+                row["gradcam"] = cam.write(items[rec["index"]], rec["image"], pred)
+            except (OSError, *NETWORK_ERRORS) as exc:  # the prediction stands; say why the overlay is missing
+                logger.debug("Grad-CAM of %s failed", row["path"], exc_info=True)
+                row["gradcam"], row["reason"] = "", f"no Grad-CAM overlay: {_reason(exc)}"
     return [rows[rec["index"]] for rec in records]
 
 
@@ -457,52 +475,24 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
 
 
 class _GradCamWriter:
-    """Grad-CAM heat maps of the predicted class (MONAI ``GradCAM``), saved as PNG overlays."""
+    """Grad-CAM heat maps of the predicted class (``toolkit.evaluation.gradcam``), saved as PNG overlays."""
 
-    def __init__(self, bundle: InferenceBundle, output: Path):
-        from monai.visualize import GradCAM
-
+    def __init__(self, network: torch.nn.Module, output: Path):
         # a float32 copy on the CPU, so the hooks GradCAM registers never touch the inference model
-        model = copy.deepcopy(bundle.network).float().cpu().to(memory_format=torch.contiguous_format).eval()
-        self.cam = GradCAM(nn_module=model, target_layers=_target_layer(model))
+        model = copy.deepcopy(network).float().cpu().to(memory_format=torch.contiguous_format).eval()
+        self.explainer = Explainer(model)
         self.folder = output / "gradcam"
 
     def write(self, item: InputItem, image: torch.Tensor, class_index: int) -> str:
-        from PIL import Image
-
+        """Write the overlay of one preprocessed 2D input (C, H, W); returns its path relative to the output."""
         if image.ndim != 3:
             return ""  # overlays are for 2D inputs
-        with torch.enable_grad():
-            heat = self.cam(x=image[None].float(), class_idx=class_index)[0, 0].detach().cpu().numpy()
-        base = image.float().mean(0).numpy()
-        base = (base - base.min()) / max(float(base.max() - base.min()), 1e-8)
-        overlay = _blend(base, heat)
+        shown, heatmap = self.explainer.explain(image, class_idx=class_index)
+        buffer = io.BytesIO()
+        Image.fromarray((255 * overlay(shown, heatmap)).round().astype(np.uint8)).save(buffer, format="PNG")
         name = item.path.replace("/", "__") + (f"_frame{item.frame}" if item.frame is not None else "") + ".png"
-        path = self.folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(overlay).save(path)
+        atomic_write_bytes(self.folder / name, buffer.getvalue())
         return f"gradcam/{name}"
-
-
-def _target_layer(model: torch.nn.Module) -> str:
-    try:
-        from toolkit.networks import gradcam_target_layer
-
-        return gradcam_target_layer(model)
-    except ImportError:
-        # fallback until toolkit.networks provides it: the last convolution of the network
-        names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-        if not names:
-            raise ValueError("Grad-CAM needs a convolutional network") from None
-        return names[-1]
-
-
-def _blend(base: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    from matplotlib import colormaps
-
-    coloured = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
-    grey = np.repeat(base[..., None], 3, axis=-1)
-    return (255 * ((1 - alpha) * grey + alpha * coloured)).clip(0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,8 +509,6 @@ def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceO
     write_final_outputs(rows, _columns(bundle, options), csv_path, output / "predictions.jsonl")
     sr_paths = []
     if options.dicom_sr:
-        from toolkit.inference.dicom_sr import write_study_reports
-
         by_key = {item.key: item for item in items}
         sr_paths, sr_failures = write_study_reports([(by_key[r["key"]], r) for r in rows], output / "sr", bundle)
         for study, reason in sr_failures.items():

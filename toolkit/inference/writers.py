@@ -3,8 +3,8 @@
 A run appends each finished batch to its journal (``parts/predictions.part<rank>.jsonl``) and
 flushes + fsyncs it, so a killed run loses at most the batch in flight; a rerun reads the journals
 to skip what is done. At the end the journals are merged into ``predictions.csv`` and
-``predictions.jsonl``, each written to a temporary file and renamed into place, so readers never see
-a half-written file.
+``predictions.jsonl``, each written atomically (``toolkit.io``), so readers never see a half-written
+file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from toolkit.io import atomic_write_text
 
 PARTS_DIR = "parts"
 
@@ -85,45 +87,6 @@ def all_part_paths(output_dir: str | os.PathLike) -> list[Path]:
     parts = Path(output_dir) / PARTS_DIR
     found = list(parts.glob("predictions.part*.jsonl")) if parts.is_dir() else []
     return sorted(found, key=lambda p: int(p.name[len("predictions.part"):-len(".jsonl")] or 0))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Binary counterpart of :func:`atomic_write_text`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_final_outputs(rows: Sequence[dict], columns: Sequence[str], csv_path: str | os.PathLike,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,8 +16,9 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from toolkit.cli import main as cit
+from toolkit.cli.audit import read_image
+from toolkit.data.audit import describe_image, near_duplicate_pairs, run_audit
 from toolkit.data.datalist import load_datalist, save_datalist
-from toolkit.evaluation.audit import near_duplicate_pairs, run_audit
 
 LABELS = ["benign", "malignant"]
 
@@ -61,7 +65,7 @@ def _clean_set(root: Path, seed: int = 0) -> dict[str, list[dict]]:
 
 def test_clean_split_has_no_findings(tmp_path):
     datalist = save_datalist(tmp_path / "clean.json", _clean_set(tmp_path / "img"), LABELS)
-    report = run_audit(datalist, tmp_path / "audit")
+    report = run_audit(datalist, tmp_path / "audit", read_image)
     leak = report["leakage"]
     assert not leak["found"]
     assert leak["shared_patients"] == [] and leak["exact_duplicates"] == [] and leak["near_duplicates"] == []
@@ -99,7 +103,7 @@ def leaky(tmp_path) -> Path:
 
 
 def test_planted_leakage_is_found_pair_by_pair(leaky, tmp_path):
-    report = run_audit(leaky, tmp_path / "audit")
+    report = run_audit(leaky, tmp_path / "audit", read_image)
     leak = report["leakage"]
     assert leak["found"]
     assert leak["shared_patients"] == [{"patient_id": "P03", "splits": {"training": 2, "test": 1}}]
@@ -122,18 +126,18 @@ def test_planted_leakage_is_found_pair_by_pair(leaky, tmp_path):
     [bad] = report["unreadable"]
     assert bad["image"].endswith("broken.png") and bad["error"]
     # without rotation / flip matching the mirrored copy goes unnoticed
-    plain = run_audit(leaky, tmp_path / "plain", transforms=False, write_regrouped=False)
+    plain = run_audit(leaky, tmp_path / "plain", read_image, transforms=False, write_regrouped=False)
     assert plain["leakage"]["near_duplicates"] == []
     md = (tmp_path / "audit" / "audit.md").read_text()
     assert "LEAKAGE FOUND" in md and "copy_of_p00_0.png" in md and "P03" in md and "broken.png" in md
 
 
 def test_regrouped_datalist_keeps_groups_together(leaky, tmp_path):
-    report = run_audit(leaky, tmp_path / "audit", seed=1)
+    report = run_audit(leaky, tmp_path / "audit", read_image, seed=1)
     regrouped = Path(report["regrouped_datalist"])
     doc = load_datalist(regrouped)
     assert sum(len(doc[s]) for s in ("training", "validation", "test")) == report["num_items"]
-    again = run_audit(regrouped, tmp_path / "again", write_regrouped=False)
+    again = run_audit(regrouped, tmp_path / "again", read_image, write_regrouped=False)
     assert not again["leakage"]["found"], again["leakage"]["counts_by_split_pair"]
 
 
@@ -161,8 +165,6 @@ def test_near_duplicate_pairs_vectorised_matches_brute_force():
 
 
 def test_volumes_get_exact_checks_only(tmp_path):
-    import nibabel as nib
-
     rng = np.random.default_rng(5)
     volume = (rng.random((12, 12, 8)) * 100).astype(np.int16)
     paths = []
@@ -175,9 +177,8 @@ def test_volumes_get_exact_checks_only(tmp_path):
             {"image": str(p), "label": 1, "patient_id": n} for p, n in ((paths[1], "B"), (paths[2], "C"))
         ],
     }
-    report = run_audit(
-        save_datalist(tmp_path / "vol.json", splits, LABELS), tmp_path / "audit", write_regrouped=False
-    )
+    datalist = save_datalist(tmp_path / "vol.json", splits, LABELS)
+    report = run_audit(datalist, tmp_path / "audit", read_image, write_regrouped=False)
     [exact] = report["leakage"]["exact_duplicates"]
     assert exact["kind"] == "identical pixels"  # same voxels, different header (spacing)
     assert {Path(exact["a"]["image"]).name, Path(exact["b"]["image"]).name} == {"a.nii.gz", "b.nii.gz"}
@@ -189,17 +190,15 @@ def test_volumes_get_exact_checks_only(tmp_path):
 def test_real_dicoms_broken_ones_reported_and_skipped(shared_data, tmp_path):
     """The shared data's 16 broken DICOM files are listed with reasons; readable ones are
     described with the modality / photometric / bit depth of their headers."""
-    import csv
-    from collections import Counter
-
-    rows = list(csv.DictReader(open(shared_data / "dicom" / "manifest.csv", newline="")))
+    with open(shared_data / "dicom" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     broken = [r for r in rows if r["file"].startswith("broken/")]
     good = [r for r in rows if r["pydicom_decode"].startswith("ok") and r["frames"] == "1"
             and int(r["bytes"]) < 120_000 and not r["file"].startswith("broken/")][:6]  # fmt: skip
     items = [{"image": str(shared_data / "dicom" / r["file"]), "label": n % 2, "patient_id": f"X{n}"}
              for n, r in enumerate(broken + good)]  # fmt: skip
     datalist = save_datalist(tmp_path / "dicom.json", {"training": items[::2], "test": items[1::2]}, LABELS)
-    report = run_audit(datalist, tmp_path / "audit", write_regrouped=False)
+    report = run_audit(datalist, tmp_path / "audit", read_image, write_regrouped=False)
     unreadable = {Path(u["image"]).name: u["error"] for u in report["unreadable"]}
     assert set(unreadable) == {Path(r["file"]).name for r in broken}
     assert all(name in error for name, error in unreadable.items())  # each reason names its file
@@ -208,3 +207,23 @@ def test_real_dicoms_broken_ones_reported_and_skipped(shared_data, tmp_path):
     assert stats["modality"] == dict(Counter(r["modality"] for r in good))
     assert stats["photometric"] == dict(Counter(r["photometric"] for r in good))
     assert stats["bit_depth"] == dict(Counter(r["bits_stored"] for r in good))
+
+
+def test_read_image_is_the_callers_and_only_bad_input_is_skipped(tmp_path):
+    """The audit decodes with the function it is given; a file that function rejects (OSError /
+    ValueError) becomes an error row, while a bug (any other exception) surfaces."""
+    path = tmp_path / "a.png"
+    Image.fromarray(_pattern(np.random.default_rng(0))).save(path)
+    info = describe_image(path, lambda p: np.asarray(Image.open(p)))
+    assert info["format"] == "PNG" and info["size"] == "64x64" and len(info["phash"]) == 8
+
+    def rejects(p):
+        raise ValueError(f"{p}: not today")
+
+    assert describe_image(path, rejects)["error"] == f"ValueError: {path}: not today"
+
+    def buggy(p):
+        raise TypeError("a bug, not a bad file")
+
+    with pytest.raises(TypeError, match="a bug, not a bad file"):
+        describe_image(path, buggy)

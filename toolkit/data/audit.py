@@ -10,16 +10,18 @@ copies of one image, in both training and test. The audit looks for exactly that
   by default also against the 8 rotations / flips of the other image, as augmented copies are
   often rotated or mirrored; each candidate is confirmed with a finer 256-bit pHash.
 
-Every image is decoded once (with the toolkit's readers, so DICOM / NIfTI / PNG / JPEG all
-work and a corrupt file is reported and skipped); hash pairs are compared with numpy popcounts
-in blocks, which handles ~6,000 images in seconds. ``regroup`` offers the fix: a new split in
-which every patient and every cluster of duplicates stays inside one split.
+Every image is decoded once by the caller's ``read_image`` (``cit audit`` passes the toolkit's
+readers, so DICOM / NIfTI / PNG / JPEG all work): the readers live in ``toolkit.transforms``, a
+layer above this one, so the audit takes the function instead of importing them. A file that
+cannot be read is reported and skipped. Hash pairs are compared with numpy popcounts in blocks,
+which handles ~6,000 images in seconds. ``regroup`` offers the fix: a new split in which every
+patient and every cluster of duplicates stays inside one split.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
 import os
 import time
@@ -28,9 +30,21 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import imagehash
 import numpy as np
+from PIL import Image
+
+from toolkit.data.datalist import build_datalist, load_datalist, save_datalist, split_keys
+from toolkit.data.files import file_kind
+from toolkit.data.headers import dicom_header, nifti_header, raster_header
+from toolkit.data.splits import check_no_leakage, split_items
+from toolkit.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+# ``read_image(path)`` returns the decoded pixels: (H, W) grey, (H, W, C) colour, or a NIfTI volume;
+# it raises OSError or ValueError for a file it cannot read (the readers' ImageReadError is a ValueError).
+ReadImage = Callable[[str], np.ndarray]
 
 # Two-stage near-duplicate test: 64-bit pHashes within DEFAULT_HAMMING bits make a candidate pair,
 # confirmed when the 256-bit pHashes (16x16 DCT of the 64x64 thumbnail) under the matched transform
@@ -56,18 +70,12 @@ def _dihedral(thumb: np.ndarray) -> list[np.ndarray]:
 
 def _phash64(thumb: np.ndarray) -> int:
     """64-bit pHash (imagehash: 8x8 DCT of a 32x32 resize) as an int."""
-    import imagehash
-    from PIL import Image
-
     bits = imagehash.phash(Image.fromarray(np.ascontiguousarray(thumb))).hash.ravel()
     return int(np.packbits(bits).view(">u8")[0])
 
 
 def phash256_distance(a: np.ndarray, b: np.ndarray, transform: int = 0) -> int:
     """Bits in which the 256-bit pHashes of two thumbnails differ, ``b`` under ``TRANSFORMS[transform]``."""
-    import imagehash
-    from PIL import Image
-
     ha = imagehash.phash(Image.fromarray(np.ascontiguousarray(a)), hash_size=16)
     hb = imagehash.phash(Image.fromarray(np.ascontiguousarray(_dihedral(b)[transform])), hash_size=16)
     return int(ha - hb)
@@ -87,8 +95,6 @@ def _grey_plane(arr: np.ndarray, kind: str) -> np.ndarray | None:
 
 def _thumbnail(plane: np.ndarray) -> np.ndarray:
     """Min-max scaled 8-bit ``THUMB`` x ``THUMB`` thumbnail (Lanczos, as imagehash resizes)."""
-    from PIL import Image
-
     plane = np.asarray(plane, dtype=np.float64)
     lo, hi = float(plane.min()), float(plane.max())
     scaled = (
@@ -111,23 +117,30 @@ _BITS_OF_MODE = {
 }
 
 
-def _header_facts(path: str, kind: str) -> dict:
-    """Format, modality, photometric interpretation, bit depth and size from the file header."""
-    if kind == "dicom":
-        import pydicom
+def _int_or_none(value) -> int | None:
+    """A header number as an int; None when absent or malformed (e.g. multi-valued), not an error."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+
+def _header_facts(path: str, kind: str) -> dict:
+    """Format, modality, photometric interpretation, bit depth and size from the file header.
+
+    Raises ``headers.UnreadableImage`` (a ValueError) for a broken header.
+    """
+    if kind == "dicom":
+        ds = dicom_header(path)
         return {
             "format": "DICOM",
             "modality": str(ds.get("Modality", "") or "unknown"),
             "photometric": str(ds.get("PhotometricInterpretation", "") or "unknown"),
-            "bit_depth": int(ds.get("BitsStored", 0) or 0) or None,
-            "frames": int(ds.get("NumberOfFrames", 1) or 1),
+            "bit_depth": _int_or_none(ds.get("BitsStored")) or None,
+            "frames": _int_or_none(ds.get("NumberOfFrames")) or 1,
         }
     if kind == "nifti":
-        import nibabel as nib
-
-        img = nib.load(path)
+        img = nifti_header(path)
         return {
             "format": "NIfTI",
             "modality": "unknown",
@@ -135,16 +148,14 @@ def _header_facts(path: str, kind: str) -> dict:
             "bit_depth": int(np.dtype(img.get_data_dtype()).itemsize * 8),
             "frames": 1,
         }
-    from PIL import Image
-
-    with Image.open(path) as im:
-        mode = im.mode
-        bits = 16 if mode.startswith("I;16") else _BITS_OF_MODE.get(mode)
-        return {"format": im.format or "raster", "modality": "unknown", "photometric": mode, "bit_depth": bits,
-                "frames": int(getattr(im, "n_frames", 1))}  # fmt: skip
+    info = raster_header(path)
+    mode = info["mode"]
+    bits = 16 if mode.startswith("I;16") else _BITS_OF_MODE.get(mode)
+    return {"format": info["format"] or "raster", "modality": "unknown", "photometric": mode, "bit_depth": bits,
+            "frames": info["frames"]}  # fmt: skip
 
 
-def describe_image(path: str | os.PathLike) -> dict:
+def describe_image(path: str | os.PathLike, read_image: ReadImage) -> dict:
     """Header facts, hashes and thumbnail of one image; ``{"image", "error"}`` if it cannot be read.
 
     Keys: ``format``, ``modality``, ``photometric`` (DICOM Photometric Interpretation, or the
@@ -152,24 +163,19 @@ def describe_image(path: str | os.PathLike) -> dict:
     ``file_sha256``, ``pixel_sha256`` (of the decoded array and its shape), ``phash`` (8 ints: the
     64-bit pHash of the image under each of ``TRANSFORMS``) and ``thumb`` (64x64 uint8).
     """
-    from toolkit.data.files import file_kind
-    from toolkit.transforms.readers import MedicalImageReader
-
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             file_sha = hashlib.sha256(f.read()).hexdigest()
-        reader = MedicalImageReader(dicom_frame="middle")
         kind = file_kind(path) or "unknown"
-        arr, _ = reader.get_data(reader.read(path))
+        arr = np.ascontiguousarray(read_image(path))
         facts = _header_facts(path, kind)
-        arr = np.ascontiguousarray(arr)
-        pixel = hashlib.sha256(repr(arr.shape).encode() + arr.astype(np.float32).tobytes()).hexdigest()
-        plane = _grey_plane(arr, kind)
-        thumb = None if plane is None else _thumbnail(plane)
-        hashes = None if thumb is None else [_phash64(t) for t in _dihedral(thumb)]
-    except Exception as exc:  # any decoder failure: report the file and go on
+    except (OSError, ValueError) as exc:  # a broken or foreign file: report it and go on
         return {"image": path, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
+    pixel = hashlib.sha256(repr(arr.shape).encode() + arr.astype(np.float32).tobytes()).hexdigest()
+    plane = _grey_plane(arr, kind)
+    thumb = None if plane is None else _thumbnail(plane)
+    hashes = None if thumb is None else [_phash64(t) for t in _dihedral(thumb)]
     shape = arr.shape[:2] if kind != "nifti" else arr.shape
     return {
         "image": path,
@@ -185,18 +191,23 @@ def describe_image(path: str | os.PathLike) -> dict:
 
 
 def describe_images(
-    paths: Sequence[str], workers: int = 1, progress: Callable[[int, int], None] | None = None
+    paths: Sequence[str],
+    read_image: ReadImage,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
-    """``describe_image`` for every path, in order, with ``workers`` processes (1: in-process)."""
+    """``describe_image`` for every path, in order, with ``workers`` processes (1: in-process;
+    more need a picklable ``read_image``, such as a module-level function)."""
+    describe = functools.partial(describe_image, read_image=read_image)
     results: list[dict] = []
     if workers <= 1:
         for i, path in enumerate(paths):
-            results.append(describe_image(path))
+            results.append(describe(path))
             if progress and (i + 1) % 500 == 0:
                 progress(i + 1, len(paths))
         return results
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for i, result in enumerate(pool.map(describe_image, paths, chunksize=32)):
+        for i, result in enumerate(pool.map(describe, paths, chunksize=32)):
             results.append(result)
             if progress and (i + 1) % 500 == 0:
                 progress(i + 1, len(paths))
@@ -256,8 +267,6 @@ class _UnionFind:
 
 
 def _flatten_items(doc: Mapping) -> list[dict]:
-    from toolkit.data.datalist import split_keys
-
     items = []
     for split in split_keys(doc):
         for item in doc[split]:
@@ -291,6 +300,8 @@ def _split_pair(a: str, b: str, order: Sequence[str]) -> str:
 
 def audit_datalist(
     doc: Mapping,
+    read_image: ReadImage,
+    *,
     threshold: int = DEFAULT_HAMMING,
     transforms: bool = True,
     confirm: int | None = DEFAULT_CONFIRM,
@@ -301,15 +312,13 @@ def audit_datalist(
 
     ``leakage.found`` is True when a patient, an exact duplicate or a near-duplicate is shared by
     two splits. Duplicates inside one split are counted too (they do not leak, but they inflate
-    the apparent size of the set and matter for ``regroup``).
+    the apparent size of the set and matter for ``regroup``). ``read_image``: see ``ReadImage``.
     """
-    from toolkit.data.datalist import split_keys
-
     started = time.perf_counter()
     labels = [str(x) for x in doc["labels"]]
     splits = split_keys(doc)
     items = _flatten_items(doc)
-    described = describe_images([it["image"] for it in items], workers, progress)
+    described = describe_images([it["image"] for it in items], read_image, workers, progress)
 
     balance = {s: Counter() for s in splits}
     for item in items:
@@ -458,9 +467,6 @@ def regroup(doc: Mapping, report: Mapping, seed: int = 0) -> dict[str, list[dict
     """A new split of the same items in which each patient and each duplicate cluster stays in
     one split (``toolkit.data.split_items`` grouped by the cluster, stratified by label), with
     the split sizes of the original datalist as ratios. Items get an ``audit_group`` key."""
-    from toolkit.data.datalist import split_keys
-    from toolkit.data.splits import check_no_leakage, split_items
-
     names = split_keys(doc)
     flat = []
     for split in names:
@@ -595,19 +601,19 @@ def audit_markdown(report: Mapping) -> str:
 
 def write_audit(report: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``audit.json`` and ``audit.md`` to ``out_dir`` (atomically)."""
-    from toolkit.evaluation.metrics import write_text_atomic
-
     out_dir = Path(out_dir)
     public = {k: v for k, v in report.items() if not k.startswith("_")}
     return {
-        "json": write_text_atomic(out_dir / "audit.json", json.dumps(public, indent=1) + "\n"),
-        "markdown": write_text_atomic(out_dir / "audit.md", audit_markdown(report)),
+        "json": atomic_write_json(out_dir / "audit.json", public),
+        "markdown": atomic_write_text(out_dir / "audit.md", audit_markdown(report)),
     }
 
 
 def run_audit(
     source: str | os.PathLike,
     out_dir: str | os.PathLike,
+    read_image: ReadImage,
+    *,
     threshold: int = DEFAULT_HAMMING,
     transforms: bool = True,
     confirm: int | None = DEFAULT_CONFIRM,
@@ -618,9 +624,8 @@ def run_audit(
 ) -> dict:
     """Audit a datalist JSON, or any source ``toolkit.data.build_datalist`` takes (folder, CSV,
     MedMNIST .npz; the built datalist goes to ``out_dir/datalist.json``); write the report and,
-    with ``write_regrouped``, ``out_dir/datalist_regrouped.json``. Returns the report."""
-    from toolkit.data.datalist import build_datalist, load_datalist, save_datalist
-
+    with ``write_regrouped``, ``out_dir/datalist_regrouped.json``. Returns the report.
+    ``read_image``: see ``ReadImage``; ``cit audit`` passes the toolkit's readers."""
     out_dir = Path(out_dir).expanduser().resolve()
     source = Path(source).expanduser().resolve()
     if source.is_file() and source.suffix.lower() == ".json":
@@ -633,7 +638,10 @@ def run_audit(
     def progress(done: int, total: int) -> None:
         logger.info("audit: %d / %d images read", done, total)
 
-    report = audit_datalist(doc, threshold, transforms, confirm, workers, progress)
+    report = audit_datalist(
+        doc, read_image, threshold=threshold, transforms=transforms, confirm=confirm, workers=workers,
+        progress=progress,
+    )  # fmt: skip
     if write_regrouped:
         splits = regroup(doc, report, seed)
         meta = {k: v for k, v in doc.items() if k in ("name", "description")}

@@ -1,0 +1,165 @@
+"""The trained model describes itself: ``models/model_info.json`` beside ``models/model.pt``.
+
+Training writes what every consumer needs to rebuild the model and feed it: the network
+(``toolkit.networks.create_network`` arguments), the class names, the evaluation preprocessing
+(``toolkit.transforms.classification_transforms`` arguments: input size, channels, intensity
+preset) and the fingerprint of the split it was trained on. Evaluation, bundle inference,
+`cit infer` and `cit report` read it, so no training choice has to be repeated as an override;
+an override that contradicts it is an error, since it would silently change the predictions.
+The file sits in the checkpoint's folder, so a ``ckpt_path`` pointing elsewhere brings its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.bundle.datalists import read_json_object
+from toolkit.io import atomic_write_json
+from toolkit.networks import create_network
+from toolkit.transforms import classification_transforms
+
+logger = logging.getLogger(__name__)
+
+INFO_NAME = "model_info.json"
+FORMAT_VERSION = 1
+# override id in a bundle config -> where its value lives in the description
+OVERRIDABLE = {
+    "model_name": ("network", "name"),
+    "image_size": ("preprocessing", "image_size"),
+    "channels": ("preprocessing", "channels"),
+    "intensity": ("preprocessing", "intensity"),
+}
+
+
+class ModelInfoMismatchError(ValueError):
+    """An explicit override contradicts what the trained model was made with."""
+
+
+@dataclass
+class ModelInfo:
+    """What ``model_info.json`` holds; see the module docstring."""
+
+    network: dict
+    class_names: list[str]
+    preprocessing: dict
+    multi_label: bool = False
+    split_fingerprint: str | None = None
+    bundle_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def create_network(self) -> torch.nn.Module:
+        """The untrained network of this model (weights are loaded by the caller)."""
+        return create_network(**self.network, pretrained=None)
+
+    def preprocessing_transforms(self, **kwargs):
+        """The evaluation chain this model was validated with (``kwargs`` add e.g. ``label_key=None``)."""
+        return classification_transforms(stage="eval", **{**self.preprocessing, **kwargs})
+
+
+def info_path(ckpt: str | os.PathLike) -> Path:
+    """``model_info.json`` for a checkpoint file or a checkpoint folder."""
+    ckpt = Path(ckpt)
+    return (ckpt if ckpt.is_dir() or not ckpt.suffix else ckpt.parent) / INFO_NAME
+
+
+def write_model_info(
+    ckpt_dir: str | os.PathLike,
+    network: dict,
+    class_names: list[str],
+    preprocessing: dict,
+    multi_label: bool = False,
+    datalist_file: str | None = None,
+    bundle_name: str | None = None,
+) -> ModelInfo:
+    """Write ``<ckpt_dir>/model_info.json`` at the start of training; returns what was written.
+
+    ``network`` holds ``create_network`` arguments that define the architecture (``name``,
+    ``num_classes``, ``in_channels``, extra model options); weight options (``pretrained``,
+    ``freeze``...) are not part of it. ``preprocessing`` holds the evaluation-stage
+    ``classification_transforms`` arguments.
+    """
+    split_fp = read_json_object(Path(datalist_file)).get("split_fingerprint") if datalist_file else None
+    info = ModelInfo(
+        network={k: v for k, v in network.items() if v is not None},
+        class_names=[str(c) for c in class_names],
+        preprocessing={k: v for k, v in preprocessing.items() if v is not None},
+        multi_label=bool(multi_label),
+        split_fingerprint=split_fp,
+        bundle_name=bundle_name,
+    )
+    if info.network.get("num_classes") not in (None, info.num_classes):
+        raise ValueError(f"network num_classes {info.network['num_classes']} != {info.num_classes} class names")
+    doc = {"format": FORMAT_VERSION, **_as_dict(info)}
+    atomic_write_json(info_path(ckpt_dir), doc)
+    logger.info("model description written to %s", info_path(ckpt_dir))
+    return info
+
+
+def load_model_info(ckpt: str | os.PathLike, **overrides: Any) -> ModelInfo:
+    """Read ``model_info.json`` beside ``ckpt`` (a file or folder), checking explicit ``overrides``.
+
+    ``overrides`` are the bundle ids of :data:`OVERRIDABLE` (``None`` = not given). A given value
+    that differs from the description raises :class:`ModelInfoMismatchError`.
+    """
+    path = info_path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: it is written when the bundle is trained and describes the model "
+            "(network, classes, input size). Train the bundle, or point ckpt_path at a trained model's folder."
+        )
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        info = ModelInfo(
+            network=dict(doc["network"]),
+            class_names=[str(c) for c in doc["class_names"]],
+            preprocessing=dict(doc["preprocessing"]),
+            multi_label=bool(doc.get("multi_label", False)),
+            split_fingerprint=doc.get("split_fingerprint"),
+            bundle_name=doc.get("bundle_name"),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid model description: {err!r}") from err
+    contradictions = []
+    for key, value in overrides.items():
+        if key not in OVERRIDABLE:
+            raise KeyError(f"unknown model-description override {key!r}; known: {sorted(OVERRIDABLE)}")
+        section, name = OVERRIDABLE[key]
+        recorded = getattr(info, section).get(name)
+        if value is not None and value != "" and _same(value) != _same(recorded):
+            contradictions.append(f"{key}={value!r} (trained with {recorded!r})")
+    if contradictions:
+        raise ModelInfoMismatchError(
+            f"{path}: " + ", ".join(contradictions)
+            + ": these would change the predictions of the trained model; drop the override(s)"
+        )
+    return info
+
+
+def _as_dict(info: ModelInfo) -> dict:
+    return {
+        "bundle_name": info.bundle_name,
+        "network": info.network,
+        "class_names": info.class_names,
+        "multi_label": info.multi_label,
+        "preprocessing": info.preprocessing,
+        "split_fingerprint": info.split_fingerprint,
+    }
+
+
+def _same(value):
+    """Command-line values arrive as strings or numbers: compare as text of ints where possible."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return str(value)
