@@ -37,7 +37,12 @@ def test_training_writes_checkpoints_history_and_tensorboard(trained):
     models = tmp / "models"
     assert (models / "model.pt").is_file()
     assert (models / "checkpoint_final.pt").is_file()
-    assert json.loads((models / "class_names.json").read_text()) == ["glioma", "meningioma", "pituitary"]
+    info = json.loads((models / "model_info.json").read_text())
+    assert info["class_names"] == ["glioma", "meningioma", "pituitary"]
+    assert info["network"] == {"name": "resnet18", "num_classes": 3, "in_channels": 3}
+    assert info["preprocessing"]["image_size"] == 32 and info["preprocessing"]["intensity"] == "imagenet"
+    split = json.loads((tmp / "output" / "datalist.json").read_text())
+    assert info["split_fingerprint"] == split["split_fingerprint"] and split["split_spec"]["seed"] == 0
     state = torch.load(models / "checkpoint_final.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
 
@@ -76,7 +81,8 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
 @pytest.mark.slow
 def test_evaluation_files_match_the_test_split(trained):
     tmp, datalist = trained
-    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=datalist, image_size=32, batch_size=4)
+    # nothing repeated from training: size, network and split come from what training wrote
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp)
     test_items = load_datalist(datalist)["test"]
     rows = _rows(tmp / "output" / "eval" / "predictions.csv")
     assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in test_items)
@@ -99,14 +105,38 @@ def test_inference_rows_match_the_input_files(trained, tmp_path):
         target = folder / f"sub{n % 2}" / (f"img{n}" + ("" if path.endswith(".dcm") else ".png"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(open(path, "rb").read())  # DICOMs lose their extension on purpose
-    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, image_size=32, inference_dir=tmp_path / "out")
+    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, inference_dir=tmp_path / "out")
     rows = _rows(tmp_path / "out" / "predictions.csv")
     assert sorted(r["image"] for r in rows) == sorted(str(p) for p in folder.rglob("img*"))
     assert all(r["pred_name"] in ("glioma", "meningioma", "pituitary") for r in rows)
 
 
-def test_metadata_and_network_io_verify_offline():
-    verify_bundle(BUNDLE)
+@pytest.mark.slow
+def test_metadata_and_network_io_verify_offline(trained):
+    verify_bundle(BUNDLE, trained[0] / "models")
+
+
+@pytest.mark.slow
+def test_evaluating_another_split_is_refused_with_both_fingerprints(trained, tmp_path):
+    tmp, datalist = trained
+    result = run_bundle(BUNDLE, "evaluating", "evaluate", tmp, check=False, seed=1, eval_dir=tmp_path / "eval")
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "SplitMismatchError" in message and "seed 0 -> 1" in message
+    fingerprint = json.loads((tmp / "output" / "datalist.json").read_text())["split_fingerprint"]
+    assert f"fingerprint {fingerprint}" in message
+    assert not (tmp_path / "eval" / "predictions.csv").exists()
+
+
+@pytest.mark.slow
+def test_an_override_contradicting_the_trained_model_is_refused(trained, tmp_path):
+    tmp, _ = trained
+    result = run_bundle(BUNDLE, "evaluating", "evaluate", tmp, check=False, image_size=64, eval_dir=tmp_path / "eval")
+    assert result.returncode != 0
+    assert "image_size=64 (trained with 32)" in result.stdout + result.stderr
+    # agreeing overrides are fine
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, image_size=32, model_name="resnet18", eval_dir=tmp_path / "eval")
+    assert (tmp_path / "eval" / "predictions.csv").is_file()
 
 
 @pytest.mark.slow
@@ -114,8 +144,9 @@ def test_trained_checkpoint_exports_with_equal_outputs(trained):
     tmp, _ = trained
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(bundle_config(BUNDLE, "inference"))
+    from toolkit.bundle.configs import read_config
+
+    parser = ConfigParser(read_config(bundle_config(BUNDLE, "inference")))
     parser["ckpt_dir"] = str(tmp / "models")
     network = parser.get_parsed_content("network_def").eval()
     network.load_state_dict(torch.load(tmp / "models" / "model.pt", weights_only=True))

@@ -127,7 +127,7 @@ def test_learning_rate_steps_down_by_ten_every_step_size_epochs(trained):
 @pytest.mark.slow
 def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
     tmp, data, _ = trained
-    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=data, image_size=32, batch_size=4)
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, dataset_dir=data)  # the training source: allowed
     eval_dir = tmp / "output" / "eval"
     rows = _rows(eval_dir / "predictions.csv")
     assert sorted(r["image"] for r in rows) == sorted(str(p) for p in (data / "test").rglob("*.jpeg"))
@@ -143,5 +143,6 @@ def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
     assert metrics["num_samples"] == len(rows)
 
 
-def test_metadata_and_network_io_verify_offline():
-    verify_bundle(BUNDLE)
+@pytest.mark.slow
+def test_metadata_and_network_io_verify_offline(trained):
+    verify_bundle(BUNDLE, trained[0] / "models")

@@ -16,6 +16,8 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from tests.bundles.bundle_helpers import bundle_config, run_bundle, verify_bundle
+from toolkit.bundle.configs import read_config
+from toolkit.data import load_datalist
 from toolkit.transforms.minority import MinoritySynthesisd
 
 BUNDLE = "resnet_d_covid_cxr"
@@ -41,8 +43,7 @@ def data(tmp_path_factory):
 
 
 def _parsed(tmp, data, **overrides):
-    parser = ConfigParser()
-    parser.read_config(bundle_config(BUNDLE, "train"))
+    parser = ConfigParser(read_config(bundle_config(BUNDLE, "train")))
     parser.update(
         {
             "dataset_dir": str(data),
@@ -62,7 +63,7 @@ def _half_up(x):
 @pytest.mark.parametrize("percent", [0, 10, 30])
 def test_minority_classes_grow_by_percent_in_training_only(data, tmp_path, percent):
     parser = _parsed(tmp_path, data, minority_percent=percent, train_fraction=0.7, val_fraction=0.2)
-    doc = parser.get_parsed_content("datalist")
+    doc = parser.get_parsed_content("train#datalist")
     items = parser.get_parsed_content("train#items")
     real = [i for i in items if not i["synthesis"]]
     synthetic = [i for i in items if i["synthesis"]]
@@ -137,14 +138,14 @@ def trained(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained):
+def test_training_runs_on_the_augmented_set_with_warmup_then_cosine(trained, data):
     tmp, result = trained
     history = _history(tmp)
     assert [int(r["epoch"]) for r in history] == list(range(1, EPOCHS + 1))
     assert [float(r["lr"]) for r in history] == pytest.approx(_expected_lrs(True, True), rel=1e-9)
-    parser = _parsed(tmp, tmp / "output" / "datalist.json")
+    parser = _parsed(tmp, data)  # the training run's spec: its saved split is reused, not rebuilt
     n_items = len(parser.get_parsed_content("train#items"))
-    assert n_items > len(parser.get_parsed_content("datalist")["training"])
+    assert n_items > len(parser.get_parsed_content("train#datalist")["training"])
     iterations = {
         int(m) for m in re.findall(r"Epoch: \d+/\d+, Iter: \d+/(\d+)", result.stdout + result.stderr)
     }
@@ -178,38 +179,30 @@ def test_warmup_and_cosine_switch_independently(data, tmp_path, warmup, cosine):
 @pytest.mark.slow
 def test_evaluation_on_the_held_out_test_split(trained):
     tmp, _ = trained
-    run_bundle(
-        BUNDLE,
-        "evaluating",
-        "evaluate",
-        tmp,
-        dataset_dir=tmp / "output" / "datalist.json",
-        image_size=32,
-        batch_size=4,
-        model_name=TINY["model_name"],
-    )
+    run_bundle(BUNDLE, "evaluating", "evaluate", tmp)
     with open(tmp / "output" / "eval" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    parser = _parsed(tmp, tmp / "output" / "datalist.json")
-    assert sorted(r["image"] for r in rows) == sorted(
-        i["image"] for i in parser.get_parsed_content("datalist")["test"]
-    )
+    test_items = load_datalist(tmp / "output" / "datalist.json")["test"]
+    assert sorted(r["image"] for r in rows) == sorted(i["image"] for i in test_items)
     assert (tmp / "output" / "eval" / "confusion_matrix.png").is_file()
 
 
 def test_depth_is_one_override():
-    parser = ConfigParser()
-    parser.read_config(bundle_config(BUNDLE, "inference"))
+    parser = ConfigParser(read_config(bundle_config(BUNDLE, "train")))
+    parser.resolve_macro_and_relative_ids()  # expand the base, so that its nested ids can be set
+    parser["pretrained"] = None
+    parser["train#num_classes"] = 4  # set here so that no data set is needed
     for depth in (18, 101):
         parser["model_name"] = f"resnet{depth}d"
-        net = parser.get_parsed_content("network_def", lazy=False)
+        net = parser.get_parsed_content("train#network_def", lazy=False)
         assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) > 0
         assert len(net.layer3) == {18: 2, 101: 23}[depth]
         assert net.fc.out_features == 4
 
 
-def test_metadata_and_network_io_verify_offline():
-    verify_bundle(BUNDLE)
+@pytest.mark.slow
+def test_metadata_and_network_io_verify_offline(trained):
+    verify_bundle(BUNDLE, trained[0] / "models")
 
 
 def test_minority_samples_are_seeded_spread_over_kinds_and_cycle_above_100_percent():

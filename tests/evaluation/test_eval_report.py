@@ -59,31 +59,36 @@ def _overconfident(labels: np.ndarray, rng) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def _write_bundle(bundle: Path) -> None:
+    """A minimal bundle: inference.json with the ids `load_bundle` reads, random resnet18 weights and the
+    model description training writes beside them."""
+    from toolkit.bundle import write_model_info
+
+    (bundle / "configs").mkdir(parents=True)
+    info = write_model_info(bundle / "models", network={"name": "resnet18", "num_classes": 2, "in_channels": 3},
+                            class_names=CLASSES, preprocessing={"image_size": 64, "channels": 3,
+                                                                "intensity": "imagenet", "resize_mode": "bilinear"})  # fmt: skip
+    torch.manual_seed(0)
+    torch.save(info.create_network().state_dict(), bundle / "models" / "model.pt")
+    config = {
+        "imports": ["$import toolkit", "$import toolkit.bundle"],
+        "bundle_root": str(bundle),
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "model_info": "$toolkit.bundle.load_model_info(@ckpt_path)",
+        "class_names": "$@model_info.class_names",
+        "network": "$@model_info.create_network()",
+        "preprocessing": "$@model_info.preprocessing_transforms(label_key=None)",
+    }
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> tuple[Path, Path]:
     """A bundle (random resnet18 weights) and its output folder: test + validation predictions, history."""
-    from toolkit.networks import create_network
-
     root = tmp_path_factory.mktemp("run")
     rng = np.random.default_rng(0)
     bundle = root / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "models").mkdir()
-    torch.manual_seed(0)
-    torch.save(
-        create_network("resnet18", num_classes=2, in_channels=3).state_dict(), bundle / "models" / "model.pt"
-    )
-    config = {
-        "imports": ["$import toolkit", "$import toolkit.networks", "$import toolkit.transforms"],
-        "bundle_root": str(bundle),
-        "ckpt_path": "$@bundle_root + '/models/model.pt'",
-        "class_names": CLASSES,
-        "network_def": {"_target_": "toolkit.networks.create_network", "name": "resnet18", "num_classes": 2},
-        "network": "@network_def",
-        "preprocessing": {"_target_": "toolkit.transforms.classification_transforms", "stage": "eval",
-                          "image_size": 64, "channels": 3, "intensity": "imagenet", "resize_mode": "bilinear"},
-    }  # fmt: skip
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    _write_bundle(bundle)
 
     out = root / "output"
     test_labels = np.array([0, 1] * 20)

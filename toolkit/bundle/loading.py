@@ -17,7 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from toolkit.bundle.configs import read_config
-from toolkit.bundle.description import ModelInfo
+from toolkit.bundle.description import OVERRIDABLE, ModelInfo, load_model_info
 
 
 @dataclass
@@ -88,7 +88,10 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
     ckpt = parser.get_parsed_content("ckpt_path")
     if not Path(ckpt).is_file():
         raise FileNotFoundError(f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)")
-    info = parser.get_parsed_content("model_info")
+    # read here rather than through the config, so that a missing or contradicted description is
+    # reported as itself and not wrapped in MONAI's "Failed to evaluate" error
+    info = load_model_info(ckpt, **{k: (overrides or {}).get(k) for k in OVERRIDABLE})
+    parser["model_info"] = info
     network = parser.get_parsed_content("network")
     load_weights(network, ckpt)
     network.eval()
