@@ -11,10 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # config files of each run, as the README's commands give them (evaluation overlays train.json)
 CONFIG_FILES = {
     "train": ["train"],
-    "evaluate": ["train", "evaluate"],
+    "evaluate": ["evaluate"],
     "inference": ["inference"],
     "multi_gpu_train": ["train", "multi_gpu_train"],
-    "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"],
+    "multi_gpu_evaluate": ["evaluate", "multi_gpu_evaluate"],
 }
 
 

@@ -1,5 +1,6 @@
-"""A trained bundle describes itself: `cit infer` and the bundle's own inference run a model trained
-with another architecture and input size than the bundle's defaults, with no override repeated."""
+"""A trained bundle describes itself: `cit infer`, the bundle's own inference and `cit export` use a
+model trained with another architecture, input size and class count than the bundle's defaults,
+with no override repeated; its portable copy loads outside the repository as MONAI's tools load it."""
 
 import shutil
 import subprocess
@@ -12,12 +13,14 @@ from tests.bundles.bundle_helpers import REPO_ROOT, run_bundle
 from toolkit.data import load_datalist, make_synthetic_dataset
 
 BUNDLE = "resnet18_brain_ct"
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # the bundle's metadata says 3 classes
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("described")
-    datalist = make_synthetic_dataset(tmp / "data", n_patients=9, images_per_patient=2, image_size=48, seed=4)
+    datalist = make_synthetic_dataset(tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=4,
+                                      classes=CLASSES)  # fmt: skip
     run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, image_size=40,
                model_name="resnet34d", batch_size=4, pretrained=None)  # fmt: skip
     inputs = tmp / "inputs"
@@ -66,3 +69,61 @@ def test_contradicting_override_or_missing_description_is_a_clear_error(trained,
     shutil.copy(ckpt, bare / "model.pt")
     result = _cit(*base, "--ckpt-path", str(bare / "model.pt"), "--output", str(tmp_path / "b"))
     assert result.returncode != 0 and "model_info.json is missing" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torchscript", "export", "onnx"])
+def test_model_exports_reproduce_the_eager_model(trained, tmp_path, fmt):
+    from toolkit.bundle.export import FORMATS, TOLERANCE
+
+    tmp, _ = trained
+    out = tmp_path / FORMATS[fmt]
+    result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"),
+                  "--output-dir", str(tmp / "output"), "--format", fmt, "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert out.is_file() and f"tolerance {TOLERANCE:g}" in result.stdout
+    if fmt == "torchscript":  # what MONAI Deploy reads: the metadata inside names the trained classes
+        from monai.data import load_net_with_metadata
+
+        _, meta, extra = load_net_with_metadata(str(out), more_extra_files=("inference.json",))
+        channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+        assert channel_def == {str(i): name for i, name in enumerate(CLASSES)}
+        assert "%configs" not in extra["inference.json"].decode()
+
+
+@pytest.mark.slow
+def test_packed_bundle_loads_and_verifies_outside_the_repository(trained, tmp_path):
+    import json
+
+    import torch
+    from monai.bundle import load
+
+    tmp, inputs = trained
+    packed = tmp_path / "elsewhere" / BUNDLE
+    result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"), "--format", "bundle",
+                  "--out", str(packed))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = "".join(p.read_text() for p in (packed / "configs").glob("*.json"))
+    assert "%configs/base" not in configs, "the copy still points into this repository"
+    meta = json.loads((packed / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == len(CLASSES)
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [40, 40]
+
+    # MONAI's own loaders, run from a folder that is not this repository
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"bundle_root": str(packed)}))
+    net = load(BUNDLE, bundle_dir=str(packed.parent), workflow_type="inference", args_file=str(args)).eval()
+    state = torch.load(tmp / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    outside = dict(cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+                             "--meta_file", str(packed / "configs" / "metadata.json"),
+                             "--config_file", str(packed / "configs" / "inference.json"),
+                             "--bundle_root", str(packed), "--device", "cpu"], **outside)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference",
+                          "--config_file", str(packed / "configs" / "inference.json"), "--bundle_root", str(packed),
+                          "--dataset_dir", str(inputs), "--inference_dir", str(tmp_path / "pred")], **outside)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = {r.split(",")[2] for r in (tmp_path / "pred" / "predictions.csv").read_text().splitlines()[1:]}
+    assert names <= set(CLASSES) and names

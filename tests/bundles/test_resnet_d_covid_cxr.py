@@ -225,3 +225,16 @@ def test_minority_samples_are_seeded_spread_over_kinds_and_cycle_above_100_perce
         add_minority_samples(items, -5)
     with pytest.raises(ValueError, match="single-label"):
         add_minority_samples([{"image": "a", "label": [0, 1]}], 10)
+
+
+def test_class_weighted_loss_and_balanced_sampler_are_one_override_each(data, tmp_path):
+    from torch.utils.data import WeightedRandomSampler
+
+    parser = _parsed(tmp_path, data, loss="%configs/base/components.json#loss#weighted_cross_entropy",
+                     weighted_sampler=True, minority_percent=0)  # fmt: skip
+    weight = parser.get_parsed_content("loss").weight
+    counts = [sum(i["label"] == c for i in parser.get_parsed_content("train#items")) for c in range(4)]
+    # the rarest training class weighs most (weights computed on the training items)
+    assert int(torch.argmax(weight)) == counts.index(min(counts)) and len(set(counts)) > 1
+    assert isinstance(parser.get_parsed_content("train#sampler"), WeightedRandomSampler)
+    assert parser.get_parsed_content("train#dataloader").sampler is parser.get_parsed_content("train#sampler")

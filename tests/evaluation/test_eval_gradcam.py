@@ -33,6 +33,44 @@ def test_frozen_network_still_explains():
     assert maps.shape == (1, 64, 64) and np.isfinite(maps).all()
 
 
+def _structured_image(channels: int, size: int = 64) -> torch.Tensor:
+    """A bright square on a dark, slightly noisy background: something for the network to respond to."""
+    gen = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.rand(1, channels, size, size, generator=gen)
+    x[..., size // 4 : size // 2, size // 3 : 2 * size // 3] += 1.0
+    return x
+
+
+@pytest.mark.parametrize("freeze", [1, 2, ["conv1", "bn1", "layer1", "layer2"]])
+def test_frozen_early_layers_give_a_real_heatmap(freeze):
+    """Frozen early layers (requires_grad False, FrozenBatchNorm2d) must not starve Grad-CAM of gradients:
+    the map of a transfer-learning network is not all zeros."""
+    torch.manual_seed(0)
+    net = create_network("resnet18", 3, pretrained=None, freeze=freeze).eval()
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("conv1", "bn1", "layer")) for n in frozen)
+    explainer = Explainer(net)
+    for class_idx in range(3):
+        maps = explainer(_structured_image(3), class_idx=class_idx)
+        assert maps.shape == (1, 64, 64) and np.isfinite(maps).all()
+        assert maps.max() > 0.5 and maps.std() > 0.01, (freeze, class_idx, maps.max(), maps.std())
+
+
+def test_explain_gives_display_plane_and_map_for_overlay(resnet):
+    shown, heatmap = Explainer(resnet).explain(_structured_image(3)[0], class_idx=1)
+    assert shown.shape == (64, 64, 3) and heatmap.shape == (64, 64)
+    assert overlay(shown, heatmap).shape == (64, 64, 3)
+
+
+def test_grey_image_normalised_per_channel_displays_grey():
+    """ImageNet normalisation gives the three copies of a grey image different offsets and scales."""
+    grey = np.random.default_rng(0).random((16, 16))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    shown = display_plane((grey[None] - mean[:, None, None]) / std[:, None, None])
+    np.testing.assert_allclose(shown[..., 0], shown[..., 1], atol=1e-9)
+    np.testing.assert_allclose(shown[..., 0], shown[..., 2], atol=1e-9)
+
+
 def test_class_choice_changes_the_map(resnet):
     explainer = Explainer(resnet)
     x = torch.rand(1, 3, 64, 64)

@@ -197,3 +197,119 @@ def test_html_renders_in_chromium(run_dir, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     # figures drawn: plenty of non-background pixels well down the page, not a blank or error page
     assert (pixels[1000:5000] < 200).mean() > 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration: the fitted temperature, and Grad-CAM handed over by the caller
+
+
+def _write_exact_predictions(path: Path, labels: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
+    """predictions.csv with full-precision probabilities (log p of tiny ones must survive the round trip)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient_id", "label"] + [f"prob_{c}" for c in names])
+        for i, (y, p) in enumerate(zip(labels, probs, strict=True)):
+            w.writerow([f"img{i}.png", f"p{i}", int(y)] + [repr(float(v)) for v in p])
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("true_temperature", [0.6, 2.5])
+def test_fitted_temperature_is_within_10_percent_of_the_true_one(tmp_path, true_temperature):
+    """Labels drawn from softmax(z); the model's logits are T * z, so dividing them by T calibrates them."""
+    from toolkit.evaluation.report import build_report
+
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c"]
+    for split, n in (("eval", 600), ("eval_validation", 3000)):
+        z = rng.normal(0, 1.5, (n, 3))
+        labels = np.array([rng.choice(3, p=p) for p in _softmax(z)])
+        _write_exact_predictions(tmp_path / split / "predictions.csv", labels, _softmax(true_temperature * z), names)
+    temperature_file = tmp_path / "models" / "temperature.json"
+    temperature_file.parent.mkdir()
+    temperature_file.write_text('{"temperature": 2.0}')  # the predictions were made with T = 2 already
+    summary = build_report(tmp_path / "eval", n_resamples=20, n_grid=0, n_cam=0, temperature_file=temperature_file)
+    cal = summary["calibration"]
+    assert abs(cal["temperature"] - true_temperature) / true_temperature < 0.10, cal["temperature"]
+    assert cal["ece_after"] < cal["ece_before"]
+    assert load_temperature(temperature_file) == pytest.approx(2.0 * cal["temperature"])  # composed
+    assert summary["warnings"] == [f"No training history at {tmp_path / 'train' / 'training_history.csv'}: "
+                                   "learning curves are left out."]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    """The run's bundle, loaded the way `cit report --bundle` does."""
+    from toolkit.bundle import load_bundle
+    from toolkit.evaluation.gradcam import ExplainableModel
+
+    loaded = load_bundle(run_dir[0])
+    return ExplainableModel(loaded.network, loaded.preprocessing, loaded.class_names)
+
+
+def _small_eval_dir(run_dir, tmp_path: Path, n: int = 6) -> tuple[Path, list[str]]:
+    """An eval folder with the first ``n`` test predictions (right and wrong ones)."""
+    _, out = run_dir
+    with open(out / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    with open(eval_dir / "predictions.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows[: n + 1])
+    return eval_dir, [r[0] for r in rows[1 : n + 1]]
+
+
+def test_a_failing_gradcam_panel_is_a_warning_with_the_reason(run_dir, model, tmp_path):
+    from toolkit.evaluation.report import build_report
+
+    eval_dir, images = _small_eval_dir(run_dir, tmp_path)
+    moved = tmp_path / "moved.png"
+    Path(images[1]).rename(moved)  # an image moved away since the predictions were made
+    try:
+        summary = build_report(eval_dir, model=model, n_resamples=20, n_cam=10, n_grid=0)
+    finally:
+        moved.rename(images[1])
+    skips = [w for w in summary["warnings"] if w.startswith("Grad-CAM skips")]
+    assert len(skips) == 1 and images[1] in skips[0]
+    assert "no such file" in skips[0].lower() or "not found" in skips[0].lower() or "does not exist" in skips[0].lower()
+    assert (eval_dir / "report" / "gradcam.png").is_file()  # the other five are explained
+    assert "Grad-CAM skips" in (eval_dir / "report" / "report.html").read_text()
+
+
+def test_a_model_that_does_not_fit_is_a_warning_not_a_crash(run_dir, model, tmp_path):
+    from toolkit.evaluation.gradcam import ExplainableModel
+    from toolkit.evaluation.report import build_report
+
+    eval_dir, _ = _small_eval_dir(run_dir, tmp_path)
+    other = ExplainableModel(model.network, model.preprocessing, ["cat", "dog"])
+    summary = build_report(eval_dir, model=other, n_resamples=20, n_cam=2, n_grid=0)
+    assert any(w.startswith("Grad-CAM overlays could not be made: ValueError") and "differ" in w
+               for w in summary["warnings"])  # fmt: skip
+    assert not (eval_dir / "report" / "gradcam.png").exists() and (eval_dir / "report" / "report.html").is_file()
+
+
+def test_a_programming_error_in_the_preprocessing_is_not_hidden(run_dir, model, tmp_path):
+    """A preprocessing that forgets to load the image (returns the path) is a bug, not a bad image."""
+    from toolkit.evaluation.gradcam import ExplainableModel
+    from toolkit.evaluation.report import build_report
+
+    eval_dir, _ = _small_eval_dir(run_dir, tmp_path)
+    broken = ExplainableModel(model.network, lambda data: data, model.class_names)
+    with pytest.raises(TypeError, match="invalid data type 'str'"):
+        build_report(eval_dir, model=broken, n_resamples=20, n_cam=2, n_grid=0)
+
+
+def test_cit_report_with_a_bundle_that_does_not_load_still_reports(run_dir, tmp_path, capsys):
+    eval_dir, _ = _small_eval_dir(run_dir, tmp_path)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir[0] / "configs", bundle / "configs")  # configs but no trained model
+    assert cit(["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "20"]) == 0
+    summary = json.loads((eval_dir / "report" / "report.json").read_text())
+    (warning,) = [w for w in summary["warnings"] if "Grad-CAM" in w]
+    assert warning.startswith(f"Grad-CAM overlays could not be made: the bundle {bundle} did not load:")
+    assert "model_info.json" in warning or "model.pt" in warning
+    assert f"note: {warning}" in capsys.readouterr().out

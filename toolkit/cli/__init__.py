@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "toolkit.cli.infer",  # cit infer
     "toolkit.cli.audit",  # cit audit
     "toolkit.cli.report",  # cit report
+    "toolkit.cli.export",  # cit export
 ]
 
 

@@ -10,16 +10,18 @@ import torch
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 
 
-def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True) -> torch.nn.Module:
+def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True,
+                    distributed: bool = False) -> torch.nn.Module:  # fmt: skip
     """Move a 2D network to ``device``, in channels_last memory format (faster on GPUs and on this CPU).
 
-    Under torchrun (a process group is initialised) the network is wrapped in
-    ``DistributedDataParallel`` on this process's device.
+    With ``distributed`` (training) and a process group initialised (torchrun), the network is
+    wrapped in ``DistributedDataParallel`` on this process's device. Evaluation and inference need
+    no wrapper: each rank runs its own share of the items with the plain network.
     """
     network = network.to(device)
     if channels_last and _is_2d(network):
         network = network.to(memory_format=torch.channels_last)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         device = torch.device(device)
         device_ids = [device] if device.type == "cuda" else None
         network = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)

@@ -44,6 +44,8 @@ CODING_SCHEME = "99CIT"
 _TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "ReferringPhysicianName", "StudyID", "AccessionNumber")
 MANUFACTURER = "clinical-imaging-toolkit"
+# Attributes highdicom reads from every source image (Type 1 there).
+_REQUIRED_IN_SOURCE = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "Modality")
 # What an odd source study raises while its report is built: its headers cannot be read again, or
 # highdicom / pydicom reject one of its values. Anything else is a bug and surfaces.
 SOURCE_ERRORS = (*DICOM_PARSE_ERRORS, KeyError)
@@ -121,6 +123,9 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> N
     def header(file: str) -> pydicom.Dataset:
         if file not in headers:
             ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+            missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
+            if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
+                raise ValueError(f"a source image lacks {', '.join(missing)}")
             for keyword in _TYPE2_FROM_EVIDENCE:
                 # often absent or invalid in real (e.g. anonymised) files; empty is valid for Type 2
                 if keyword not in ds or not _valid(ds, keyword):

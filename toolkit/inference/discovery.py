@@ -155,6 +155,14 @@ def quiet_dicom_warnings():
                 lg.setLevel(level)
 
 
+def _text(value, limit: int = 256) -> str:
+    """A header value as printable text of at most ``limit`` characters. Valid values (UIDs, codes, names:
+    at most 64 characters) pass unchanged; a corrupt header can hold megabytes of binary, and a control
+    character such as a carriage return would split its row of predictions.csv."""
+    text = str(value or "")[:limit]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _read_dicom_header(item: InputItem) -> None:
     with quiet_dicom_warnings():
         _read_dicom_header_unchecked(item)
@@ -168,14 +176,14 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
         item.status, item.reason = "error", f"unreadable DICOM header: {_one_line(exc)}"
         return
     try:
-        item.sop_class_uid = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "") or "")
-        item.study_instance_uid = str(ds.get("StudyInstanceUID", "") or "")
-        item.series_instance_uid = str(ds.get("SeriesInstanceUID", "") or "")
-        item.sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
-        item.modality = str(ds.get("Modality", "") or "")
-        item.body_part = str(ds.get("BodyPartExamined", "") or "")
-        item.patient_id = str(ds.get("PatientID", "") or "")
-        item.patient_name = str(ds.get("PatientName", "") or "")
+        item.sop_class_uid = _text(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+        item.study_instance_uid = _text(ds.get("StudyInstanceUID", ""))
+        item.series_instance_uid = _text(ds.get("SeriesInstanceUID", ""))
+        item.sop_instance_uid = _text(ds.get("SOPInstanceUID", ""))
+        item.modality = _text(ds.get("Modality", ""))
+        item.body_part = _text(ds.get("BodyPartExamined", ""))
+        item.patient_id = _text(ds.get("PatientID", ""))
+        item.patient_name = _text(ds.get("PatientName", ""))
         frames = ds.get("NumberOfFrames", 1)
         item.number_of_frames = int(frames) if frames not in (None, "") else 1
     except (*DICOM_PARSE_ERRORS, TypeError) as exc:  # invalid values: NumberOfFrames "1A" or multi-valued

@@ -2,10 +2,10 @@
 
 Flow of :func:`run_inference`:
 
-1. rank 0 takes the output lock, loads the bundle, discovers the inputs (a 3D network takes a DICOM
-   series as one input) and drops those already in the journals (resume; ``--retry-errors`` keeps
-   error rows to do again); under ``torchrun`` it broadcasts the work list, every rank loads the
-   bundle and takes ``pending[rank::world]``;
+1. rank 0 takes the output lock; every rank loads the bundle; rank 0 discovers the inputs (a 3D
+   network takes a DICOM series as one input) and drops those already in the journals (resume;
+   ``--retry-errors`` does error rows again); under ``torchrun`` it broadcasts the work list and
+   every rank takes ``pending[rank::world]``;
 2. each rank feeds its share through a ``torch.utils.data.DataLoader`` whose dataset returns an
    error record instead of raising (the one place where anything a file causes becomes its row),
    runs the bundle's network batch by batch and appends the rows of each batch to its own journal
@@ -155,14 +155,20 @@ class InferenceDataset(torch.utils.data.Dataset):
         try:
             with quiet_dicom_warnings():
                 record["image"] = self._load(item)
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001
             # THE per-file boundary of a run. Reading and preprocessing parse whatever bytes the user's
-            # files hold, through pydicom, Pillow, nibabel and the bundle's own transforms (MONAI's
-            # Compose re-raises every exception as RuntimeError anyway), so anything one file makes
-            # them raise becomes that file's error row: one bad file never stops a run. The traceback
-            # goes to the debug log (`cit infer --verbose`), so an unexpected error is still seen.
+            # files hold, through pydicom, Pillow, nibabel, native decoders and the bundle's own
+            # transforms (MONAI's Compose re-raises every exception as RuntimeError anyway), so anything
+            # one file makes them raise becomes that file's error row: one bad file never stops a run.
+            # That includes a panic of a Rust decoder, which PyO3 raises as a BaseException; Ctrl-C
+            # and exits still stop the run. The traceback goes to the debug log (`cit infer --verbose`),
+            # so an unexpected error is still seen.
+            if not isinstance(exc, Exception) and not _is_decoder_panic(exc):
+                raise
             logger.debug("input %s failed to load", item.path, exc_info=True)
             record["error"] = _reason(exc, item.abs_path)
+            if _is_decoder_panic(exc):
+                record["error"] = f"the image decoder crashed on this file ({record['error']})"[:400]
         return record
 
     def _load(self, item: InputItem) -> torch.Tensor:
@@ -215,6 +221,11 @@ def _find_dicom_readers(obj, depth: int = 0) -> list:
             if child is not None and child is not obj:
                 found += _find_dicom_readers(child, depth + 1)
     return found
+
+
+def _is_decoder_panic(exc: BaseException) -> bool:
+    """A panic in a Rust extension (e.g. pylibjpeg-rle on a corrupt RLE stream): PyO3's PanicException."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
 def _reason(exc: BaseException, path: str | None = None) -> str:
@@ -286,30 +297,33 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
     output = Path(options.output)
 
     lock = OutputLock(output)
-    plan, bundle, failure = None, None, None
+    status = None
     if rank == 0:
         try:
             lock.acquire()
-            bundle = _load(options, device)
-            plan = _plan(options, bundle.spatial_dims)
+            status = {}
         except LockedError as exc:
-            plan = {"locked": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - not swallowed: re-raised below, once the other ranks know
-            plan, failure = {"failed": f"{type(exc).__name__}: {exc}"}, exc
-    plan = _broadcast(plan, world)
-    if "locked" in plan:
+            status = {"locked": str(exc)}
+    status = _broadcast(status, world)
+    if "locked" in status:
         if rank == 0:
-            print(f"cit infer: {plan['locked']}", file=sys.stderr)
+            print(f"cit infer: {status['locked']}", file=sys.stderr)
         return RunSummary({}, 0, 0, 0, EXIT_LOCKED)
-    if "failed" in plan:
-        if rank == 0:
-            lock.release()
-            raise failure
-        raise RuntimeError(f"rank 0 failed: {plan['failed']}")
 
     try:
-        if bundle is None:
-            bundle = _load(options, device)
+        # every rank at once: under torchrun, preparing the network is a collective (DDP wrap)
+        bundle = _load(options, device)
+        plan, failure = None, None
+        if rank == 0:
+            try:
+                plan = _plan(options, bundle.spatial_dims)
+            except Exception as exc:  # noqa: BLE001 - not swallowed: re-raised below, once the other ranks know
+                plan, failure = {"failed": f"{type(exc).__name__}: {exc}"}, exc
+        plan = _broadcast(plan, world)
+        if "failed" in plan:
+            if failure is not None:
+                raise failure
+            raise RuntimeError(f"rank 0 failed: {plan['failed']}")
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
         t_process = time.perf_counter()

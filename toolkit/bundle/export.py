@@ -1,0 +1,197 @@
+"""Trained bundles as artifacts: a portable copy of the bundle, and the model in deployment formats.
+
+:func:`pack_bundle` writes a self-contained bundle folder as the MONAI model zoo lays one out:
+configs with the shared base expanded (no macro into this repository), ``bundle_root`` ``"."``
+(MONAI Label, MONAI Deploy and ``--bundle_root`` set it, as for zoo bundles), the trained weights
+with their ``model_info.json``, and ``metadata.json`` whose ``network_data_format`` states the
+trained model's classes, channels and input size, so that ``verify_net_in_out`` and every
+consumer see the model that is there. The copy still needs this package installed
+(``required_packages_version`` says so), since its configs name ``toolkit`` functions.
+
+:func:`export_model` writes TorchScript (with the bundle's metadata and inference config inside,
+what MONAI Deploy reads), ``torch.export`` (``.pt2``) or ONNX, and checks the exported model
+against the eager one on real images before it returns; a difference above the tolerance is an
+error and the file is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from toolkit.bundle.configs import read_config
+from toolkit.bundle.datalists import DATALIST_NAME
+from toolkit.bundle.description import ModelInfo, info_path, load_model_info
+from toolkit.bundle.loading import load_weights
+from toolkit.data import find_image_files, load_datalist
+from toolkit.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {"torchscript": "model.ts", "export": "model.pt2", "onnx": "model.onnx"}
+ONNX_OPSET = 18
+# largest |exported - eager| logit difference accepted (float32 on CPU; measured differences are ~1e-6)
+TOLERANCE = 1e-4
+CHECK_IMAGES = 4
+
+
+class ExportMismatchError(RuntimeError):
+    """An exported model does not reproduce the eager model within :data:`TOLERANCE`."""
+
+
+def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None,
+                force: bool = False) -> Path:  # fmt: skip
+    """Write the portable copy of ``bundle_dir`` with the model trained into ``ckpt_dir`` to ``out_dir``."""
+    bundle_dir = Path(bundle_dir).resolve()
+    ckpt_dir = Path(ckpt_dir).resolve() if ckpt_dir else bundle_dir / "models"
+    out_dir = Path(out_dir)
+    info = load_model_info(ckpt_dir)  # fails clearly for an untrained bundle
+    if not (ckpt_dir / "model.pt").is_file():
+        raise FileNotFoundError(f"{ckpt_dir / 'model.pt'} is missing: train the bundle first")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} is not empty (pass force=True / --force to replace its files)")
+    (out_dir / "configs").mkdir(parents=True, exist_ok=True)
+    for config in sorted((bundle_dir / "configs").glob("*.json")):
+        if config.name == "metadata.json":
+            continue
+        parser = ConfigParser(read_config(config, bundle_root=bundle_dir))
+        parser.resolve_macro_and_relative_ids()
+        expanded = parser.get()
+        if "bundle_root" in expanded:
+            expanded["bundle_root"] = "."
+        atomic_write_json(out_dir / "configs" / config.name, expanded)
+    metadata = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    atomic_write_json(out_dir / "configs" / "metadata.json", metadata_for(metadata, info))
+    for name in ("logging.conf",):
+        if (bundle_dir / "configs" / name).is_file():
+            shutil.copy2(bundle_dir / "configs" / name, out_dir / "configs" / name)
+    for name in ("LICENSE", "large_files.yml"):
+        if (bundle_dir / name).is_file():
+            shutil.copy2(bundle_dir / name, out_dir / name)
+    if (bundle_dir / "docs").is_dir():
+        shutil.copytree(bundle_dir / "docs", out_dir / "docs", dirs_exist_ok=True)
+    (out_dir / "models").mkdir(exist_ok=True)
+    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json"):
+        if (ckpt_dir / name).is_file():
+            shutil.copy2(ckpt_dir / name, out_dir / "models" / name)
+    logger.info("packed %s with the model in %s into %s", bundle_dir.name, ckpt_dir, out_dir)
+    return out_dir
+
+
+def metadata_for(metadata: dict, info: ModelInfo) -> dict:
+    """``metadata`` with ``network_data_format`` describing the trained model (classes, channels, size)."""
+    metadata = json.loads(json.dumps(metadata))
+    fmt = metadata.setdefault("network_data_format", {})
+    image = fmt.setdefault("inputs", {}).setdefault("image", {})
+    channels = int(info.preprocessing.get("channels", info.network.get("in_channels", 3)))
+    size = int(info.preprocessing["image_size"])
+    image.update(num_channels=channels, spatial_shape=[size, size],
+                 channel_def={str(i): "image" for i in range(channels)})  # fmt: skip
+    pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
+    pred.update(num_channels=info.num_classes, channel_def={str(i): n for i, n in enumerate(info.class_names)})
+    metadata["pred_classes"] = f"{info.num_classes} class logits ({', '.join(info.class_names)})"
+    return metadata
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_difference: float
+    num_images: int
+
+
+def export_model(bundle_dir: str | os.PathLike, fmt: str, out_path: str | os.PathLike | None = None,
+                 ckpt_dir: str | os.PathLike | None = None, check_inputs: str | os.PathLike | None = None,
+                 output_dir: str | os.PathLike | None = None) -> ExportResult:  # fmt: skip
+    """Export the trained model of ``bundle_dir`` as ``fmt`` (see :data:`FORMATS`) and check it.
+
+    The check runs the exported and the eager model on up to :data:`CHECK_IMAGES` real images,
+    preprocessed as the model was validated: files under ``check_inputs``, else the test split the
+    training run saved in ``output_dir`` (default ``<bundle>/output``).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
+    bundle_dir = Path(bundle_dir).resolve()
+    ckpt_dir = Path(ckpt_dir).resolve() if ckpt_dir else bundle_dir / "models"
+    out_path = Path(out_path) if out_path else ckpt_dir / FORMATS[fmt]
+    if out_path.suffix != Path(FORMATS[fmt]).suffix:  # MONAI and torch.export load files by their suffix
+        raise ValueError(f"a {fmt} export is written to a '{Path(FORMATS[fmt]).suffix}' file, got {out_path}")
+    info = load_model_info(ckpt_dir)
+    network = info.create_network().eval()
+    load_weights(network, ckpt_dir / "model.pt")
+    images = _check_images(info, check_inputs, Path(output_dir) if output_dir else bundle_dir / "output")
+    with torch.no_grad():
+        eager = network(images)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    run = {"torchscript": _torchscript, "export": _torch_export, "onnx": _onnx}[fmt]
+    exported = run(network, images, out_path, bundle_dir, ckpt_dir)
+    difference = float((exported - eager).abs().max())
+    if not difference <= TOLERANCE:
+        out_path.unlink(missing_ok=True)
+        raise ExportMismatchError(
+            f"{fmt} export differs from the eager model by {difference:.2e} (> {TOLERANCE:g}) on "
+            f"{len(images)} image(s); {out_path} was removed"
+        )
+    logger.info("%s written to %s; max |difference| to eager %.2e on %d image(s)", fmt, out_path, difference, len(images))
+    return ExportResult(out_path, difference, len(images))
+
+
+def _check_images(info: ModelInfo, check_inputs, output_dir: Path) -> torch.Tensor:
+    if check_inputs:
+        paths = [str(p) for p in find_image_files(check_inputs)][:CHECK_IMAGES]
+    elif (output_dir / DATALIST_NAME).is_file():
+        paths = [item["image"] for item in load_datalist(output_dir / DATALIST_NAME)["test"][:CHECK_IMAGES]]
+    else:
+        paths = []
+    if not paths:
+        raise FileNotFoundError(
+            f"no real images to check the export on: pass check_inputs / --check-inputs, or keep the "
+            f"training run's {output_dir / DATALIST_NAME}"
+        )
+    transform = info.preprocessing_transforms(label_key=None)
+    images = [torch.as_tensor(transform({"image": p})["image"]).float() for p in paths]
+    return torch.stack(images * 2 if len(images) == 1 else images)  # a batch of >= 2 keeps the batch size dynamic
+
+
+def _torchscript(network, images, out_path: Path, bundle_dir: Path, ckpt_dir: Path) -> torch.Tensor:
+    """TorchScript with ``metadata.json`` and ``inference.json`` inside, as MONAI's ``ckpt_export``
+    writes it (MONAI Deploy's bundle operator reads both from the archive)."""
+    from monai.data import save_net_with_metadata
+
+    info = load_model_info(ckpt_dir)
+    metadata = metadata_for(json.loads((bundle_dir / "configs" / "metadata.json").read_text()), info)
+    parser = ConfigParser(read_config(bundle_dir / "configs" / "inference.json", bundle_root=bundle_dir))
+    parser.resolve_macro_and_relative_ids()
+    config = parser.get()
+    config["bundle_root"] = "."
+    scripted = torch.jit.trace(network, images[:1])
+    save_net_with_metadata(scripted, str(out_path), include_config_vals=False, meta_values=metadata,
+                           more_extra_files={"inference.json": json.dumps(config).encode()})  # fmt: skip
+    loaded = torch.jit.load(str(out_path))
+    with torch.no_grad():
+        return loaded(images)
+
+
+def _torch_export(network, images, out_path: Path, *_) -> torch.Tensor:
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(network, (images,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(out_path))
+    loaded = torch.export.load(str(out_path)).module()
+    with torch.no_grad():
+        return loaded(images)
+
+
+def _onnx(network, images, out_path: Path, *_) -> torch.Tensor:
+    import onnxruntime
+
+    torch.onnx.export(network, (images,), str(out_path), input_names=["image"], output_names=["logits"],
+                      opset_version=ONNX_OPSET, dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)  # fmt: skip
+    session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    return torch.as_tensor(session.run(None, {"image": images.numpy()})[0])
