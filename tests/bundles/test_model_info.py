@@ -127,3 +127,41 @@ def test_packed_bundle_loads_and_verifies_outside_the_repository(trained, tmp_pa
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     names = {r.split(",")[2] for r in (tmp_path / "pred" / "predictions.csv").read_text().splitlines()[1:]}
     assert names <= set(CLASSES) and names
+
+
+@pytest.mark.slow
+def test_published_bundle_fetches_its_weights_from_a_server(trained, tmp_path):
+    """A site publishes the packed folder; a copy without the weights fetches them over HTTP (here a
+    real server on 127.0.0.1) with the SHA-256 of large_files.yml checked."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    tmp, _ = trained
+    published = tmp_path / "www" / BUNDLE
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(published))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"), "--format",
+                      "bundle", "--out", str(published), "--base-url", url)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert url in (published / "large_files.yml").read_text()
+        site = tmp_path / "hospital" / BUNDLE
+        shutil.copytree(published, site)
+        (site / "models" / "model.pt").unlink()
+        fetched = _cit("fetch-weights", "--bundle", str(site))
+        assert fetched.returncode == 0, fetched.stdout[-2000:] + fetched.stderr[-2000:]
+        digest = hashlib.sha256((site / "models" / "model.pt").read_bytes()).hexdigest()
+        assert digest == hashlib.sha256((tmp / "models" / "model.pt").read_bytes()).hexdigest()
+        # a tampered file on the server is refused and not kept
+        (site / "models" / "model.pt").unlink()
+        with open(published / "models" / "model.pt", "ab") as f:
+            f.write(b"tampered")
+        refused = _cit("fetch-weights", "--bundle", str(site))
+        assert refused.returncode != 0 and "hash" in (refused.stdout + refused.stderr).lower()
+        assert not (site / "models" / "model.pt").exists()
+    finally:
+        server.shutdown()

@@ -16,6 +16,7 @@ error and the file is removed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import ModelInfo, info_path, load_model_info
 from toolkit.bundle.loading import load_weights
 from toolkit.data import find_image_files, load_datalist
-from toolkit.io import atomic_write_json
+from toolkit.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,13 @@ class ExportMismatchError(RuntimeError):
 
 
 def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None,
-                force: bool = False) -> Path:  # fmt: skip
-    """Write the portable copy of ``bundle_dir`` with the model trained into ``ckpt_dir`` to ``out_dir``."""
+                force: bool = False, base_url: str | None = None) -> Path:  # fmt: skip
+    """Write the portable copy of ``bundle_dir`` with the model trained into ``ckpt_dir`` to ``out_dir``.
+
+    With ``base_url`` (where the site will publish the copy's files), ``large_files.yml`` lists the
+    weights with that URL and their SHA-256, as model-zoo bundles do, so that a copy shipped without
+    the weights gets them with ``cit fetch-weights`` / ``python -m monai.bundle download_large_files``.
+    """
     bundle_dir = Path(bundle_dir).resolve()
     ckpt_dir = Path(ckpt_dir).resolve() if ckpt_dir else bundle_dir / "models"
     out_dir = Path(out_dir)
@@ -81,8 +87,41 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_
     for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json"):
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / "models" / name)
+    if base_url:
+        write_large_files(out_dir, base_url)
     logger.info("packed %s with the model in %s into %s", bundle_dir.name, ckpt_dir, out_dir)
     return out_dir
+
+
+def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
+    """``large_files.yml`` for the weight files in ``bundle_dir/models`` (URL = ``base_url/models/<name>``).
+
+    MONAI's format (``path``, ``url``, ``hash_val``, ``hash_type``); written as JSON-compatible YAML,
+    which MONAI's config reader loads.
+    """
+    bundle_dir = Path(bundle_dir)
+    entries = []
+    for path in sorted((bundle_dir / "models").iterdir()):
+        if path.suffix in (".pt", ".ts", ".pt2", ".onnx"):
+            entries.append({
+                "path": f"models/{path.name}",
+                "url": f"{base_url.rstrip('/')}/models/{path.name}",
+                "hash_val": _sha256(path),
+                "hash_type": "sha256",
+            })  # fmt: skip
+    lines = ["large_files:"]
+    for entry in entries:
+        lines.append(f"  - path: {json.dumps(entry['path'])}")
+        lines += [f"    {key}: {json.dumps(entry[key])}" for key in ("url", "hash_val", "hash_type")]
+    return atomic_write_text(bundle_dir / "large_files.yml", "\n".join(lines) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def metadata_for(metadata: dict, info: ModelInfo) -> dict:

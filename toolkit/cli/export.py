@@ -1,4 +1,5 @@
-"""`cit export`: a trained bundle as a portable bundle folder, or its model as TorchScript / .pt2 / ONNX."""
+"""`cit export` (a trained bundle as a portable folder, or its model as TorchScript / .pt2 / ONNX) and
+`cit fetch-weights` (the weights a published bundle lists in large_files.yml)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _export(args: argparse.Namespace) -> int:
         if args.format == "bundle":
             if not args.out:
                 raise ValueError("--out is required with --format bundle (the folder to write the bundle to)")
-            out = export.pack_bundle(args.bundle, args.out, ckpt_dir=args.ckpt_dir, force=args.force)
+            out = export.pack_bundle(args.bundle, args.out, ckpt_dir=args.ckpt_dir, force=args.force,
+                                     base_url=args.base_url)  # fmt: skip
             print(f"bundle: {out}")
             return 0
         result = export.export_model(args.bundle, args.format, out_path=args.out, ckpt_dir=args.ckpt_dir,
@@ -53,4 +55,31 @@ def add_parser(subparsers) -> None:
                    help="the training run's output folder, whose test split gives the check images (default <bundle>/output)")  # fmt: skip
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")
     p.add_argument("--force", action="store_true", help="write the bundle into a non-empty --out")
+    p.add_argument("--base-url", default=None,
+                   help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
+                        "(URL + SHA-256 of each weight file) for `cit fetch-weights`")  # fmt: skip
     p.set_defaults(func=_export)
+
+    f = subparsers.add_parser(
+        "fetch-weights",
+        help="download a bundle's weight files listed in its large_files.yml (SHA-256 checked)",
+        description=(
+            "Downloads every file of <bundle>/large_files.yml into the bundle (MONAI's download_large_files: "
+            "the same as `python -m monai.bundle download_large_files --bundle_path <bundle>`); a file already "
+            "there with the right hash is kept, a hash mismatch is an error."
+        ),
+    )
+    f.add_argument("--bundle", required=True, help="bundle folder holding large_files.yml")
+    f.set_defaults(func=_fetch)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from monai.bundle import download_large_files
+
+    try:
+        download_large_files(bundle_path=args.bundle)
+    except EXPORT_ERRORS as err:
+        print(f"cit fetch-weights: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"weights of {args.bundle} present and verified")
+    return 0
