@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 import tempfile
 import urllib.parse
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 
@@ -238,12 +241,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as err:
+        # measured: truncated -> EOFError, garbage or pickled code -> UnpicklingError, bad zip -> RuntimeError
         raise ValueError(
             f"Cannot read weights file {path}: {type(err).__name__}: {err}. Expected a state_dict saved with "
             f"torch.save (tensors only; pickled code is refused) or a .safetensors file."
