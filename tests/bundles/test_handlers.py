@@ -117,3 +117,20 @@ def test_to_probabilities_temperature_and_multilabel():
     assert torch.allclose(p1.sum(-1), torch.ones(1))
     assert p2[0, 0] < p1[0, 0]  # a higher temperature softens the distribution
     assert np.allclose(to_probabilities(logits, multi_label=True).numpy(), torch.sigmoid(logits).numpy())
+
+
+def test_multi_label_writer_thresholds_each_finding_and_names_the_positives(tmp_path):
+    findings = ["Atelectasis", "Effusion", "Nodule"]
+    labels = [[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]]
+    probs = torch.tensor([[0.9, 0.2, 0.1], [0.4, 0.7, 0.6], [0.1, 0.3, 0.2], [0.8, 0.4, 0.5]])
+    records = [{"image": f"/cxr/{i}.png", "label": y} for i, y in enumerate(labels)]
+    engine = Engine(lambda e, batch: {"pred": probs[batch["index"]]})
+    PredictionWriter(tmp_path, findings, records, write_metrics=True, multi_label=True).attach(engine)
+    engine.run([{"index": torch.arange(0, 3)}, {"index": torch.arange(3, 4)}])
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows] == ["1|0|0", "0|1|1", "0|0|0", "1|1|0"]
+    assert [r["pred"] for r in rows] == ["1|0|0", "0|1|1", "0|0|0", "1|0|1"]  # threshold 0.5 per finding
+    assert [r["pred_name"] for r in rows] == ["Atelectasis", "Effusion|Nodule", "", "Atelectasis|Nodule"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_samples"] == 4 and metrics["threshold"] == 0.5

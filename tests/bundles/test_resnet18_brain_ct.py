@@ -112,6 +112,29 @@ def test_inference_rows_match_the_input_files(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_inference_applies_the_temperature_saved_beside_the_weights(trained, tmp_path):
+    import shutil
+
+    tmp, datalist = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n, item in enumerate(load_datalist(datalist)["test"][:3]):
+        shutil.copy(item["image"], folder / f"{n}_{item['image'].rsplit('/', 1)[-1]}")
+    models = tmp_path / "models"
+    shutil.copytree(tmp / "models", models)
+    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, inference_dir=tmp_path / "t1")
+    (models / "temperature.json").write_text(json.dumps({"temperature": 2.0}))
+    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, inference_dir=tmp_path / "t2", ckpt_dir=models)
+    names = ("glioma", "meningioma", "pituitary")
+    plain, scaled = (_rows(tmp_path / d / "predictions.csv") for d in ("t1", "t2"))
+    for a, b in zip(plain, scaled, strict=True):
+        # softmax(logits / T) == softmax(log p / T): the softmax constant cancels
+        expected = torch.softmax(torch.log(torch.tensor([float(a[f"prob_{c}"]) for c in names])) / 2.0, 0)
+        assert [float(b[f"prob_{c}"]) for c in names] == pytest.approx(expected.tolist(), abs=1e-4)
+        assert max(float(b[f"prob_{c}"]) for c in names) < max(float(a[f"prob_{c}"]) for c in names)
+
+
+@pytest.mark.slow
 def test_metadata_and_network_io_verify_offline(trained):
     verify_bundle(BUNDLE, trained[0] / "models")
 
