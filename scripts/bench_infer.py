@@ -57,7 +57,10 @@ def write_files(folder: Path, n: int, sizes: list[int]) -> list[Path]:
                 meta.TransferSyntaxUID = ExplicitVRLittleEndian
                 ds = pydicom.Dataset()
                 ds.file_meta = meta
-                ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+                ds.SOPClassUID, ds.SOPInstanceUID = (
+                    meta.MediaStorageSOPClassUID,
+                    meta.MediaStorageSOPInstanceUID,
+                )
                 ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
                 ds.Modality, ds.Rows, ds.Columns = "DX", size, size
                 ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -91,9 +94,13 @@ def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> fl
     from toolkit.inference.runner import InferenceDataset, _collate
 
     items = [InputItem(path=p.name, abs_path=str(p), kind="dicom") for p in paths]
-    loader = torch.utils.data.DataLoader(InferenceDataset(items, bundle.preprocessing, bundle.image_size),
-                                         batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        InferenceDataset(items, bundle.preprocessing, bundle.image_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+    )
     start = time.perf_counter()
     n = 0
     for records in loader:
@@ -102,14 +109,23 @@ def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> fl
     return n / (time.perf_counter() - start)
 
 
-def bench_cit_infer(folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int,
-                    overrides: dict) -> tuple[float, float]:
+def bench_cit_infer(
+    folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int, overrides: dict
+) -> tuple[float, float]:
     """(end-to-end images/s including bundle loading and discovery, images/s of the loading + predicting phase)"""
     from toolkit.inference.runner import InferenceOptions, run_inference
 
-    options = InferenceOptions(bundle=str(BUNDLE), input=str(folder), output=str(out), ckpt_path=str(ckpt),
-                               device="cpu", batch_size=batch_size, workers=workers, progress=False,
-                               overrides=overrides)
+    options = InferenceOptions(
+        bundle=str(BUNDLE),
+        input=str(folder),
+        output=str(out),
+        ckpt_path=str(ckpt),
+        device="cpu",
+        batch_size=batch_size,
+        workers=workers,
+        progress=False,
+        overrides=overrides,
+    )
     start = time.perf_counter()
     summary = run_inference(options)
     seconds = time.perf_counter() - start
@@ -122,8 +138,15 @@ def bench_per_file_monai(bundle, paths: list[Path]) -> float:
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, RepeatChannel, Resize, ScaleIntensity
 
     size = bundle.image_size or (224, 224)
-    chain = Compose([LoadImage(reader=PydicomReader(), image_only=True), EnsureChannelFirst(), ScaleIntensity(),
-                     Resize(size), RepeatChannel(3)])
+    chain = Compose(
+        [
+            LoadImage(reader=PydicomReader(), image_only=True),
+            EnsureChannelFirst(),
+            ScaleIntensity(),
+            Resize(size),
+            RepeatChannel(3),
+        ]
+    )
     net = bundle.network.eval()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -134,7 +157,9 @@ def bench_per_file_monai(bundle, paths: list[Path]) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=8, help="files per (size, encoding)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -142,8 +167,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process")
     parser.add_argument("--model-repeats", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="measure a-d this many times, report the best")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID=VALUE",
-                        help="bundle config override for (b) and (c), e.g. preprocessing#reader_max_size=224")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="bundle config override for (b) and (c), e.g. preprocessing#reader_max_size=224",
+    )
     args = parser.parse_args(argv)
     overrides = {}
     for text in args.overrides:
@@ -173,8 +204,9 @@ def main(argv=None) -> int:
         for r in range(args.repeats):  # interleaved repeats: the machine's load changes from minute to minute
             runs["a"].append(bench_model(bundle, args.batch_size, args.model_repeats))
             runs["b"].append(bench_loader(bundle, paths, args.batch_size, args.workers))
-            c_run, c_proc_run = bench_cit_infer(tmp / "in", ckpt, tmp / f"out{r}", args.batch_size, args.workers,
-                                                len(paths), overrides)
+            c_run, c_proc_run = bench_cit_infer(
+                tmp / "in", ckpt, tmp / f"out{r}", args.batch_size, args.workers, len(paths), overrides
+            )
             runs["c"].append(c_run)
             runs["c_proc"].append(c_proc_run)
             runs["d"].append(bench_per_file_monai(bundle, paths))
@@ -186,10 +218,18 @@ def main(argv=None) -> int:
 
     allowed_shared_cpu = 1 / (1 / a + 1 / b)
     result = {
-        "files": len(paths), "sizes": args.sizes, "encodings": ["uncompressed", "jpeg2000_lossless"],
-        "image_size": list(bundle.image_size or ()), "batch_size": args.batch_size, "workers": args.workers,
-        "threads": args.threads, "overrides": overrides, "cpu_count": os.cpu_count(), "write_seconds": round(write_seconds, 1),
-        "repeats": args.repeats, "all_runs_img_s": {k: [round(v, 2) for v in vals] for k, vals in runs.items()},
+        "files": len(paths),
+        "sizes": args.sizes,
+        "encodings": ["uncompressed", "jpeg2000_lossless"],
+        "image_size": list(bundle.image_size or ()),
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "threads": args.threads,
+        "overrides": overrides,
+        "cpu_count": os.cpu_count(),
+        "write_seconds": round(write_seconds, 1),
+        "repeats": args.repeats,
+        "all_runs_img_s": {k: [round(v, 2) for v in vals] for k, vals in runs.items()},
         "a_model_only_img_s": round(a, 2),
         "b_loader_img_s": round(b, 2),
         "b_loader_img_s_by_kind": per_kind,
@@ -202,9 +242,12 @@ def main(argv=None) -> int:
         "c_over_d": round(c / d, 2),
         "c_processing_phase_over_allowed_shared_cpu": round(c_steady / allowed_shared_cpu, 3),
         "targets": {"c_over_allowed_shared_cpu": 0.9, "c_over_d": 3.0},
-        "meets_targets": {"c_over_allowed_shared_cpu": c / allowed_shared_cpu >= 0.9, "c_over_d": c / d >= 3.0},
+        "meets_targets": {
+            "c_over_allowed_shared_cpu": c / allowed_shared_cpu >= 0.9,
+            "c_over_d": c / d >= 3.0,
+        },
         "note": "best of the repeats; c includes bundle loading and discovery; shared 2-core machine, "
-                "read ratios more than values",
+        "read ratios more than values",
     }
     json.dump(result, sys.stdout, indent=1)
     print()

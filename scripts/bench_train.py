@@ -38,9 +38,16 @@ CONFIG = REPO / "bundles" / "resnet18_brain_ct" / "configs" / "train.json"
 def bundle_rates(datalist: Path, work: Path, args) -> tuple[list[float], int]:
     """Images per second of each timed epoch of the bundle's trainer, and images per epoch."""
     workflow = ConfigWorkflow(
-        config_file=str(CONFIG), workflow_type="train", logging_file=False,
-        dataset_dir=str(datalist), ckpt_dir=str(work / "models"), output_dir=str(work / "output"),
-        image_size=args.image_size, batch_size=args.batch_size, max_epochs=args.epochs, pretrained=None,
+        config_file=str(CONFIG),
+        workflow_type="train",
+        logging_file=False,
+        dataset_dir=str(datalist),
+        ckpt_dir=str(work / "models"),
+        output_dir=str(work / "output"),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        max_epochs=args.epochs,
+        pretrained=None,
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -55,7 +62,9 @@ def bundle_rates(datalist: Path, work: Path, args) -> tuple[list[float], int]:
 
     trainer.add_event_handler(Events.EPOCH_STARTED, _start)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, _count)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: rates.append(seen["n"] / (start["last"] - start["t"])))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: rates.append(seen["n"] / (start["last"] - start["t"]))
+    )
     workflow.run()
     return rates[1:], seen["n"]
 
@@ -93,7 +102,9 @@ def bare_rates(datalist: Path, args) -> tuple[list[float], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96, help="training images (about 80%% of the synthetic set)")
+    parser.add_argument(
+        "--images", type=int, default=96, help="training images (about 80%% of the synthetic set)"
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is an untimed warm-up")
@@ -104,7 +115,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n_patients = max(3, round(args.images / 0.8 / 4))
-        datalist = make_synthetic_dataset(tmp / "data", n_patients=n_patients, images_per_patient=4, image_size=256)
+        datalist = make_synthetic_dataset(
+            tmp / "data", n_patients=n_patients, images_per_patient=4, image_size=256
+        )
         bundle, bare = [], []
         for round_ in range(args.rounds):
             set_determinism(seed=round_)
@@ -116,9 +129,14 @@ def main() -> None:
         set_determinism(seed=None)
     result = {
         "benchmark": "bundle training vs bare PyTorch loop",
-        "network": "resnet18", "image_size": args.image_size, "batch_size": args.batch_size,
-        "images_per_epoch": {"bundle": n, "bare_loop": n_bare}, "timed_epochs_per_run": args.epochs - 1, "rounds": args.rounds,
-        "torch_threads": torch.get_num_threads(), "device": "cpu",
+        "network": "resnet18",
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "images_per_epoch": {"bundle": n, "bare_loop": n_bare},
+        "timed_epochs_per_run": args.epochs - 1,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
         "bundle_images_per_s": round(statistics.median(bundle), 2),
         "bare_loop_images_per_s": round(statistics.median(bare), 2),
         "ratio": round(statistics.median(bundle) / statistics.median(bare), 3),

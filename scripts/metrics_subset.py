@@ -39,14 +39,16 @@ def _summary(rows: list[dict], class_names: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path)
-    parser.add_argument("--flags", type=Path, required=True, help="CSV with one row per image and a 0/1 flag column")
+    parser.add_argument(
+        "--flags", type=Path, required=True, help="CSV with one row per image and a 0/1 flag column"
+    )
     parser.add_argument("--flag-column", required=True)
     parser.add_argument("--file-column", default="file")
     args = parser.parse_args()
 
     with open(args.predictions, newline="") as f:
         rows = list(csv.DictReader(f))
-    class_names = [c[len("prob_"):] for c in rows[0] if c.startswith("prob_")]
+    class_names = [c[len("prob_") :] for c in rows[0] if c.startswith("prob_")]
     with open(args.flags, newline="") as f:
         flagged = {
             str((args.flags.parent / r[args.file_column]).resolve())
@@ -54,13 +56,18 @@ def main() -> None:
             if r[args.flag_column].strip() not in ("", "0", "false", "False")
         }
     kept = [r for r in rows if str(Path(r["image"]).resolve()) not in flagged]
-    print(json.dumps({
-        "predictions": str(args.predictions),
-        "flag_column": args.flag_column,
-        "all": _summary(rows, class_names),
-        "unflagged": _summary(kept, class_names),
-        "flagged_images_left_out": len(rows) - len(kept),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "predictions": str(args.predictions),
+                "flag_column": args.flag_column,
+                "all": _summary(rows, class_names),
+                "unflagged": _summary(kept, class_names),
+                "flagged_images_left_out": len(rows) - len(kept),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

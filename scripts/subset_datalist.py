@@ -17,7 +17,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datalist")
     parser.add_argument("out")
-    parser.add_argument("--keep", action="append", default=[], help="SPLIT=FRACTION, e.g. training=1/3 (repeatable); other splits are kept whole")
+    parser.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        help="SPLIT=FRACTION, e.g. training=1/3 (repeatable); other splits are kept whole",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -34,8 +39,15 @@ def main() -> None:
             items = split_items(items, ratios, seed=args.seed)["keep"]
         splits[name] = items
         print(f"{name}: {len(items)} of {len(doc[name])}")
-    save_datalist(args.out, splits, doc["labels"], multi_label=doc.get("multi_label", False), seed=args.seed,
-                  subset_of=str(args.datalist), kept={k: str(v) for k, v in keep.items()})
+    save_datalist(
+        args.out,
+        splits,
+        doc["labels"],
+        multi_label=doc.get("multi_label", False),
+        seed=args.seed,
+        subset_of=str(args.datalist),
+        kept={k: str(v) for k, v in keep.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -7,4 +7,7 @@ source scripts/setup_env.sh
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed; its test will be skipped"
 fi
+# style first (seconds): the formatter and the linter configured in pyproject.toml
+ruff format --check --quiet .
+ruff check --quiet .
 python -m pytest "$@"

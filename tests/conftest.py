@@ -32,8 +32,10 @@ def require_shared_data(path: Path = SHARED_DATA) -> Path:
         return path
     message = f"real data not found at {path} (set CIT_SHARED_DATA)"
     if on_ci():
-        pytest.fail(f"{message}; CI=true, where the data must be present, so this fails instead of skipping",
-                    pytrace=False)
+        pytest.fail(
+            f"{message}; CI=true, where the data must be present, so this fails instead of skipping",
+            pytrace=False,
+        )
     pytest.skip(message)
 
 

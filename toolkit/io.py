@@ -51,7 +51,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, mode: int = 0o644, inde
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", mode)
 
 
-def atomic_write_csv(path: str | os.PathLike, header: list[str], rows: Iterable[Iterable], mode: int = 0o644) -> Path:
+def atomic_write_csv(
+    path: str | os.PathLike, header: list[str], rows: Iterable[Iterable], mode: int = 0o644
+) -> Path:
     """Write a header and rows as CSV to ``path`` atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)

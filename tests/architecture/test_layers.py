@@ -46,7 +46,12 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("toolkit")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("toolkit"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.startswith("toolkit")
+        ):
             found.append((node.lineno, node.module))
     return found
 
@@ -58,8 +63,12 @@ def module_name(path: Path) -> str:
 def test_layers_are_documented_in_order():
     layers = documented_layers()
     assert layers[:3] == ["io", "data", "transforms"] and layers[-1] == "cli", layers
-    on_disk = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-               if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").is_file())) and not p.name.startswith("__")}
+    on_disk = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").is_file()))
+        and not p.name.startswith("__")
+    }
     assert on_disk == set(layers), f"packages on disk {sorted(on_disk)} vs documented {layers}"
 
 
@@ -67,7 +76,9 @@ def test_layers_are_documented_in_order():
 def test_module_imports_no_higher_layer(path):
     layers = documented_layers()
     own = layer_of(module_name(path), layers)
-    upward = [f"line {line}: {target}" for line, target in imported_modules(path) if layer_of(target, layers) > own]
+    upward = [
+        f"line {line}: {target}" for line, target in imported_modules(path) if layer_of(target, layers) > own
+    ]
     assert not upward, f"{path.relative_to(REPO)} (layer {own}) imports a higher layer: {upward}"
 
 

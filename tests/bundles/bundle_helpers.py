@@ -28,7 +28,9 @@ def config_arg(bundle: str, config: str) -> str:
     return files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
-def run_bundle(bundle: str, run_id: str, config: str, tmp: Path, check: bool = True, **overrides) -> subprocess.CompletedProcess:
+def run_bundle(
+    bundle: str, run_id: str, config: str, tmp: Path, check: bool = True, **overrides
+) -> subprocess.CompletedProcess:
     """`python -m monai.bundle run <run_id>` in a subprocess, as a user runs it, with outputs under ``tmp``.
 
     With ``check=False`` a failing run is returned instead of raising.
@@ -37,7 +39,12 @@ def run_bundle(bundle: str, run_id: str, config: str, tmp: Path, check: bool = T
     overrides = {"ckpt_dir": str(tmp / "models"), "output_dir": str(tmp / "output"), **overrides}
     for key, value in overrides.items():
         args += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CIT_WEIGHTS_DIR": str(tmp / "weights")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CIT_WEIGHTS_DIR": str(tmp / "weights"),
+    }
     result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -45,7 +52,9 @@ def run_bundle(bundle: str, run_id: str, config: str, tmp: Path, check: bool = T
 
 
 def _bundle_cli(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -56,6 +65,14 @@ def verify_bundle(bundle: str, ckpt_dir: Path) -> None:
     schema = REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"
     _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(schema))
     _bundle_cli(
-        "verify_net_in_out", "network_def", "--meta_file", meta,
-        "--config_file", bundle_config(bundle, "inference"), "--device", "cpu", "--ckpt_dir", str(ckpt_dir),
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        meta,
+        "--config_file",
+        bundle_config(bundle, "inference"),
+        "--device",
+        "cpu",
+        "--ckpt_dir",
+        str(ckpt_dir),
     )

@@ -20,9 +20,12 @@ PROBS = torch.tensor(
 
 
 def _run_writer(tmp_path, batch_size=4):
-    records = [{"image": f"/data/img{i}.dcm", "label": y, "patient_id": f"p{i // 2}"} for i, y in enumerate(LABELS)]
+    records = [
+        {"image": f"/data/img{i}.dcm", "label": y, "patient_id": f"p{i // 2}"} for i, y in enumerate(LABELS)
+    ]
     batches = [
-        {"index": torch.arange(s, min(s + batch_size, len(LABELS)))} for s in range(0, len(LABELS), batch_size)
+        {"index": torch.arange(s, min(s + batch_size, len(LABELS)))}
+        for s in range(0, len(LABELS), batch_size)
     ]
 
     def step(engine, batch):
@@ -40,7 +43,14 @@ def test_prediction_writer_rows_and_metrics_match_hand_computed(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == [r["image"] for r in records]
     assert [int(r["pred"]) for r in rows] == [0, 1, 2, 0, 2, 1]
-    assert [r["pred_name"] for r in rows] == ["glioma", "meningioma", "pituitary", "glioma", "pituitary", "meningioma"]
+    assert [r["pred_name"] for r in rows] == [
+        "glioma",
+        "meningioma",
+        "pituitary",
+        "glioma",
+        "pituitary",
+        "meningioma",
+    ]
     assert [r["patient_id"] for r in rows] == ["p0", "p0", "p1", "p1", "p2", "p2"]
     assert float(rows[4]["prob_pituitary"]) == pytest.approx(0.4)
 
@@ -57,7 +67,9 @@ def test_prediction_writer_rows_and_metrics_match_hand_computed(tmp_path):
 def test_prediction_writer_does_not_depend_on_batching(tmp_path):
     _run_writer(tmp_path / "a", batch_size=1)
     _run_writer(tmp_path / "b", batch_size=5)
-    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (
+        tmp_path / "b" / "predictions.csv"
+    ).read_text()
 
 
 def _history_run(path, epochs, start_epoch=0):
@@ -71,7 +83,10 @@ def _history_run(path, epochs, start_epoch=0):
     @trainer.on(Events.EPOCH_COMPLETED)
     def _metrics(engine):
         engine.state.metrics.update(train_loss=1.0 / engine.state.epoch, train_accuracy=0.5)
-        validator.state.metrics = {"val_loss": 2.0 / engine.state.epoch, "val_accuracy": 0.25 * engine.state.epoch}
+        validator.state.metrics = {
+            "val_loss": 2.0 / engine.state.epoch,
+            "val_accuracy": 0.25 * engine.state.epoch,
+        }
 
     TrainingHistoryWriter(validator, path, optimizer).attach(trainer)
 

@@ -51,7 +51,10 @@ def test_cit_infer_needs_no_override_and_equals_the_bundle(trained, tmp_path):
                   "--output", str(tmp_path / "cit"), "--device", "cpu", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=inputs, inference_dir=tmp_path / "bundle")
-    ours, theirs = _probs(tmp_path / "cit" / "predictions.csv", "path"), _probs(tmp_path / "bundle" / "predictions.csv", "image")
+    ours, theirs = (
+        _probs(tmp_path / "cit" / "predictions.csv", "path"),
+        _probs(tmp_path / "bundle" / "predictions.csv", "image"),
+    )
     assert set(ours) == set(theirs) and len(ours) >= 2
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], atol=2e-6, err_msg=name)
@@ -61,7 +64,16 @@ def test_cit_infer_needs_no_override_and_equals_the_bundle(trained, tmp_path):
 def test_contradicting_override_or_missing_description_is_a_clear_error(trained, tmp_path):
     tmp, inputs = trained
     ckpt = tmp / "models" / "model.pt"
-    base = ["infer", "--bundle", f"bundles/{BUNDLE}", "--input", str(inputs), "--device", "cpu", "--no-progress"]
+    base = [
+        "infer",
+        "--bundle",
+        f"bundles/{BUNDLE}",
+        "--input",
+        str(inputs),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     result = _cit(*base, "--ckpt-path", str(ckpt), "--output", str(tmp_path / "a"), "--set", "image_size=64")
     assert result.returncode != 0 and "image_size=64 (trained with 40)" in result.stderr + result.stdout
     bare = tmp_path / "weights_only"

@@ -21,7 +21,9 @@ TINY = {"image_size": 32, "batch_size": 4, "pretrained": "None"}
 def trained(tmp_path_factory):
     """One epoch of training on tiny synthetic data; shared by the tests below."""
     tmp = tmp_path_factory.mktemp("bundle")
-    datalist = make_synthetic_dataset(tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=1)
+    datalist = make_synthetic_dataset(
+        tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=1
+    )
     run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, **TINY)
     return tmp, datalist
 
@@ -69,7 +71,9 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
 
     shutil.copytree(tmp / "models", tmp_path / "models")
     shutil.copytree(tmp / "output", tmp_path / "output")
-    result = run_bundle(BUNDLE, "training", "train", tmp_path, dataset_dir=datalist, max_epochs=2, resume=True, **TINY)
+    result = run_bundle(
+        BUNDLE, "training", "train", tmp_path, dataset_dir=datalist, max_epochs=2, resume=True, **TINY
+    )
     history = _rows(tmp_path / "output" / "train" / "training_history.csv")
     assert [int(r["epoch"]) for r in history] == [1, 2]
     assert history[0] == _rows(tmp / "output" / "train" / "training_history.csv")[0]
@@ -124,7 +128,15 @@ def test_inference_applies_the_temperature_saved_beside_the_weights(trained, tmp
     shutil.copytree(tmp / "models", models)
     run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, inference_dir=tmp_path / "t1")
     (models / "temperature.json").write_text(json.dumps({"temperature": 2.0}))
-    run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=folder, inference_dir=tmp_path / "t2", ckpt_dir=models)
+    run_bundle(
+        BUNDLE,
+        "inference",
+        "inference",
+        tmp,
+        dataset_dir=folder,
+        inference_dir=tmp_path / "t2",
+        ckpt_dir=models,
+    )
     names = ("glioma", "meningioma", "pituitary")
     plain, scaled = (_rows(tmp_path / d / "predictions.csv") for d in ("t1", "t2"))
     for a, b in zip(plain, scaled, strict=True):
@@ -142,7 +154,9 @@ def test_metadata_and_network_io_verify_offline(trained):
 @pytest.mark.slow
 def test_evaluating_another_split_is_refused_with_both_fingerprints(trained, tmp_path):
     tmp, datalist = trained
-    result = run_bundle(BUNDLE, "evaluating", "evaluate", tmp, check=False, seed=1, eval_dir=tmp_path / "eval")
+    result = run_bundle(
+        BUNDLE, "evaluating", "evaluate", tmp, check=False, seed=1, eval_dir=tmp_path / "eval"
+    )
     assert result.returncode != 0
     message = result.stdout + result.stderr
     assert "SplitMismatchError" in message and "seed 0 -> 1" in message
@@ -154,11 +168,21 @@ def test_evaluating_another_split_is_refused_with_both_fingerprints(trained, tmp
 @pytest.mark.slow
 def test_an_override_contradicting_the_trained_model_is_refused(trained, tmp_path):
     tmp, _ = trained
-    result = run_bundle(BUNDLE, "evaluating", "evaluate", tmp, check=False, image_size=64, eval_dir=tmp_path / "eval")
+    result = run_bundle(
+        BUNDLE, "evaluating", "evaluate", tmp, check=False, image_size=64, eval_dir=tmp_path / "eval"
+    )
     assert result.returncode != 0
     assert "image_size=64 (trained with 32)" in result.stdout + result.stderr
     # agreeing overrides are fine
-    run_bundle(BUNDLE, "evaluating", "evaluate", tmp, image_size=32, model_name="resnet18", eval_dir=tmp_path / "eval")
+    run_bundle(
+        BUNDLE,
+        "evaluating",
+        "evaluate",
+        tmp,
+        image_size=32,
+        model_name="resnet18",
+        eval_dir=tmp_path / "eval",
+    )
     assert (tmp_path / "eval" / "predictions.csv").is_file()
 
 

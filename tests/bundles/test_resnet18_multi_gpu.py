@@ -38,7 +38,9 @@ def _rows(path):
 @pytest.mark.slow
 def test_two_process_training_then_evaluation_equal_to_one_process(tmp_path):
     # 3 images per patient: the held-out patient's 3 images are an odd-sized test set for 2 ranks
-    datalist = make_synthetic_dataset(tmp_path / "data", n_patients=10, images_per_patient=3, image_size=48, seed=2)
+    datalist = make_synthetic_dataset(
+        tmp_path / "data", n_patients=10, images_per_patient=3, image_size=48, seed=2
+    )
     result = _torchrun("training", "multi_gpu_train", tmp_path, dataset_dir=datalist, max_epochs=1,
                        image_size=32, batch_size=4, pretrained=None)  # fmt: skip
 
@@ -54,7 +56,10 @@ def test_two_process_training_then_evaluation_equal_to_one_process(tmp_path):
     assert n_test % 2 == 1
     _torchrun("evaluating", "multi_gpu_evaluate", tmp_path, eval_dir=tmp_path / "eval_ddp", batch_size=2)
     run_bundle(BUNDLE, "evaluating", "evaluate", tmp_path, eval_dir=tmp_path / "eval_one")
-    ddp, one = _rows(tmp_path / "eval_ddp" / "predictions.csv"), _rows(tmp_path / "eval_one" / "predictions.csv")
+    ddp, one = (
+        _rows(tmp_path / "eval_ddp" / "predictions.csv"),
+        _rows(tmp_path / "eval_one" / "predictions.csv"),
+    )
     assert len(ddp) == n_test, "padded duplicates or lost items in the gathered predictions"
     assert [r["image"] for r in ddp] == [r["image"] for r in one]
     for a, b in zip(ddp, one, strict=True):

@@ -141,6 +141,27 @@ def test_regrouped_datalist_keeps_groups_together(leaky, tmp_path):
     assert not again["leakage"]["found"], again["leakage"]["counts_by_split_pair"]
 
 
+def test_regrouping_moves_only_the_grouped_items(leaky, tmp_path):
+    """The fix keeps every image where it was except those of a patient or duplicate cluster that
+    spans splits, which move whole into the split holding most of the cluster."""
+    report = run_audit(leaky, tmp_path / "audit", read_image)
+    before = {i["image"]: s for s in ("training", "validation", "test") for i in load_datalist(leaky)[s]}
+    doc = load_datalist(report["regrouped_datalist"])
+    after = {i["image"]: s for s in ("training", "validation", "test") for i in doc[s]}
+    moved = {Path(k).name: (before[k], after[k]) for k in before if before[k] != after[k]}
+    # P03's test image joins P03's 2 training images; the exact and the flipped copy join their
+    # originals, whose patients have 2 images each in training
+    assert moved == {
+        "p03_again.png": ("test", "training"),
+        "copy_of_p00_0.png": ("test", "training"),
+        "flipped_p01_0.png": ("validation", "training"),
+    }
+    assert report["regrouped_moved"] == 3
+    moved_items = [i for s in ("training", "validation", "test") for i in doc[s] if "audit_moved_from" in i]
+    assert sorted(Path(i["image"]).name for i in moved_items) == sorted(moved)
+    assert "It moves 3 image(s)" in (tmp_path / "audit" / "audit.md").read_text()
+
+
 def test_strict_exit_code(leaky, tmp_path, capsys):
     assert cit(["audit", "--datalist", str(leaky), "--out-dir", str(tmp_path / "a"), "--strict"]) == 1
     assert "LEAKAGE FOUND" in capsys.readouterr().out

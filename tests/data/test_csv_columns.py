@@ -7,7 +7,9 @@ from PIL import Image
 from toolkit.data import build_datalist, load_datalist
 
 
-@pytest.mark.parametrize("image_col, label_col", [("filename", "class"), ("file", "diagnosis"), ("path", "label")])
+@pytest.mark.parametrize(
+    "image_col, label_col", [("filename", "class"), ("file", "diagnosis"), ("path", "label")]
+)
 def test_common_image_and_label_column_names(tmp_path, image_col, label_col):
     rng = np.random.default_rng(0)
     rows = [f"{image_col},{label_col}"]

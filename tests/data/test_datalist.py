@@ -136,7 +136,7 @@ def test_generic_csv(tmp_path, caplog):
     assert [i["label"] for i in items] == [0, 1, 0, 1]
     assert [i["split"] for i in items] == ["training", "training", "test", "validation"]
     assert items[1]["patient_id"] == "p1" and items[0]["image"] == str(tmp_path / "img" / "0.png")
-    with pytest.raises(ValueError, match="no column"):
+    with pytest.raises(ValueError, match="labels.csv: no image column .image.; columns are"):
         from_csv(csv_path, "image", "diagnosis")
 
 
@@ -171,7 +171,7 @@ def test_chestxray14(tmp_path, caplog):
     assert items[1]["label"] == [0] * 14
     assert items[2]["label"][13] == 1 and items[2]["patient_id"] == "2"
     # build_datalist recognises the NIH CSV and never splits a patient
-    out = build_datalist(csv_path, tmp_path / "dl.json", ratios="50:50")
+    out = build_datalist(csv_path, tmp_path / "dl.json", ratios="training=0.5,validation=0.5")
     doc = load_datalist(out)
     assert doc["multi_label"] is True and doc["labels"] == CHESTXRAY14_FINDINGS
     check_no_leakage({k: doc[k] for k in ("training", "validation")})
@@ -250,7 +250,7 @@ def test_dicom_folder_with_accession_csv(tmp_path, caplog):
     assert {"study_uid", "series_uid"} <= set(items[0])
     # build_datalist picks up a CSV keyed by a DICOM attribute inside the folder
     (root / "labels.csv").write_text(csv_path.read_text())
-    doc = load_datalist(build_datalist(root, tmp_path / "dl.json", ratios="50:50"))
+    doc = load_datalist(build_datalist(root, tmp_path / "dl.json", ratios="training=0.5,validation=0.5"))
     assert doc["source_kind"] == "dicom_folder" and doc["labels"] == ["fracture", "normal"]
     check_no_leakage({k: doc[k] for k in ("training", "validation")})
     assert sum(len(doc[k]) for k in ("training", "validation")) == 3

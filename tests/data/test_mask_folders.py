@@ -13,7 +13,9 @@ def test_masks_beside_images_are_left_out(tmp_path):
             folder = tmp_path / "db" / cls / sub
             folder.mkdir(parents=True)
             for i in range(4):
-                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"{cls}-{i}.png")
+                Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(
+                    folder / f"{cls}-{i}.png"
+                )
     doc = load_datalist(build_datalist(tmp_path / "db", tmp_path / "datalist.json", seed=0))
     items = [i for split in ("training", "validation", "test") for i in doc.get(split, [])]
     assert doc["labels"] == ["COVID", "Normal", "Viral Pneumonia"]

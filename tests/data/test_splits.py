@@ -27,7 +27,14 @@ item_lists = st.lists(
     ]
 )
 ratio_choices = st.sampled_from(
-    [None, "85:15", "90/10", "70,30", {"training": 0.6, "validation": 0.2, "test": 0.1, "extra": 0.1}]
+    [
+        None,
+        "training=85,validation=15",
+        "train=0.9,test=0.1",
+        "70/20/10",
+        "70:15:15",
+        {"training": 0.6, "validation": 0.2, "test": 0.1, "extra": 0.1},
+    ]
 )
 
 
@@ -61,7 +68,7 @@ def test_stratification_keeps_class_proportions():
 
 def test_multi_label_stratifies_by_rarest_label():
     items = [{"image": str(i), "label": [1, int(i % 10 == 0)], "patient_id": str(i)} for i in range(200)]
-    splits = split_items(items, "50:50", seed=0)
+    splits = split_items(items, "training=0.5,validation=0.5", seed=0)
     assert [class_counts(splits[k], 2, multi_label=True)[1] for k in ("training", "validation")] == [10, 10]
 
 
@@ -79,10 +86,25 @@ def test_check_no_leakage_names_ids_and_splits():
 
 
 def test_parse_ratios():
-    assert parse_ratios("85:15") == pytest.approx({"training": 0.85, "validation": 0.15})
-    assert parse_ratios("training=8,test=2") == pytest.approx({"training": 0.8, "test": 0.2})
-    with pytest.raises(ValueError, match="unnamed ratios need 1 to 3 parts"):
+    named = parse_ratios("training=0.7,validation=0.15,test=0.15")  # the documented form
+    assert named == pytest.approx({"training": 0.7, "validation": 0.15, "test": 0.15})
+    assert parse_ratios("70:15:15") == pytest.approx(named) and parse_ratios([70, 15, 15]) == pytest.approx(
+        named
+    )
+    assert parse_ratios(" Train = 8 ; test=2 ") == pytest.approx({"training": 0.8, "test": 0.2})
+    assert parse_ratios({"training": 0.8, "validation": 0.1, "test": 0.1}) == pytest.approx(
+        {"training": 0.8, "validation": 0.1, "test": 0.1}
+    )  # the dict form bundles use
+    assert parse_ratios({"keep": 1, "drop": 3}) == pytest.approx({"keep": 0.25, "drop": 0.75})
+    # unnamed parts must be all three: "70:30" does not say whether 30 is validation or test
+    with pytest.raises(ValueError, match=r"ratios '70:30': unnamed ratios need all three parts.*got 2"):
+        parse_ratios("70:30")
+    with pytest.raises(ValueError, match="unnamed ratios need all three parts"):
         parse_ratios("1:1:1:1")
+    with pytest.raises(ValueError, match=r"ratios 'training=0.8,test=x': 'x' is not a number"):
+        parse_ratios("training=0.8,test=x")
+    with pytest.raises(ValueError, match="training is given twice"):
+        parse_ratios("train=0.5,training=0.5")
 
 
 def test_class_weights_and_counts():

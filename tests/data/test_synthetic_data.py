@@ -80,7 +80,12 @@ def test_cli_synth_and_datalist(tmp_path, capsys):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / f"{n}.png")
     out = tmp_path / "dl.json"
-    assert main(["datalist", str(tmp_path / "tree"), "--out", str(out), "--ratios", "50:50"]) == 0
+    assert (
+        main(
+            ["datalist", str(tmp_path / "tree"), "--out", str(out), "--ratios", "training=0.5,validation=0.5"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and "validation" in printed
     assert load_datalist(out)["class_counts"] == {"training": [2, 2], "validation": [2, 2]}

@@ -11,7 +11,9 @@ from torch.utils.data import WeightedRandomSampler
 
 from toolkit.engines import eval_sampler, main_process_handlers, on_main_process, process_rank, train_sampler
 
-ITEMS = [{"image": f"{i}.png", "label": 0} for i in range(30)] + [{"image": f"m{i}.png", "label": 1} for i in range(6)]
+ITEMS = [{"image": f"{i}.png", "label": 0} for i in range(30)] + [
+    {"image": f"m{i}.png", "label": 1} for i in range(6)
+]
 
 
 def test_one_process_samplers():

@@ -82,14 +82,20 @@ def test_default_follows_whether_the_stream_is_a_terminal():
 def test_from_a_bundle_config_on_a_monai_trainer(capsys):
     """The bundle form: built by MONAI's ConfigParser, in a SupervisedTrainer's handler list, showing its loss
     (taken from the decollated per-item outputs, as MONAI trainers return them)."""
-    parser = ConfigParser({"bar": {"_target_": "toolkit.engines.ProgressBar", "force": True, "desc": "Training"}})
+    parser = ConfigParser(
+        {"bar": {"_target_": "toolkit.engines.ProgressBar", "force": True, "desc": "Training"}}
+    )
     bar = parser.get_parsed_content("bar")
     torch.manual_seed(0)
     network = torch.nn.Linear(4, 2)
     data = [{"image": torch.randn(2, 4), "label": torch.tensor([0, 1])}] * 2
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=network,
-        optimizer=torch.optim.SGD(network.parameters(), lr=0.1), loss_function=torch.nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
+        loss_function=torch.nn.CrossEntropyLoss(),
         train_handlers=[bar],
     )
     trainer.run()
@@ -98,13 +104,16 @@ def test_from_a_bundle_config_on_a_monai_trainer(capsys):
     assert finished.startswith("Training: [2/2] 100%") and "loss=" in finished
 
 
-@pytest.mark.parametrize(("output", "expected"), [
-    (0.5, {"loss": 0.5}),
-    (torch.tensor(0.5), {"loss": 0.5}),
-    ({"loss": torch.tensor(0.5), "pred": torch.zeros(2)}, {"loss": 0.5}),
-    ([{"loss": torch.tensor(0.5)}, {"loss": torch.tensor(0.5)}], {"loss": 0.5}),
-    ([{"pred": torch.zeros(2)}], {}),  # a MONAI evaluator: no loss
-    ((torch.zeros(2, 3), torch.zeros(2)), {}),  # ignite's (y_pred, y)
-])
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        (0.5, {"loss": 0.5}),
+        (torch.tensor(0.5), {"loss": 0.5}),
+        ({"loss": torch.tensor(0.5), "pred": torch.zeros(2)}, {"loss": 0.5}),
+        ([{"loss": torch.tensor(0.5)}, {"loss": torch.tensor(0.5)}], {"loss": 0.5}),
+        ([{"pred": torch.zeros(2)}], {}),  # a MONAI evaluator: no loss
+        ((torch.zeros(2, 3), torch.zeros(2)), {}),  # ignite's (y_pred, y)
+    ],
+)
 def test_loss_of(output, expected):
     assert loss_of(output) == expected

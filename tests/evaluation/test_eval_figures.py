@@ -32,7 +32,9 @@ def test_confusion_matrix_of_a_multilabel_task(tmp_path):
     metrics = multilabel_metrics(y, probs, ["x", "y", "z"])
     write_metrics(metrics, tmp_path / "from_csv")
     from_csv = figures.plot_confusion_matrix(tmp_path / "from_csv" / "confusion_matrix.csv")
-    direct = figures.plot_confusion_matrix(metrics["confusion_matrix"], tmp_path / "direct.png", ["x", "y", "z"])
+    direct = figures.plot_confusion_matrix(
+        metrics["confusion_matrix"], tmp_path / "direct.png", ["x", "y", "z"]
+    )
     assert _png_size(from_csv) == _png_size(direct)
 
 

@@ -228,11 +228,15 @@ def test_fitted_temperature_is_within_10_percent_of_the_true_one(tmp_path, true_
     for split, n in (("eval", 600), ("eval_validation", 3000)):
         z = rng.normal(0, 1.5, (n, 3))
         labels = np.array([rng.choice(3, p=p) for p in _softmax(z)])
-        _write_exact_predictions(tmp_path / split / "predictions.csv", labels, _softmax(true_temperature * z), names)
+        _write_exact_predictions(
+            tmp_path / split / "predictions.csv", labels, _softmax(true_temperature * z), names
+        )
     temperature_file = tmp_path / "models" / "temperature.json"
     temperature_file.parent.mkdir()
     temperature_file.write_text('{"temperature": 2.0}')  # the predictions were made with T = 2 already
-    summary = build_report(tmp_path / "eval", n_resamples=20, n_grid=0, n_cam=0, temperature_file=temperature_file)
+    summary = build_report(
+        tmp_path / "eval", n_resamples=20, n_grid=0, n_cam=0, temperature_file=temperature_file
+    )
     cal = summary["calibration"]
     assert abs(cal["temperature"] - true_temperature) / true_temperature < 0.10, cal["temperature"]
     assert cal["ece_after"] < cal["ece_before"]
@@ -275,7 +279,11 @@ def test_a_failing_gradcam_panel_is_a_warning_with_the_reason(run_dir, model, tm
         moved.rename(images[1])
     skips = [w for w in summary["warnings"] if w.startswith("Grad-CAM skips")]
     assert len(skips) == 1 and images[1] in skips[0]
-    assert "no such file" in skips[0].lower() or "not found" in skips[0].lower() or "does not exist" in skips[0].lower()
+    assert (
+        "no such file" in skips[0].lower()
+        or "not found" in skips[0].lower()
+        or "does not exist" in skips[0].lower()
+    )
     assert (eval_dir / "report" / "gradcam.png").is_file()  # the other five are explained
     assert "Grad-CAM skips" in (eval_dir / "report" / "report.html").read_text()
 
@@ -289,7 +297,9 @@ def test_a_model_that_does_not_fit_is_a_warning_not_a_crash(run_dir, model, tmp_
     summary = build_report(eval_dir, model=other, n_resamples=20, n_cam=2, n_grid=0)
     assert any(w.startswith("Grad-CAM overlays could not be made: ValueError") and "differ" in w
                for w in summary["warnings"])  # fmt: skip
-    assert not (eval_dir / "report" / "gradcam.png").exists() and (eval_dir / "report" / "report.html").is_file()
+    assert (
+        not (eval_dir / "report" / "gradcam.png").exists() and (eval_dir / "report" / "report.html").is_file()
+    )
 
 
 def test_a_programming_error_in_the_preprocessing_is_not_hidden(run_dir, model, tmp_path):
@@ -313,3 +323,28 @@ def test_cit_report_with_a_bundle_that_does_not_load_still_reports(run_dir, tmp_
     assert warning.startswith(f"Grad-CAM overlays could not be made: the bundle {bundle} did not load:")
     assert "model_info.json" in warning or "model.pt" in warning
     assert f"note: {warning}" in capsys.readouterr().out
+
+
+def test_report_reads_the_checkpoint_folder_it_is_given_and_strict_fails_on_warnings(run_dir, tmp_path):
+    import shutil
+
+    bundle, out = run_dir
+    elsewhere = tmp_path / "trained_elsewhere"
+    shutil.copytree(bundle / "models", elsewhere)
+    eval_dir = tmp_path / "eval"
+    shutil.copytree(out / "eval", eval_dir, ignore=shutil.ignore_patterns("report"))
+    args = ["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "50", "--n-cam", "1",
+            "--validation-predictions", str(out / "eval_validation" / "predictions.csv"),
+            "--history", str(out / "train" / "training_history.csv")]  # fmt: skip
+    assert cit([*args, "--ckpt-dir", str(elsewhere), "--strict"]) == 0
+    assert (eval_dir / "report" / "gradcam.png").is_file()
+    # a checkpoint folder without weights: the report is still written, the reason said, --strict fails
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    assert cit([*args, "--ckpt-dir", str(empty)]) == 0
+    summary = json.loads((eval_dir / "report" / "report.json").read_text())
+    assert any(
+        "did not load" in w and "model weights not found" in w
+        for w in summary["warnings"] + summary.get("notes", [])
+    )
+    assert cit([*args, "--ckpt-dir", str(empty), "--strict"]) == 1

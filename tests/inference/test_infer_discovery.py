@@ -29,8 +29,9 @@ def test_filters_skip_with_a_reason(tmp_path):
     items, _ = discover_inputs(tmp_path, DicomFilters(modalities=("MR",)))
     assert {i.path: i.status for i in items} == {"ct": "skipped", "x.png": "skipped"}
     assert "modality 'CT'" in items[0].reason
-    items, _ = discover_inputs(tmp_path, DicomFilters(modalities=("ct",), body_parts=("HEAD",),
-                                                      sop_classes=("CTImageStorage",)))
+    items, _ = discover_inputs(
+        tmp_path, DicomFilters(modalities=("ct",), body_parts=("HEAD",), sop_classes=("CTImageStorage",))
+    )
     assert {i.path: i.status for i in items} == {"ct": None, "x.png": "skipped"}
     items, _ = discover_inputs(tmp_path, DicomFilters(body_parts=("CHEST",)))
     assert "body part 'HEAD'" in items[0].reason
@@ -65,6 +66,8 @@ def test_journal_survives_a_torn_last_line(tmp_path):
 
 def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
     make_dicom(tmp_path / "IM1", study=1, series="a", index=0)
-    make_dicom(tmp_path / "out" / "sr" / "report", study=1, series="b", index=0)  # e.g. an SR of a previous run
+    make_dicom(
+        tmp_path / "out" / "sr" / "report", study=1, series="b", index=0
+    )  # e.g. an SR of a previous run
     items, _ = discover_inputs(tmp_path, exclude=tmp_path / "out")
     assert [i.path for i in items] == ["IM1"]

@@ -51,7 +51,10 @@ def test_error_reasons_name_the_problem(folder_run):
     _, out, _, _ = folder_run
     reason = {r["path"]: r["reason"].lower() for r in read_csv(out / "predictions.csv")}
     assert "empty" in reason["broken/empty.dcm"] and "empty" in reason["broken/EMPTY0001"]
-    assert "truncated" in reason["broken/truncated.dcm"] or "less than expected" in reason["broken/truncated.dcm"]
+    assert (
+        "truncated" in reason["broken/truncated.dcm"]
+        or "less than expected" in reason["broken/truncated.dcm"]
+    )
     assert "sr" in reason["broken/report_sr.dcm"] and "not an image" in reason["broken/report_sr.dcm"]
     assert "transfer syntax" in reason["broken/mpeg2.dcm"]
     assert "pixel data" in reason["broken/no_pixels.dcm"]
@@ -60,7 +63,9 @@ def test_error_reasons_name_the_problem(folder_run):
     assert "multi-frame" in reason["pacs/study2/multiframe/MF0001"]
     assert "not a dicom" in reason["broken/notes.dcm"]
     assert "cannot" in reason["broken/not_png.png"]
-    assert not any(str(out.parent) in r for r in reason.values()), "the path is its own column, not in reasons"
+    assert not any(str(out.parent) in r for r in reason.values()), (
+        "the path is its own column, not in reasons"
+    )
 
 
 def test_dicom_rows_carry_uids_and_jsonl_matches_csv(folder_run):
@@ -87,7 +92,9 @@ def test_no_patient_information_in_logs_or_csv_by_default(folder_run):
 
 def test_patient_columns_only_with_the_flag(bundle_dir, tiny_ckpt, tmp_path, capfd):
     make_dicom(tmp_path / "in" / "IM1", study=9, series="s", index=0)
-    code = main(infer_args(bundle_dir, tiny_ckpt, tmp_path / "in", tmp_path / "out", "--include-patient-info"))
+    code = main(
+        infer_args(bundle_dir, tiny_ckpt, tmp_path / "in", tmp_path / "out", "--include-patient-info")
+    )
     assert code == EXIT_OK
     (row,) = read_csv(tmp_path / "out" / "predictions.csv")
     assert row["patient_id"] == "PAT-SECRET-42" and row["patient_name"] == "Doe^Jane"
@@ -109,8 +116,12 @@ def test_dicom_sr_reads_back_and_references_the_classified_instances(folder_run)
         ds = pydicom.dcmread(path)
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
         assert ds.StudyInstanceUID == path.stem
-        evidence = {s.ReferencedSOPInstanceUID for e in ds.CurrentRequestedProcedureEvidenceSequence
-                    for series in e.ReferencedSeriesSequence for s in series.ReferencedSOPSequence}
+        evidence = {
+            s.ReferencedSOPInstanceUID
+            for e in ds.CurrentRequestedProcedureEvidenceSequence
+            for series in e.ReferencedSeriesSequence
+            for s in series.ReferencedSOPSequence
+        }
         assert evidence == by_study[path.stem]
         referenced, findings = set(), []
         _walk(ds.ContentSequence, referenced, findings)
@@ -132,7 +143,9 @@ def _walk(seq, referenced: set, findings: list) -> None:
 
 def test_multiframe_each_frame_with_flag_and_gradcam(bundle_dir, tiny_ckpt, tmp_path):
     make_dicom(tmp_path / "in" / "MF", study=8, series="mf", index=0, frames=3)
-    code = main(infer_args(bundle_dir, tiny_ckpt, tmp_path / "in", tmp_path / "out", "--frames", "each", "--gradcam"))
+    code = main(
+        infer_args(bundle_dir, tiny_ckpt, tmp_path / "in", tmp_path / "out", "--frames", "each", "--gradcam")
+    )
     assert code == EXIT_OK
     rows = read_csv(tmp_path / "out" / "predictions.csv")
     assert [(r["path"], r["frame"], r["status"]) for r in rows] == [("MF", str(f), "ok") for f in range(3)]
@@ -156,6 +169,8 @@ def test_second_run_on_the_same_output_is_refused(bundle_dir, tiny_ckpt, tmp_pat
 def test_stale_lock_file_of_a_dead_process_does_not_block(bundle_dir, tiny_ckpt, tmp_path):
     make_dicom(tmp_path / "in" / "IM1", study=7, series="s", index=0)
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".cit-infer.lock").write_text('{"pid": 999999, "host": "gone", "started": "yesterday"}')
+    (tmp_path / "out" / ".cit-infer.lock").write_text(
+        '{"pid": 999999, "host": "gone", "started": "yesterday"}'
+    )
     assert main(infer_args(bundle_dir, tiny_ckpt, tmp_path / "in", tmp_path / "out")) == EXIT_OK
     assert len(read_csv(tmp_path / "out" / "predictions.csv")) == 1

@@ -24,7 +24,9 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(bundle_dir, tiny_ck
     inputs = tmp_path / "in"
     expected = write_input_tree(inputs, n_extra_png=30)
     n_inputs = len(expected)
-    decided_at_discovery = 6  # rows journalled before the first model batch (empty x2, garbage, text, SR, multi-frame)
+    decided_at_discovery = (
+        6  # rows journalled before the first model batch (empty x2, garbage, text, SR, multi-frame)
+    )
 
     # reference: one uninterrupted run (in-process)
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, tmp_path / "ref")) == EXIT_INPUTS_FAILED
@@ -36,7 +38,9 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(bundle_dir, tiny_ck
     cmd[cmd.index("--workers") + 1] = "1"
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while _journal_lines(out) < decided_at_discovery + 4 and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        _journal_lines(out) < decided_at_discovery + 4 and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -18,7 +18,9 @@ MTIME_NS = 1_700_000_000_000_000_000
 
 def _png(seed: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40), dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
     return buffer.getvalue()
 
 
@@ -46,7 +48,10 @@ def test_retry_errors_processes_error_rows_again(bundle_dir, tiny_ckpt, tmp_path
     capsys.readouterr()
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out)) == EXIT_INPUTS_FAILED
     assert "0 processed now, 2 done by an earlier run" in capsys.readouterr().err
-    assert {r["path"]: r["status"] for r in read_csv(out / "predictions.csv")} == {"early.png": "ok", "late.png": "error"}
+    assert {r["path"]: r["status"] for r in read_csv(out / "predictions.csv")} == {
+        "early.png": "ok",
+        "late.png": "error",
+    }
 
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--retry-errors")) == EXIT_OK
     assert "1 processed now, 1 done by an earlier run" in capsys.readouterr().err

@@ -48,6 +48,10 @@ def test_temperature_beside_the_weights_scales_the_logits(bundle_dir, tmp_path):
         np.testing.assert_allclose(probs, torch.softmax(logits / T, 0).numpy(), atol=1e-5, err_msg=path)
         np.testing.assert_allclose(plain[path], torch.softmax(logits, 0).numpy(), atol=1e-5, err_msg=path)
         # the same statement from the two runs alone: log p is the logits up to a constant
-        np.testing.assert_allclose(probs, torch.softmax(torch.log(torch.as_tensor(plain[path])) / T, 0).numpy(),
-                                   atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(
+            probs,
+            torch.softmax(torch.log(torch.as_tensor(plain[path])) / T, 0).numpy(),
+            atol=1e-6,
+            err_msg=path,
+        )
         assert probs.max() < plain[path].max()  # T > 1 softens

@@ -16,8 +16,17 @@ from toolkit.inference.writers import part_path
 def test_two_processes_shard_and_merge(bundle_dir, tiny_ckpt, input_tree, tmp_path):
     inputs, expected = input_tree
     out = tmp_path / "dist"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "toolkit", *infer_args(bundle_dir, tiny_ckpt, inputs, out)]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "toolkit",
+        *infer_args(bundle_dir, tiny_ckpt, inputs, out),
+    ]
     result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     # torchrun turns the ranks' exit code 3 (some inputs failed) into its own failure report
     assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-3000:]

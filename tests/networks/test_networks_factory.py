@@ -25,8 +25,14 @@ def _small_input_kwargs(name: str, spatial_dims: int) -> dict:
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize(("name", "spatial_dims"), SUPPORTED)
 def test_every_supported_network_forwards_to_a_num_classes_head(name, spatial_dims, in_channels):
-    model = create_network(name, num_classes=3, in_channels=in_channels, spatial_dims=spatial_dims,
-                           pretrained=None, **_small_input_kwargs(name, spatial_dims))
+    model = create_network(
+        name,
+        num_classes=3,
+        in_channels=in_channels,
+        spatial_dims=spatial_dims,
+        pretrained=None,
+        **_small_input_kwargs(name, spatial_dims),
+    )
     assert model.pretrained_report is None
     trainable, total = count_parameters(model)
     assert trainable == total > 0
@@ -51,23 +57,33 @@ def test_unknown_name_lists_supported_names():
         create_network("vgg16", num_classes=2, spatial_dims=3)
 
 
-@pytest.mark.parametrize(("bad", "error", "message"), [
-    ({"num_classes": 0}, ValueError, "num_classes must be a positive int"),
-    ({"in_channels": 0}, ValueError, "in_channels must be a positive int"),
-    ({"spatial_dims": 1}, ValueError, "spatial_dims must be 2 or 3"),
-    ({"pretrained_fallback": "ignore"}, ValueError, "pretrained_fallback must be 'error' or 'warn'"),
-    ({"pretrained": 3}, TypeError, "pretrained must be None, True, 'imagenet', a file path"),
-])
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ({"num_classes": 0}, ValueError, "num_classes must be a positive int"),
+        ({"in_channels": 0}, ValueError, "in_channels must be a positive int"),
+        ({"spatial_dims": 1}, ValueError, "spatial_dims must be 2 or 3"),
+        ({"pretrained_fallback": "ignore"}, ValueError, "pretrained_fallback must be 'error' or 'warn'"),
+        ({"pretrained": 3}, TypeError, "pretrained must be None, True, 'imagenet', a file path"),
+    ],
+)
 def test_invalid_arguments_are_rejected(bad, error, message):
     kwargs = {"name": "resnet18", "num_classes": 2, **bad}
     with pytest.raises(error, match=message):
         create_network(**kwargs)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("resnet18", "layer4"), ("resnet50d", "layer4"), ("densenet121", "features.norm5"),
-    ("efficientnet_b0", "bn2"), ("vgg16_bn", "features.43"), ("inception_v3", "Mixed_7c"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("resnet18", "layer4"),
+        ("resnet50d", "layer4"),
+        ("densenet121", "features.norm5"),
+        ("efficientnet_b0", "bn2"),
+        ("vgg16_bn", "features.43"),
+        ("inception_v3", "Mixed_7c"),
+    ],
+)
 def test_gradcam_target_is_the_last_spatial_feature_map(name, expected):
     """The chosen layer's output is the last 4-D map before pooling, so Grad-CAM has a grid to weight."""
     model = create_network(name, num_classes=2).eval()

@@ -53,7 +53,9 @@ def test_frozen_checkpoint_loads_strictly_into_an_unfrozen_network():
     assert torch.equal(plain.layer2[0].bn1.running_var, frozen.layer2[0].bn1.running_var)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0", "deit_tiny_distilled_patch16_224"])
+@pytest.mark.parametrize(
+    "name", ["resnet18", "densenet121", "efficientnet_b0", "deit_tiny_distilled_patch16_224"]
+)
 def test_integer_freeze_uses_timm_stages_and_never_the_head(name):
     kwargs = {"img_size": 32} if name.startswith("deit") else {}
     model = timm.create_model(name, num_classes=2, **kwargs)
@@ -77,8 +79,9 @@ def test_stage_one_is_the_stem():
 
 def test_prefix_freeze_on_3d_monai_network_keeps_batch_norm_statistics():
     torch.manual_seed(0)
-    model = create_network("resnet18", num_classes=2, in_channels=1, spatial_dims=3,
-                           freeze=["conv1", "bn1", "layer1"])
+    model = create_network(
+        "resnet18", num_classes=2, in_channels=1, spatial_dims=3, freeze=["conv1", "bn1", "layer1"]
+    )
     before = _snapshot(model)
     _one_sgd_step(model, torch.randn(2, 1, 16, 16, 16), 2)
     after = model.state_dict()

@@ -54,7 +54,9 @@ def http_server(tmp_path, resnet18_checkpoint):
     folder = tmp_path / "served"
     folder.mkdir()
     handler = type("Handler", (_CountingHandler,), {"requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     stopped = []
@@ -86,8 +88,10 @@ def isolated_caches(tmp_path, monkeypatch):
 
 def _no_network(monkeypatch):
     """Make any outgoing connection fail loudly: the offline lookup must never try one."""
+
     def refuse(self, address):
         raise AssertionError(f"unexpected network connection to {address}")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
@@ -97,8 +101,9 @@ def test_download_with_sha256_loads_and_reports_head_mismatch(http_server, resne
     shutil.copy(path, folder / "resnet18.pth")
     cache = tmp_path / "cache"
 
-    model = create_network("resnet18", num_classes=3, pretrained=f"{base}/resnet18.pth",
-                           weights_sha256=sha, cache_dir=cache)
+    model = create_network(
+        "resnet18", num_classes=3, pretrained=f"{base}/resnet18.pth", weights_sha256=sha, cache_dir=cache
+    )
 
     report = model.pretrained_report
     assert isinstance(report, LoadReport)
@@ -114,8 +119,9 @@ def test_download_with_sha256_loads_and_reports_head_mismatch(http_server, resne
 
     # Second time: served from the cache even with the server gone.
     stop()
-    again = create_network("resnet18", num_classes=3, pretrained=f"{base}/resnet18.pth#sha256={sha}",
-                           cache_dir=cache)
+    again = create_network(
+        "resnet18", num_classes=3, pretrained=f"{base}/resnet18.pth#sha256={sha}", cache_dir=cache
+    )
     assert torch.equal(again.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
     assert len(requests) == 1
 
@@ -173,7 +179,9 @@ def test_offline_imagenet_warn_falls_back_to_random(isolated_caches, monkeypatch
     _no_network(monkeypatch)
     with caplog.at_level(logging.WARNING):
         model = create_network("resnet18", num_classes=2, pretrained=True, pretrained_fallback="warn")
-    assert any("RANDOM INITIALISATION" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(
+        "RANDOM INITIALISATION" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    )
     assert model.pretrained_report.loaded == []
     assert "No pretrained ImageNet weights found for 'resnet18'" in model.pretrained_report.warning
 
@@ -268,7 +276,9 @@ def test_http_error_names_the_url_and_leaves_nothing(http_server, tmp_path):
     assert list(cache.iterdir()) == []
 
 
-def test_default_download_folder_is_not_the_imagenet_lookup(http_server, resnet18_checkpoint, isolated_caches):
+def test_default_download_folder_is_not_the_imagenet_lookup(
+    http_server, resnet18_checkpoint, isolated_caches
+):
     """A URL's resnet18.pth must not later pass for the ImageNet weights of resnet18."""
     path, sha, _ = resnet18_checkpoint
     base, folder, _, _ = http_server

@@ -33,8 +33,13 @@ def test_grey_rgb_and_dicom_images_collate_into_one_batch(tmp_path, stage):
     Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8)).save(tmp_path / "rgb.jpg")
     Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(tmp_path / "deep.png")
     _write_dicom(tmp_path / "ct")
-    items = [{"image": str(tmp_path / n), "label": i % 3} for i, n in enumerate(["rgb.jpg", "grey.png", "deep.png", "ct"])]
-    chain = classification_transforms(stage=stage, image_size=32, augmentation="brain_ct" if stage == "train" else "none")
+    items = [
+        {"image": str(tmp_path / n), "label": i % 3}
+        for i, n in enumerate(["rgb.jpg", "grey.png", "deep.png", "ct"])
+    ]
+    chain = classification_transforms(
+        stage=stage, image_size=32, augmentation="brain_ct" if stage == "train" else "none"
+    )
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=4)))
     assert tuple(batch["image"].shape) == (4, 3, 32, 32)
     assert batch["label"].tolist() == [0, 1, 2, 0]

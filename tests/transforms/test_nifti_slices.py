@@ -65,7 +65,9 @@ def test_4d_volume_needs_a_volume_index(shared_data):
     for row in rows:
         x, y, z, t = (int(v) for v in row["shape"].split("x"))
         path = str(shared_data / "nifti" / row["file"])
-        with pytest.raises(RuntimeError, match="applying transform.*SelectSliced") as info:  # Compose wraps errors
+        with pytest.raises(
+            RuntimeError, match="applying transform.*SelectSliced"
+        ) as info:  # Compose wraps errors
             _loader()({"image": path})
         error = find_read_error(info.value)
         assert error is not None and row["file"].split("/")[-1] in str(error)

@@ -51,5 +51,5 @@ def _absolute_macros(value: Any, prefix: str) -> Any:
     if isinstance(value, list):
         return [_absolute_macros(v, prefix) for v in value]
     if isinstance(value, str) and value.startswith(BASE_PREFIX):
-        return prefix + value[len(BASE_PREFIX):]
+        return prefix + value[len(BASE_PREFIX) :]
     return value

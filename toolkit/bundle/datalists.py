@@ -17,14 +17,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch.distributed
+
 from toolkit.data import build_datalist, load_datalist, make_synthetic_dataset, save_datalist
 from toolkit.data.datalist import split_keys
+from toolkit.engines import is_distributed, process_rank
 
 logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 # split-spec keys an evaluation may state explicitly; each must equal what training recorded
 CHECKED_KEYS = ("source", "seed", "ratios", "val_fraction", "classes", "label_from_name", "patient_from_name")
+# how a label file is read (build_datalist options); in the split spec only when given
+SOURCE_OPTIONS = ("image_column", "label_column", "patient_column", "split_column", "image_pattern",
+                  "skip_missing", "allow_single_class")  # fmt: skip
 
 
 class SplitMismatchError(ValueError):
@@ -45,8 +51,13 @@ def split_spec(
     classes: list[str] | None = None,
     label_from_name: str | None = None,
     patient_from_name: str | None = None,
+    **source_options: Any,
 ) -> dict:
-    """What decides the split. A datalist JSON source is identified by its content hash as well."""
+    """What decides the split. A datalist JSON source is identified by its content hash as well.
+
+    ``source_options``: how a label file is read (``SOURCE_OPTIONS`` of ``build_datalist``); only
+    those given are part of the spec, so a spec without them keeps its fingerprint.
+    """
     source = str(Path(dataset_dir).expanduser().resolve()) if dataset_dir else "synthetic"
     spec = {
         "source": source,
@@ -57,6 +68,10 @@ def split_spec(
         "label_from_name": label_from_name,
         "patient_from_name": patient_from_name,
     }
+    unknown = set(source_options) - set(SOURCE_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown split option(s) {sorted(unknown)}; known: {list(SOURCE_OPTIONS)}")
+    spec.update({k: source_options[k] for k in SOURCE_OPTIONS if source_options.get(k)})
     if source.endswith(".json") and Path(source).is_file():
         spec["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return spec
@@ -72,6 +87,13 @@ def datalist_for(
     label_from_name: str | None = None,
     patient_from_name: str | None = None,
     synthetic: dict | None = None,
+    image_column: str | None = None,
+    label_column: str | list[str] | None = None,
+    patient_column: str | None = None,
+    split_column: str | None = None,
+    image_pattern: str | None = None,
+    skip_missing: bool = False,
+    allow_single_class: bool = False,
 ) -> str:
     """Build the training run's split into ``<output_dir>/datalist.json`` and return its path.
 
@@ -79,7 +101,27 @@ def datalist_for(
     demo data (``synthetic``: keyword arguments of ``make_synthetic_dataset``), written under
     ``<output_dir>/synthetic_data``. When the file already holds the split of the same spec it is
     kept as it is; a different spec replaces it (a new training run), which is logged.
+    ``image_column`` ... ``allow_single_class`` are passed to ``build_datalist`` (how a label file
+    is read; not used for the synthetic data) and, when given, are part of the split spec.
+    Under torchrun, rank 0 builds the split while the other ranks wait, then all read that file.
     """
+    options = dict(seed=seed, ratios=ratios, val_fraction=val_fraction, classes=classes, label_from_name=label_from_name,
+                   patient_from_name=patient_from_name, synthetic=synthetic, image_column=image_column,
+                   label_column=label_column, patient_column=patient_column, split_column=split_column,
+                   image_pattern=image_pattern, skip_missing=skip_missing, allow_single_class=allow_single_class)  # fmt: skip
+    if not is_distributed():
+        return _build_split(dataset_dir, output_dir, **options)
+    path = _build_split(dataset_dir, output_dir, **options) if process_rank() == 0 else None
+    torch.distributed.barrier()
+    return path or str(Path(output_dir) / DATALIST_NAME)
+
+
+def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, label_from_name, patient_from_name,
+                 synthetic, image_column, label_column, patient_column, split_column, image_pattern, skip_missing,
+                 allow_single_class) -> str:  # fmt: skip
+    source_opts = {"image_column": image_column, "label_column": label_column, "patient_column": patient_column,
+                   "split_column": split_column, "image_pattern": image_pattern, "skip_missing": skip_missing,
+                   "allow_single_class": allow_single_class} if dataset_dir else {}  # fmt: skip
     output_dir = Path(output_dir)
     target = output_dir / DATALIST_NAME
     source = dataset_dir
@@ -87,7 +129,7 @@ def datalist_for(
         options = {k: v for k, v in (synthetic or {}).items() if v is not None}
         source = make_synthetic_dataset(output_dir / "synthetic_data", seed=seed, **options)
     spec = split_spec(source if dataset_dir else None, seed, ratios, val_fraction, classes,
-                      label_from_name, patient_from_name)  # fmt: skip
+                      label_from_name, patient_from_name, **source_opts)  # fmt: skip
     if not dataset_dir:
         spec["synthetic"] = {k: v for k, v in (synthetic or {}).items() if v is not None}
     fp = fingerprint(spec)
@@ -102,11 +144,13 @@ def datalist_for(
         )  # fmt: skip
     built = Path(build_datalist(source, target, ratios=ratios, val_fraction=val_fraction, seed=seed,
                                 classes=classes, label_from_name=label_from_name,
-                                patient_from_name=patient_from_name))  # fmt: skip
+                                patient_from_name=patient_from_name, **source_opts))  # fmt: skip
     doc = load_datalist(built)  # a JSON source is returned as is: copy it, with absolute image paths
     meta = {k: v for k, v in doc.items() if k not in split_keys(doc) and k not in ("labels", "multi_label")}
     meta.update(split_spec=spec, split_fingerprint=fp)
-    save_datalist(target, {k: doc[k] for k in split_keys(doc)}, doc["labels"], doc.get("multi_label", False), **meta)
+    save_datalist(
+        target, {k: doc[k] for k in split_keys(doc)}, doc["labels"], doc.get("multi_label", False), **meta
+    )
     logger.info("split written to %s (fingerprint %s)", target, fp)
     return str(target)
 

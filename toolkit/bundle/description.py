@@ -99,7 +99,9 @@ def write_model_info(
         bundle_name=bundle_name,
     )
     if info.network.get("num_classes") not in (None, info.num_classes):
-        raise ValueError(f"network num_classes {info.network['num_classes']} != {info.num_classes} class names")
+        raise ValueError(
+            f"network num_classes {info.network['num_classes']} != {info.num_classes} class names"
+        )
     doc = {"format": FORMAT_VERSION, **_as_dict(info)}
     atomic_write_json(info_path(ckpt_dir), doc)
     logger.info("model description written to %s", info_path(ckpt_dir))
@@ -140,7 +142,8 @@ def load_model_info(ckpt: str | os.PathLike, **overrides: Any) -> ModelInfo:
             contradictions.append(f"{key}={value!r} (trained with {recorded!r})")
     if contradictions:
         raise ModelInfoMismatchError(
-            f"{path}: " + ", ".join(contradictions)
+            f"{path}: "
+            + ", ".join(contradictions)
             + ": these would change the predictions of the trained model; drop the override(s)"
         )
     return info

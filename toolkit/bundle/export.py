@@ -134,7 +134,9 @@ def metadata_for(metadata: dict, info: ModelInfo) -> dict:
     image.update(num_channels=channels, spatial_shape=[size, size],
                  channel_def={str(i): "image" for i in range(channels)})  # fmt: skip
     pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
-    pred.update(num_channels=info.num_classes, channel_def={str(i): n for i, n in enumerate(info.class_names)})
+    pred.update(
+        num_channels=info.num_classes, channel_def={str(i): n for i, n in enumerate(info.class_names)}
+    )
     metadata["pred_classes"] = f"{info.num_classes} class logits ({', '.join(info.class_names)})"
     return metadata
 
@@ -178,7 +180,13 @@ def export_model(bundle_dir: str | os.PathLike, fmt: str, out_path: str | os.Pat
             f"{fmt} export differs from the eager model by {difference:.2e} (> {TOLERANCE:g}) on "
             f"{len(images)} image(s); {out_path} was removed"
         )
-    logger.info("%s written to %s; max |difference| to eager %.2e on %d image(s)", fmt, out_path, difference, len(images))
+    logger.info(
+        "%s written to %s; max |difference| to eager %.2e on %d image(s)",
+        fmt,
+        out_path,
+        difference,
+        len(images),
+    )
     return ExportResult(out_path, difference, len(images))
 
 
@@ -196,7 +204,9 @@ def _check_images(info: ModelInfo, check_inputs, output_dir: Path) -> torch.Tens
         )
     transform = info.preprocessing_transforms(label_key=None)
     images = [torch.as_tensor(transform({"image": p})["image"]).float() for p in paths]
-    return torch.stack(images * 2 if len(images) == 1 else images)  # a batch of >= 2 keeps the batch size dynamic
+    return torch.stack(
+        images * 2 if len(images) == 1 else images
+    )  # a batch of >= 2 keeps the batch size dynamic
 
 
 def _torchscript(network, images, out_path: Path, bundle_dir: Path, ckpt_dir: Path) -> torch.Tensor:

@@ -33,7 +33,12 @@ class TrainingHistoryWriter:
     are there. On a resumed run the rows of earlier epochs are kept.
     """
 
-    def __init__(self, validator: Engine | None, path: str | os.PathLike, optimizer: torch.optim.Optimizer | None = None):
+    def __init__(
+        self,
+        validator: Engine | None,
+        path: str | os.PathLike,
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
         self.validator = validator
         self.path = Path(path)
         self.optimizer = optimizer

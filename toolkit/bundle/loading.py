@@ -56,8 +56,12 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | os.PathLike) -> None
     target.load_state_dict(state, strict=True)
 
 
-def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, device: str | torch.device = "cpu",
-                overrides: dict | None = None) -> InferenceBundle:
+def load_bundle(
+    bundle_dir: str | os.PathLike,
+    ckpt_path: str | None = None,
+    device: str | torch.device = "cpu",
+    overrides: dict | None = None,
+) -> InferenceBundle:
     """Parse ``bundle_dir/configs/inference.json`` (+ ``metadata.json``) into an :class:`InferenceBundle`.
 
     ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere; its
@@ -87,7 +91,9 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
             raise KeyError(f"{config_file}: config id '{required}' is missing")
     ckpt = parser.get_parsed_content("ckpt_path")
     if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)")
+        raise FileNotFoundError(
+            f"model weights not found: {ckpt} (train the bundle first or pass --ckpt-path)"
+        )
     # read here rather than through the config, so that a missing or contradicted description is
     # reported as itself and not wrapped in MONAI's "Failed to evaluate" error
     info = load_model_info(ckpt, **{k: (overrides or {}).get(k) for k in OVERRIDABLE})
@@ -97,7 +103,11 @@ def load_bundle(bundle_dir: str | os.PathLike, ckpt_path: str | None = None, dev
     network.eval()
     spatial_dims = int(info.network.get("spatial_dims", 2))
     size = info.preprocessing.get("image_size")
-    image_size = tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else [size] * spatial_dims)) if size else None
+    image_size = (
+        tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else [size] * spatial_dims))
+        if size
+        else None
+    )
     return InferenceBundle(
         root=root,
         name=str(meta.get("name", root.name)),

@@ -7,10 +7,13 @@ is given; this command gives it the toolkit's readers from ``toolkit.transforms`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import warnings
 from pathlib import Path
 
-from toolkit.data.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING, run_audit
+from toolkit.cli.datalist import BAD_INPUT, add_source_options, fail, source_options
+from toolkit.data.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING, DEFAULT_PIXEL, run_audit
 
 
 def read_image(path: str):
@@ -23,7 +26,30 @@ def read_image(path: str):
     from toolkit.transforms.readers import MedicalImageReader
 
     reader = MedicalImageReader(dicom_frame="middle")
-    return reader.get_data(reader.read(path))[0]
+    with _quiet_readers():  # also here: a --workers process may not inherit the state of _audit
+        return reader.get_data(reader.read(path))[0]
+
+
+@contextlib.contextmanager
+def _quiet_readers():
+    """No per-file log lines from the readers or the source scan during the block: pydicom logs decoder
+    tracebacks and warnings quoting full paths and element values (patient data), and every file that is
+    not audited is listed with its reason in audit.json ``unreadable`` instead."""
+    levels = {
+        "pydicom": logging.CRITICAL,
+        "highdicom": logging.CRITICAL,
+        "toolkit.data.sources": logging.ERROR,
+    }
+    saved = {name: logging.getLogger(name).level for name in levels}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -34,31 +60,35 @@ def _audit(args: argparse.Namespace) -> int:
         out_dir = source.parent / "audit"  # beside the datalist
     else:  # never write into a data folder, which may be read-only or shared
         out_dir = Path.cwd() / f"audit_{source.stem or source.name}"
-    build = {
-        k: v
-        for k, v in (("patient_from_name", args.patient_from_name), ("label_from_name", args.label_from_name))
-        if v
-    }
-    report = run_audit(
-        source,
-        out_dir,
-        read_image,
-        threshold=args.hamming,
-        transforms=not args.no_transforms,
-        confirm=None if args.confirm_hamming < 0 else args.confirm_hamming,
-        workers=args.workers,
-        write_regrouped=not args.no_regroup,
-        seed=args.seed,
-        **build,
-    )
+    try:
+        with _quiet_readers():
+            report = run_audit(
+                source,
+                out_dir,
+                read_image,
+                threshold=args.hamming,
+                transforms=not args.no_transforms,
+                confirm=None if args.confirm_hamming < 0 else args.confirm_hamming,
+                confirm_pixels=None if args.confirm_pixels < 0 else args.confirm_pixels,
+                workers=args.workers,
+                write_regrouped=not args.no_regroup,
+                seed=args.seed,
+                **source_options(args),
+            )
+    except BAD_INPUT as err:  # a bad source (label file, folder, datalist): one line, no traceback
+        return fail("audit", err)
     leak = report["leakage"]
     print(
         f"audited {report['num_items']} images ({len(report['unreadable'])} unreadable) in {report['elapsed_seconds']} s"
     )
+    modes = report["image_stats"].get("photometric", {})
+    print("colour modes: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
     for pair, counts in leak["counts_by_split_pair"].items():
         described = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items())
         print(f"  {pair.replace('|', ' / ')}: {described}")
     print("LEAKAGE FOUND" if leak["found"] else "no leakage found")
+    flags = report["confounds"]["flags"]
+    print("CONFOUND FOUND: " + "; ".join(f["text"] for f in flags) if flags else "no confound found")
     for name, path in report["outputs"].items():
         print(f"{name}: {path}")
     if report.get("regrouped_datalist"):
@@ -76,10 +106,12 @@ def add_parser(subparsers) -> None:
         "audit",
         help="audit a data set: class balance, image properties, unreadable files, train/test leakage",
         description=(
-            "Audit a datalist (or a folder / CSV / MedMNIST .npz, turned into one with `cit datalist` rules): "
-            "class balance per split, image sizes / bit depth / modality / photometric interpretation, "
-            "unreadable files, and leakage between splits (shared patients, exact and near-duplicate images). "
-            "Writes audit.json, audit.md and a regrouped datalist that keeps patients and duplicates together."
+            "Audit a datalist (or a folder / CSV / MedMNIST .npz, turned into one with `cit datalist` rules and "
+            "options): class balance per split; image format, colour mode, channels as stored, bit depth, size "
+            "(W x H), DICOM modality / manufacturer per split and class, flagging any that predicts the label "
+            "(confound); unreadable files; leakage between splits (shared patients, exact and near-duplicate "
+            "images, each near-duplicate confirmed on the pixels). Writes audit.json, audit.md and a regrouped "
+            "datalist that moves only the images of patients / duplicate clusters spanning splits."
         ),
     )
     a.add_argument(
@@ -102,11 +134,18 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_CONFIRM,
         help=f"max 256-bit pHash distance confirming a candidate (default {DEFAULT_CONFIRM}; -1: none)",
     )
+    a.add_argument(
+        "--confirm-pixels",
+        type=float,
+        default=DEFAULT_PIXEL,
+        help="max pixel difference confirming a candidate: mean absolute difference of the 32 px grey "
+             "thumbnails, each scaled to mean 0 / SD 1, under the matched rotation / flip "
+             f"(default {DEFAULT_PIXEL}; -1: none)",
+    )  # fmt: skip
     a.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
     a.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
     a.add_argument("--no-regroup", action="store_true", help="do not write datalist_regrouped.json")
-    a.add_argument("--seed", type=int, default=0, help="seed of the regrouped split")
+    a.add_argument("--seed", type=int, default=0, help="breaks ties when the regrouped split moves a cluster")
     a.add_argument("--strict", action="store_true", help="exit with status 1 when leakage is found")
-    a.add_argument("--patient-from-name", default=None, help="patient-id preset when building from a folder")
-    a.add_argument("--label-from-name", default=None, help="label preset when building from a folder")
+    add_source_options(a)
     a.set_defaults(func=_audit)

@@ -4,24 +4,135 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections import Counter
 
-from toolkit.data.datalist import build_datalist, load_datalist, summarize
+from toolkit.data.datalist import build_datalist, load_datalist, split_keys, summarize
+from toolkit.data.headers import colour_mode
+from toolkit.data.sources.csv_manifest import IMAGE_COLUMNS, LABEL_COLUMNS, PATIENT_COLUMNS, SPLIT_COLUMNS
 from toolkit.data.synthetic import make_synthetic_dataset
+
+# What a bad source raises (a one-line message naming the file); anything else is a bug and keeps its traceback.
+BAD_INPUT = (ValueError, OSError)
+
+SOURCE_EPILOG = f"""\
+sources:
+  folder           class-per-folder tree, optionally under train/ val/ test/ folders; a folder holding
+                   images and ONE label file (CSV / TSV) uses that file when its folder tree would give
+                   one class, or when a column option is given (said in the log); a folder tree giving
+                   one class is otherwise an error (--classes or --allow-single-class if it is meant)
+  label file       CSV, TSV or Excel-exported CSV (separator , ; tab or |, found from the header row;
+                   UTF-8 with or without BOM, else Windows-1252); spaces around names and values are
+                   stripped; NIH Data_Entry_2017.csv is recognised
+  other            DICOM folder with a CSV keyed by a DICOM attribute, MedMNIST .npz, datalist .json
+
+columns found by name when not given (case, spaces, '_' and '-' ignored):
+  image    {", ".join(IMAGE_COLUMNS)}
+           else the column whose values match image file names below the folder
+           (file name, stem, or number: id 7 -> 007.png), or --image-pattern
+  label    {", ".join(LABEL_COLUMNS)}, else the only other column;
+           names or integer class indices (0, 1, ...); --classes fixes the order
+  patient  {", ".join(PATIENT_COLUMNS)}   (no patient is in two splits)
+  split    {", ".join(SPLIT_COLUMNS)}   (train / val / test ...: the published split is kept)
+
+problems in a label file are errors naming the file and column: unknown column (with the closest
+name), image missing for a row (count + first five; --skip-missing skips them), row without a label,
+image listed twice.
+
+ratios: --ratios training=0.7,validation=0.15,test=0.15 (named; a part may be left out, e.g.
+training=0.8,test=0.2); unnamed parts must be all three, in the order training:validation:test
+(70:15:15). Default 80/10/10. Published splits are kept instead (validation carved from training).
+"""
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say how to read a data source (shared by `cit datalist` and `cit audit`)."""
+    g = parser.add_argument_group("label files (CSV / TSV)")
+    g.add_argument("--image-column", default=None, help="column with the image path, file name or id")
+    g.add_argument("--label-column", action="append", default=None, metavar="COLUMN",
+                   help="column with the label; repeat it (or separate with commas) for several 0/1 columns, "
+                        "one per class (multi-label)")  # fmt: skip
+    g.add_argument("--patient-column", default=None, help="column with the patient id")
+    g.add_argument("--split-column", default=None, help="column naming each row's split (train / val / test)")
+    g.add_argument("--image-pattern", default=None, metavar="PATTERN",
+                   help="image path built from a row, relative to the label file's folder, e.g. "
+                        "'head_ct/{id:03d}.png' (fields are columns; :03d formats a number)")  # fmt: skip
+    g.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="skip rows whose image file is missing (with a warning) instead of stopping",
+    )
+    s = parser.add_argument_group("classes")
+    s.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names, in label order; images of other classes are left out",
+    )
+    s.add_argument(
+        "--allow-single-class",
+        action="store_true",
+        help="accept a source whose images all get one class (otherwise an error)",
+    )
+    s.add_argument(
+        "--label-from-name", default=None, help="label preset from file names, e.g. kermany_3class"
+    )
+    s.add_argument(
+        "--patient-from-name", default=None, help="patient-id preset from file names, e.g. kermany"
+    )
+
+
+def source_options(args: argparse.Namespace) -> dict:
+    """``build_datalist`` keyword arguments from the options of :func:`add_source_options`."""
+    labels = [c.strip() for given in args.label_column or [] for c in given.split(",") if c.strip()]
+    options = {
+        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        "label_from_name": args.label_from_name,
+        "patient_from_name": args.patient_from_name,
+        "image_column": args.image_column,
+        "label_column": (labels[0] if len(labels) == 1 else labels) or None,
+        "patient_column": args.patient_column,
+        "split_column": args.split_column,
+        "image_pattern": args.image_pattern,
+        "skip_missing": args.skip_missing,
+        "allow_single_class": args.allow_single_class,
+    }
+    return {k: v for k, v in options.items() if v}
+
+
+def fail(command: str, err: BaseException) -> int:
+    """Print a bad-input error as one line on stderr; the exit status of such a run."""
+    message = " ".join(str(err).split())
+    print(f"cit {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def colour_modes(doc: dict) -> Counter:
+    """How many images of a loaded datalist have each colour mode (Pillow mode, DICOM photometric)."""
+    modes: Counter = Counter()
+    for split in split_keys(doc):
+        for item in doc[split]:
+            image = item["image"][0] if isinstance(item["image"], list) else item["image"]
+            modes[colour_mode(image)] += 1
+    return modes
 
 
 def _datalist(args: argparse.Namespace) -> int:
-    path = build_datalist(
-        args.source,
-        args.out,
-        ratios=args.ratios,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        classes=args.classes.split(",") if args.classes else None,
-        label_from_name=args.label_from_name,
-        patient_from_name=args.patient_from_name,
-    )
+    try:
+        path = build_datalist(args.source, args.out, ratios=args.ratios, val_fraction=args.val_fraction,
+                              seed=args.seed, **source_options(args))  # fmt: skip
+        doc = load_datalist(path)
+    except BAD_INPUT as err:
+        return fail("datalist", err)
     print(f"datalist: {path}")
-    print(summarize(load_datalist(path)))
+    print(summarize(doc))
+    modes = colour_modes(doc)
+    print("colour modes: " + ", ".join(f"{mode} {n}" for mode, n in modes.most_common()))
+    if any(m in ("RGBA", "LA", "PA") for m in modes):
+        print(
+            "  images with an alpha channel: the transforms drop alpha unless alpha='black' composites them on black"
+        )
+    if len(modes) > 1:
+        print("  mixed modes: check that they do not follow the classes (`cit audit` tests it)")
     return 0
 
 
@@ -44,31 +155,28 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "datalist",
-        help="build a datalist JSON from a folder, CSV, MedMNIST .npz or DICOM folder",
-        description="Build a decathlon-style datalist JSON (published splits kept, otherwise split by patient).",
-    )
+        help="build a datalist JSON from a folder, label file (CSV / TSV), MedMNIST .npz or DICOM folder",
+        description="Build a decathlon-style datalist JSON (published splits kept, otherwise split by patient, "
+                    "stratified by class); prints the images per split and class and the colour modes met.",
+        epilog=SOURCE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument(
-        "source", help="class-per-folder tree, DICOM folder, CSV manifest, MedMNIST .npz or datalist .json"
+        "source",
+        help="class-per-folder tree, folder with a label file, CSV / TSV, DICOM folder, .npz or datalist .json",
     )
     p.add_argument("--out", required=True, help="datalist JSON to write")
     p.add_argument(
         "--ratios",
         default=None,
-        help="split ratios, e.g. training=0.8,validation=0.1,test=0.1 or 85:15 (default 80/10/10)",
-    )
+        help="split ratios, named: training=0.7,validation=0.15,test=0.15 (default 80/10/10); unnamed parts "
+             "must be all three, training:validation:test (70:15:15)",
+    )  # fmt: skip
     p.add_argument(
         "--val-fraction", type=float, default=0.15, help="validation carved from a published training split"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--classes", default=None, help="comma-separated class names, in label order; images of other classes are left out"
-    )
-    p.add_argument(
-        "--label-from-name", default=None, help="label preset from file names, e.g. kermany_3class"
-    )
-    p.add_argument(
-        "--patient-from-name", default=None, help="patient-id preset from file names, e.g. kermany"
-    )
+    add_source_options(p)
     p.set_defaults(func=_datalist)
 
     s = subparsers.add_parser(

@@ -49,8 +49,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--bundle", required=True, help="bundle folder (e.g. bundles/resnet18_brain_ct)")
     p.add_argument("--format", required=True, choices=("bundle", "torchscript", "export", "onnx"))
-    p.add_argument("--ckpt-dir", default=None, help="folder of the trained model.pt + model_info.json (default <bundle>/models)")
-    p.add_argument("--out", default=None, help="output folder (bundle) or file (default <ckpt-dir>/model.ts|.pt2|.onnx)")
+    p.add_argument(
+        "--ckpt-dir",
+        default=None,
+        help="folder of the trained model.pt + model_info.json (default <bundle>/models)",
+    )
+    p.add_argument(
+        "--out", default=None, help="output folder (bundle) or file (default <ckpt-dir>/model.ts|.pt2|.onnx)"
+    )
     p.add_argument("--output-dir", default=None,
                    help="the training run's output folder, whose test split gives the check images (default <bundle>/output)")  # fmt: skip
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")

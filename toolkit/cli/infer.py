@@ -8,15 +8,24 @@ import logging
 import sys
 
 EPILOG = """\
-outputs (in --output):
+outputs (all inside --output; nothing is written anywhere else):
   predictions.csv / predictions.jsonl   one row per input: path, DICOM UIDs, status (ok | error |
-                                        skipped), reason, pred, pred_name, prob_<class>, model name/version
+                                        skipped), reason, pred, pred_name, prob_<class>, model name /
+                                        version / sha256; CSV cells starting with = + - @ get a ' prefix
   parts/predictions.part<rank>.jsonl    journal appended per batch; a rerun skips inputs found here
-  sr/<StudyInstanceUID>.dcm             DICOM Comprehensive 3D SR per study (--dicom-sr)
-  gradcam/*.png                         Grad-CAM overlays (--gradcam)
+  run.json                              what decides the rows (weights sha256, config, options)
+  sr/<StudyInstanceUID>.dcm             DICOM Comprehensive 3D SR per study (--dicom-sr); it carries the
+                                        patient and study attributes of the images unless --sr-anonymise
+  gradcam/<hash>_<name>.png             Grad-CAM overlays (--gradcam), named in the row's gradcam column
+  pseudonym.key                         key of --pseudonymise-paths (keep it; do not share it)
 exit codes:
-  0  every input processed (ok or skipped)     3  some inputs failed (rows with status error)
-  4  another run is writing to --output         1  the run failed (bundle, missing results)
+  0  every input processed (ok or skipped)
+  1  the run failed (bundle, weights or --input missing, a process died before all rows were written)
+  2  invalid command line
+  3  some inputs failed (rows with status error)
+  4  another run is writing to --output
+  5  --output holds results of another model or other options (--restart discards them)
+  6  no input found (empty or image-less folder, e.g. an unmounted share); nothing is written
 scale-out:
   torchrun --nproc_per_node N -m toolkit infer ...   shards inputs by rank; rank 0 merges
 """
@@ -44,37 +53,89 @@ def _override(text: str) -> tuple[str, object]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `cit infer` to the `cit` command line."""
     parser = subparsers.add_parser(
-        "infer", help="classify every image below a folder with a bundle (resumable, CSV + DICOM SR)",
+        "infer",
+        help="classify every image below a folder with a bundle (resumable, CSV + DICOM SR)",
         description="Classify every DICOM (found by content), NIfTI, PNG and JPEG below --input with the "
-                    "bundle's inference.json preprocessing, network and postprocessing.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "bundle's inference.json preprocessing, network and postprocessing.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", required=True, help="bundle folder (holds configs/inference.json)")
     parser.add_argument("--input", required=True, help="folder (searched recursively) or single file")
     parser.add_argument("--output", required=True, help="folder for predictions.csv and the other outputs")
-    parser.add_argument("--ckpt-path", default=None, help="model weights to use instead of the bundle's ckpt_path")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: the GPU when there is one (default)")
+    parser.add_argument(
+        "--ckpt-path", default=None, help="model weights to use instead of the bundle's ckpt_path"
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: the GPU when there is one (default)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="data loader processes (0: load in the main process)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the network on CPU (0: torch's default); on a busy or small "
-                             "machine 1 thread beside the loader workers can be much faster")
-    parser.add_argument("--modality", type=_csv_list, default=(), help="only these DICOM modalities, e.g. CR,DX")
-    parser.add_argument("--sop-class", type=_csv_list, default=(),
-                        help="only these SOP classes (UIDs or keywords such as CTImageStorage)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="data loader processes (0: load in the main process)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for the network on CPU (0: torch's default); on a busy or small "
+        "machine 1 thread beside the loader workers can be much faster",
+    )
+    parser.add_argument(
+        "--modality", type=_csv_list, default=(), help="only these DICOM modalities, e.g. CR,DX"
+    )
+    parser.add_argument(
+        "--sop-class",
+        type=_csv_list,
+        default=(),
+        help="only these SOP classes (UIDs or keywords such as CTImageStorage)",
+    )
     parser.add_argument("--body-part", type=_csv_list, default=(), help="only these BodyPartExamined values")
-    parser.add_argument("--frames", choices=["reject", "each"], default="reject",
-                        help="multi-frame DICOM with a 2D model: one error row (reject, default) or every frame")
-    parser.add_argument("--include-patient-info", action="store_true",
-                        help="add patient_id and patient_name columns (never written to logs)")
+    parser.add_argument(
+        "--frames",
+        choices=["reject", "each"],
+        default="reject",
+        help="multi-frame DICOM with a 2D model: one error row (reject, default) or every frame",
+    )
+    parser.add_argument(
+        "--include-patient-info",
+        action="store_true",
+        help="add patient_id and patient_name columns (never written to logs)",
+    )
     parser.add_argument("--dicom-sr", action="store_true", help="also write a DICOM SR per study")
     parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM overlays as PNG")
     parser.add_argument("--retry-errors", action="store_true", help="on rerun, process failed inputs again")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the results already in --output (e.g. of another model) and start afresh",
+    )
+    parser.add_argument(
+        "--pseudonymise-paths",
+        action="store_true",
+        help="write a keyed hash (HMAC-SHA256, key in --output/pseudonym.key) of each input's "
+        "relative path instead of the path, in every output",
+    )
+    parser.add_argument(
+        "--sr-anonymise",
+        action="store_true",
+        help="DICOM SR without patient / study attributes (name, ID, birth date, accession ...)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="log each failed input (paths may identify patients)")
-    parser.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="ID=VALUE",
-                        help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log each failed input (paths may identify patients)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="ID=VALUE",
+        help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -82,17 +143,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `cit infer`; returns the exit code documented in the epilog."""
     from toolkit.inference.discovery import DicomFilters
-    from toolkit.inference.runner import EXIT_RUN_FAILED, InferenceOptions, run_inference
+    from toolkit.inference.runner import EXIT_RUN_FAILED, EXIT_USAGE, InferenceOptions, run_inference
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.verbose:  # also the traceback of each input that failed (toolkit.inference logs them at debug level)
+    if args.pseudonymise_paths and args.include_patient_info:
+        print(
+            "cit infer: --pseudonymise-paths and --include-patient-info contradict each other; give one",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    if (
+        args.verbose
+    ):  # also the traceback of each input that failed (toolkit.inference logs them at debug level)
         logging.getLogger("toolkit.inference").setLevel(logging.DEBUG)
     options = InferenceOptions(
-        bundle=args.bundle, input=args.input, output=args.output, ckpt_path=args.ckpt_path,
-        device=args.device, batch_size=args.batch_size, workers=args.workers, threads=args.threads,
-        filters=DicomFilters(args.modality, args.sop_class, args.body_part), frames=args.frames,
-        include_patient_info=args.include_patient_info, dicom_sr=args.dicom_sr, gradcam=args.gradcam,
-        retry_errors=args.retry_errors, progress=not args.no_progress, verbose=args.verbose,
+        bundle=args.bundle,
+        input=args.input,
+        output=args.output,
+        ckpt_path=args.ckpt_path,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threads=args.threads,
+        filters=DicomFilters(args.modality, args.sop_class, args.body_part),
+        frames=args.frames,
+        include_patient_info=args.include_patient_info,
+        dicom_sr=args.dicom_sr,
+        gradcam=args.gradcam,
+        retry_errors=args.retry_errors,
+        restart=args.restart,
+        pseudonymise_paths=args.pseudonymise_paths,
+        sr_anonymise=args.sr_anonymise,
+        progress=not args.no_progress,
+        verbose=args.verbose,
         overrides=dict(args.overrides),
     )
     try:

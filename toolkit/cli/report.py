@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import pickle
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,17 +18,19 @@ if TYPE_CHECKING:  # no torch at `cit --help`
 BUNDLE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError)
 
 
-def _model_for_gradcam(bundle: str) -> tuple[ExplainableModel | None, list[str]]:
+def _model_for_gradcam(bundle: str, ckpt_dir: Path) -> tuple[ExplainableModel | None, list[str]]:
     """(the bundle's network, preprocessing and class names as an ExplainableModel, []), or (None, [why])
     when the bundle cannot be loaded: a report without heat maps beats no report."""
     from toolkit.bundle import load_bundle
     from toolkit.evaluation.gradcam import ExplainableModel
 
     try:
-        loaded = load_bundle(bundle, device="cpu")
+        loaded = load_bundle(bundle, ckpt_path=ckpt_dir / "model.pt", device="cpu")
     except BUNDLE_ERRORS as e:
         logging.getLogger(__name__).debug("cannot load the bundle %s", bundle, exc_info=True)
-        return None, [f"Grad-CAM overlays could not be made: the bundle {bundle} did not load: {type(e).__name__}: {e}"]
+        return None, [
+            f"Grad-CAM overlays could not be made: the bundle {bundle} did not load: {type(e).__name__}: {e}"
+        ]
     return ExplainableModel(loaded.network, loaded.preprocessing, list(loaded.class_names)), []
 
 
@@ -35,11 +38,15 @@ def _report(args: argparse.Namespace) -> int:
     from toolkit.evaluation.calibration import TEMPERATURE_FILE
     from toolkit.evaluation.report import build_report
 
-    if args.save_temperature and not args.bundle:
-        raise ValueError("--save-temperature needs the bundle (--bundle) to save models/temperature.json in")
+    if args.save_temperature and not (args.bundle or args.ckpt_dir):
+        raise ValueError(
+            "--save-temperature needs --bundle or --ckpt-dir: the temperature is saved beside the weights"
+        )
+    # the trained model: --ckpt-dir, else the bundle's models/ (model.pt + model_info.json + temperature.json)
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path(args.bundle or ".") / "models"
     model, notes, n_cam = None, [], args.n_cam
     if args.bundle and n_cam > 0:
-        model, notes = _model_for_gradcam(args.bundle)
+        model, notes = _model_for_gradcam(args.bundle, ckpt_dir)
         n_cam = n_cam if model is not None else 0  # the note says why there are no heat maps
     summary = build_report(
         args.eval_dir,
@@ -52,7 +59,7 @@ def _report(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         cam_method=args.cam,
         n_cam=n_cam,
-        temperature_file=Path(args.bundle) / "models" / TEMPERATURE_FILE if args.save_temperature else None,
+        temperature_file=ckpt_dir / TEMPERATURE_FILE if args.save_temperature else None,
         title=f"Evaluation report: {Path(args.bundle).resolve().name}" if args.bundle else None,
         audit=args.audit,
         notes=notes,
@@ -67,6 +74,9 @@ def _report(args: argparse.Namespace) -> int:
     if cal.get("saved_to"):
         print(f"temperature saved: {cal['saved_to']}")
     print(f"report: {summary['html']}")
+    if args.strict and (notes or summary["warnings"]):
+        print(f"--strict: {len(notes) + len(summary['warnings'])} warning(s) above", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -104,8 +114,15 @@ def add_parser(subparsers) -> None:
     r.add_argument(
         "--n-cam", type=int, default=4, help="right and wrong predictions to explain, each (default 4)"
     )
+    r.add_argument("--ckpt-dir", default=None,
+                   help="folder of the trained model (model.pt + model_info.json) when not <bundle>/models")  # fmt: skip
     r.add_argument("--save-temperature", action="store_true",
-                   help="save the temperature fitted on validation to <bundle>/models/temperature.json")  # fmt: skip
+                   help="save the temperature fitted on validation beside the weights (<ckpt-dir>/temperature.json)")  # fmt: skip
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when the report has warnings (e.g. a Grad-CAM panel that failed)",
+    )
     r.add_argument(
         "--audit", default=None, help="audit.json of `cit audit` on the data set, shown in the report"
     )

@@ -33,7 +33,8 @@ from toolkit.data.sources import (
 )
 from toolkit.data.sources.base import SHOW
 from toolkit.data.sources.chestxray14 import is_chestxray14
-from toolkit.data.sources.csv_manifest import csv_header
+from toolkit.data.sources.class_folders import tree_classes
+from toolkit.data.sources.csv_manifest import TABLE_SUFFIXES, csv_header
 from toolkit.data.sources.dicom_folder import dicom_label_csv
 from toolkit.data.splits import SPLIT_NAMES, check_no_leakage, class_counts, parse_ratios, split_items
 from toolkit.io import atomic_write_json
@@ -162,28 +163,114 @@ def load_datalist(path) -> dict:
 # build_datalist
 
 
+# Options that say how to read a label file (CSV / TSV); `build_datalist` passes them to
+# `sources.csv_manifest.manifest_items`.
+TABLE_OPTIONS = ("image_column", "label_column", "patient_column", "split_column", "image_pattern")
+# A file with one of these suffixes directly in a data folder is taken for its label file.
+FOLDER_LABEL_SUFFIXES = (".csv", ".tsv", ".tab")
+
+
+def label_tables(folder: Path) -> list[Path]:
+    """The label files (CSV / TSV) directly in ``folder``, sorted."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FOLDER_LABEL_SUFFIXES
+    )  # fmt: skip
+
+
 def read_source(
-    source: Path, out_path: Path, classes=None, label_from_name=None, patient_from_name=None
+    source: Path,
+    out_path: Path,
+    classes=None,
+    label_from_name=None,
+    patient_from_name=None,
+    *,
+    allow_single_class: bool = False,
+    skip_missing: bool = False,
+    **table,
 ) -> SourceItems:
     """The items of any supported source, read by the module for its format.
 
     A folder is a DICOM export when a ``*.csv`` in it is keyed by a DICOM attribute and every
-    image is DICOM, else a class-per-folder tree; a CSV is NIH ChestX-ray14 when it has its
-    columns, else a manifest. MedMNIST images are exported beside ``out_path``.
+    image is DICOM; it is read through the one label file (CSV / TSV) directly in it when
+    ``table`` options (``image_column``, ``label_column``, ``patient_column``, ``split_column``,
+    ``image_pattern``) are given, or when its folder tree would give fewer than two classes (said
+    in the log); else it is a class-per-folder tree. A label file is NIH ChestX-ray14 when it has
+    its columns (and no option is given), else a manifest read by ``manifest_items``. MedMNIST
+    images are exported beside ``out_path``. ``ValueError`` when every image would get the same
+    class, unless ``classes`` or ``allow_single_class`` says one class is meant.
     """
+    unknown = set(table) - set(TABLE_OPTIONS)
+    if unknown:
+        raise TypeError(f"read_source() got unexpected option(s) {sorted(unknown)}")
+    table = {k: v for k, v in table.items() if v}
     if source.is_dir():
-        keyed = dicom_label_csv(source)
-        if keyed and all(file_kind(p) == "dicom" for p in find_image_files(source)):
-            return dicom_folder_items(source, keyed[0], keyed[1], classes=classes)
-        return class_folder_items(source, classes, label_from_name, patient_from_name)
-    suffix = source.suffix.lower()
-    if suffix == ".npz":
-        return medmnist_items(source, out_path.parent / f"{source.stem}_images", classes)
-    if suffix == ".csv":
-        if is_chestxray14(csv_header(source)):
-            return chestxray14_items(source)
-        return manifest_items(source, classes)
-    raise ValueError(f"unsupported dataset source {source}: expected a folder, .csv, .npz or datalist .json")
+        found = _folder_items(source, classes, label_from_name, patient_from_name, table,
+                              allow_single_class=allow_single_class, skip_missing=skip_missing)  # fmt: skip
+    else:
+        suffix = source.suffix.lower()
+        if table and suffix not in TABLE_SUFFIXES:
+            raise ValueError(f"{source}: {', '.join(sorted(table))} apply to a label file (CSV / TSV) or a "
+                             f"folder holding one, not to a {suffix or 'file without extension'}")  # fmt: skip
+        if suffix == ".npz":
+            found = medmnist_items(source, out_path.parent / f"{source.stem}_images", classes)
+        elif suffix in TABLE_SUFFIXES or suffix in (".xlsx", ".xls", ".xlsm", ".ods"):
+            if not table and is_chestxray14(csv_header(source)):
+                found = chestxray14_items(source)
+            else:
+                found = manifest_items(source, classes, skip_missing=skip_missing, **table)
+        else:
+            raise ValueError(
+                f"unsupported dataset source {source}: expected a folder, a label file (.csv / .tsv), .npz or datalist .json"
+            )
+    _check_classes(source, found, classes, allow_single_class)
+    return found
+
+
+def _folder_items(source, classes, label_from_name, patient_from_name, table, *, allow_single_class,
+                  skip_missing) -> SourceItems:  # fmt: skip
+    keyed = dicom_label_csv(source)
+    if not table and keyed and all(file_kind(p) == "dicom" for p in find_image_files(source)):
+        return dicom_folder_items(source, keyed[0], keyed[1], classes=classes)
+    tables = label_tables(source)
+    if table:
+        if len(tables) != 1:
+            found = f"{len(tables)}: {', '.join(t.name for t in tables)}" if tables else "none"
+            raise ValueError(f"{source}: {', '.join(sorted(table))} need one label file (CSV / TSV) in the folder; "
+                             f"found {found}. Pass the label file itself as the source")  # fmt: skip
+        logger.info("%s: labels from %s", source, tables[0])
+        return manifest_items(tables[0], classes, root=source, skip_missing=skip_missing, **table)
+    if tables and label_from_name is None and classes is None and not allow_single_class:
+        tree = tree_classes(source)
+        if len(tree) < 2:
+            if len(tables) > 1:
+                raise ValueError(
+                    f"{source}: the folder tree gives {len(tree)} class(es) {sorted(tree)} and the folder holds "
+                    f"{len(tables)} label files ({', '.join(t.name for t in tables)}): pass the one to use as the source"
+                )
+            logger.info("%s: the folder tree gives %d class(es) %s; labels from %s", source, len(tree),
+                        sorted(tree), tables[0].name)  # fmt: skip
+            return manifest_items(tables[0], classes, root=source, skip_missing=skip_missing)
+        logger.info("%s: labels from the %d class folders; %s is not used (name its columns, e.g. "
+                    "--label-column, to use it)", source, len(tree), ", ".join(t.name for t in tables))  # fmt: skip
+    return class_folder_items(source, classes, label_from_name, patient_from_name)
+
+
+def _check_classes(source: Path, found: SourceItems, classes, allow_single_class: bool) -> None:
+    """One class for every image is a mistake (a folder name taken as the class) unless meant."""
+    if found.multi_label or classes is not None or allow_single_class:
+        return
+    present = sorted({item["label_name"] for item in found.items})
+    if len(present) >= 2:
+        return
+    name = present[0] if present else "?"
+    if found.kind in ("class_folders", "dicom_folder"):
+        where = (f"the folder tree gives one class ({name!r}, {len(found.items)} images): put each class in its own "
+                 "folder or add a label file (CSV) naming the images")  # fmt: skip
+    else:
+        where = f"every row has the same label ({name!r}, {len(found.items)} images)"
+    raise ValueError(f"{source}: {where}; pass classes (--classes) or allow_single_class (--allow-single-class) "
+                     "if one class is meant")  # fmt: skip
 
 
 def build_datalist(
@@ -196,27 +283,50 @@ def build_datalist(
     label_from_name=None,
     patient_from_name=None,
     group_key="patient_id",
+    *,
+    image_column: str | None = None,
+    label_column: str | Sequence[str] | None = None,
+    patient_column: str | None = None,
+    split_column: str | None = None,
+    image_pattern: str | None = None,
+    skip_missing: bool = False,
+    allow_single_class: bool = False,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
 
     ``source``: an existing datalist ``.json`` (validated and returned as is), a class-per-folder
-    tree (DICOM folders with a ``*.csv`` keyed by a DICOM attribute use that CSV), a CSV manifest
-    (NIH ``Data_Entry_2017.csv`` recognised; otherwise the image and label columns are the first of
-    ``IMAGE_COLUMNS`` / ``LABEL_COLUMNS`` of ``sources.csv_manifest`` present), or a MedMNIST
-    ``.npz``. Published splits are kept; with training and test but no validation, validation is
-    carved from training by patient (``val_fraction``). Without published splits, items are split by ``ratios`` (default
-    80/10/10), stratified and grouped by ``group_key``. No patient is in two of the splits made
-    here. Deterministic for a given ``seed``.
+    tree, a folder holding images and one label file (used when the tree gives one class or a
+    column option is given), a DICOM folder with a ``*.csv`` keyed by a DICOM attribute, a label
+    file (CSV / TSV / Excel CSV; NIH ``Data_Entry_2017.csv`` recognised), or a MedMNIST ``.npz``.
+
+    Label files: ``image_column``, ``label_column`` (several = one 0/1 column per class,
+    multi-label), ``patient_column``, ``split_column`` name the columns (default: found by name,
+    see ``sources.csv_manifest``); ``image_pattern`` (``"head_ct/{id:03d}.png"``) builds the image
+    path from a row; ``skip_missing`` skips rows whose image is missing (default: an error).
+    ``allow_single_class``: a source whose images all get one class is accepted (default: an
+    error, unless ``classes`` is given).
+
+    Published splits are kept; with training and test but no validation, validation is carved
+    from training by patient (``val_fraction``). Without published splits, items are split by
+    ``ratios`` (default 80/10/10), stratified and grouped by ``group_key``. No patient is in two
+    of the splits made here. Deterministic for a given ``seed``. The counts per split and class
+    are logged.
     """
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
+    table = {"image_column": image_column, "label_column": label_column, "patient_column": patient_column,
+             "split_column": split_column, "image_pattern": image_pattern}  # fmt: skip
     if not source.exists():
         raise FileNotFoundError(f"dataset source not found: {source}")
     if source.is_file() and source.suffix.lower() == ".json":
+        given = sorted(k for k, v in table.items() if v)
+        if given:
+            raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
         load_datalist(source)
         return source
 
-    found = read_source(source, out_path, classes, label_from_name, patient_from_name)
+    found = read_source(source, out_path, classes, label_from_name, patient_from_name,
+                        allow_single_class=allow_single_class, skip_missing=skip_missing, **table)  # fmt: skip
     items, labels, multi = found.items, found.labels, found.multi_label
     published = {item["split"] for item in items if item.get("split")}
     meta = {
@@ -224,6 +334,7 @@ def build_datalist(
         "source": str(source),
         "source_kind": found.kind,
         "seed": seed,
+        **found.meta,
     }
     if published:
         splits = {
@@ -261,6 +372,9 @@ def build_datalist(
         for item in members:
             item["split"] = name
     meta["class_counts"] = {k: class_counts(v, len(labels), multi) for k, v in splits.items()}
+    logger.info("images per split and class (%s):\n%s",
+                "published splits" if published else f"ratios {meta['ratios']}",
+                summarize({"labels": labels, "multi_label": multi, **splits}))  # fmt: skip
     return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
 
 
@@ -296,6 +410,7 @@ __all__ = [
     "from_dicom_folder",
     "from_medmnist",
     "load_datalist",
+    "label_tables",
     "read_source",
     "save_datalist",
     "split_keys",

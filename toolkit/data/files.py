@@ -49,7 +49,9 @@ def file_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
-def find_image_files(root: str | os.PathLike, kinds: tuple[str, ...] = ("dicom", "nifti", "raster")) -> list[Path]:
+def find_image_files(
+    root: str | os.PathLike, kinds: tuple[str, ...] = ("dicom", "nifti", "raster")
+) -> list[Path]:
     """All image files below ``root`` (recursively, sorted, hidden and mask folders skipped) of the given kinds."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):

@@ -19,7 +19,11 @@ from pathlib import Path
 
 from PIL import Image
 
-__all__ = ["UnreadableImage", "check_image", "dicom_header", "dicom_ids", "nifti_header", "raster_header"]
+from toolkit.data.files import file_kind
+
+__all__ = [
+    "UnreadableImage", "check_image", "colour_mode", "dicom_header", "dicom_ids", "nifti_header", "raster_header",
+]  # fmt: skip
 
 # What the libraries raise on a broken or foreign file, found by truncating and corrupting the
 # shared data's DICOM, NIfTI and JPEG files: OSError (Pillow's UnidentifiedImageError is one),
@@ -125,3 +129,20 @@ def check_image(path: Path, kind: str):
     elif kind == "raster":
         raster_header(path)
     return None
+
+
+def colour_mode(path: str | os.PathLike) -> str:
+    """The colour mode of an image file as stored: the Pillow mode of a PNG / JPEG ... (``L``,
+    ``RGB``, ``RGBA``, ``I;16`` ...), the Photometric Interpretation of a DICOM file, ``volume``
+    for NIfTI; ``unreadable`` when the header cannot be read."""
+    kind = file_kind(path)
+    try:
+        if kind == "raster":
+            return raster_header(path)["mode"]
+        if kind == "dicom":
+            return str(dicom_header(path).get("PhotometricInterpretation", "") or "unknown")
+        if kind == "nifti":
+            return "volume"
+    except UnreadableImage:
+        return "unreadable"
+    return "unknown"

@@ -21,38 +21,72 @@ logger = logging.getLogger(__name__)
 SPLIT_NAMES = ("training", "validation", "test")
 
 
+# Other names people give the three splits (case-insensitive) in a ratio string or mapping.
+_RATIO_ALIASES = {
+    "train": "training", "training": "training", "val": "validation", "valid": "validation",
+    "validation": "validation", "dev": "validation", "test": "test", "testing": "test",
+}  # fmt: skip
+
+
 def parse_ratios(ratios: Mapping[str, float] | str | Sequence[float] | None) -> dict[str, float]:
     """Normalise split ratios to fractions summing to 1.
 
-    Accepts a mapping (``{"training": 0.8, "validation": 0.1, "test": 0.1}``), a string with named
-    parts (``"training=0.8,validation=0.1,test=0.1"``), or unnamed parts (``"85:15"``, ``"90/10"``,
-    ``"70,20,10"``, ``[80, 10, 10]``), which name training, validation and test in that order.
+    Accepts a mapping (``{"training": 0.8, "validation": 0.1, "test": 0.1}``; other names are
+    kept, ``train`` / ``val`` / ``test`` ... become the datalist's names), a string with named
+    parts (``"training=0.7,validation=0.15,test=0.15"``, the documented form; ``train=70,val=30``
+    names training and validation only), or three unnamed parts in the order training,
+    validation, test (``"70:15:15"``, ``"80/10/10"``, ``[80, 10, 10]``). Unnamed parts must be
+    all three: ``"70:30"`` is refused, since it does not say whether 30 is validation or test.
     """
     if ratios is None:
         return {"training": 0.8, "validation": 0.1, "test": 0.1}
+    given = ratios
     if isinstance(ratios, str):
         text = ratios.strip()
         if "=" in text:
-            parts = {}
+            parts: dict[str, float] = {}
             for part in re.split(r"[,;]", text):
                 if not part.strip():
                     continue
-                name, _, value = part.partition("=")
-                parts[name.strip()] = float(value)
+                name, sep, value = part.partition("=")
+                name = _RATIO_ALIASES.get(name.strip().lower(), name.strip())
+                if not sep or not name:
+                    raise ValueError(f"ratios {given!r}: {part.strip()!r} is not NAME=VALUE")
+                if name in parts:
+                    raise ValueError(f"ratios {given!r}: {name} is given twice")
+                parts[name] = _ratio_value(value, given)
             ratios = parts
         else:
-            ratios = [float(v) for v in re.split(r"[:/,;\s]+", text) if v]
+            ratios = [_ratio_value(v, given) for v in re.split(r"[:/,;\s]+", text) if v]
     if not isinstance(ratios, Mapping):
         values = list(ratios)
-        if not 1 <= len(values) <= len(SPLIT_NAMES):
-            raise ValueError(f"unnamed ratios need 1 to 3 parts (training/validation/test), got {values}")
-        ratios = dict(zip(SPLIT_NAMES, values, strict=False))
-    if any(float(v) < 0 for v in ratios.values()):
+        if len(values) != len(SPLIT_NAMES):
+            raise ValueError(
+                f"ratios {given!r}: unnamed ratios need all three parts, training:validation:test "
+                f"(e.g. 70:15:15), or name them (training=0.7,validation=0.3); got {len(values)}"
+            )
+        ratios = dict(zip(SPLIT_NAMES, values, strict=True))
+    else:
+        named: dict[str, float] = {}
+        for name, value in ratios.items():
+            key = _RATIO_ALIASES.get(str(name).strip().lower(), str(name))
+            if key in named:
+                raise ValueError(f"ratios {dict(ratios)}: {key} is given twice")
+            named[key] = _ratio_value(value, given)
+        ratios = named
+    if any(v < 0 for v in ratios.values()):
         raise ValueError(f"ratios must be non-negative, got {dict(ratios)}")
     total = float(sum(ratios.values()))
     if total <= 0:
         raise ValueError(f"ratios must sum to a positive number, got {dict(ratios)}")
     return {str(name): float(value) / total for name, value in ratios.items()}
+
+
+def _ratio_value(value, given) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ratios {given!r}: {value!r} is not a number") from None
 
 
 def _is_multi_label(items: Sequence[dict]) -> bool:

@@ -60,7 +60,9 @@ def train_sampler(dataset, items: Sequence[dict] | None, num_classes: int, seed:
     if is_distributed():
         if weights is None:
             return DistributedSampler(dataset, shuffle=True, seed=int(seed))
-        return DistributedWeightedRandomSampler(dataset, weights.tolist(), generator=generator, seed=int(seed))
+        return DistributedWeightedRandomSampler(
+            dataset, weights.tolist(), generator=generator, seed=int(seed)
+        )
     if weights is None:
         return None
     return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)

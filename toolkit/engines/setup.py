@@ -70,12 +70,10 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, required: bool = False) -> st
     if final.is_file():
         return str(final)
     if required:
-        raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir} (expected checkpoint_epoch=N.pt)")
+        raise FileNotFoundError(
+            f"no checkpoint to resume from in {ckpt_dir} (expected checkpoint_epoch=N.pt)"
+        )
     return None
-
-
-
-
 
 
 def dataset_items(datalist: dict, split: str, with_label: bool = True) -> list[dict]:
@@ -85,7 +83,9 @@ def dataset_items(datalist: dict, split: str, with_label: bool = True) -> list[d
     (patient id, UIDs...) without every optional key having to survive batch collation.
     """
     if split not in datalist or not datalist[split]:
-        raise ValueError(f"the datalist has no items in split '{split}' (splits: {[k for k in datalist if isinstance(datalist[k], list)]})")
+        raise ValueError(
+            f"the datalist has no items in split '{split}' (splits: {[k for k in datalist if isinstance(datalist[k], list)]})"
+        )
     items = []
     for index, item in enumerate(datalist[split]):
         record = {"image": item["image"], "index": index}
@@ -95,7 +95,9 @@ def dataset_items(datalist: dict, split: str, with_label: bool = True) -> list[d
     return items
 
 
-def to_probabilities(logits: torch.Tensor, temperature: float = 1.0, multi_label: bool = False) -> torch.Tensor:
+def to_probabilities(
+    logits: torch.Tensor, temperature: float = 1.0, multi_label: bool = False
+) -> torch.Tensor:
     """Logits (``(C,)`` or ``(B, C)``) to probabilities: temperature-scaled softmax, or sigmoid for multi-label."""
     scaled = logits.float() / float(temperature)
     return torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)

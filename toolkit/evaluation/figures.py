@@ -113,7 +113,9 @@ def _read_confusion_csv(path: Path) -> tuple[np.ndarray, list[str]]:
             return matrices, [row[0] for row in table[1:]]
     except ValueError as e:
         raise ValueError(f"{path}: unreadable count in the confusion matrix ({e})") from e
-    raise ValueError(f"{path} is not a confusion matrix (expected a 'true\\pred' or 'class,tn,fp,fn,tp' header)")
+    raise ValueError(
+        f"{path} is not a confusion matrix (expected a 'true\\pred' or 'class,tn,fp,fn,tp' header)"
+    )
 
 
 def plot_confusion_matrix(
@@ -140,7 +142,9 @@ def plot_confusion_matrix(
     if matrix.ndim == 3 and matrix.shape[1:] == (2, 2) and len(names) == len(matrix):
         return _save(_multilabel_confusion_figure(matrix, names), out)
     if matrix.ndim != 2 or matrix.shape != (len(names), len(names)):
-        raise ValueError(f"confusion matrix of shape {matrix.shape} does not fit {len(names)} classes {names}")
+        raise ValueError(
+            f"confusion matrix of shape {matrix.shape} does not fit {len(names)} classes {names}"
+        )
     return _save(_confusion_figure(matrix, names), out)
 
 
@@ -151,7 +155,10 @@ def _confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
     size = max(4.0, 0.6 * len(class_names) + 2.5)
     fig = Figure(figsize=(2 * size + 1, size))
     axes = fig.subplots(1, 2)
-    for ax, data, title, fmt in ((axes[0], cm, "Counts", "{:.0f}"), (axes[1], norm, "Row-normalised", "{:.2f}")):
+    for ax, data, title, fmt in (
+        (axes[0], cm, "Counts", "{:.0f}"),
+        (axes[1], norm, "Row-normalised", "{:.2f}"),
+    ):
         top = data.max() if data.max() > 0 else 1
         im = ax.imshow(data, cmap="Blues", vmin=0, vmax=top)
         ax.set_xticks(range(len(class_names)), class_names, rotation=40, ha="right")
@@ -216,7 +223,9 @@ def plot_roc_pr(y_true, probs, class_names: Sequence[str], roc_path: str | os.Pa
         ax_roc.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
         precision, recall, _ = precision_recall_curve(truth, probs[:, k])
         ap = average_precision_score(truth, probs[:, k])
-        ax_pr.step(recall, precision, where="post", label=f"{name} (AP {ap:.3f}, prevalence {truth.mean():.2f})")
+        ax_pr.step(
+            recall, precision, where="post", label=f"{name} (AP {ap:.3f}, prevalence {truth.mean():.2f})"
+        )
     ax_roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
     ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
                title="ROC, one vs rest", xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip

@@ -213,7 +213,9 @@ def write_metrics(metrics: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     paths = {
         "metrics": atomic_write_json(out_dir / "metrics.json", serialisable, indent=2),
         "per_class": atomic_write_text(out_dir / "per_class.csv", _csv_text(_per_class_rows(metrics))),
-        "confusion_matrix": atomic_write_text(out_dir / "confusion_matrix.csv", _csv_text(_confusion_rows(metrics))),
+        "confusion_matrix": atomic_write_text(
+            out_dir / "confusion_matrix.csv", _csv_text(_confusion_rows(metrics))
+        ),
     }
     paths["classification_report"] = atomic_write_text(
         out_dir / "classification_report.txt", metrics.get(REPORT_KEY) or ""

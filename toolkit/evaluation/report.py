@@ -430,7 +430,9 @@ def build_report(
     figures += [(roc, "ROC curves, one class against the rest.", False),
                 (pr, "Precision-recall curves; the baseline of each is its prevalence.", False)]  # fmt: skip
     if n_grid > 0:
-        grid = sorted(rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist())
+        grid = sorted(
+            rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist()
+        )
         samples = plot_sample_grid([pred.images[i] for i in grid], pred.y_true[grid], pred.y_pred[grid],
                                    pred.class_names, out_dir / "samples.png")  # fmt: skip
         figures.append((samples, f"{len(grid)} random test images; title green when the prediction is right, "
@@ -447,7 +449,11 @@ def build_report(
             figures.append((plot_gradcam(panels, out_dir / "gradcam.png", cam_method, layer),
                             f"Heat maps for {sum(p['right'] for p in panels)} right and "
                             f"{sum(not p['right'] for p in panels)} wrong predictions: where the network looked.", True))  # fmt: skip
-        except (OSError, ValueError, RuntimeError) as e:  # a report without heat maps beats no report; say why
+        except (
+            OSError,
+            ValueError,
+            RuntimeError,
+        ) as e:  # a report without heat maps beats no report; say why
             logger.debug("Grad-CAM failed", exc_info=True)
             warnings.append(f"Grad-CAM overlays could not be made: {type(e).__name__}: {e}")
     elif n_cam > 0:

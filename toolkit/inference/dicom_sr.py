@@ -7,6 +7,15 @@ class as a unitless measurement, and names the model (bundle name + version) as 
 Class codes use the private coding scheme ``99CIT`` because a bundle's class names are not
 standard codes. UIDs are derived from the study and the model, so rerunning replaces a report
 instead of adding a second one.
+
+What a report carries about the patient: highdicom copies the Patient and Study modules of the first
+source image (PatientName, PatientID, PatientBirthDate, PatientSex, AccessionNumber, StudyDate, ...) so
+that a PACS files the report with its study. With ``anonymise`` the sources are reduced to what the
+references need (UIDs, modality, image size, frames) first, so the report holds no patient or study attribute but
+the StudyInstanceUID (the Type 2 ones are present and empty).
+
+The file of a study is ``sr/<StudyInstanceUID>.dcm`` when the UID is valid (digits and dots, at most
+64 characters), else ``sr/uid-<hash>.dcm``; it is checked to resolve inside the output folder.
 """
 
 from __future__ import annotations
@@ -37,32 +46,57 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from toolkit.inference.discovery import DICOM_PARSE_ERRORS, quiet_dicom_warnings
+from toolkit.inference.naming import UnsafeOutputPath, inside, uid_file_stem
+from toolkit.inference.privacy import scrub_paths
 from toolkit.io import atomic_write_bytes
+
+SR_FOLDER = "sr"
 
 CODING_SCHEME = "99CIT"
 # Patient / study attributes highdicom copies from the evidence into the SR (Type 2 there).
-_TYPE2_FROM_EVIDENCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                        "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_TYPE2_FROM_EVIDENCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 MANUFACTURER = "clinical-imaging-toolkit"
 # Attributes highdicom reads from every source image (Type 1 there).
 _REQUIRED_IN_SOURCE = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID", "Modality")
+# What an anonymised report's sources keep: what the references and the frame numbers need.
+_KEPT_WHEN_ANONYMISED = (
+    *_REQUIRED_IN_SOURCE,
+    "NumberOfFrames",
+    "SpecificCharacterSet",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PixelRepresentation",
+)
 # What an odd source study raises while its report is built: its headers cannot be read again, or
-# highdicom / pydicom reject one of its values. Anything else is a bug and surfaces.
-SOURCE_ERRORS = (*DICOM_PARSE_ERRORS, KeyError)
+# highdicom / pydicom reject one of its values. Anything else is a bug and surfaces. UnsafeOutputPath: the
+# report's path would leave the output folder (e.g. its sr/ folder is a link elsewhere).
+SOURCE_ERRORS = (*DICOM_PARSE_ERRORS, KeyError, UnsafeOutputPath)
 
 
 def _class_code(index: int, name: str) -> CodedConcept:
     return CodedConcept(value=f"class-{index}", scheme_designator=CODING_SCHEME, meaning=name[:64])
 
 
-def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike,
-                        bundle) -> tuple[list[Path], dict[str, str]]:
-    """Write one SR per study for the successful DICOM results.
+def write_study_reports(
+    results: Sequence[tuple], output: str | os.PathLike, bundle, anonymise: bool = False
+) -> tuple[list[Path], dict[str, str]]:
+    """Write one SR per study for the successful DICOM results, to ``output/sr/``.
 
     ``results`` holds ``(InputItem, row)`` pairs as produced by the runner; rows whose status is not
     ``ok`` or whose input is not DICOM are left out. Returns the files written and, for studies
-    whose report could not be built, ``{StudyInstanceUID: one-line reason}`` (never a crash: the
-    predictions are already saved).
+    whose report could not be built, ``{file stem: one-line reason}`` (never a crash: the
+    predictions are already saved). ``anonymise``: see the module docstring.
     """
     by_study: dict[str, list[tuple]] = {}
     for item, row in results:
@@ -70,16 +104,26 @@ def write_study_reports(results: Sequence[tuple], folder: str | os.PathLike,
             by_study.setdefault(item.study_instance_uid, []).append((item, row))
     written, failed = [], {}
     for study_uid, entries in by_study.items():
-        path = Path(folder) / f"{study_uid}.dcm"
+        stem = uid_file_stem(study_uid)  # a crafted UID ('../../x', '/etc/x') must not name the file
         try:
+            path = inside(output, f"{SR_FOLDER}/{stem}.dcm")
             with quiet_dicom_warnings():
-                write_report(entries, path, bundle)
+                write_report(entries, path, bundle, anonymise=anonymise)
             written.append(path)
         except SOURCE_ERRORS as exc:  # one odd study must not cost the others their report
-            # quoted values may be patient data: keep them out of the message
+            # quoted values may be patient data, and paths are the user's: keep them out of the message
             text = re.sub(r"'[^']*'", "'...'", " ".join(str(exc).split()))
-            failed[study_uid] = f"{type(exc).__name__}: {text[:200]}"
+            failed[stem] = f"{type(exc).__name__}: {scrub_paths(text)[:200]}"
     return written, failed
+
+
+def _references_only(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of a source header with only what the report's references need (``_KEPT_WHEN_ANONYMISED``)."""
+    kept = pydicom.Dataset()
+    for keyword in _KEPT_WHEN_ANONYMISED:
+        if keyword in ds:
+            kept[keyword] = ds[keyword]
+    return kept
 
 
 def _single_character_set(ds) -> None:
@@ -87,7 +131,7 @@ def _single_character_set(ds) -> None:
     rejects a lone code-extension term, so use the plain one (IR 6 is the default repertoire)."""
     value = ds.get("SpecificCharacterSet")
     if isinstance(value, str) and value.startswith("ISO 2022 IR "):
-        number = value[len("ISO 2022 IR "):]
+        number = value[len("ISO 2022 IR ") :]
         if number == "6":
             del ds.SpecificCharacterSet
         else:
@@ -116,7 +160,7 @@ def _valid(ds, keyword: str) -> bool:
         return False
 
 
-def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> None:
+def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anonymise: bool = False) -> None:
     """Build the SR of one study from ``(InputItem, row)`` pairs and write it atomically to ``path``."""
     headers: dict[str, pydicom.Dataset] = {}
 
@@ -126,6 +170,8 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> N
             missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
             if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
                 raise ValueError(f"a source image lacks {', '.join(missing)}")
+            if anonymise:
+                ds = _references_only(ds)
             for keyword in _TYPE2_FROM_EVIDENCE:
                 # often absent or invalid in real (e.g. anonymised) files; empty is valid for Type 2
                 if keyword not in ds or not _valid(ds, keyword):
@@ -152,20 +198,28 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle) -> N
             )
             for i, name in enumerate(bundle.class_names)
         ]
-        groups.append(MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(
-                uid=generate_uid(entropy_srcs=[*seed, item.key]), identifier=f"Classification {number}"),
-            algorithm_id=algorithm,
-            qualitative_evaluations=[QualitativeEvaluation(name=codes.DCM.Finding,
-                                                           value=_class_code(pred, bundle.class_names[pred]))],
-            measurements=measurements,
-            source_images=sources,
-        ))
+        groups.append(
+            MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=generate_uid(entropy_srcs=[*seed, item.key]), identifier=f"Classification {number}"
+                ),
+                algorithm_id=algorithm,
+                qualitative_evaluations=[
+                    QualitativeEvaluation(
+                        name=codes.DCM.Finding, value=_class_code(pred, bundle.class_names[pred])
+                    )
+                ],
+                measurements=measurements,
+                source_images=sources,
+            )
+        )
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=generate_uid(entropy_srcs=[bundle.name, bundle.version]),
-            name=f"{bundle.name} {bundle.version}".strip()[:64], manufacturer_name=MANUFACTURER),
+            name=f"{bundle.name} {bundle.version}".strip()[:64],
+            manufacturer_name=MANUFACTURER,
+        ),
     )
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=observer),

@@ -10,8 +10,10 @@ reason, so that every file the user gave gets exactly one row.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import struct
 import warnings
 import zlib
@@ -20,18 +22,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind
+from toolkit.inference.locking import LOCK_NAME
+from toolkit.inference.privacy import KEY_NAME, scrub_paths
 
 # File name endings that never hold an image: ignored without a row (counted in the summary).
 _IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # What pydicom raises on a file that is not valid DICOM, found by feeding it truncated, byte-flipped
 # and random versions of the real files in shared/data/dicom. Anything else is a bug and surfaces.
-DICOM_PARSE_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, InvalidDicomError, BytesLengthException,
-                      struct.error, zlib.error)
+DICOM_PARSE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    InvalidDicomError,
+    BytesLengthException,
+    struct.error,
+    zlib.error,
+)
+# What `cit infer` writes into its output folder. In any folder holding the lock file (the output of a
+# run, also when it lies inside the input or is the input) these entries are never inputs.
+OUTPUT_ENTRIES = frozenset(
+    {LOCK_NAME, KEY_NAME, "predictions.csv", "predictions.jsonl", "run.json", "parts", "sr", "gradcam"}
+)
+_PIXEL_KEYWORDS = (("PixelData", None), ("FloatPixelData", 32), ("DoubleFloatPixelData", 64))
 
 
 @dataclass
@@ -109,28 +128,91 @@ def _is_candidate(path: Path) -> bool:
     return file_kind(path) == "dicom"
 
 
-def walk_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> tuple[list[Path], int]:
+@dataclass
+class WalkProblem:
+    """An entry below the input that is not walked or not read, and why (it becomes one row)."""
+
+    path: Path
+    status: str  # error | skipped
+    reason: str
+    kind: str = "unknown"
+
+
+def walk_files(
+    root: str | os.PathLike,
+    exclude: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    problems: list[WalkProblem] | None = None,
+) -> tuple[list[Path], int]:
     """Candidate image files below ``root`` (sorted, hidden entries skipped) and the count of other files.
 
-    ``exclude``: a folder not to enter (the run's own output when it lies inside the input).
+    ``exclude``: folders not to enter (the run's own output when it lies inside the input).
+    In any folder holding a `cit infer` lock file, the entries that run writes (``OUTPUT_ENTRIES``) are
+    skipped too, so results of this tool are never read as its inputs. Symbolic links to folders are not
+    followed. Entries that cannot be listed or are not regular files are added to ``problems`` (when
+    given): a folder that cannot be read, a link to a folder, a link that loops or points nowhere
+    (those last two also when their name is not an image's), a FIFO or device.
     """
     root = Path(root)
     if root.is_file():
         return [root], 0
-    excluded = Path(exclude).resolve() if exclude is not None else None
+    if isinstance(exclude, (str, os.PathLike)):
+        exclude = [exclude]
+    excluded = {os.path.realpath(e) for e in exclude or ()}
+    problems = problems if problems is not None else []
     found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and (excluded is None or (Path(dirpath) / d).resolve() != excluded))
-        for name in sorted(filenames):
-            if name.startswith("."):
+
+    def unreadable(exc: OSError) -> None:
+        folder = Path(exc.filename) if exc.filename else root
+        problems.append(WalkProblem(folder, "error", f"cannot list folder: {os_reason(exc)}", kind="folder"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        own_output = os.path.lexists(os.path.join(dirpath, LOCK_NAME))  # os.path: False, never raises
+        keep = []
+        for d in sorted(dirnames):
+            sub = Path(dirpath) / d
+            if d.startswith(".") or os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
                 continue
+            if os.path.islink(sub):  # not followed: it may loop or lead out of the input
+                problems.append(
+                    WalkProblem(sub, "skipped", "symbolic link to a folder (not followed)", kind="folder")
+                )
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
             path = Path(dirpath) / name
-            if _is_candidate(path):
+            if name.startswith(".") or (own_output and name in OUTPUT_ENTRIES):
+                continue
+            try:
+                mode = path.stat().st_mode
+            except (
+                OSError
+            ):  # a link that loops or points nowhere, a file gone meanwhile: discovery says which
+                found.append(path)
+                continue
+            if not stat.S_ISREG(mode) or _is_candidate(path):  # FIFOs and devices are reported, never opened
                 found.append(path)
             else:
                 ignored += 1
     return found, ignored
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in words, without the file name it carries (an absolute path)."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "path too long for the file system"
+    return exc.strerror or type(exc).__name__
+
+
+def display_path(rel: str) -> str:
+    """A relative path as printable text: bytes that are not UTF-8 as ``\\xNN``, control characters escaped
+    (a newline in a file name would otherwise split a row of predictions.csv for naive readers)."""
+    text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -176,7 +258,9 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
         item.status, item.reason = "error", f"unreadable DICOM header: {_one_line(exc)}"
         return
     try:
-        item.sop_class_uid = _text(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+        item.sop_class_uid = _text(
+            ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "")
+        )
         item.study_instance_uid = _text(ds.get("StudyInstanceUID", ""))
         item.series_instance_uid = _text(ds.get("SeriesInstanceUID", ""))
         item.sop_instance_uid = _text(ds.get("SOPInstanceUID", ""))
@@ -196,18 +280,28 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
             item.status, item.reason = "error", "not a DICOM image: no DICOM header or image attributes found"
         else:
             item.status = "error"
-            item.reason = f"not an image: {_sop_class_name(item.sop_class_uid)} has no Rows/Columns/Pixel Data"
+            item.reason = (
+                f"not an image: {_sop_class_name(item.sop_class_uid)} has no Rows/Columns/Pixel Data"
+            )
 
 
 def _sort_key_in_series(item: InputItem) -> tuple:
     """Slice order of an instance: position along the slice normal, else InstanceNumber, else path."""
     try:
-        ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True,
-                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"])
+        ds = pydicom.dcmread(
+            item.abs_path,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"],
+        )
         pos = [float(v) for v in ds.get("ImagePositionPatient", [])]
         ori = [float(v) for v in ds.get("ImageOrientationPatient", [])]
         if len(pos) == 3 and len(ori) == 6:
-            normal = (ori[1] * ori[5] - ori[2] * ori[4], ori[2] * ori[3] - ori[0] * ori[5], ori[0] * ori[4] - ori[1] * ori[3])
+            normal = (
+                ori[1] * ori[5] - ori[2] * ori[4],
+                ori[2] * ori[3] - ori[0] * ori[5],
+                ori[0] * ori[4] - ori[1] * ori[3],
+            )
             return (0, sum(p * n for p, n in zip(pos, normal, strict=True)), item.path)
         number = ds.get("InstanceNumber")
         if number is not None:
@@ -222,73 +316,167 @@ def discover_inputs(
     filters: DicomFilters | None = None,
     frames: str = "reject",
     series_mode: bool = False,
-    exclude: str | os.PathLike | None = None,
+    exclude: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
 ) -> tuple[list[InputItem], int]:
     """Work items for every candidate file below ``root`` and the number of non-image files ignored.
 
     ``frames``: what to do with multi-frame DICOM for 2D models: ``reject`` (one error row) or
-    ``each`` (one item per frame). ``series_mode`` (3D models): valid DICOM instances of a series
-    become one item listing its files in slice order; NIfTI stays one item per file.
-    ``exclude``: a folder below ``root`` to leave out (the output folder of the run).
+    ``each`` (one item per frame, after checking that the pixel data holds the declared frames).
+    ``series_mode`` (3D models): valid DICOM instances of a series become one item listing its files
+    in slice order; NIfTI stays one item per file. ``exclude``: folders below ``root`` to leave out (the
+    output of the run). Nothing here raises for what a file or folder holds: every problem is
+    an item with status ``error`` (or ``skipped``) and a reason without absolute paths.
     """
     filters = filters or DicomFilters()
     root = Path(root)
-    paths, ignored = walk_files(root, exclude)
+    problems: list[WalkProblem] = []
+    paths, ignored = walk_files(root, exclude, problems)
     base = root if root.is_dir() else root.parent
+    known_roots = [(os.path.abspath(base), "<input>"), (os.path.realpath(base), "<input>")]
     items: list[InputItem] = []
+    for problem in problems:
+        rel = _relative(problem.path, base)
+        items.append(
+            InputItem(
+                path=rel + "/" if problem.kind == "folder" else rel,
+                abs_path=os.path.abspath(problem.path),
+                kind=problem.kind,
+                status=problem.status,
+                reason=scrub_paths(problem.reason, known_roots),
+            )
+        )
     for path in paths:
-        rel = path.relative_to(base).as_posix()
-        item = InputItem(path=rel, abs_path=str(path.resolve()), kind="unknown")
-        try:
-            stat = path.stat()
-            item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
-        except OSError as exc:
-            item.status, item.reason = "error", f"cannot stat file: {_one_line(exc)}"
-            items.append(item)
-            continue
-        if item.size == 0:
-            item.status, item.reason = "error", "empty file (0 bytes)"
-            items.append(item)
-            continue
-        if not os.access(path, os.R_OK):
-            item.status, item.reason = "error", "file is not readable (permission denied)"
-            items.append(item)
-            continue
-        item.kind = file_kind(path) or "unknown"
-        if item.kind == "unknown":
-            item.status, item.reason = "error", "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG)"
-        elif item.kind == "dicom":
-            _read_dicom_header(item)
-        if item.status is None and filters.active:
-            why = filters.rejection(item)
-            if why:
-                item.status, item.reason = "skipped", f"filtered out: {why}"
+        item = InputItem(path=_relative(path, base), abs_path=os.path.abspath(path), kind="unknown")
+        _inspect(item, path, filters)
+        if not series_mode:
+            _expand_frames_check(item, frames)
+        if item.reason:  # library messages may quote the file's path: reasons never hold absolute paths
+            item.reason = scrub_paths(
+                item.reason, [(item.abs_path, "<file>"), (os.path.realpath(path), "<file>"), *known_roots]
+            )
         items.extend(_expand_frames(item, frames) if not series_mode else [item])
+    items.sort(key=lambda it: (it.path, -1 if it.frame is None else it.frame))
     if series_mode:
         items = _group_series(items)
     return items, ignored
 
 
-def _has_pixel_data(path: str) -> bool:
+def _relative(path: Path, base: Path) -> str:
+    rel = os.path.relpath(path, base) if path != base else "."
+    return display_path(Path(rel).as_posix())
+
+
+def _inspect(item: InputItem, path: Path, filters: DicomFilters) -> None:
+    """Fill ``item`` from the file's metadata and header, or decide it (error / skipped) with a reason."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        link = os.path.islink(path)
+        if link and exc.errno == errno.ENOENT:
+            item.status, item.reason = "error", "dangling symbolic link (its target does not exist)"
+        else:
+            item.status, item.reason = "error", f"cannot stat {'link' if link else 'file'}: {os_reason(exc)}"
+        return
+    item.size, item.mtime_ns = st.st_size, st.st_mtime_ns
+    if not stat.S_ISREG(st.st_mode):
+        item.status, item.reason = "error", "not a regular file (FIFO, socket or device): not read"
+        return
+    if item.size == 0:
+        item.status, item.reason = "error", "empty file (0 bytes)"
+        return
+    if not os.access(path, os.R_OK):
+        item.status, item.reason = "error", "file is not readable (permission denied)"
+        return
+    item.kind = file_kind(path) or "unknown"
+    if item.kind == "unknown":
+        item.status, item.reason = "error", "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG)"
+    elif item.kind == "dicom":
+        _read_dicom_header(item)
+    if item.status is None and filters.active:
+        why = filters.rejection(item)
+        if why:
+            item.status, item.reason = "skipped", f"filtered out: {why}"
+
+
+def frame_count_problem(path: str, declared: int) -> str | None:
+    """Why the pixel data of ``path`` cannot hold ``declared`` frames (one line), or None if it can.
+
+    The header's NumberOfFrames is a claim: a 39 KB file may declare 100,000 frames. Native pixel data
+    must be long enough for all frames (its length is read without loading it); encapsulated pixel
+    data must have one offset table entry per frame, or at least one fragment per frame.
+    """
     try:
         with quiet_dicom_warnings():
             ds = pydicom.dcmread(path, force=True, defer_size=1024)  # large values stay on disk
-        return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    except DICOM_PARSE_ERRORS:  # the reader will report the problem per frame
-        return True
+            return _frame_count_problem(ds, declared)
+    except (
+        *DICOM_PARSE_ERRORS,
+        TypeError,
+    ) as exc:  # a broken or multi-valued element: the file's own problem
+        return f"cannot read the pixel data of a {declared}-frame instance: {_one_line(exc)}"
+
+
+def _frame_count_problem(ds, declared: int) -> str | None:
+    found = next(((k, bits) for k, bits in _PIXEL_KEYWORDS if k in ds), None)
+    if found is None:
+        return f"no Pixel Data element (7FE0,0010) in a {declared}-frame instance"
+    keyword, bits = found
+    raw = ds.get_item(keyword, keep_deferred=True)
+    length = getattr(raw, "length", None)
+    if length is None:  # already a DataElement (small value): its bytes
+        length = len(ds[keyword].value or b"") if not ds[keyword].is_undefined_length else 0xFFFFFFFF
+    if length != 0xFFFFFFFF:  # native pixel data: rows x columns x samples x bits per frame
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = bits or int(ds.get("BitsAllocated", 0) or 0)
+        frame_bits = rows * columns * samples * bits
+        if frame_bits <= 0:
+            return f"invalid image size ({rows}x{columns}, {samples} sample(s) of {bits} bits)"
+        if declared * frame_bits > 8 * length:
+            return (
+                f"NumberOfFrames {declared} does not match the pixel data: {length} bytes hold "
+                f"{8 * length // frame_bits} frame(s) of {rows}x{columns}"
+            )
+        return None
+    data = ds[keyword].value
+    if "ExtendedOffsetTable" in ds:
+        entries = len(ds.ExtendedOffsetTable or b"") // 8
+        if entries != declared:
+            return f"NumberOfFrames {declared} does not match the pixel data: its offset table lists {entries} frame(s)"
+        return None
+    offsets = parse_basic_offsets(data)
+    if offsets and len(offsets) != declared:
+        return f"NumberOfFrames {declared} does not match the pixel data: its offset table lists {len(offsets)} frame(s)"
+    fragments, _ = parse_fragments(data)
+    if fragments < declared:
+        return (
+            f"NumberOfFrames {declared} does not match the pixel data: {fragments} fragment(s) "
+            "cannot hold that many frames"
+        )
+    return None
+
+
+def _expand_frames_check(item: InputItem, frames: str) -> None:
+    """Decide a multi-frame instance that cannot be expanded: rejected, or its pixel data cannot hold the
+    declared frames (one row for the file, not one per declared frame)."""
+    if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1:
+        return
+    if frames != "each":
+        item.status = "error"
+        item.reason = (
+            f"multi-frame instance ({item.number_of_frames} frames) given to a 2D model; use --frames each"
+        )
+        return
+    problem = frame_count_problem(item.abs_path, item.number_of_frames)
+    if problem:
+        item.status, item.reason = "error", problem
 
 
 def _expand_frames(item: InputItem, frames: str) -> list[InputItem]:
-    if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1:
+    """One item per frame of a multi-frame instance that passed ``_expand_frames_check``."""
+    if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1 or frames != "each":
         return [item]
-    if frames == "each":
-        if not _has_pixel_data(item.abs_path):  # one row for a broken file, not one per frame
-            item.status, item.reason = "error", f"no Pixel Data element (7FE0,0010) in a {item.number_of_frames}-frame instance"
-            return [item]
-        return [InputItem(**{**item.to_dict(), "frame": f}) for f in range(item.number_of_frames)]
-    item.status = "error"
-    item.reason = f"multi-frame instance ({item.number_of_frames} frames) given to a 2D model; use --frames each"
-    return [item]
+    return [InputItem(**{**item.to_dict(), "frame": f}) for f in range(item.number_of_frames)]
 
 
 def _group_series(items: Sequence[InputItem]) -> list[InputItem]:
@@ -305,18 +493,25 @@ def _group_series(items: Sequence[InputItem]) -> list[InputItem]:
             out.append(item)
     grouped = []
     for item in out:
-        members = series.get(item.series_instance_uid) if item.kind == "dicom" and item.status is None else None
+        members = (
+            series.get(item.series_instance_uid) if item.kind == "dicom" and item.status is None else None
+        )
         if not members:
             grouped.append(item)
             continue
         members = sorted(members, key=_sort_key_in_series)
         first = members[0]
-        grouped.append(InputItem(**{
-            **first.to_dict(),
-            "files": [m.abs_path for m in members],
-            "size": sum(m.size for m in members),
-            "mtime_ns": max(m.mtime_ns for m in members),
-            "sop_instance_uid": "",
-            "path": str(Path(first.path).parent.as_posix()) + f"/[series {first.series_instance_uid}]",
-        }))
+        grouped.append(
+            InputItem(
+                **{
+                    **first.to_dict(),
+                    "files": [m.abs_path for m in members],
+                    "size": sum(m.size for m in members),
+                    "mtime_ns": max(m.mtime_ns for m in members),
+                    "sop_instance_uid": "",
+                    "path": str(Path(first.path).parent.as_posix())
+                    + f"/[series {first.series_instance_uid}]",
+                }
+            )
+        )
     return grouped

@@ -3,9 +3,10 @@
 Flow of :func:`run_inference`:
 
 1. rank 0 takes the output lock; every rank loads the bundle; rank 0 discovers the inputs (a 3D
-   network takes a DICOM series as one input) and drops those already in the journals (resume;
-   ``--retry-errors`` does error rows again); under ``torchrun`` it broadcasts the work list and
-   every rank takes ``pending[rank::world]``;
+   network takes a DICOM series as one input), checks that the journals were written with the same
+   fingerprint (model, config, options that change rows; see ``fingerprint``) and drops the inputs
+   already in them (resume; ``--retry-errors`` does error rows again; ``--restart`` discards them);
+   under ``torchrun`` it broadcasts the work list and every rank takes ``pending[rank::world]``;
 2. each rank feeds its share through a ``torch.utils.data.DataLoader`` whose dataset returns an
    error record instead of raising (the one place where anything a file causes becomes its row),
    runs the bundle's network batch by batch and appends the rows of each batch to its own journal
@@ -15,7 +16,12 @@ Flow of :func:`run_inference`:
 
 Exit codes (also in `cit infer --help`): 0 every input processed (``ok`` or ``skipped``),
 3 some inputs failed (rows with status ``error``), 4 another run holds the output folder,
-1 the run itself failed (bundle not loadable, a process died before all rows were written).
+5 the output holds results of another model or other options (``--restart`` to discard them),
+6 no input found (empty or image-less folder, e.g. an unmounted share), 1 the run itself failed
+(bundle not loadable, a process died before all rows were written), 2 invalid command line.
+
+Every file written is inside ``--output`` (names built from input data go through ``naming``), and
+the output folder and earlier results of this tool are never read as inputs.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import contextlib
 import copy
 import datetime
 import io
+import json
 import logging
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -40,29 +48,48 @@ from tqdm.auto import tqdm
 from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.engines import prepare_network
 from toolkit.evaluation.gradcam import Explainer, overlay
-from toolkit.inference.dicom_sr import write_study_reports
+from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
 from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
+from toolkit.inference.fingerprint import RUN_FILE, describe_change, run_identity
 from toolkit.inference.locking import LockedError, OutputLock
+from toolkit.inference.naming import inside, overlay_file_name
+from toolkit.inference.privacy import Pseudonymiser, scrub_paths
 from toolkit.inference.writers import (
+    PARTS_DIR,
     ResultJournal,
     all_part_paths,
     part_path,
     read_journals,
     write_final_outputs,
 )
-from toolkit.io import atomic_write_bytes
+from toolkit.io import atomic_write_bytes, atomic_write_json
 from toolkit.transforms.readers import DicomReader
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2  # argparse's code for an invalid command line
 EXIT_INPUTS_FAILED = 3
 EXIT_LOCKED = 4
+EXIT_RESUME_REFUSED = 5
+EXIT_NO_INPUTS = 6
+GRADCAM_FOLDER = "gradcam"
 
-BASE_COLUMNS = ["path", "kind", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
-                "modality", "status", "reason", "pred", "pred_name"]
-MODEL_COLUMNS = ["model_name", "model_version"]
+BASE_COLUMNS = [
+    "path",
+    "kind",
+    "frame",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "modality",
+    "status",
+    "reason",
+    "pred",
+    "pred_name",
+]
+MODEL_COLUMNS = ["model_name", "model_version", "model_sha256"]
 PATIENT_COLUMNS = ["patient_id", "patient_name"]
 # What the network or the postprocessing raise on an input they cannot take (torch: RuntimeError, its
 # out-of-memory error included; the checks of a row: ValueError). Anything else is a bug and surfaces.
@@ -87,6 +114,9 @@ class InferenceOptions:
     dicom_sr: bool = False
     gradcam: bool = False
     retry_errors: bool = False
+    restart: bool = False  # discard the results already in --output and start afresh
+    pseudonymise_paths: bool = False  # keyed hash of the relative path instead of the path, everywhere
+    sr_anonymise: bool = False  # DICOM SR without the patient / study attributes of the source images
     progress: bool = True
     verbose: bool = False
     overrides: dict = field(default_factory=dict)
@@ -181,8 +211,10 @@ class InferenceDataset(torch.utils.data.Dataset):
         image = out["image"] if isinstance(out, dict) else out
         image = torch.as_tensor(image).as_subclass(torch.Tensor).float()
         if self.expected_spatial is not None and tuple(image.shape[1:]) != tuple(self.expected_spatial):
-            raise ValueError(f"wrong dimensions: preprocessed image has shape {tuple(image.shape)}, "
-                             f"the network expects (C, {', '.join(map(str, self.expected_spatial))})")
+            raise ValueError(
+                f"wrong dimensions: preprocessed image has shape {tuple(image.shape)}, "
+                f"the network expects (C, {', '.join(map(str, self.expected_spatial))})"
+            )
         if not torch.isfinite(image).all():
             raise ValueError("image contains NaN or infinite values")
         return image
@@ -197,7 +229,9 @@ def select_dicom_frame(preprocessing, frame: int):
     """
     readers = _find_dicom_readers(preprocessing)
     if not readers:
-        raise ValueError("the bundle's preprocessing has no toolkit DicomReader, so single frames cannot be chosen")
+        raise ValueError(
+            "the bundle's preprocessing has no toolkit DicomReader, so single frames cannot be chosen"
+        )
     saved = [r.frame for r in readers]
     for r in readers:
         r.frame = frame
@@ -217,7 +251,7 @@ def _find_dicom_readers(obj, depth: int = 0) -> list:
     found = []
     for attr in ("transforms", "_loader", "readers", "dicom"):
         value = getattr(obj, attr, None)
-        for child in (value if isinstance(value, (list, tuple)) else [value]):
+        for child in value if isinstance(value, (list, tuple)) else [value]:
             if child is not None and child is not obj:
                 found += _find_dicom_readers(child, depth + 1)
     return found
@@ -234,8 +268,8 @@ def _reason(exc: BaseException, path: str | None = None) -> str:
         exc = exc.__cause__
     reason = getattr(exc, "reason", None)  # toolkit ImageReadError / DicomReadError: message minus file
     text = reason if isinstance(reason, str) else " ".join(str(exc).split())
-    if path:
-        text = text.replace(path, "<file>")
+    known = [(path, "<file>"), (os.path.realpath(path), "<file>")] if path else []
+    text = scrub_paths(text, known)  # reasons never hold absolute paths (the path is its own column)
     if isinstance(reason, str):
         return text[:400]
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:400]
@@ -258,13 +292,24 @@ def _columns(bundle: InferenceBundle, options: InferenceOptions) -> list[str]:
     return columns
 
 
-def _base_row(item: InputItem, bundle: InferenceBundle, options: InferenceOptions) -> dict:
+def _base_row(item: InputItem, bundle: InferenceBundle, options: InferenceOptions, stamp: dict) -> dict:
+    """The row of ``item`` before prediction; ``stamp``: ``fingerprint`` and ``model_sha256`` of the run."""
     row = {
-        "key": item.key, "path": item.path, "kind": item.kind, "frame": item.frame,
-        "study_instance_uid": item.study_instance_uid, "series_instance_uid": item.series_instance_uid,
-        "sop_instance_uid": item.sop_instance_uid, "modality": item.modality,
-        "status": item.status, "reason": item.reason, "pred": None, "pred_name": None,
-        "model_name": bundle.name, "model_version": bundle.version,
+        "key": item.key,
+        "path": item.path,
+        "kind": item.kind,
+        "frame": item.frame,
+        "study_instance_uid": item.study_instance_uid,
+        "series_instance_uid": item.series_instance_uid,
+        "sop_instance_uid": item.sop_instance_uid,
+        "modality": item.modality,
+        "status": item.status,
+        "reason": item.reason,
+        "pred": None,
+        "pred_name": None,
+        "model_name": bundle.name,
+        "model_version": bundle.version,
+        **stamp,
     }
     for name in bundle.class_names:
         row[f"prob_{name}"] = None
@@ -293,8 +338,11 @@ def run_inference(options: InferenceOptions) -> RunSummary:
             torch.distributed.destroy_process_group()
 
 
-def _run(options: InferenceOptions, started: float, world: int, rank: int, device: torch.device) -> RunSummary:
+def _run(
+    options: InferenceOptions, started: float, world: int, rank: int, device: torch.device
+) -> RunSummary:
     output = Path(options.output)
+    _check_paths(options)  # before the lock: a wrong --input must not leave a folder behind
 
     lock = OutputLock(output)
     status = None
@@ -316,7 +364,7 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
         plan, failure = None, None
         if rank == 0:
             try:
-                plan = _plan(options, bundle.spatial_dims)
+                plan = _plan(options, bundle)
             except Exception as exc:  # noqa: BLE001 - not swallowed: re-raised below, once the other ranks know
                 plan, failure = {"failed": f"{type(exc).__name__}: {exc}"}, exc
         plan = _broadcast(plan, world)
@@ -324,17 +372,29 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
             if failure is not None:
                 raise failure
             raise RuntimeError(f"rank 0 failed: {plan['failed']}")
+        if "stop" in plan:  # nothing to do (no input) or a resume refused: said in one line, own exit code
+            if rank == 0:
+                print(f"cit infer: {plan['stop']}", file=sys.stderr)
+            return RunSummary({}, 0, 0, plan.get("ignored", 0), plan["code"])
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
         t_process = time.perf_counter()
-        processed = _process(mine, bundle, options, device, part_path(output, rank), lock, rank, world)
+        processed = _process(
+            mine, bundle, options, device, part_path(output, rank), lock, rank, world, plan["stamp"]
+        )
         t_process = time.perf_counter() - t_process
         if world > 1:
             torch.distributed.barrier()
         summary = None
         if rank == 0:
-            summary = _finish(items, bundle, options, processed_now=len(plan["pending"]),
-                              already_done=len(items) - len(plan["pending"]), ignored=plan["ignored"])
+            summary = _finish(
+                items,
+                bundle,
+                options,
+                processed_now=len(plan["pending"]),
+                already_done=len(items) - len(plan["pending"]),
+                ignored=plan["ignored"],
+            )
             summary.seconds = time.perf_counter() - started
             summary.processing_seconds = t_process
         summary = _broadcast(summary, world)
@@ -343,44 +403,154 @@ def _run(options: InferenceOptions, started: float, world: int, rank: int, devic
         return summary
     finally:
         if rank == 0:
-            lock.release()
+            lock.release()  # also removes a lock file left alone (and the folder this run created)
+
+
+def _check_paths(options: InferenceOptions) -> None:
+    """Refuse an --input that does not exist or that lies among the output's own files."""
+    if not os.path.exists(options.input):
+        raise FileNotFoundError(f"--input {options.input} does not exist")
+    real_input = Path(os.path.realpath(options.input))
+    real_output = Path(os.path.realpath(options.output))
+    for entry in (PARTS_DIR, SR_FOLDER, GRADCAM_FOLDER):
+        own = real_output / entry
+        if real_input == own or own in real_input.parents:
+            raise ValueError(f"--input lies inside the output's own '{entry}' folder; choose another --input")
 
 
 def _load(options: InferenceOptions, device: torch.device) -> InferenceBundle:
-    return load_bundle(options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides)
+    return load_bundle(
+        options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides
+    )
 
 
-def _plan(options: InferenceOptions, spatial_dims: int) -> dict:
-    """Rank 0: discover inputs and find the ones no journal has a (final) result for.
+def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
+    """Rank 0: discover inputs, check the journals were written with this run's fingerprint and find the
+    inputs no journal has a (final) result for. A 3D network takes a DICOM series as one input.
 
-    ``spatial_dims`` of the bundle's network: 3D networks take a DICOM series as one input."""
-    if not Path(options.input).exists():
-        raise FileNotFoundError(f"--input {options.input} does not exist")
-    items, ignored = discover_inputs(options.input, options.filters, frames=options.frames,
-                                     series_mode=spatial_dims == 3, exclude=options.output)
-    done = read_journals(all_part_paths(options.output))
-    pending = [i for i, item in enumerate(items)
-               if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")]
-    return {"items": items, "pending": pending, "ignored": ignored}
+    Returns ``{"items", "pending", "ignored", "stamp"}``, or ``{"stop": message, "code": exit code}``."""
+    output = Path(options.output)
+    items, ignored = discover_inputs(
+        options.input,
+        options.filters,
+        frames=options.frames,
+        series_mode=bundle.spatial_dims == 3,
+        exclude=options.output,
+    )
+    if not items:
+        return {
+            "stop": f"no input found below --input {options.input} ({ignored} other file(s) ignored): "
+            "nothing to do; is the share mounted?",
+            "code": EXIT_NO_INPUTS,
+            "ignored": ignored,
+        }
+    identity = run_identity(bundle, options)
+    done = read_journals(all_part_paths(output))
+    if options.restart:
+        _discard_results(output)
+        done = {}
+    elif done:
+        fingerprints = {r.get("fingerprint") for r in done.values()}
+        if fingerprints != {identity["fingerprint"]}:
+            return {"stop": _refusal(output, identity), "code": EXIT_RESUME_REFUSED, "ignored": ignored}
+    _write_run_file(output, identity)
+    if options.pseudonymise_paths:
+        pseudonym = Pseudonymiser.for_output(output)
+        for item in items:
+            item.path = pseudonym(item.path)
+    pending = [
+        i
+        for i, item in enumerate(items)
+        if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")
+    ]
+    stamp = {"fingerprint": identity["fingerprint"], "model_sha256": identity["weights_sha256"]}
+    return {"items": items, "pending": pending, "ignored": ignored, "stamp": stamp}
 
 
-def _process(items: list[InputItem], bundle: InferenceBundle, options: InferenceOptions, device: torch.device,
-             journal_path: Path, lock: OutputLock, rank: int, world: int) -> int:
+def _refusal(output: Path, identity: dict) -> str:
+    """One line: why the results in ``output`` are not resumed, and what to do."""
+    try:
+        old = json.loads((output / RUN_FILE).read_text())
+    except (OSError, ValueError):  # missing or damaged: say so without details
+        old = {}
+    changed = describe_change(old, identity) if isinstance(old, dict) and old else ""
+    what = f" ({changed})" if changed else ""
+    return (
+        f"--output already holds results of another model or other options{what}; refusing to mix them: "
+        "rerun with --restart to discard them, or choose another --output"
+    )
+
+
+def _write_run_file(output: Path, identity: dict) -> None:
+    """``run.json``: the fingerprint's parts (no absolute paths), rewritten only when they change."""
+    path = output / RUN_FILE
+    try:
+        if json.loads(path.read_text()) == identity:
+            return
+    except (OSError, ValueError):  # absent or damaged: written anew
+        pass
+    atomic_write_json(path, identity)
+
+
+_OVERLAY_NAME = re.compile(r"[0-9a-f]{16}(_[A-Za-z0-9._-]*)?\.png")
+_SR_NAME = re.compile(r"([0-9]+(\.[0-9]+)*|uid-[0-9a-f]{16})\.dcm")
+
+
+def _discard_results(output: Path) -> None:
+    """``--restart``: remove what earlier runs wrote to ``output`` (journals, final files, overlays, SRs),
+    only files named as this tool names them."""
+    for path in all_part_paths(output):
+        path.unlink()
+    for name in ("predictions.csv", "predictions.jsonl", RUN_FILE):
+        (output / name).unlink(missing_ok=True)
+    for folder, pattern in ((output / GRADCAM_FOLDER, _OVERLAY_NAME), (output / SR_FOLDER, _SR_NAME)):
+        if folder.is_dir() and not folder.is_symlink():
+            for path in folder.iterdir():
+                if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    path.unlink()
+            with contextlib.suppress(OSError):  # kept when something else is in it
+                folder.rmdir()
+
+
+def _process(
+    items: list[InputItem],
+    bundle: InferenceBundle,
+    options: InferenceOptions,
+    device: torch.device,
+    journal_path: Path,
+    lock: OutputLock,
+    rank: int,
+    world: int,
+    stamp: dict,
+) -> int:
     """Predict ``items`` and journal one row each; returns how many rows were written."""
     if options.threads > 0:
         torch.set_num_threads(options.threads)
     network = _prepare(bundle.network, device)
     use_amp = device.type == "cuda"
-    cam = _GradCamWriter(bundle.network, Path(options.output)) if options.gradcam else None
+    cam = (
+        _GradCamWriter(bundle.network, Path(options.output), readable=not options.pseudonymise_paths)
+        if options.gradcam
+        else None
+    )
     decided = [it for it in items if it.status is not None]
     todo = [it for it in items if it.status is None]
     written = 0
-    with ResultJournal(journal_path) as journal, tqdm(
-        total=len(items), unit="img", desc=f"cit infer{f' [rank {rank}]' if world > 1 else ''}",
-        disable=not options.progress, position=rank, leave=True, file=sys.stderr, dynamic_ncols=True,
-    ) as bar:
+    with (
+        ResultJournal(journal_path) as journal,
+        tqdm(
+            total=len(items),
+            unit="img",
+            desc=f"cit infer{f' [rank {rank}]' if world > 1 else ''}",
+            disable=not options.progress,
+            position=rank,
+            leave=True,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         if decided:
-            journal.append(_base_row(it, bundle, options) for it in decided)
+            journal.append(_base_row(it, bundle, options, stamp) for it in decided)
             written += len(decided)
             bar.update(len(decided))
         if not todo:
@@ -388,12 +558,17 @@ def _process(items: list[InputItem], bundle: InferenceBundle, options: Inference
         dataset = InferenceDataset(todo, bundle.preprocessing, bundle.image_size)
         workers = max(0, int(options.workers))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=max(1, options.batch_size), shuffle=False, num_workers=workers,
-            collate_fn=_collate, worker_init_fn=_WorkerInit(lock) if workers else None,
-            persistent_workers=False, prefetch_factor=4 if workers else None,
+            dataset,
+            batch_size=max(1, options.batch_size),
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            worker_init_fn=_WorkerInit(lock) if workers else None,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
         )
         for records in loader:
-            rows = _predict_batch(records, todo, network, bundle, options, device, use_amp, cam)
+            rows = _predict_batch(records, todo, network, bundle, options, device, use_amp, cam, stamp)
             journal.append(rows)
             written += len(rows)
             bar.update(len(rows))
@@ -429,13 +604,13 @@ def _forward(network, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
         return network(x).float().cpu()
 
 
-def _predict_batch(records, items, network, bundle, options, device, use_amp, cam) -> list[dict]:
+def _predict_batch(records, items, network, bundle, options, device, use_amp, cam, stamp) -> list[dict]:
     """Rows for one loader batch: errors as recorded, the rest through the network (per item on failure)."""
     rows = {}
     good = []
     for rec in records:
         item = items[rec["index"]]
-        row = _base_row(item, bundle, options)
+        row = _base_row(item, bundle, options, stamp)
         if rec["error"] is not None:
             row["status"], row["reason"] = "error", rec["error"]
         else:
@@ -467,7 +642,9 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
             if not torch.isfinite(probs).all():
                 raise ValueError("the network produced non-finite outputs")
             if probs.numel() != len(bundle.class_names):
-                raise ValueError(f"the network gave {probs.numel()} outputs for {len(bundle.class_names)} classes")
+                raise ValueError(
+                    f"the network gave {probs.numel()} outputs for {len(bundle.class_names)} classes"
+                )
         except NETWORK_ERRORS as exc:  # postprocessing (MONAI re-raises as RuntimeError) or the checks above
             row["status"], row["reason"] = "error", _reason(exc)
             continue
@@ -491,11 +668,14 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
 class _GradCamWriter:
     """Grad-CAM heat maps of the predicted class (``toolkit.evaluation.gradcam``), saved as PNG overlays."""
 
-    def __init__(self, network: torch.nn.Module, output: Path):
+    def __init__(self, network: torch.nn.Module, output: Path, readable: bool = True):
         # a float32 copy on the CPU, so the hooks GradCAM registers never touch the inference model
         model = copy.deepcopy(network).float().cpu().to(memory_format=torch.contiguous_format).eval()
         self.explainer = Explainer(model)
-        self.folder = output / "gradcam"
+        self.output = output
+        self.readable = (
+            readable  # a readable stem of the file name in the overlay's name (not when pseudonymised)
+        )
 
     def write(self, item: InputItem, image: torch.Tensor, class_index: int) -> str:
         """Write the overlay of one preprocessed 2D input (C, H, W); returns its path relative to the output."""
@@ -504,17 +684,24 @@ class _GradCamWriter:
         shown, heatmap = self.explainer.explain(image, class_idx=class_index)
         buffer = io.BytesIO()
         Image.fromarray((255 * overlay(shown, heatmap)).round().astype(np.uint8)).save(buffer, format="PNG")
-        name = item.path.replace("/", "__") + (f"_frame{item.frame}" if item.frame is not None else "") + ".png"
-        atomic_write_bytes(self.folder / name, buffer.getvalue())
-        return f"gradcam/{name}"
+        # short, unique per input and frame, no separators: see naming.overlay_file_name
+        relative = f"{GRADCAM_FOLDER}/{overlay_file_name(item.path, item.frame, self.readable)}"
+        atomic_write_bytes(inside(self.output, relative), buffer.getvalue())
+        return relative
 
 
 # ---------------------------------------------------------------------------------------------
 # merge + summary (rank 0)
 
 
-def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceOptions, processed_now: int,
-            already_done: int, ignored: int) -> RunSummary:
+def _finish(
+    items: list[InputItem],
+    bundle: InferenceBundle,
+    options: InferenceOptions,
+    processed_now: int,
+    already_done: int,
+    ignored: int,
+) -> RunSummary:
     output = Path(options.output)
     records = read_journals(all_part_paths(output))
     rows = [records[item.key] for item in items if item.key in records]
@@ -524,8 +711,10 @@ def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceO
     sr_paths = []
     if options.dicom_sr:
         by_key = {item.key: item for item in items}
-        sr_paths, sr_failures = write_study_reports([(by_key[r["key"]], r) for r in rows], output / "sr", bundle)
-        for study, reason in sr_failures.items():
+        sr_paths, sr_failures = write_study_reports(
+            [(by_key[r["key"]], r) for r in rows], output, bundle, anonymise=options.sr_anonymise
+        )
+        for study, reason in sr_failures.items():  # ``study``: the report's file stem, safe to print
             print(f"cit infer: no DICOM SR for study {study}: {reason}", file=sys.stderr)
     counts = Counter(r["status"] for r in rows)
     if missing:
@@ -538,14 +727,18 @@ def _finish(items: list[InputItem], bundle: InferenceBundle, options: InferenceO
 
 def _log_summary(summary: RunSummary, total: int) -> None:
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
-    lines = [f"cit infer: {total} inputs: {by_status} "
-             f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"]
+    lines = [
+        f"cit infer: {total} inputs: {by_status} "
+        f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"
+    ]
     if summary.ignored_files:
         lines.append(f"  {summary.ignored_files} non-image files ignored")
     if summary.counts.get("error"):
         lines.append(f"  see {summary.csv_path} (status 'error', column 'reason') for what failed")
     if summary.counts.get("missing"):
-        lines.append("  some inputs have no result (a process stopped early); rerun the same command to finish")
+        lines.append(
+            "  some inputs have no result (a process stopped early); rerun the same command to finish"
+        )
     if summary.sr_paths:
         lines.append(f"  {len(summary.sr_paths)} DICOM SR report(s) in {summary.sr_paths[0].parent}")
     lines.append(f"  results: {summary.csv_path}")

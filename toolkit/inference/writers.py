@@ -5,6 +5,10 @@ flushes + fsyncs it, so a killed run loses at most the batch in flight; a rerun 
 to skip what is done. At the end the journals are merged into ``predictions.csv`` and
 ``predictions.jsonl``, each written atomically (``toolkit.io``), so readers never see a half-written
 file.
+
+CSV cells that a spreadsheet would evaluate as a formula (text starting with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return: file names and DICOM values are chosen by whoever made the archive) get a
+leading ``'`` (OWASP "CSV injection"); ``predictions.jsonl`` keeps every value exactly.
 """
 
 from __future__ import annotations
@@ -12,13 +16,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from toolkit.io import atomic_write_text
+from toolkit.io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 PARTS_DIR = "parts"
+_PART_NAME = re.compile(r"predictions\.part(\d+)\.jsonl")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def part_path(output_dir: str | os.PathLike, rank: int) -> Path:
@@ -70,35 +80,60 @@ def read_journals(paths: Sequence[str | os.PathLike]) -> dict[str, dict]:
         path = Path(path)
         if not path.is_file():
             continue
-        with open(path, encoding="utf-8") as f:
+        not_rows = 0
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if not line.endswith("\n"):
                     break  # torn final line of a killed run
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
+                    not_rows += 1
+                    continue
+                if (
+                    not isinstance(record, dict)
+                    or not isinstance(record.get("key"), str)
+                    or not isinstance(record.get("status"), str)
+                ):
+                    not_rows += 1  # valid JSON but not a row (e.g. `{}` from an editor or a disk error)
                     continue
                 records[record["key"]] = record
+        if not_rows:
+            logger.warning(
+                "skipped %d line(s) of %s/%s that are not result rows; their inputs are processed again",
+                not_rows,
+                path.parent.name,
+                path.name,
+            )
     return records
 
 
 def all_part_paths(output_dir: str | os.PathLike) -> list[Path]:
     """Every journal in ``output_dir`` (runs with other process counts included), in rank order."""
     parts = Path(output_dir) / PARTS_DIR
-    found = list(parts.glob("predictions.part*.jsonl")) if parts.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len("predictions.part"):-len(".jsonl")] or 0))
+    found = (
+        [p for p in parts.glob("predictions.part*.jsonl") if _PART_NAME.fullmatch(p.name)]
+        if parts.is_dir()
+        else []
+    )
+    return sorted(found, key=lambda p: int(_PART_NAME.fullmatch(p.name).group(1)))
 
 
-def write_final_outputs(rows: Sequence[dict], columns: Sequence[str], csv_path: str | os.PathLike,
-                        jsonl_path: str | os.PathLike) -> None:
+def write_final_outputs(
+    rows: Sequence[dict], columns: Sequence[str], csv_path: str | os.PathLike, jsonl_path: str | os.PathLike
+) -> None:
     """Write ``rows`` as CSV (only ``columns``, in that order) and as JSON lines, each atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({c: _csv_value(row.get(c)) for c in columns})
-    atomic_write_text(csv_path, buffer.getvalue())
-    atomic_write_text(jsonl_path, "".join(json.dumps({c: row.get(c) for c in columns}) + "\n" for row in rows))
+    # backslashreplace: a lone surrogate (undecodable bytes of a file name) must not lose the whole result
+    atomic_write_bytes(csv_path, buffer.getvalue().encode("utf-8", "backslashreplace"))
+    atomic_write_bytes(
+        jsonl_path,
+        "".join(json.dumps({c: row.get(c) for c in columns}) + "\n" for row in rows).encode("utf-8"),
+    )
 
 
 def _csv_value(value):
@@ -106,4 +141,11 @@ def _csv_value(value):
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
+    if isinstance(value, str):
+        return neutralise_formula(value)
     return value
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would read it as a formula (OWASP CSV injection)."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text

@@ -27,10 +27,24 @@ logger = logging.getLogger(__name__)
 
 # Tested 2-D architectures (any other timm architecture name is accepted too).
 SUPPORTED_2D: tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50",
-    "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d", "resnet200d",
-    "vgg16", "vgg16_bn", "inception_v3", "densenet121", "efficientnet_b0",
-    "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet18d",
+    "resnet26d",
+    "resnet34d",
+    "resnet50d",
+    "resnet101d",
+    "resnet152d",
+    "resnet200d",
+    "vgg16",
+    "vgg16_bn",
+    "inception_v3",
+    "densenet121",
+    "efficientnet_b0",
+    "deit_tiny_distilled_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_base_distilled_patch16_224",
 )
 
 
@@ -40,20 +54,29 @@ def _monai_resnet(depth: str):
             raise ValueError(f"MONAI's 3-D resnet{depth} has no dropout; use drop_rate=0.0")
         factory = getattr(monai_nets, f"resnet{depth}")
         return factory(spatial_dims=3, n_input_channels=in_channels, num_classes=num_classes, **kwargs)
+
     return build
 
 
 def _monai_densenet121(num_classes, in_channels, drop_rate, **kwargs):
-    return monai_nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes,
-                                  dropout_prob=drop_rate, **kwargs)
+    return monai_nets.DenseNet121(
+        spatial_dims=3, in_channels=in_channels, out_channels=num_classes, dropout_prob=drop_rate, **kwargs
+    )
 
 
 def _monai_efficientnet(variant: str):
     def build(num_classes, in_channels, drop_rate, **kwargs):
-        model = monai_nets.EfficientNetBN(f"efficientnet-{variant}", pretrained=False, spatial_dims=3,
-                                          in_channels=in_channels, num_classes=num_classes, **kwargs)
+        model = monai_nets.EfficientNetBN(
+            f"efficientnet-{variant}",
+            pretrained=False,
+            spatial_dims=3,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            **kwargs,
+        )
         model._dropout.p = drop_rate  # same meaning as timm's drop_rate (dropout before the classifier)
         return model
+
     return build
 
 
@@ -69,17 +92,28 @@ def _is_url(value: str) -> bool:
     return value.lower().startswith(("http://", "https://"))
 
 
-def _build(name: str, num_classes: int, in_channels: int, spatial_dims: int, drop_rate: float,
-           model_kwargs: dict) -> nn.Module:
+def _build(
+    name: str, num_classes: int, in_channels: int, spatial_dims: int, drop_rate: float, model_kwargs: dict
+) -> nn.Module:
     if spatial_dims == 3:
         if name not in _BUILDERS_3D:
-            raise ValueError(f"Unknown 3-D network {name!r}; supported (spatial_dims=3): {', '.join(SUPPORTED_3D)}")
+            raise ValueError(
+                f"Unknown 3-D network {name!r}; supported (spatial_dims=3): {', '.join(SUPPORTED_3D)}"
+            )
         return _BUILDERS_3D[name](num_classes, in_channels, drop_rate, **model_kwargs)
     if name not in SUPPORTED_2D and not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"Unknown 2-D network {name!r}; supported: {', '.join(SUPPORTED_2D)} "
-                         f"(or any timm architecture, see timm.list_models())")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
-                             drop_rate=drop_rate, **model_kwargs)
+        raise ValueError(
+            f"Unknown 2-D network {name!r}; supported: {', '.join(SUPPORTED_2D)} "
+            f"(or any timm architecture, see timm.list_models())"
+        )
+    return timm.create_model(
+        name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_channels,
+        drop_rate=drop_rate,
+        **model_kwargs,
+    )
 
 
 def _imagenet_weights(model: nn.Module, name: str, spatial_dims: int) -> Path | str:
@@ -99,12 +133,23 @@ def _imagenet_weights(model: nn.Module, name: str, spatial_dims: int) -> Path | 
         looked.append("no download attempted (offline by default; CIT_ALLOW_DOWNLOAD=1 enables it)")
     else:
         looked.append("no public ImageNet weights exist for this architecture")
-    return (f"No pretrained ImageNet weights found for '{key}'. Looked in:\n  - " + "\n  - ".join(looked)
-            + "\n" + how_to_supply_weights(key))
+    return (
+        f"No pretrained ImageNet weights found for '{key}'. Looked in:\n  - "
+        + "\n  - ".join(looked)
+        + "\n"
+        + how_to_supply_weights(key)
+    )
 
 
-def _load_requested_weights(model: nn.Module, name: str, pretrained, spatial_dims: int, fallback: str,
-                            weights_sha256: str | None, cache_dir) -> None:
+def _load_requested_weights(
+    model: nn.Module,
+    name: str,
+    pretrained,
+    spatial_dims: int,
+    fallback: str,
+    weights_sha256: str | None,
+    cache_dir,
+) -> None:
     if pretrained is None or pretrained is False:
         return
     if pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "imagenet"):
@@ -118,8 +163,9 @@ def _load_requested_weights(model: nn.Module, name: str, pretrained, spatial_dim
         model.pretrained_report = LoadReport(source="none", warning=found)
         return
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(f"pretrained must be None, True, 'imagenet', a file path or an http(s) URL, "
-                        f"got {pretrained!r}")
+        raise TypeError(
+            f"pretrained must be None, True, 'imagenet', a file path or an http(s) URL, got {pretrained!r}"
+        )
     if isinstance(pretrained, str) and _is_url(pretrained):
         load_pretrained(model, download_weights(pretrained, sha256=weights_sha256, cache_dir=cache_dir))
         return
@@ -176,11 +222,15 @@ def create_network(
         raise ValueError(f"pretrained_fallback must be 'error' or 'warn', got {pretrained_fallback!r}")
     model = _build(name, num_classes, in_channels, spatial_dims, drop_rate, model_kwargs)
     model.pretrained_report = None
-    _load_requested_weights(model, name, pretrained, spatial_dims, pretrained_fallback, weights_sha256, cache_dir)
+    _load_requested_weights(
+        model, name, pretrained, spatial_dims, pretrained_fallback, weights_sha256, cache_dir
+    )
     if freeze and not (model.pretrained_report and model.pretrained_report.loaded):
         logger.warning(
             "freezing %s of '%s', which has no pretrained weights: the frozen layers keep their random "
-            "initial values and will not learn", freeze, name,
+            "initial values and will not learn",
+            freeze,
+            name,
         )
     apply_freeze(model, freeze)
     return model
@@ -201,8 +251,11 @@ def gradcam_target_layer(model: nn.Module) -> str:
         return f"blocks.{len(model.blocks) - 1}.norm1"
     if "bn2" in modules and isinstance(modules.get("conv_head"), nn.Conv2d):
         return "bn2"
-    for monai_class, name in ((monai_nets.ResNet, "layer4"), (monai_nets.DenseNet, "class_layers.relu"),
-                              (monai_nets.EfficientNet, "_bn1")):
+    for monai_class, name in (
+        (monai_nets.ResNet, "layer4"),
+        (monai_nets.DenseNet, "class_layers.relu"),
+        (monai_nets.EfficientNet, "_bn1"),
+    ):
         if isinstance(model, monai_class) and name in modules:
             return name
     feature_info = getattr(model, "feature_info", None)

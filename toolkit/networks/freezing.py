@@ -86,8 +86,9 @@ def _freeze_batch_norms(model: nn.Module, frozen: set[str]) -> None:
         if cls is None:
             logger.warning("Cannot freeze running statistics of %s (%s)", name, type(module).__name__)
             continue
-        replacement = cls(module.num_features, module.eps, module.momentum, module.affine,
-                          module.track_running_stats)
+        replacement = cls(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         replacement.load_state_dict(module.state_dict())
         replacement.requires_grad_(False)
         parent, _, child = name.rpartition(".")
@@ -110,8 +111,10 @@ def apply_freeze(model: nn.Module, freeze: int | Sequence[str] | None) -> list[s
     if isinstance(freeze, int):
         stages = stage_parameter_names(model)
         if not 0 < freeze <= len(stages):
-            raise ValueError(f"freeze={freeze} is out of range: {type(model).__name__} has {len(stages)} "
-                             f"freezable stages (stem + blocks, head excluded)")
+            raise ValueError(
+                f"freeze={freeze} is out of range: {type(model).__name__} has {len(stages)} "
+                f"freezable stages (stem + blocks, head excluded)"
+            )
         names = [n for stage in stages[:freeze] for n in stage]
     elif isinstance(freeze, str):
         names = _parameters_under(model, [freeze])

@@ -62,8 +62,12 @@ class LoadReport:
             return f"random initialisation: {self.warning.splitlines()[0]}"
         total = len(self.loaded) + len(self.missing) + len(self.mismatched)
         parts = [f"loaded {len(self.loaded)}/{total} tensors from {self.source}"]
-        for label, keys in (("adapted", self.adapted), ("shape-mismatched (kept random)", self.mismatched),
-                            ("missing (kept random)", self.missing), ("unexpected (ignored)", self.unexpected)):
+        for label, keys in (
+            ("adapted", self.adapted),
+            ("shape-mismatched (kept random)", self.mismatched),
+            ("missing (kept random)", self.missing),
+            ("unexpected (ignored)", self.unexpected),
+        ):
             if keys:
                 shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
@@ -145,7 +149,9 @@ def download_weights(url: str, sha256: str | None = None, cache_dir: str | os.Pa
         if actual.startswith(hash_prefix):
             logger.info("Using cached weights %s (sha256 %s)", target, actual[:12])
             return target
-        logger.warning("Cached %s has sha256 %s, expected %s...; downloading again", target, actual, hash_prefix)
+        logger.warning(
+            "Cached %s has sha256 %s, expected %s...; downloading again", target, actual, hash_prefix
+        )
 
     folder.mkdir(parents=True, exist_ok=True)
     # Own download loop instead of torch.hub.download_url_to_file: that one has no socket timeout,
@@ -269,7 +275,7 @@ def _strip_wrapper_prefixes(state: dict[str, torch.Tensor], model_keys: set[str]
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in model_keys):
-                state = {k[len(prefix):]: v for k, v in state.items()}
+                state = {k[len(prefix) :]: v for k, v in state.items()}
                 changed = True
     return state
 
@@ -330,8 +336,13 @@ def load_pretrained(model: torch.nn.Module, source_file: str | os.PathLike) -> L
             report.unexpected.append(key)
             continue
         target = own[key]
-        if (key == first_conv and value.ndim == target.ndim and value.shape[0] == target.shape[0]
-                and value.shape[2:] == target.shape[2:] and value.shape[1] != target.shape[1]):
+        if (
+            key == first_conv
+            and value.ndim == target.ndim
+            and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]
+            and value.shape[1] != target.shape[1]
+        ):
             value = _adapt_first_conv(value, target.shape[1])
             report.adapted.append(f"{key} ({state[key].shape[1]}->{target.shape[1]} input channels)")
         if key == "pos_embed" and value.ndim == target.ndim == 3 and value.shape[1] != target.shape[1]:
@@ -356,6 +367,11 @@ def load_pretrained(model: torch.nn.Module, source_file: str | os.PathLike) -> L
     weights_loaded = sum(1 for k in report.loaded if not k.endswith("num_batches_tracked"))
     weights_total = sum(1 for k in own if not k.endswith("num_batches_tracked"))
     if weights_loaded < 0.5 * weights_total:
-        logger.warning("Only %d of %d tensors of %s came from %s: is this the right architecture?",
-                       weights_loaded, weights_total, type(model).__name__, source)
+        logger.warning(
+            "Only %d of %d tensors of %s came from %s: is this the right architecture?",
+            weights_loaded,
+            weights_total,
+            type(model).__name__,
+            source,
+        )
     return report

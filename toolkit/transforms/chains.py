@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized
 
 from toolkit.transforms.augmentation import augmentation_transforms
 from toolkit.transforms.intensity import intensity_transforms
-from toolkit.transforms.readers import MedicalImageReader
-from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced
+from toolkit.transforms.readers import ALPHA_POLICIES, MedicalImageReader
+from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced, colour_policy
 
-__all__ = ["classification_transforms"]
+__all__ = ["classification_transforms", "describe_colour_policy"]
+
+logger = logging.getLogger(__name__)
+_LOGGED: set[tuple] = set()  # colour policies already stated in this process (once per run)
+
+
+def describe_colour_policy(colour: str, alpha: str, channels: int) -> str:
+    """One sentence saying what the chain does with grey, colour and transparent images."""
+    colour = colour_policy(colour)
+    if colour == "grey":
+        text = f"colour images are converted to luminance (BT.601), then every image is repeated to {channels} channel(s)"
+    elif channels == 1:
+        text = "grey stays grey, colour images are converted to luminance (BT.601) for the 1-channel network"
+    else:
+        text = f"colour is kept (RGB), grey images are repeated to {channels} channels"
+    transparent = (
+        "alpha is dropped" if alpha == "drop" else "images are composited on black (pixel x opacity)"
+    )
+    return f"colour policy {colour!r}: {text}; RGBA / LA / transparent palette: {transparent}"
 
 
 def classification_transforms(
@@ -28,15 +48,24 @@ def classification_transforms(
     reader_max_size: int | None = None,
     nifti_volume: int | None = None,
     resize_mode: str = "area",
+    colour: str = "rgb",
+    alpha: str = "drop",
 ) -> Compose:
     """Transforms for 2D image classification over a datalist entry ``{"image": path, "label": ...}``.
 
     Steps: load (reader chosen per file by content: :class:`~toolkit.transforms.readers.DicomReader`
     for DICOM with or without extension, :class:`~toolkit.transforms.readers.NiftiReader` for NIfTI,
     :class:`~toolkit.transforms.readers.RasterReader` for PNG / JPEG / ...) -> channel first ->
-    middle (or ``nifti_slice``) slice of 3D volumes -> ``channels`` channels (grey repeated to
-    RGB, RGB to grey by luminance) -> resize to ``image_size`` x ``image_size`` -> intensity
-    preset -> (train only) augmentation preset -> float32 tensors.
+    middle (or ``nifti_slice``) slice of 3D volumes -> ``channels`` channels under the colour
+    policy -> resize to ``image_size`` x ``image_size`` -> intensity preset -> (train only)
+    augmentation preset -> float32 tensors.
+
+    Colour policy (stated in the log once per run): ``colour="rgb"`` (default) keeps colour and
+    repeats grey to ``channels`` (a colour image for ``channels=1`` becomes its luminance);
+    ``colour="grey"`` converts colour images to luminance, then repeats them to ``channels``, so
+    a set mixing grey and colour files (e.g. grey scans saved as RGB by some tool) gives the
+    network one kind of input. ``alpha="drop"`` (default) ignores transparency (RGBA, LA,
+    transparent palette); ``alpha="black"`` composites those images on black.
 
     Resizing is a plain resize to a square, ignoring the aspect ratio, as in the studies the
     bundles reproduce. ``resize_mode="area"`` averages pixels when shrinking (anti-aliased) but
@@ -56,16 +85,22 @@ def classification_transforms(
         raise ValueError("classification_transforms builds 2D chains only (spatial_dims=2)")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    colour = colour_policy(colour)
+    if alpha not in ALPHA_POLICIES:
+        raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}")
+    if (colour, alpha, channels) not in _LOGGED:
+        _LOGGED.add((colour, alpha, channels))
+        logger.info(describe_colour_policy(colour, alpha, channels))
     intensity_kwargs = dict(intensity_kwargs or {})
     if intensity == "imagenet":
         intensity_kwargs.setdefault("channels", channels)
 
-    reader = MedicalImageReader(dicom_frame=dicom_frame, max_size=reader_max_size)
+    reader = MedicalImageReader(dicom_frame=dicom_frame, max_size=reader_max_size, alpha=alpha)
     steps = [
         LoadImaged(keys, reader=reader, image_only=True),
         EnsureChannelFirstd(keys),
         SelectSliced(keys, axis=-1, index=nifti_slice, volume=nifti_volume),
-        AsChannelsd(keys, channels=channels),
+        AsChannelsd(keys, channels=channels, colour=colour),
         Resized(keys, spatial_size=(image_size, image_size), mode=resize_mode),
         *intensity_transforms(intensity, keys=keys, **intensity_kwargs),
     ]

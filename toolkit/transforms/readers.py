@@ -606,11 +606,16 @@ class NiftiReader(NibabelReader):
 # --------------------------------------------------------------------------------------------
 
 
+ALPHA_POLICIES = ("drop", "black")
+
+
 class RasterReader(ImageReader):
     """Pillow reader for PNG / JPEG / BMP / TIFF giving ``(H, W)`` grey or ``(H, W, 3)`` RGB float32.
 
-    Grey stays grey (8 / 16 / 32-bit), palette and RGBA / LA / CMYK / YCbCr become RGB (alpha is
-    dropped), 1-bit becomes 0 / 255. With ``max_size`` large JPEGs are decoded at a reduced DCT
+    Grey stays grey (8 / 16 / 32-bit), palette and RGBA / CMYK / YCbCr become RGB, LA becomes
+    grey, 1-bit becomes 0 / 255. Transparency (RGBA, LA, a palette with a transparent entry):
+    ``alpha="drop"`` (default) ignores it, ``alpha="black"`` composites the image on black
+    (each pixel times its opacity). With ``max_size`` large JPEGs are decoded at a reduced DCT
     scale with Pillow's ``draft()`` (1/2, 1/4 or 1/8, never below ``max_size`` per side), which
     costs about a quarter of a full decode (perf notes: 5.2 ms vs 18.4 ms at 1024 px), then
     other formats are box-shrunk like :class:`DicomReader`.
@@ -618,9 +623,12 @@ class RasterReader(ImageReader):
     (approximate for JPEG draft), ``filename_or_obj``.
     """
 
-    def __init__(self, max_size: int | None = None):
+    def __init__(self, max_size: int | None = None, alpha: str = "drop"):
         super().__init__()
+        if alpha not in ALPHA_POLICIES:
+            raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}")
         self.max_size = max_size
+        self.alpha = alpha
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(os.fspath(f).lower().endswith(RASTER_SUFFIXES) for f in ensure_tuple(filename))
@@ -647,7 +655,7 @@ class RasterReader(ImageReader):
                     # draft() keeps each side >= the requested size.
                     im.draft(im.mode if im.mode in ("L", "RGB") else None, (self.max_size, self.max_size))
                 im.load()
-                arr, mode = self._to_array(im)
+                arr, mode = self._to_array(im, self.alpha)
         except (
             UnidentifiedImageError,
             OSError,
@@ -676,16 +684,25 @@ class RasterReader(ImageReader):
         return out, meta
 
     @staticmethod
-    def _to_array(im) -> tuple[np.ndarray, str]:
+    def _to_array(im, alpha: str = "drop") -> tuple[np.ndarray, str]:
         mode = im.mode
         if mode in ("L", "I", "F") or mode.startswith("I;16"):
             return np.asarray(im), mode
         if mode == "1":
             return np.asarray(im.convert("L")), mode
-        if mode == "LA":
-            return np.asarray(im.getchannel("L")), mode
-        if mode == "P" and im.palette is not None and im.palette.mode in ("L", "LA"):
-            return np.asarray(im.convert("L")), mode
+        grey = mode in ("LA", "La") or (
+            mode in ("P", "PA") and im.palette is not None and im.palette.mode in ("L", "LA")
+        )
+        transparent = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+            mode == "P" and "transparency" in im.info
+        )
+        if alpha == "black" and transparent:
+            rgba = np.asarray(im.convert("LA" if grey else "RGBA"), dtype=np.float32)
+            opacity = rgba[..., -1:] / 255.0
+            out = rgba[..., :-1] * opacity
+            return (out[..., 0] if grey else out), mode
+        if grey:
+            return np.asarray(im.getchannel("L") if mode == "LA" else im.convert("L")), mode
         return np.asarray(im.convert("RGB")), mode
 
 
@@ -702,12 +719,16 @@ class MedicalImageReader(ImageReader):
     """
 
     def __init__(
-        self, dicom_frame: int | str = "reject", max_size: int | None = None, apply_voi: bool = False
+        self,
+        dicom_frame: int | str = "reject",
+        max_size: int | None = None,
+        apply_voi: bool = False,
+        alpha: str = "drop",
     ):
         super().__init__()
         self.dicom = DicomReader(frame=dicom_frame, apply_voi=apply_voi, max_size=max_size)
         self.nifti = NiftiReader()
-        self.raster = RasterReader(max_size=max_size)
+        self.raster = RasterReader(max_size=max_size, alpha=alpha)
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(file_kind(f) is not None for f in ensure_tuple(filename))

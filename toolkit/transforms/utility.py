@@ -20,6 +20,8 @@ __all__ = [
     "SelectSliced",
     "AsChannels",
     "AsChannelsd",
+    "COLOUR_POLICIES",
+    "colour_policy",
     "LabelToTensord",
     "label_to_tensor",
     "invert_intensity",
@@ -116,35 +118,58 @@ class SelectSliced(MapTransform):
         return d
 
 
-class AsChannels(Transform):
-    """Give a channel-first image ``channels`` channels: grey -> RGB by repetition, RGB -> grey by
-    luminance (BT.601 weights), anything else with a different count is an error naming the file."""
+COLOUR_POLICIES = ("rgb", "grey")
 
-    def __init__(self, channels: int):
+
+def colour_policy(colour: str) -> str:
+    """``colour`` checked and normalised (``"gray"`` / ``"RGB"`` ... accepted)."""
+    value = {"gray": "grey", "greyscale": "grey", "grayscale": "grey", "color": "rgb", "colour": "rgb"}.get(
+        str(colour).strip().lower(), str(colour).strip().lower()
+    )
+    if value not in COLOUR_POLICIES:
+        raise ValueError(f"colour must be one of {COLOUR_POLICIES}, got {colour!r}")
+    return value
+
+
+class AsChannels(Transform):
+    """Give a channel-first image ``channels`` channels under a colour policy.
+
+    ``colour="rgb"`` (default): colour is kept; grey is repeated to ``channels``; a colour image
+    for a 1-channel network becomes its luminance (BT.601 weights). ``colour="grey"``: every
+    colour image becomes its luminance first, then is repeated to ``channels``, so grey and
+    colour files of one data set look alike to the network. Any other channel count is an error
+    naming the file.
+    """
+
+    def __init__(self, channels: int, colour: str = "rgb"):
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = channels
+        self.colour = colour_policy(colour)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         have = img.shape[0]
+        if have == 3 and (self.colour == "grey" or self.channels == 1):
+            weights = torch.as_tensor(LUMINANCE, dtype=img.dtype, device=img.device).view(
+                3, *([1] * (img.ndim - 1))
+            )
+            img = (img * weights).sum(dim=0, keepdim=True)
+            have = 1
         if have == self.channels:
             return img
         if have == 1:
             return img.repeat(self.channels, *([1] * (img.ndim - 1)))
-        if have == 3 and self.channels == 1:
-            weights = torch.as_tensor(LUMINANCE, dtype=img.dtype, device=img.device).view(
-                3, *([1] * (img.ndim - 1))
-            )
-            return (img * weights).sum(dim=0, keepdim=True)
         raise ImageReadError(_filename(img), f"image has {have} channels, cannot convert to {self.channels}")
 
 
 class AsChannelsd(MapTransform):
     """Dictionary form of :class:`AsChannels`."""
 
-    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, channels: int, colour: str = "rgb", allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys)
-        self.converter = AsChannels(channels)
+        self.converter = AsChannels(channels, colour)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

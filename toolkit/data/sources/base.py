@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.data.files import MASK_FOLDERS, file_kind
@@ -33,13 +33,15 @@ class SourceItems:
 
     ``items``: dicts with ``image`` (absolute path), ``label`` (index into ``labels``, or a
     multi-hot list when ``multi_label``), ``label_name`` and, where the source has them,
-    ``patient_id`` and ``split``. ``kind`` names the source format (stored as ``source_kind``).
+    ``patient_id`` and ``split``. ``kind`` names the source format (stored as ``source_kind``);
+    ``meta`` says how the source was read (e.g. a label file's columns), stored in the datalist.
     """
 
     items: list[dict]
     labels: list[str]
     multi_label: bool
     kind: str
+    meta: dict = field(default_factory=dict)
 
 
 def warn_list(message: str, names: Sequence) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from toolkit.data.files import find_image_files
 from toolkit.data.headers import UnreadableImage, check_image, dicom_ids
 from toolkit.data.sources.base import (
     SourceItems,
@@ -72,8 +73,27 @@ def class_folder_items(root, classes=None, label_from_name=None, patient_from_na
     labels = label_index([r["label_name"] for r in rows], classes)
     items = attach_labels(rows, labels, str(root))
     if not items:
-        raise ValueError(f"no labelled images found under {root}")
+        hint = (": the images sit directly in it; put each class in its own folder (<folder>/<class>/...) or pass "
+                "a label file (CSV) naming them" if records and not rows and label_fn is None else "")  # fmt: skip
+        raise ValueError(f"no labelled images found under {root}{hint}")
     return SourceItems(items, labels, multi_label=False, kind="class_folders")
+
+
+def tree_classes(root) -> dict[str, int]:
+    """Images per class name the folder tree gives (class folders as :func:`class_folder_items`
+    finds them, from the paths only: no file is opened)."""
+    root = Path(root)
+    folder_lists = []
+    for path in find_image_files(root):
+        parts = path.relative_to(root).parts[:-1]
+        _, split_at = split_from_parts(parts)
+        folder_lists.append(list(parts[split_at + 1 :]))
+    common = wrapper_depth(folder_lists)
+    counts: dict[str, int] = {}
+    for folders in folder_lists:
+        if len(folders) > common:
+            counts[folders[common]] = counts.get(folders[common], 0) + 1
+    return counts
 
 
 def from_class_folders(root, classes=None, label_from_name=None, patient_from_name=None) -> list[dict]:
