@@ -8,6 +8,8 @@ then measures, in one process on the same files:
   (c) cit_infer       images/s of `cit infer` end to end (discovery, loading, model, CSV), same workers
   (d) per_file_monai  images/s of a per-file loop: MONAI LoadImage(PydicomReader) + EnsureChannelFirst +
                       ScaleIntensity + Resize + repeat to 3 channels, then predict one image at a time
+  (a_onnx, c_onnx)    (a) and (c) with the ONNX Runtime backend on an ONNX export of the same weights
+                      (`cit export --format onnx`, checked against the eager model on the written files)
 
 and prints JSON with the ratios against the targets: (c) >= 0.9 * 1/(1/a + 1/b) (both stages share
 the CPU) and (c) >= 3 * (d). The network has random weights (speed does not depend on them).
@@ -75,11 +77,12 @@ def write_files(folder: Path, n: int, sizes: list[int]) -> list[Path]:
     return paths
 
 
-def bench_model(bundle, batch_size: int, repeats: int) -> float:
+def bench_model(bundle, batch_size: int, repeats: int, network=None) -> float:
+    """images/s of ``network`` (default: the bundle's, channels_last) on one random batch, repeated."""
     from toolkit.engines import prepare_network
 
     size = bundle.image_size or (224, 224)
-    net = prepare_network(bundle.network, "cpu").eval()
+    net = network if network is not None else prepare_network(bundle.network, "cpu").eval()
     x = torch.randn(batch_size, 3, *size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         net(x)  # warm-up
@@ -110,7 +113,14 @@ def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> fl
 
 
 def bench_cit_infer(
-    folder: Path, ckpt: Path, out: Path, batch_size: int, workers: int, n: int, overrides: dict
+    folder: Path,
+    ckpt: Path,
+    out: Path,
+    batch_size: int,
+    workers: int,
+    n: int,
+    overrides: dict,
+    backend: str = "pytorch",
 ) -> tuple[float, float]:
     """(end-to-end images/s including bundle loading and discovery, images/s of the loading + predicting phase)"""
     from toolkit.inference.runner import InferenceOptions, run_inference
@@ -125,6 +135,7 @@ def bench_cit_infer(
         workers=workers,
         progress=False,
         overrides=overrides,
+        backend=backend,
     )
     start = time.perf_counter()
     summary = run_inference(options)
@@ -184,31 +195,44 @@ def main(argv=None) -> int:
         except json.JSONDecodeError:
             overrides[key] = value
     torch.set_num_threads(args.threads)
-    from monai.bundle import ConfigParser
-
-    from toolkit.bundle import load_bundle
+    from toolkit.bundle import load_bundle, write_model_info
+    from toolkit.bundle.export import export_model
+    from toolkit.inference.backends import OnnxRuntimeNetwork
 
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         paths = write_files(tmp / "in", args.n, args.sizes)
         write_seconds = time.perf_counter() - t0
-        parser = ConfigParser()
-        parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-        parser["bundle_root"] = str(BUNDLE)
-        ckpt = tmp / "model.pt"
-        torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+        # random weights of the bundle's default network, described as training describes a model
+        train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+        info = write_model_info(
+            tmp / "models",
+            network={"name": train["model_name"], "num_classes": 3, "in_channels": train["channels"]},
+            class_names=["glioma", "meningioma", "pituitary"],
+            preprocessing={"image_size": train["image_size"], "reader_max_size": train["image_size"],
+                           "channels": train["channels"], "colour": train["colour"], "intensity": train["intensity"]},
+        )  # fmt: skip
+        ckpt = tmp / "models" / "model.pt"
+        torch.save(info.create_network().state_dict(), ckpt)
         bundle = load_bundle(BUNDLE, ckpt_path=ckpt, device="cpu", overrides=overrides)
+        onnx = export_model(BUNDLE, "onnx", ckpt_dir=tmp / "models", check_inputs=tmp / "in")
+        onnx_network = OnnxRuntimeNetwork(onnx.path, threads=args.threads)
 
-        runs = {"a": [], "b": [], "c": [], "c_proc": [], "d": []}
+        runs = {"a": [], "a_onnx": [], "b": [], "c": [], "c_proc": [], "c_onnx": [], "d": []}
         for r in range(args.repeats):  # interleaved repeats: the machine's load changes from minute to minute
             runs["a"].append(bench_model(bundle, args.batch_size, args.model_repeats))
+            runs["a_onnx"].append(bench_model(bundle, args.batch_size, args.model_repeats, onnx_network))
             runs["b"].append(bench_loader(bundle, paths, args.batch_size, args.workers))
             c_run, c_proc_run = bench_cit_infer(
                 tmp / "in", ckpt, tmp / f"out{r}", args.batch_size, args.workers, len(paths), overrides
             )
             runs["c"].append(c_run)
             runs["c_proc"].append(c_proc_run)
+            runs["c_onnx"].append(
+                bench_cit_infer(tmp / "in", ckpt, tmp / f"onnx{r}", args.batch_size, args.workers, len(paths),
+                                overrides, backend="onnxruntime")[0]
+            )  # fmt: skip
             runs["d"].append(bench_per_file_monai(bundle, paths))
         a, b, c, c_steady, d = (max(runs[k]) for k in ("a", "b", "c", "c_proc", "d"))
         per_kind = {}
@@ -231,9 +255,12 @@ def main(argv=None) -> int:
         "repeats": args.repeats,
         "all_runs_img_s": {k: [round(v, 2) for v in vals] for k, vals in runs.items()},
         "a_model_only_img_s": round(a, 2),
+        "a_onnx_model_only_img_s": round(max(runs["a_onnx"]), 2),
+        "onnx_export_max_abs_difference": onnx.max_abs_difference,
         "b_loader_img_s": round(b, 2),
         "b_loader_img_s_by_kind": per_kind,
         "c_cit_infer_img_s": round(c, 2),
+        "c_onnx_cit_infer_img_s": round(max(runs["c_onnx"]), 2),
         "c_cit_infer_processing_phase_img_s": round(c_steady, 2),
         "d_per_file_monai_img_s": round(d, 2),
         "allowed_by_stages_shared_cpu_img_s": round(allowed_shared_cpu, 2),

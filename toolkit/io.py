@@ -1,4 +1,4 @@
-"""Atomic file writes: the one way every layer of the toolkit writes a result file.
+"""Atomic file writes (the one way every layer of the toolkit writes a result file) and file hashes.
 
 A reader (a person, a resumed run, another process) sees either the old file or the whole new
 one, never half of it: the content goes to a temporary file in the same folder (same file system,
@@ -11,6 +11,7 @@ This module imports nothing from the toolkit, so every layer may use it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text", "sha256_file"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
@@ -60,6 +61,15 @@ def atomic_write_csv(
     writer.writerow(header)
     writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue(), mode)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

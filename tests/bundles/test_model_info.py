@@ -177,3 +177,42 @@ def test_published_bundle_fetches_its_weights_from_a_server(trained, tmp_path):
         assert not (site / "models" / "model.pt").exists()
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend_equals_pytorch_and_never_uses_a_stale_export(trained, tmp_path):
+    import json
+
+    import torch
+
+    tmp, inputs = trained
+    models = tmp_path / "models"
+    shutil.copytree(tmp / "models", models)
+    exported = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(models), "--output-dir",
+                    str(tmp / "output"), "--format", "onnx")  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    base = ["infer", "--bundle", f"bundles/{BUNDLE}", "--ckpt-path", str(models / "model.pt"), "--input", str(inputs),
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    for backend in ("auto", "pytorch"):
+        result = _cit(*base, "--output", str(tmp_path / backend), "--backend", backend)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["options"]["backend"] == "onnxruntime"
+    assert json.loads((tmp_path / "pytorch" / "run.json").read_text())["options"]["backend"] == "pytorch"
+    onnx, torch_rows = (
+        _probs(tmp_path / "auto" / "predictions.csv", "path"),
+        _probs(tmp_path / "pytorch" / "predictions.csv", "path"),
+    )
+    assert set(onnx) == set(torch_rows)
+    for name in onnx:
+        np.testing.assert_allclose(onnx[name], torch_rows[name], atol=1e-4, err_msg=name)
+    # new weights beside the old export: auto falls back to PyTorch, an explicit onnxruntime is refused
+    state = torch.load(models / "model.pt", weights_only=True)
+    state["fc.bias"] += 1.0
+    torch.save(state, models / "model.pt")
+    result = _cit(*base, "--output", str(tmp_path / "stale_auto"))
+    assert (
+        result.returncode == 0
+        and json.loads((tmp_path / "stale_auto" / "run.json").read_text())["options"]["backend"] == "pytorch"
+    )
+    refused = _cit(*base, "--output", str(tmp_path / "stale_onnx"), "--backend", "onnxruntime")
+    assert refused.returncode != 0 and "exported from other weights" in refused.stderr

@@ -16,11 +16,12 @@ error and the file is removed.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import ModelInfo, info_path, load_model_info
 from toolkit.bundle.loading import load_weights
 from toolkit.data import find_image_files, load_datalist
-from toolkit.io import atomic_write_json, atomic_write_text
+from toolkit.io import atomic_write_json, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
             entries.append({
                 "path": f"models/{path.name}",
                 "url": f"{base_url.rstrip('/')}/models/{path.name}",
-                "hash_val": _sha256(path),
+                "hash_val": sha256_file(path),
                 "hash_type": "sha256",
             })  # fmt: skip
     lines = ["large_files:"]
@@ -114,14 +115,6 @@ def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
         lines.append(f"  - path: {json.dumps(entry['path'])}")
         lines += [f"    {key}: {json.dumps(entry[key])}" for key in ("url", "hash_val", "hash_type")]
     return atomic_write_text(bundle_dir / "large_files.yml", "\n".join(lines) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def metadata_for(metadata: dict, info: ModelInfo) -> dict:
@@ -180,6 +173,17 @@ def export_model(bundle_dir: str | os.PathLike, fmt: str, out_path: str | os.Pat
             f"{fmt} export differs from the eager model by {difference:.2e} (> {TOLERANCE:g}) on "
             f"{len(images)} image(s); {out_path} was removed"
         )
+    # which weights this export reproduces: `cit infer` uses an ONNX export only while they are unchanged
+    record = {
+        "format": fmt,
+        "source_weights_sha256": sha256_file(ckpt_dir / "model.pt"),
+        "max_abs_difference": difference,
+        "tolerance": TOLERANCE,
+        "num_check_images": len(images),
+    }
+    atomic_write_json(
+        export_record_path(out_path), {**record, **({"onnx_opset": ONNX_OPSET} if fmt == "onnx" else {})}
+    )
     logger.info(
         "%s written to %s; max |difference| to eager %.2e on %d image(s)",
         fmt,
@@ -188,6 +192,11 @@ def export_model(bundle_dir: str | os.PathLike, fmt: str, out_path: str | os.Pat
         len(images),
     )
     return ExportResult(out_path, difference, len(images))
+
+
+def export_record_path(export_path: str | os.PathLike) -> Path:
+    """The JSON record written beside an export (``model.onnx`` -> ``model.onnx.json``)."""
+    return Path(f"{export_path}.json")
 
 
 def _check_images(info: ModelInfo, check_inputs, output_dir: Path) -> torch.Tensor:
@@ -238,9 +247,19 @@ def _torch_export(network, images, out_path: Path, *_) -> torch.Tensor:
 
 
 def _onnx(network, images, out_path: Path, *_) -> torch.Tensor:
-    import onnxruntime
+    import onnxruntime  # optional dependency (extra "export"), needed only for this format
 
-    torch.onnx.export(network, (images,), str(out_path), input_names=["image"], output_names=["logits"],
-                      opset_version=ONNX_OPSET, dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)  # fmt: skip
+    batch = torch.export.Dim("batch")
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter prints its progress; stdout is the caller's
+        torch.onnx.export(
+            network,
+            (images,),
+            str(out_path),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+        )
     session = onnxruntime.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     return torch.as_tensor(session.run(None, {"image": images.numpy()})[0])

@@ -12,23 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from toolkit.bundle import InferenceBundle
 from toolkit.bundle.configs import BASE_PREFIX, base_config_dir
 from toolkit.evaluation.calibration import TEMPERATURE_FILE, load_temperature
+from toolkit.io import sha256_file
 
 RUN_FILE = "run.json"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest(obj) -> str:
@@ -87,6 +78,7 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
             "include_patient_info": bool(options.include_patient_info),
             "pseudonymise_paths": bool(options.pseudonymise_paths),
             "filters": dataclasses.asdict(options.filters),
+            "backend": options.backend,
         },
     }
     return {"fingerprint": _digest(parts)[:16], **parts}

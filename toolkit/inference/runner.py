@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import io
 import json
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.engines import prepare_network
 from toolkit.evaluation.gradcam import Explainer, overlay
+from toolkit.inference.backends import OnnxRuntimeNetwork, current_onnx_export, resolve_backend
 from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
 from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
 from toolkit.inference.fingerprint import RUN_FILE, describe_change, run_identity
@@ -120,6 +122,7 @@ class InferenceOptions:
     progress: bool = True
     verbose: bool = False
     overrides: dict = field(default_factory=dict)
+    backend: str = "auto"  # auto | pytorch | onnxruntime (see toolkit.inference.backends)
 
 
 @dataclass
@@ -359,8 +362,10 @@ def _run(
         return RunSummary({}, 0, 0, 0, EXIT_LOCKED)
 
     try:
-        # every rank at once: under torchrun, preparing the network is a collective (DDP wrap)
         bundle = _load(options, device)
+        options = dataclasses.replace(
+            options, backend=resolve_backend(options.backend, bundle.ckpt_path, device)
+        )
         plan, failure = None, None
         if rank == 0:
             try:
@@ -526,7 +531,10 @@ def _process(
     """Predict ``items`` and journal one row each; returns how many rows were written."""
     if options.threads > 0:
         torch.set_num_threads(options.threads)
-    network = _prepare(bundle.network, device)
+    if options.backend == "onnxruntime":
+        network = OnnxRuntimeNetwork(current_onnx_export(bundle.ckpt_path)[0], threads=options.threads)
+    else:
+        network = _prepare(bundle.network, device)
     use_amp = device.type == "cuda"
     cam = (
         _GradCamWriter(bundle.network, Path(options.output), readable=not options.pseudonymise_paths)

@@ -1,0 +1,98 @@
+"""The model of the app: one of our trained bundles, as an exported folder or as ``model.ts``.
+
+Both become a :class:`toolkit.bundle.InferenceBundle` (network, preprocessing, postprocessing, class
+names) so that the app computes what ``cit infer`` computes:
+
+- a bundle folder (``cit export --format bundle``; holds ``configs/inference.json``) goes through
+  :func:`toolkit.bundle.load_bundle`, exactly as ``cit infer --bundle`` loads it;
+- ``model.ts`` (``cit export --format torchscript``) is the network; the ``inference.json`` and
+  ``metadata.json`` stored inside it (as MONAI Deploy's bundle operator reads them) give the
+  preprocessing, the postprocessing and the bundle's name, with ``ckpt_path`` pointed at the
+  ``.ts`` so that ``model_info.json`` (and ``temperature.json``) are read beside it.
+
+``-m`` may also name a folder holding one of these (the MAP's ``/opt/holoscan/models``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from toolkit.bundle import InferenceBundle, load_bundle
+from toolkit.bundle.description import load_model_info
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    """``CIT_DEPLOY_DEVICE`` (cpu / cuda / cuda:N) if set, else the GPU when there is one."""
+    requested = requested or os.environ.get("CIT_DEPLOY_DEVICE", "")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def find_model(path: str | os.PathLike) -> Path:
+    """The bundle folder or ``.ts`` file that ``path`` names or holds (searched two levels down)."""
+    path = Path(path).resolve()
+    if path.is_file():
+        if path.suffix != ".ts":
+            raise ValueError(f"{path}: the model must be a TorchScript file (.ts) or a bundle folder")
+        return path
+    if (path / "configs" / "inference.json").is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {path} does not exist")
+    candidates = sorted({p.parent.parent for p in path.glob("*/configs/inference.json")})
+    candidates += sorted(path.glob("*.ts")) + sorted(path.glob("*/*.ts"))
+    if len(candidates) != 1:
+        found = ", ".join(str(c) for c in candidates) or "none"
+        raise FileNotFoundError(
+            f"{path}: expected one bundle folder (configs/inference.json) or one model .ts, found {found}"
+        )
+    return candidates[0]
+
+
+def load_model(path: str | os.PathLike, device: torch.device) -> InferenceBundle:
+    """Load the model ``path`` names (see :func:`find_model`) for inference on ``device``."""
+    model = find_model(path)
+    if model.is_dir():
+        return load_bundle(model, device=device)
+    return _load_torchscript(model, device)
+
+
+def _load_torchscript(path: Path, device: torch.device) -> InferenceBundle:
+    extra = {"metadata.json": "", "inference.json": ""}
+    network = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+    if not extra["inference.json"]:
+        raise ValueError(f"{path} holds no inference.json: export it with `cit export --format torchscript`")
+    meta = json.loads(extra["metadata.json"] or "{}")
+    parser = ConfigParser(json.loads(extra["inference.json"]))
+    parser["bundle_root"] = str(path.parent.parent)
+    parser["ckpt_path"] = str(path)  # model_info.json / temperature.json are read beside it
+    if "device" in parser:
+        parser["device"] = f"$torch.device('{device}')"
+    info = load_model_info(path)  # a clear error when model_info.json is not beside the .ts
+    parser["model_info"] = info
+    spatial_dims = int(info.network.get("spatial_dims", 2))
+    size = info.preprocessing.get("image_size")
+    image_size = (
+        tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else [size] * spatial_dims))
+        if size
+        else None
+    )
+    return InferenceBundle(
+        root=path.parent,
+        name=str(meta.get("name", path.stem)),
+        version=str(meta.get("version", "")),
+        class_names=list(info.class_names),
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        network=network,
+        postprocessing=parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None,
+        image_size=image_size,
+        spatial_dims=spatial_dims,
+        ckpt_path=str(path),
+        model_info=info,
+    )

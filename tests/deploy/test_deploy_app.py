@@ -1,0 +1,208 @@
+"""The MONAI Deploy app (deploy/): a model trained on 4 classes, exported with `cit export`, run by the app
+in its own virtualenv on DICOMs written here and on the real chest films; the SR read back with pydicom
+names the class `cit infer` names, with its probabilities, and carries the patient / study identifiers.
+
+Needs the deploy virtualenv (`bash deploy/setup_env.sh`; `$CIT_DEPLOY_VENV`, default deploy/.venv): the
+whole module is skipped, before anything is trained, when it does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.bundles.bundle_helpers import REPO_ROOT, run_bundle
+
+DEPLOY_VENV = Path(os.environ.get("CIT_DEPLOY_VENV", REPO_ROOT / "deploy" / ".venv"))
+DEPLOY_PYTHON = DEPLOY_VENV / "bin" / "python"
+if not DEPLOY_PYTHON.is_file():
+    pytest.skip(
+        f"MONAI Deploy virtualenv not found at {DEPLOY_VENV}: create it with `bash deploy/setup_env.sh` "
+        "(or set CIT_DEPLOY_VENV) to run the Deploy app tests",
+        allow_module_level=True,
+    )
+
+BUNDLE = "resnet18_brain_ct"
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # the bundle's own metadata says 3
+# The app and `cit infer` run the same preprocessing and network code in float32 on the CPU: equal for the
+# exported bundle folder (measured 0); model.ts is the traced network (measured differences ~1e-7).
+TOLERANCE = 1e-5
+PATIENT = {"PatientID": "CIT-DEPLOY-001", "PatientName": "Test^Deploy", "AccessionNumber": "ACC42"}
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CIT_DEPLOY_DEVICE": "cpu"}
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A model trained for one epoch on 4 synthetic classes, exported as a bundle folder and as model.ts."""
+    from toolkit.data import make_synthetic_dataset
+
+    tmp = tmp_path_factory.mktemp("deploy_model")
+    datalist = make_synthetic_dataset(tmp / "data", n_patients=8, images_per_patient=2, image_size=48, seed=9,
+                                      classes=CLASSES)  # fmt: skip
+    run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, image_size=32,
+               batch_size=4, pretrained=None)  # fmt: skip
+    bundle = tmp / "bundle"
+    cit = [sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}"]
+    _run([*cit, "--format", "bundle", "--ckpt-dir", str(tmp / "models"), "--out", str(bundle)])
+    _run([*cit, "--format", "torchscript", "--ckpt-dir", str(bundle / "models"),
+          "--out", str(bundle / "models" / "model.ts"), "--output-dir", str(tmp / "output")])  # fmt: skip
+    return bundle
+
+
+def _write_dicom(path: Path, modality: str, sop_class: str, pixels: np.ndarray, study: str, series: str,
+                 photometric: str = "MONOCHROME2") -> str:  # fmt: skip
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.Modality, ds.StudyDate, ds.StudyTime = modality, "20240102", "101500"
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return ds.SOPInstanceUID
+
+
+@pytest.fixture(scope="module")
+def written_study(tmp_path_factory):
+    """One study: a CR film (MONOCHROME1) and a DX film in two series, a CT slice, an ultrasound image
+    (not selected by the rules) and a text file. Returns (folder, {file: SOPInstanceUID}, StudyInstanceUID)."""
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path_factory.mktemp("written_study")
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:96, 0:80]
+    study = generate_uid()
+    films = {
+        "cr_mono1.dcm": ("CR", "1.2.840.10008.5.1.4.1.1.1", "MONOCHROME1", 4000 - 30 * xx),
+        "dx.dcm": ("DX", "1.2.840.10008.5.1.4.1.1.1.1", "MONOCHROME2", 40 * yy + rng.integers(0, 300, (96, 80))),
+        "ct_slice": ("CT", "1.2.840.10008.5.1.4.1.1.2", "MONOCHROME2", ((xx - 40) ** 2 + (yy - 48) ** 2) % 2000),
+        "us.dcm": ("US", "1.2.840.10008.5.1.4.1.1.6.1", "MONOCHROME2", rng.integers(0, 4000, (96, 80))),
+    }  # fmt: skip
+    uids = {}
+    for name, (modality, sop_class, photometric, pixels) in films.items():
+        uids[name] = _write_dicom(
+            folder / name, modality, sop_class, pixels, study, generate_uid(), photometric
+        )
+    (folder / "notes.txt").write_text("not an image\n")
+    return folder, uids, study
+
+
+def _cit_infer(model: Path, inputs: Path, out: Path) -> dict[str, dict]:
+    """`cit infer` on ``inputs``: {SOPInstanceUID: row} of predictions.jsonl (full precision)."""
+    _run([sys.executable, "-m", "toolkit", "infer", "--bundle", str(model), "--input", str(inputs),
+          "--output", str(out), "--device", "cpu", "--no-progress"])  # fmt: skip
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    return {r["sop_instance_uid"]: r for r in rows if r["status"] == "ok"}
+
+
+def _run_app(inputs: Path, out: Path, model: Path) -> None:
+    _run([str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(out), "-m", str(model)])
+
+
+def _sr_groups(path: Path) -> tuple:
+    """(dataset, {referenced SOPInstanceUID: (finding class name, {class: probability})}) of an SR."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    groups = {}
+
+    def walk(items):
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            if item.ValueType == "CONTAINER" and name == "Measurement Group":
+                finding, probs, ref = None, {}, None
+                for child in item.ContentSequence:
+                    meaning = child.ConceptNameCodeSequence[0].CodeMeaning
+                    if child.ValueType == "CODE" and meaning == "Finding":
+                        finding = child.ConceptCodeSequence[0].CodeMeaning
+                    elif child.ValueType == "NUM" and meaning.startswith("Probability of "):
+                        probs[meaning[len("Probability of ") :]] = float(
+                            child.MeasuredValueSequence[0].NumericValue
+                        )
+                    elif child.ValueType == "IMAGE":
+                        ref = child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                groups[ref] = (finding, probs)
+            elif "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return ds, groups
+
+
+def _check_against_cit(out: Path, expected: dict[str, dict], selected: set[str]) -> list[str]:
+    """Every selected image is in the SR and the JSON of its study with `cit infer`'s class and probabilities.
+    Returns the class names the SRs name."""
+    reports = sorted((out / "sr").glob("*.dcm"))
+    found, names = {}, []
+    for report in reports:
+        ds, groups = _sr_groups(report)
+        doc = json.loads((out / "json" / f"{report.stem}.json").read_text())
+        assert doc["model"]["class_names"] == list(CLASSES)
+        assert doc["identifiers"]["StudyInstanceUID"] == ds.StudyInstanceUID == report.stem
+        json_rows = {r["sop_instance_uid"]: r for r in doc["results"]}
+        for uid, (finding, probs) in groups.items():
+            row = expected[uid]
+            assert finding == row["pred_name"] == json_rows[uid]["pred_name"], uid
+            cit_probs = [row[f"prob_{c}"] for c in CLASSES]
+            np.testing.assert_allclose(
+                [probs[c] for c in CLASSES], cit_probs, atol=TOLERANCE, rtol=0, err_msg=uid
+            )
+            np.testing.assert_allclose([json_rows[uid]["probabilities"][c] for c in CLASSES], cit_probs,
+                                       atol=TOLERANCE, rtol=0, err_msg=uid)  # fmt: skip
+            found[uid] = report
+            names.append(finding)
+    assert set(found) == selected
+    return names
+
+
+@pytest.mark.slow
+def test_app_on_written_study_equals_cit_infer(model, written_study, tmp_path):
+    folder, uids, study = written_study
+    expected = _cit_infer(model, folder, tmp_path / "cit")
+    _run_app(folder, tmp_path / "app", model)
+    selected = {uids[n] for n in ("cr_mono1.dcm", "dx.dcm", "ct_slice")}  # not the ultrasound image
+    _check_against_cit(tmp_path / "app", expected, selected)
+    sr, _ = _sr_groups(tmp_path / "app" / "sr" / f"{study}.dcm")
+    for key, value in PATIENT.items():
+        assert str(sr[key].value) == value
+    doc = json.loads((tmp_path / "app" / "json" / f"{study}.json").read_text())
+    assert {k: doc["identifiers"][k] for k in PATIENT} == PATIENT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["bundle", "torchscript"])
+def test_app_on_real_chest_films_equals_cit_infer(model, shared_data, tmp_path, form):
+    chest = shared_data / "dicom" / "chest_xr"  # CR / DX films, three of them MONOCHROME1; read in place
+    expected = _cit_infer(model, chest, tmp_path / "cit")
+    assert len(expected) == 4
+    _run_app(chest, tmp_path / "app", model if form == "bundle" else model / "models" / "model.ts")
+    names = _check_against_cit(tmp_path / "app", expected, set(expected))
+    assert len(names) == 4 and set(names) <= set(CLASSES)
