@@ -298,3 +298,46 @@ def test_max_size_works_for_every_transfer_syntax_of_the_same_image(shared_data)
     for name, arr in zip(names, arrays, strict=True):
         assert arr.shape == (16, 16), name
         np.testing.assert_array_equal(arr, arrays[0], err_msg=name)
+
+
+def test_a_decoder_panic_is_a_read_error_not_a_crash(tmp_path):
+    """pylibjpeg-rle (Rust) panics on some corrupt RLE streams; PyO3 raises PanicException, a
+    BaseException that MONAI's transforms and every `except Exception` let through. The reader turns it
+    into the file's DicomReadError. The corrupt stream is found by seeded random byte flips."""
+    import copy
+    import random
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (np.arange(1024, dtype=np.uint16) % 4096).tobytes()
+    ds.compress(RLELossless)
+    rng, clean = random.Random(0), bytes(ds.PixelData)
+    for _ in range(200):
+        corrupt = bytearray(clean)
+        for _ in range(rng.randint(1, 6)):
+            corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+        trial = copy.deepcopy(ds)
+        trial.PixelData = bytes(corrupt)
+        try:
+            _ = trial.pixel_array
+        except Exception:  # an ordinary decode error: not the case under test
+            continue
+        except BaseException as exc:  # the panic
+            assert type(exc).__name__ == "PanicException"
+            break
+    else:
+        pytest.skip("no corrupt stream made the decoder panic (a fixed decoder version)")
+    path = tmp_path / "panic.dcm"
+    trial.save_as(path, enforce_file_format=True)
+    with pytest.raises(DicomReadError, match="decoder crashed"):
+        DicomReader().get_data(str(path))

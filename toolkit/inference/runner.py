@@ -65,7 +65,7 @@ from toolkit.inference.writers import (
     write_final_outputs,
 )
 from toolkit.io import atomic_write_bytes, atomic_write_json
-from toolkit.transforms.readers import DicomReader
+from toolkit.transforms.readers import DicomReader, is_decoder_panic
 
 logger = logging.getLogger(__name__)
 
@@ -196,11 +196,11 @@ class InferenceDataset(torch.utils.data.Dataset):
             # That includes a panic of a Rust decoder, which PyO3 raises as a BaseException; Ctrl-C
             # and exits still stop the run. The traceback goes to the debug log (`cit infer --verbose`),
             # so an unexpected error is still seen.
-            if not isinstance(exc, Exception) and not _is_decoder_panic(exc):
+            if not isinstance(exc, Exception) and not is_decoder_panic(exc):
                 raise
             logger.debug("input %s failed to load", item.path, exc_info=True)
             record["error"] = _reason(exc, item.abs_path)
-            if _is_decoder_panic(exc):
+            if is_decoder_panic(exc):
                 record["error"] = f"the image decoder crashed on this file ({record['error']})"[:400]
         return record
 
@@ -258,11 +258,6 @@ def _find_dicom_readers(obj, depth: int = 0) -> list:
             if child is not None and child is not obj:
                 found += _find_dicom_readers(child, depth + 1)
     return found
-
-
-def _is_decoder_panic(exc: BaseException) -> bool:
-    """A panic in a Rust extension (e.g. pylibjpeg-rle on a corrupt RLE stream): PyO3's PanicException."""
-    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
 def _reason(exc: BaseException, path: str | None = None) -> str:

@@ -70,6 +70,11 @@ class DicomReadError(ImageReadError):
     corrupt encoding, invalid value ...)."""
 
 
+def is_decoder_panic(exc: BaseException) -> bool:
+    """A panic in a Rust extension (e.g. pylibjpeg-rle on a corrupt RLE stream): PyO3's PanicException."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
+
+
 def find_read_error(exc: BaseException | None) -> ImageReadError | None:
     """The :class:`ImageReadError` behind ``exc``, if any.
 
@@ -260,6 +265,12 @@ class DicomReader(ImageReader):
             raise
         except Exception as exc:  # anything pydicom / numpy / a plugin raises on bad input
             raise DicomReadError(filename, f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        except BaseException as exc:
+            # a Rust decoder (pylibjpeg-rle) panics on some corrupt streams: PyO3 raises its PanicException,
+            # a BaseException, which would otherwise stop a whole training or evaluation run
+            if not is_decoder_panic(exc):
+                raise
+            raise DicomReadError(filename, f"the decoder crashed on this file: {_first_line(exc)}") from exc
 
     def _decode(self, filename: str) -> _Decoded:
         import pydicom
