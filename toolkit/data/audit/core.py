@@ -1,0 +1,311 @@
+"""The audit of a datalist, the regrouped split that fixes its leakage, and run_audit that writes both."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data.audit.confounding import confounds
+from toolkit.data.audit.duplicates import _UnionFind, near_duplicate_pairs
+from toolkit.data.audit.images import (
+    DEFAULT_CONFIRM,
+    DEFAULT_HAMMING,
+    DEFAULT_PIXEL,
+    PIXEL_SIZE,
+    TRANSFORMS,
+    ReadImage,
+    confirm_pair,
+    describe_images,
+)
+from toolkit.data.audit.items import _common_folder, _flatten_items, _label_names, _split_pair
+from toolkit.data.audit.report import write_audit
+from toolkit.data.audit.unaudited import _without_path, not_audited
+from toolkit.data.datalist import build_datalist, load_datalist, save_datalist, split_keys
+from toolkit.data.splits import check_no_leakage
+
+logger = logging.getLogger(__package__)  # "toolkit.data.audit", the name of the module this was split from
+
+
+def audit_datalist(
+    doc: Mapping,
+    read_image: ReadImage,
+    *,
+    threshold: int = DEFAULT_HAMMING,
+    transforms: bool = True,
+    confirm: int | None = DEFAULT_CONFIRM,
+    confirm_pixels: float | None = DEFAULT_PIXEL,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Audit a loaded datalist (``toolkit.data.load_datalist``); returns the JSON-ready report.
+
+    ``leakage.found`` is True when a patient, an exact duplicate or a near-duplicate is shared by
+    two splits. Duplicates inside one split are counted too (they do not leak, but they inflate
+    the apparent size of the set and matter for ``regroup``). A near-duplicate candidate (64-bit
+    pHash within ``threshold``) is kept when its 256-bit pHash distance is at most ``confirm``
+    and its :func:`pixel_difference` at most ``confirm_pixels`` (``None``: that check is off).
+    ``confounds`` holds the image properties per split and class and the ones that predict the
+    label (:func:`confounds`). ``read_image``: see ``ReadImage``.
+    """
+    started = time.perf_counter()
+    labels = [str(x) for x in doc["labels"]]
+    splits = split_keys(doc)
+    items = _flatten_items(doc)
+    described = describe_images([it["image"] for it in items], read_image, workers, progress)
+
+    balance = {s: Counter() for s in splits}
+    for item in items:
+        balance[item["_split"]].update(_label_names(item, labels))
+    stats = {key: Counter() for key in ("format", "modality", "manufacturer", "photometric", "content", "bit_depth",
+                                        "size", "channels")}  # fmt: skip
+    unreadable, ok = [], []
+    for index, (item, info) in enumerate(zip(items, described, strict=True)):
+        if "error" in info:
+            unreadable.append({"image": item["image"], "split": item["_split"], "error": info["error"]})
+            continue
+        ok.append(index)
+        for key in stats:
+            if key != "manufacturer" or info.get("format") == "DICOM":
+                stats[key][str(info.get(key))] += 1
+
+    def ref(i: int) -> dict:
+        return {
+            "image": items[i]["image"],
+            "split": items[i]["_split"],
+            "label": _label_names(items[i], labels),
+        }
+
+    # exact duplicates: items sharing decoded pixels (identical files are a subset)
+    links: list[tuple[int, int]] = []
+    exact_pairs, near_pairs = [], []
+    by_pixels: dict[str, list[int]] = defaultdict(list)
+    for i in ok:
+        by_pixels[described[i]["pixel_sha256"]].append(i)
+    exact_set = set()
+    for members in by_pixels.values():
+        for a_pos, a in enumerate(members):
+            for b in members[a_pos + 1 :]:
+                same_file = described[a]["file_sha256"] == described[b]["file_sha256"]
+                exact_pairs.append((a, b, "identical file" if same_file else "identical pixels"))
+                exact_set.add((a, b))
+                links.append((a, b))
+    # near duplicates
+    hashed = [i for i in ok if described[i]["phash"] is not None]  # 2D images
+    if hashed:
+        hashes = np.array([described[i]["phash"] for i in hashed], dtype=np.uint64)
+        for pa, pb, dist, t in near_duplicate_pairs(hashes, threshold, transforms):
+            a, b = hashed[pa], hashed[pb]
+            if (a, b) in exact_set:
+                continue
+            fine, pixels, ok_pair = confirm_pair(described[a]["thumb"], described[b]["thumb"], t, confirm,
+                                                 confirm_pixels)  # fmt: skip
+            if not ok_pair:
+                continue
+            near_pairs.append((a, b, dist, TRANSFORMS[t], fine, pixels))
+            links.append((a, b))
+
+    # patients in more than one split
+    patient_splits: dict[str, Counter] = defaultdict(Counter)
+    patient_items: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        pid = item.get("patient_id")
+        if pid not in (None, ""):
+            patient_splits[str(pid)][item["_split"]] += 1
+            patient_items[str(pid)].append(i)
+    shared_patients = [
+        {"patient_id": pid, "splits": dict(counts)}
+        for pid, counts in sorted(patient_splits.items())
+        if len(counts) > 1
+    ]
+
+    by_pair: dict[str, Counter] = defaultdict(Counter)
+    within: dict[str, Counter] = defaultdict(Counter)
+    cross_exact, cross_near, within_pairs = [], [], []
+    for a, b, kind in exact_pairs:
+        record = {"a": ref(a), "b": ref(b), "kind": kind}
+        sa, sb = items[a]["_split"], items[b]["_split"]
+        if sa == sb:
+            within[sa]["exact_duplicate_pairs"] += 1
+            within_pairs.append(record)
+        else:
+            by_pair[_split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
+            cross_exact.append(record)
+    for a, b, dist, transform, fine, pixels in near_pairs:
+        record = {"a": ref(a), "b": ref(b), "kind": "near", "hamming": dist, "transform": transform,
+                  "hamming_256": fine, "pixel_difference": pixels}  # fmt: skip
+        sa, sb = items[a]["_split"], items[b]["_split"]
+        if sa == sb:
+            within[sa]["near_duplicate_pairs"] += 1
+            within_pairs.append(record)
+        else:
+            by_pair[_split_pair(sa, sb, splits)]["near_duplicate_pairs"] += 1
+            cross_near.append(record)
+    for entry in shared_patients:
+        names = sorted(entry["splits"], key=lambda s: splits.index(s) if s in splits else len(splits))
+        for x in range(len(names)):
+            for y in range(x + 1, len(names)):
+                by_pair[_split_pair(names[x], names[y], splits)]["shared_patients"] += 1
+
+    # images in the test split with a copy elsewhere: the count that inflates test accuracy
+    leaked_images: dict[str, set] = defaultdict(set)
+    for pair in cross_exact + cross_near:
+        for side in ("a", "b"):
+            leaked_images[pair[side]["split"]].add(pair[side]["image"])
+
+    # clusters: patients + duplicate links
+    uf = _UnionFind(len(items))
+    for a, b in links:
+        uf.union(a, b)
+    for members in patient_items.values():
+        for other in members[1:]:
+            uf.union(members[0], other)
+    cluster_sizes = Counter(uf.find(i) for i in range(len(items)))
+
+    return {
+        "datalist": doc.get("_path"),
+        "name": doc.get("name"),
+        "labels": labels,
+        "num_items": len(items),
+        "image_root": _common_folder([it["image"] for it in items]),
+        "splits": {s: len(doc[s]) for s in splits},
+        "class_balance": {s: {name: balance[s].get(name, 0) for name in labels} for s in splits},
+        "image_stats": {k: dict(v.most_common()) for k, v in stats.items()},
+        "confounds": confounds(
+            [items[i] for i in ok], [described[i] for i in ok], labels, splits, bool(doc.get("multi_label"))
+        ),
+        "unreadable": unreadable,
+        "leakage": {
+            "found": bool(shared_patients or cross_exact or cross_near),
+            "shared_patients": shared_patients,
+            "exact_duplicates": cross_exact,
+            "near_duplicates": cross_near,
+            "counts_by_split_pair": {k: dict(v) for k, v in sorted(by_pair.items())},
+            "images_with_a_copy_in_another_split": {s: len(v) for s, v in leaked_images.items()},
+        },
+        "within_split": {s: dict(within[s]) for s in splits if within[s]},
+        "within_split_pairs": within_pairs,
+        "clusters": {
+            "count": len(cluster_sizes),
+            "largest": max(cluster_sizes.values(), default=0),
+            "multi_item": sum(1 for v in cluster_sizes.values() if v > 1),
+        },
+        "settings": {
+            "hash": "imagehash.phash of a min-max scaled 64x64 grey thumbnail: 64 bits to find, 256 to confirm",
+            "hamming_threshold": threshold,
+            "rotations_and_flips": transforms,
+            "confirm_hamming_256": confirm,
+            "confirm_pixel_difference": confirm_pixels,
+            "pixel_difference": f"mean absolute difference of the {PIXEL_SIZE}x{PIXEL_SIZE} grey thumbnails under "
+            "the matched rotation / flip, each scaled to mean 0 and SD 1",
+            "exact": "sha256 of file bytes and of decoded pixels",
+            "volumes_checked_for_exact_duplicates_only": len(ok) - len(hashed),
+        },
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "_groups": [uf.find(i) for i in range(len(items))],
+    }
+
+
+def regroup(doc: Mapping, report: Mapping, seed: int = 0) -> dict[str, list[dict]]:
+    """The same split with each patient and each duplicate cluster in one split: a cluster that
+    spans splits moves whole into the split holding most of its images (a tie goes to the split
+    furthest below its original size, then to a seeded random choice); every other image stays
+    where it was. Moved items get ``audit_moved_from``; all items get ``audit_group``."""
+    names = split_keys(doc)
+    flat, home = [], []
+    for split in names:
+        for item in doc[split]:
+            flat.append(dict(item))
+            home.append(split)
+    groups = report["_groups"]
+    if len(groups) != len(flat):
+        raise ValueError("the report does not belong to this datalist")
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        members[group].append(index)
+    sizes = Counter(home)
+    original = dict(sizes)
+    rng = np.random.default_rng(seed)
+    target = list(home)
+    spanning = [g for g, idx in members.items() if len({home[i] for i in idx}) > 1]
+    for group in sorted(spanning, key=lambda g: (-len(members[g]), g)):
+        idx = members[group]
+        here = Counter(home[i] for i in idx)
+        noise = {s: rng.random() for s in here}
+        dest = max(here, key=lambda s: (here[s], original[s] - sizes[s], noise[s]))
+        for i in idx:
+            if target[i] != dest:
+                sizes[target[i]] -= 1
+                sizes[dest] += 1
+                target[i] = dest
+    result: dict[str, list[dict]] = {s: [] for s in names}
+    for index, (item, group) in enumerate(zip(flat, groups, strict=True)):
+        item["audit_group"] = f"g{group}"
+        if target[index] != home[index]:
+            item["audit_moved_from"] = home[index]
+        item["split"] = target[index]
+        result[target[index]].append(item)
+    check_no_leakage(result, "audit_group")
+    check_no_leakage(result, "patient_id")
+    return result
+
+
+def run_audit(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    read_image: ReadImage,
+    *,
+    threshold: int = DEFAULT_HAMMING,
+    transforms: bool = True,
+    confirm: int | None = DEFAULT_CONFIRM,
+    confirm_pixels: float | None = DEFAULT_PIXEL,
+    workers: int = 1,
+    write_regrouped: bool = True,
+    seed: int = 0,
+    **build_kwargs,
+) -> dict:
+    """Audit a datalist JSON, or any source ``toolkit.data.build_datalist`` takes (folder, CSV,
+    MedMNIST .npz; the built datalist goes to ``out_dir/datalist.json``); write the report and,
+    with ``write_regrouped``, ``out_dir/datalist_regrouped.json``. Returns the report.
+    ``read_image``: see ``ReadImage``; ``cit audit`` passes the toolkit's readers."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    source = Path(source).expanduser().resolve()
+    if source.is_file() and source.suffix.lower() == ".json":
+        datalist_path = source
+    else:
+        datalist_path = build_datalist(source, out_dir / "datalist.json", **build_kwargs)
+    doc = load_datalist(datalist_path)
+    doc["_path"] = str(datalist_path)
+
+    def progress(done: int, total: int) -> None:
+        logger.info("audit: %d / %d images read", done, total)
+
+    report = audit_datalist(
+        doc, read_image, threshold=threshold, transforms=transforms, confirm=confirm,
+        confirm_pixels=confirm_pixels, workers=workers, progress=progress,
+    )  # fmt: skip
+    for entry in report["unreadable"]:  # reasons name the file, not its full path (that is its own field)
+        entry["error"] = _without_path(entry["error"], entry["image"])
+    if source.is_dir():  # every file of the folder that was not audited, with its reason
+        report["unreadable"] += not_audited(
+            source,
+            [it["image"] for sp in split_keys(doc) for it in doc[sp] if isinstance(it.get("image"), str)],
+        )
+    if write_regrouped:
+        splits = regroup(doc, report, seed)
+        meta = {k: v for k, v in doc.items() if k in ("name", "description")}
+        path = save_datalist(out_dir / "datalist_regrouped.json", splits, doc["labels"],
+                             multi_label=bool(doc.get("multi_label")), regrouped_from=str(datalist_path),
+                             group_key="audit_group", seed=seed, **meta)  # fmt: skip
+        report["regrouped_datalist"] = str(path)
+        report["regrouped_splits"] = {k: len(v) for k, v in splits.items()}
+        report["regrouped_moved"] = sum(
+            1 for v in splits.values() for item in v if "audit_moved_from" in item
+        )
+    report["outputs"] = {k: str(v) for k, v in write_audit(report, out_dir).items()}
+    return report

@@ -1,0 +1,187 @@
+"""Output of an audit: the audit.md summary and writing audit.json + audit.md."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from toolkit.io import atomic_write_json, atomic_write_text
+
+_SHOW = 50  # pairs listed per table in audit.md (audit.json has all of them)
+
+
+def _table(rows: list[list], header: list[str]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return out
+
+
+def _short(path: str, root: str | None) -> str:
+    if root:
+        try:
+            return os.path.relpath(path, root)
+        except ValueError:
+            pass
+    return path
+
+
+def audit_markdown(report: Mapping) -> str:
+    """A readable summary of an audit report."""
+    root = report.get("image_root")
+    leak = report["leakage"]
+    lines = [f"# Data audit: {report.get('name') or report.get('datalist')}", ""]
+    lines.append(f"Datalist: `{report.get('datalist')}`, {report['num_items']} items under "
+                 f"`{root}` (paths below are relative to it), "
+                 f"{len(report['unreadable'])} unreadable, audited in {report['elapsed_seconds']} s.")  # fmt: skip
+    verdict = "**LEAKAGE FOUND**" if leak["found"] else "No leakage found"
+    lines += ["", f"## Verdict: {verdict}", ""]
+    counts = leak["counts_by_split_pair"]
+    if counts:
+        rows = [[pair.replace("|", " / "), c.get("shared_patients", 0), c.get("exact_duplicate_pairs", 0),
+                 c.get("near_duplicate_pairs", 0)] for pair, c in counts.items()]  # fmt: skip
+        lines += _table(
+            rows, ["split pair", "shared patients", "exact duplicate pairs", "near-duplicate pairs"]
+        )
+        lines.append("")
+    copies = leak.get("images_with_a_copy_in_another_split", {})
+    if copies:
+        lines.append("Images with an exact or near copy in another split: "
+                     + ", ".join(f"{s} {n} of {report['splits'].get(s, '?')}" for s, n in copies.items()) + ".")  # fmt: skip
+        lines.append("")
+    s = report["settings"]
+    lines.append(f"Near-duplicates: 64-bit pHash Hamming distance <= {s['hamming_threshold']}"
+                 f"{' (also against the 8 rotations / flips)' if s['rotations_and_flips'] else ''}"
+                 + (f", confirmed by 256-bit pHash distance <= {s['confirm_hamming_256']}"
+                    if s["confirm_hamming_256"] is not None else "")
+                 + (f" and on the pixels: {s['pixel_difference']} <= {s['confirm_pixel_difference']}"
+                    if s.get("confirm_pixel_difference") is not None else "") + ".")  # fmt: skip
+    found = report.get("confounds", {})
+    if found.get("flags"):
+        lines += [
+            "",
+            "**CONFOUND FOUND**: an image property predicts the label (details under Confounds):",
+            "",
+        ]
+        lines += [f"- {flag['text']}" for flag in found["flags"]]
+    if s.get("volumes_checked_for_exact_duplicates_only"):
+        lines.append(f"{s['volumes_checked_for_exact_duplicates_only']} volumes were checked for exact duplicates "
+                     "only (perceptual hashes of volumes matched different patients).")  # fmt: skip
+
+    lines += ["", "## Class balance", ""]
+    splits = list(report["splits"])
+    rows = [[name, *(report["class_balance"][sp].get(name, 0) for sp in splits)] for name in report["labels"]]
+    rows.append(["**total**", *(report["splits"][sp] for sp in splits)])
+    lines += _table(rows, ["class", *splits])
+
+    lines += ["", "## Images", ""]
+    for key, title in (("format", "format"), ("modality", "modality"), ("manufacturer", "manufacturer (DICOM)"),
+                       ("photometric", "colour mode (DICOM photometric interpretation / Pillow mode)"),
+                       ("content", "colour content (grey: the colour channels agree)"),
+                       ("bit_depth", "bit depth"), ("channels", "channels as stored (RGBA = 4)"),
+                       ("size", "size (W x H, width first; volumes: voxel shape)")):  # fmt: skip
+        values = report["image_stats"].get(key, {})
+        if key == "manufacturer" and not values:
+            continue
+        shown = ", ".join(f"{k}: {v}" for k, v in list(values.items())[:12])
+        more = f" (+{len(values) - 12} more)" if len(values) > 12 else ""
+        lines.append(f"- {title}: {shown or '-'}{more}")
+    lines += _confound_markdown(report)
+    if report["unreadable"]:
+        lines += ["", "## Unreadable files", ""]
+        lines += _table([[_short(u["image"], root), u["split"], u["error"]] for u in report["unreadable"][:_SHOW]],
+                        ["file", "split", "error"])  # fmt: skip
+    within = report.get("within_split", {})
+    if within:
+        lines += ["", "## Duplicates inside one split (not leakage, but they shrink the effective set)", ""]
+        rows = [
+            [sp, c.get("exact_duplicate_pairs", 0), c.get("near_duplicate_pairs", 0)]
+            for sp, c in within.items()
+        ]
+        lines += _table(rows, ["split", "exact duplicate pairs", "near-duplicate pairs"])
+
+    if leak["shared_patients"]:
+        lines += ["", f"## Patients in more than one split ({len(leak['shared_patients'])})", ""]
+        rows = [[p["patient_id"], ", ".join(f"{k} {v}" for k, v in p["splits"].items())]
+                for p in leak["shared_patients"][:_SHOW]]  # fmt: skip
+        lines += _table(rows, ["patient_id", "images per split"])
+    if leak["exact_duplicates"]:
+        lines += ["", f"## Exact duplicates across splits ({len(leak['exact_duplicates'])} pairs)", ""]
+        rows = [[_short(p["a"]["image"], root), p["a"]["split"], _short(p["b"]["image"], root), p["b"]["split"],
+                 p["kind"]] for p in leak["exact_duplicates"][:_SHOW]]  # fmt: skip
+        lines += _table(rows, ["image", "split", "duplicate", "split", "kind"])
+    if leak["near_duplicates"]:
+        lines += ["", f"## Near-duplicates across splits ({len(leak['near_duplicates'])} pairs)", ""]
+        ordered = sorted(leak["near_duplicates"], key=lambda p: (p["hamming_256"], p["hamming"]))
+        rows = [[_short(p["a"]["image"], root), p["a"]["split"], _short(p["b"]["image"], root), p["b"]["split"],
+                 p["hamming"], p["hamming_256"], p.get("pixel_difference", "-"), p["transform"]]
+                for p in ordered[:_SHOW]]  # fmt: skip
+        lines += _table(
+            rows, ["image", "split", "near-duplicate", "split", "Hamming 64", "Hamming 256", "pixel difference",
+                   "transform"],
+        )  # fmt: skip
+    listed = max(len(leak["exact_duplicates"]), len(leak["near_duplicates"]), len(leak["shared_patients"]))
+    if listed > _SHOW:
+        lines += ["", f"(first {_SHOW} rows per table; audit.json lists all)"]
+    c = report["clusters"]
+    lines += ["", "## Fix", "",
+              f"Linking patients and duplicates gives {c['count']} groups ({c['multi_item']} with more than one "
+              f"image, the largest has {c['largest']})."]  # fmt: skip
+    if report.get("regrouped_datalist"):
+        lines.append(
+            f"A regrouped datalist that keeps each group in one split: `{report['regrouped_datalist']}`. "
+            f"It moves {report.get('regrouped_moved', 0)} image(s) of groups that spanned splits into the split "
+            "holding most of the group; every other image keeps its split."
+        )
+        summary = report.get("regrouped_splits")
+        if summary:
+            lines.append("Its split sizes: " + ", ".join(f"{k} {v}" for k, v in summary.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _confound_markdown(report: Mapping) -> list[str]:
+    found = report.get("confounds")
+    if not found:
+        return []
+    s = found["settings"]
+    lines = ["", "## Confounds: image properties per split and class", "",
+             f"A property is flagged when it predicts the label far better than chance: {s['association']}, or "
+             f"{s['shortcut']}. Sizes: {s['size']}."]  # fmt: skip
+    if s.get("multi_label"):
+        lines.append("Multi-label: " + s["multi_label"] + "; the counts are positives per class.")
+    lines += ["", "**Flagged:**" if found["flags"] else "No property is flagged.", ""]
+    lines += [f"- {flag['text']}" for flag in found["flags"]]
+    constant = {t: next(iter(e["images"])) for t, e in found["properties"].items() if len(e["images"]) == 1}
+    if constant:
+        lines += ["", "The same for every image: " + ", ".join(f"{t} {v}" for t, v in constant.items()) + "."]
+    splits, labels = list(report["splits"]), list(report["labels"])
+    columns = [(sp, c) for sp in splits for c in labels]
+    wide = len(columns) > 16
+    for title, entry in found["properties"].items():
+        if title in constant:
+            continue
+        v = entry.get("cramers_v", {})
+        stat = ", ".join(f"{'' if t == 'label' else t + ': '}V {x}" for t, x in list(v.items())[:6])
+        lines += ["", f"### {title} ({stat})", ""]
+        shown = list(entry["counts"].items())[:_SHOW]
+        if wide:  # many splits x classes: one column per class, all splits together
+            rows = [[value, *(sum(c.get(name, 0) for c in per.values()) for name in labels), entry["images"][value]]
+                    for value, per in shown]  # fmt: skip
+            lines += _table(rows, [title, *labels, "images"])
+        else:
+            rows = [[value, *(per.get(sp, {}).get(name, 0) for sp, name in columns), entry["images"][value]]
+                    for value, per in shown]  # fmt: skip
+            lines += _table(rows, [title, *(f"{sp}: {name}" for sp, name in columns), "images"])
+        if len(entry["counts"]) > _SHOW:
+            lines.append(f"(first {_SHOW} of {len(entry['counts'])} values; audit.json lists all)")
+    return lines
+
+
+def write_audit(report: Mapping, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``audit.json`` and ``audit.md`` to ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    public = {k: v for k, v in report.items() if not k.startswith("_")}
+    return {
+        "json": atomic_write_json(out_dir / "audit.json", public),
+        "markdown": atomic_write_text(out_dir / "audit.md", audit_markdown(report)),
+    }
