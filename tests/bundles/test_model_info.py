@@ -2,17 +2,22 @@
 model trained with another architecture, input size and class count than the bundle's defaults,
 with no override repeated; its portable copy loads outside the repository as MONAI's tools load it."""
 
+import contextlib
+import io
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from tests.bundles.bundle_helpers import REPO_ROOT, run_bundle
+from toolkit.cli import main
 from toolkit.data import load_datalist, make_synthetic_dataset
 
 BUNDLE = "resnet18_brain_ct"
+BUNDLE_DIR = REPO_ROOT / "bundles" / BUNDLE
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # the bundle's metadata says 3 classes
 
 
@@ -30,9 +35,22 @@ def trained(tmp_path_factory):
     return tmp, inputs
 
 
-def _cit(*args):
-    return subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+@dataclass
+class CitRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _cit(*args) -> CitRun:
+    """`cit ARGS` in this process (as a user's shell would run it, without the interpreter start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse errors
+            code = int(exit_.code or 0)
+    return CitRun(code, out.getvalue(), err.getvalue())
 
 
 def _probs(path, key):
@@ -47,7 +65,7 @@ def _probs(path, key):
 def test_cit_infer_needs_no_override_and_equals_the_bundle(trained, tmp_path):
     tmp, inputs = trained
     ckpt = tmp / "models" / "model.pt"
-    result = _cit("infer", "--bundle", f"bundles/{BUNDLE}", "--ckpt-path", str(ckpt), "--input", str(inputs),
+    result = _cit("infer", "--bundle", str(BUNDLE_DIR), "--ckpt-path", str(ckpt), "--input", str(inputs),
                   "--output", str(tmp_path / "cit"), "--device", "cpu", "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=inputs, inference_dir=tmp_path / "bundle")
@@ -67,7 +85,7 @@ def test_contradicting_override_or_missing_description_is_a_clear_error(trained,
     base = [
         "infer",
         "--bundle",
-        f"bundles/{BUNDLE}",
+        str(BUNDLE_DIR),
         "--input",
         str(inputs),
         "--device",
@@ -90,7 +108,7 @@ def test_model_exports_reproduce_the_eager_model(trained, tmp_path, fmt):
 
     tmp, _ = trained
     out = tmp_path / FORMATS[fmt]
-    result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"),
+    result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"),
                   "--output-dir", str(tmp / "output"), "--format", fmt, "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert out.is_file() and f"tolerance {TOLERANCE:g}" in result.stdout
@@ -112,7 +130,7 @@ def test_packed_bundle_loads_and_verifies_outside_the_repository(trained, tmp_pa
 
     tmp, inputs = trained
     packed = tmp_path / "elsewhere" / BUNDLE
-    result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"), "--format", "bundle",
+    result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"), "--format", "bundle",
                   "--out", str(packed))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     configs = "".join(p.read_text() for p in (packed / "configs").glob("*.json"))
@@ -157,7 +175,7 @@ def test_published_bundle_fetches_its_weights_from_a_server(trained, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(tmp / "models"), "--format",
+        result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"), "--format",
                       "bundle", "--out", str(published), "--base-url", url)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         assert url in (published / "large_files.yml").read_text()
@@ -188,10 +206,10 @@ def test_onnxruntime_backend_equals_pytorch_and_never_uses_a_stale_export(traine
     tmp, inputs = trained
     models = tmp_path / "models"
     shutil.copytree(tmp / "models", models)
-    exported = _cit("export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir", str(models), "--output-dir",
+    exported = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(models), "--output-dir",
                     str(tmp / "output"), "--format", "onnx")  # fmt: skip
     assert exported.returncode == 0, exported.stderr[-3000:]
-    base = ["infer", "--bundle", f"bundles/{BUNDLE}", "--ckpt-path", str(models / "model.pt"), "--input", str(inputs),
+    base = ["infer", "--bundle", str(BUNDLE_DIR), "--ckpt-path", str(models / "model.pt"), "--input", str(inputs),
             "--device", "cpu", "--no-progress"]  # fmt: skip
     for backend in ("auto", "pytorch"):
         result = _cit(*base, "--output", str(tmp_path / backend), "--backend", backend)
