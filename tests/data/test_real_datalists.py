@@ -11,7 +11,9 @@ from toolkit.data import build_datalist, check_no_leakage, from_medmnist, load_d
 
 
 def test_kermany_keeps_published_test_split(shared_data, tmp_path):
-    root = (shared_data / "kermany_cxr_224").resolve()  # the datalist holds resolved paths (shared/ may be a link)
+    root = (
+        shared_data / "kermany_cxr_224"
+    ).resolve()  # the datalist holds resolved paths (shared/ may be a link)
     out = build_datalist(
         root, tmp_path / "kermany.json", label_from_name="kermany_3class", patient_from_name="kermany", seed=0
     )
