@@ -24,6 +24,7 @@ from monai.bundle import ConfigParser
 
 from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.bundle.description import load_model_info
+from toolkit.bundle.loading import assemble_bundle
 
 
 def resolve_device(requested: str | None = None) -> torch.device:
@@ -76,23 +77,4 @@ def _load_torchscript(path: Path, device: torch.device) -> InferenceBundle:
         parser["device"] = f"$torch.device('{device}')"
     info = load_model_info(path)  # a clear error when model_info.json is not beside the .ts
     parser["model_info"] = info
-    spatial_dims = int(info.network.get("spatial_dims", 2))
-    size = info.preprocessing.get("image_size")
-    image_size = (
-        tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else [size] * spatial_dims))
-        if size
-        else None
-    )
-    return InferenceBundle(
-        root=path.parent,
-        name=str(meta.get("name", path.stem)),
-        version=str(meta.get("version", "")),
-        class_names=list(info.class_names),
-        preprocessing=parser.get_parsed_content("preprocessing"),
-        network=network,
-        postprocessing=parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None,
-        image_size=image_size,
-        spatial_dims=spatial_dims,
-        ckpt_path=str(path),
-        model_info=info,
-    )
+    return assemble_bundle(parser, info, network, path.parent, str(meta.get("name", path.stem)), meta, path)

@@ -101,6 +101,13 @@ def load_bundle(
     network = parser.get_parsed_content("network")
     load_weights(network, ckpt)
     network.eval()
+    return assemble_bundle(parser, info, network, root, str(meta.get("name", root.name)), meta, ckpt)
+
+
+def assemble_bundle(parser: ConfigParser, info: ModelInfo, network: torch.nn.Module, root: Path, name: str,
+                    meta: dict, ckpt_path: str | os.PathLike) -> InferenceBundle:  # fmt: skip
+    """The :class:`InferenceBundle` of a parsed inference config (its ``model_info`` set to ``info``)
+    and a network holding the trained weights; also used by the MONAI Deploy app for ``model.ts``."""
     spatial_dims = int(info.network.get("spatial_dims", 2))
     size = info.preprocessing.get("image_size")
     image_size = (
@@ -110,7 +117,7 @@ def load_bundle(
     )
     return InferenceBundle(
         root=root,
-        name=str(meta.get("name", root.name)),
+        name=name,
         version=str(meta.get("version", "")),
         class_names=list(info.class_names),
         preprocessing=parser.get_parsed_content("preprocessing"),
@@ -118,6 +125,6 @@ def load_bundle(
         postprocessing=parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None,
         image_size=image_size,
         spatial_dims=spatial_dims,
-        ckpt_path=str(ckpt),
+        ckpt_path=str(ckpt_path),
         model_info=info,
     )
