@@ -162,9 +162,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    if (
-        args.verbose
-    ):  # also the traceback of each input that failed (toolkit.inference logs them at debug level)
+    if args.verbose:  # also each failed input's traceback (toolkit.inference logs them at debug level)
         logging.getLogger("toolkit.inference").setLevel(logging.DEBUG)
     options = InferenceOptions(
         bundle=args.bundle,
