@@ -23,11 +23,13 @@ from toolkit.io import atomic_write_csv
 
 logger = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+# first columns of every history; metrics a run adds (mean AUROC, loss terms ...) follow, then "lr"
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 
 
 class TrainingHistoryWriter:
-    """Keep ``training_history.csv`` (one row per epoch: train/val loss and accuracy, learning rate).
+    """Keep ``training_history.csv`` (one row per epoch: train/val loss and accuracy, every other metric of
+    the trainer and validator, learning rate).
 
     Attach it to the trainer after ``ValidationHandler`` so the validation metrics of the epoch
     are there. On a resumed run the rows of earlier epochs are kept.
@@ -57,15 +59,22 @@ class TrainingHistoryWriter:
         metrics = dict(engine.state.metrics)
         if self.validator is not None:
             metrics.update(self.validator.state.metrics)
-        row = [epoch] + [_scalar(metrics.get(k)) for k in HISTORY_COLUMNS[1:-1]] + [self._lr]
-        rows = [r for r in self._read_rows() if int(r[0]) < epoch]
-        atomic_write_csv(self.path, HISTORY_COLUMNS, rows + [row])
+        header, rows = self._read()
+        extra = [k for k in header[len(HISTORY_COLUMNS) : -1] if k not in HISTORY_COLUMNS]
+        extra += sorted(k for k in metrics if k not in HISTORY_COLUMNS and k not in extra)
+        header = HISTORY_COLUMNS + extra + ["lr"]
+        row = {**metrics, "epoch": epoch, "lr": self._lr}
+        kept = [r for r in rows if int(r["epoch"]) < epoch]
+        values = [[r.get(k, "") for k in header] for r in kept]
+        values.append([epoch] + [_scalar(row.get(k)) for k in header[1:-1]] + [self._lr])
+        atomic_write_csv(self.path, header, values)
 
-    def _read_rows(self) -> list[list]:
+    def _read(self) -> tuple[list[str], list[dict]]:
         if not self.path.is_file():
-            return []
+            return HISTORY_COLUMNS + ["lr"], []
         with open(self.path, newline="") as f:
-            return list(csv.reader(f))[1:]
+            rows = list(csv.DictReader(f))
+            return (list(rows[0]) if rows else HISTORY_COLUMNS + ["lr"]), rows
 
 
 def _scalar(value):

@@ -1,4 +1,5 @@
-"""What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, DDP helpers, schedules."""
+"""What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, DDP helpers, schedules,
+the key metric and early stopping."""
 
 from toolkit.engines.distributed import (
     default_device,
@@ -9,6 +10,7 @@ from toolkit.engines.distributed import (
     process_rank,
     train_sampler,
 )
+from toolkit.engines.monitoring import early_stopping, key_metrics
 from toolkit.engines.progress import ProgressBar
 from toolkit.engines.setup import (
     PrepareImageBatch,
@@ -24,8 +26,10 @@ __all__ = [
     "ProgressBar",
     "dataset_items",
     "default_device",
+    "early_stopping",
     "eval_sampler",
     "is_distributed",
+    "key_metrics",
     "latest_checkpoint",
     "main_process_handlers",
     "on_main_process",

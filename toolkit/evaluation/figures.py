@@ -70,7 +70,7 @@ def _float(value: str | None) -> float:
 
 
 def plot_training_history(history_csv: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """Loss (train / validation) and accuracy (train / validation) per epoch from ``training_history.csv``
+    """Loss and accuracy (mean AUROC for multi-label runs) per epoch, training and validation, from ``training_history.csv``
     (written by ``toolkit.bundle.TrainingHistoryWriter``); saved as ``training_curves.png`` beside it
     unless ``out_path`` is given. Returns the PNG path."""
     history_csv = Path(history_csv)
@@ -81,7 +81,8 @@ def plot_training_history(history_csv: str | os.PathLike, out_path: str | os.Pat
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    score = "mean_auroc" if any(r.get("val_mean_auroc") for r in rows) else "accuracy"
+    for ax, metric in zip(axes, ("loss", score), strict=True):
         for split, style in (("train", "o-"), ("val", "s--")):
             values = [_float(r.get(f"{split}_{metric}")) for r in rows]
             if not all(np.isnan(values)):
