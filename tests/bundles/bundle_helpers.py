@@ -15,6 +15,7 @@ CONFIG_FILES = {
     "inference": ["inference"],
     "multi_gpu_train": ["train", "multi_gpu_train"],
     "multi_gpu_evaluate": ["evaluate", "multi_gpu_evaluate"],
+    "supervised": ["supervised"],  # pretrain_ssl's supervised mode
 }
 
 
@@ -51,28 +52,21 @@ def run_bundle(
     return result
 
 
-def _bundle_cli(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
 def verify_bundle(bundle: str, ckpt_dir: Path) -> None:
     """`verify_metadata` (offline, against the vendored schema) and `verify_net_in_out` on the model
-    trained into ``ckpt_dir`` (the network is defined by its ``model_info.json``) pass."""
+    trained into ``ckpt_dir`` (the network is defined by its ``model_info.json``) pass.
+
+    MONAI's own functions, called in-process (the `python -m monai.bundle verify_*` commands are
+    thin wrappers of them; each process would cost seconds of imports)."""
+    from monai.bundle import verify_metadata, verify_net_in_out
+
     meta = bundle_config(bundle, "metadata")
     schema = REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json"
-    _bundle_cli("verify_metadata", "--meta_file", meta, "--filepath", str(schema))
-    _bundle_cli(
-        "verify_net_in_out",
-        "network_def",
-        "--meta_file",
-        meta,
-        "--config_file",
-        bundle_config(bundle, "inference"),
-        "--device",
-        "cpu",
-        "--ckpt_dir",
-        str(ckpt_dir),
-    )
+    verify_metadata(meta_file=meta, filepath=str(schema))
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the configs' base macros are relative to the repository root, as in the README
+    try:
+        verify_net_in_out("network_def", meta_file=meta, config_file=bundle_config(bundle, "inference"),
+                          device="cpu", ckpt_dir=str(ckpt_dir))  # fmt: skip
+    finally:
+        os.chdir(cwd)

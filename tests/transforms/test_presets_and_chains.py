@@ -92,7 +92,7 @@ def test_augmentation_preset_is_seeded_and_changes_the_image(name):
 
 def test_augmentation_overrides_and_errors():
     never = augmentation_transforms(
-        "chestxray14", image_size=SIZE, flip_prob=0, rotate_prob=0, intensity_prob=0
+        "chestxray14", image_size=SIZE, flip_prob=0, rotate_prob=0, zoom_prob=0, intensity_prob=0
     )
     for out in _run(never, 0, n=3):
         torch.testing.assert_close(out, _image())

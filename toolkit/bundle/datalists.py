@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 # split-spec keys an evaluation may state explicitly; each must equal what training recorded
-CHECKED_KEYS = ("source", "seed", "ratios", "val_fraction", "classes", "label_from_name", "patient_from_name")
+CHECKED_KEYS = ("source", "seed", "ratios", "val_fraction", "classes", "label_from_name", "patient_from_name",
+                "group_near_duplicates")  # fmt: skip
 # how a label file is read (build_datalist options); in the split spec only when given
 SOURCE_OPTIONS = ("image_column", "label_column", "patient_column", "split_column", "image_pattern",
                   "skip_missing", "allow_single_class")  # fmt: skip
@@ -51,12 +52,14 @@ def split_spec(
     classes: list[str] | None = None,
     label_from_name: str | None = None,
     patient_from_name: str | None = None,
+    group_near_duplicates: bool | dict = False,
     **source_options: Any,
 ) -> dict:
     """What decides the split. A datalist JSON source is identified by its content hash as well.
 
     ``source_options``: how a label file is read (``SOURCE_OPTIONS`` of ``build_datalist``); only
-    those given are part of the spec, so a spec without them keeps its fingerprint.
+    those given are part of the spec, so a spec without them keeps its fingerprint. So is
+    ``group_near_duplicates`` (True or the audit thresholds it uses), only when set.
     """
     source = str(Path(dataset_dir).expanduser().resolve()) if dataset_dir else "synthetic"
     spec = {
@@ -72,6 +75,8 @@ def split_spec(
     if unknown:
         raise TypeError(f"unknown split option(s) {sorted(unknown)}; known: {list(SOURCE_OPTIONS)}")
     spec.update({k: source_options[k] for k in SOURCE_OPTIONS if source_options.get(k)})
+    if group_near_duplicates:
+        spec["group_near_duplicates"] = group_near_duplicates
     if source.endswith(".json") and Path(source).is_file():
         spec["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return spec
@@ -94,6 +99,7 @@ def datalist_for(
     image_pattern: str | None = None,
     skip_missing: bool = False,
     allow_single_class: bool = False,
+    group_near_duplicates: bool | dict = False,
 ) -> str:
     """Build the training run's split into ``<output_dir>/datalist.json`` and return its path.
 
@@ -103,12 +109,17 @@ def datalist_for(
     kept as it is; a different spec replaces it (a new training run), which is logged.
     ``image_column`` ... ``allow_single_class`` are passed to ``build_datalist`` (how a label file
     is read; not used for the synthetic data) and, when given, are part of the split spec.
+    ``group_near_duplicates`` (True, or the audit's thresholds as a dict, e.g.
+    ``{"confirm_pixels": 0.35}``) keeps patients and clusters of duplicate / near-duplicate images
+    (found as `cit audit` finds them) in one split each; see ``toolkit.data.build_datalist`` (not
+    used for the synthetic data, which comes split by its synthetic patients).
     Under torchrun, rank 0 builds the split while the other ranks wait, then all read that file.
     """
     options = dict(seed=seed, ratios=ratios, val_fraction=val_fraction, classes=classes, label_from_name=label_from_name,
                    patient_from_name=patient_from_name, synthetic=synthetic, image_column=image_column,
                    label_column=label_column, patient_column=patient_column, split_column=split_column,
-                   image_pattern=image_pattern, skip_missing=skip_missing, allow_single_class=allow_single_class)  # fmt: skip
+                   image_pattern=image_pattern, skip_missing=skip_missing, allow_single_class=allow_single_class,
+                   group_near_duplicates=group_near_duplicates)  # fmt: skip
     if not is_distributed():
         return _build_split(dataset_dir, output_dir, **options)
     path = _build_split(dataset_dir, output_dir, **options) if process_rank() == 0 else None
@@ -118,10 +129,13 @@ def datalist_for(
 
 def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, label_from_name, patient_from_name,
                  synthetic, image_column, label_column, patient_column, split_column, image_pattern, skip_missing,
-                 allow_single_class) -> str:  # fmt: skip
+                 allow_single_class, group_near_duplicates) -> str:  # fmt: skip
     source_opts = {"image_column": image_column, "label_column": label_column, "patient_column": patient_column,
                    "split_column": split_column, "image_pattern": image_pattern, "skip_missing": skip_missing,
                    "allow_single_class": allow_single_class} if dataset_dir else {}  # fmt: skip
+    group_near_duplicates = (
+        group_near_duplicates if dataset_dir else False
+    )  # synthetic: split by its patients
     output_dir = Path(output_dir)
     target = output_dir / DATALIST_NAME
     source = dataset_dir
@@ -129,7 +143,7 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
         options = {k: v for k, v in (synthetic or {}).items() if v is not None}
         source = make_synthetic_dataset(output_dir / "synthetic_data", seed=seed, **options)
     spec = split_spec(source if dataset_dir else None, seed, ratios, val_fraction, classes,
-                      label_from_name, patient_from_name, **source_opts)  # fmt: skip
+                      label_from_name, patient_from_name, group_near_duplicates, **source_opts)  # fmt: skip
     if not dataset_dir:
         spec["synthetic"] = {k: v for k, v in (synthetic or {}).items() if v is not None}
     fp = fingerprint(spec)
@@ -144,7 +158,8 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
         )  # fmt: skip
     built = Path(build_datalist(source, target, ratios=ratios, val_fraction=val_fraction, seed=seed,
                                 classes=classes, label_from_name=label_from_name,
-                                patient_from_name=patient_from_name, **source_opts))  # fmt: skip
+                                patient_from_name=patient_from_name, **source_opts,
+                                group_near_duplicates=group_near_duplicates, read_image=read_pixels))  # fmt: skip
     doc = load_datalist(built)  # a JSON source is returned as is: copy it, with absolute image paths
     meta = {k: v for k, v in doc.items() if k not in split_keys(doc) and k not in ("labels", "multi_label")}
     meta.update(split_spec=spec, split_fingerprint=fp)
@@ -210,6 +225,15 @@ def source_folder(output_dir: str | os.PathLike) -> str:
     if source == "synthetic" or not source:
         return str(Path(output_dir) / "synthetic_data")
     return str(Path(source).parent if Path(source).is_file() else Path(source))
+
+
+def read_pixels(path: str):
+    """Pixels of one image as the toolkit's transforms read it (a multi-frame DICOM: its middle
+    frame), for the near-duplicate grouping; ``ImageReadError`` (a ValueError) naming a bad file."""
+    from toolkit.transforms.readers import MedicalImageReader  # torch + MONAI: only when images are read
+
+    reader = MedicalImageReader(dicom_frame="middle")
+    return reader.get_data(reader.read(path))[0]
 
 
 def read_json_object(path: Path) -> dict:

@@ -3,8 +3,9 @@
 Training writes what every consumer needs to rebuild the model and feed it: the network
 (``toolkit.networks.create_network`` arguments), the class names, the evaluation preprocessing
 (``toolkit.transforms.classification_transforms`` arguments: input size, channels, intensity
-preset) and the fingerprint of the split it was trained on. Evaluation, bundle inference,
-`cit infer` and `cit report` read it, so no training choice has to be repeated as an override;
+preset; for 3D models ``spatial_dims`` 3 and the voxel spacing / fit) and the fingerprint of
+the split it was trained on. Evaluation, bundle inference, `cit infer` and `cit report` read it,
+so no training choice has to be repeated as an override;
 an override that contradicts it is an error, since it would silently change the predictions.
 The file sits in the checkpoint's folder, so a ``ckpt_path`` pointing elsewhere brings its own.
 """
@@ -101,6 +102,15 @@ def write_model_info(
     if info.network.get("num_classes") not in (None, info.num_classes):
         raise ValueError(
             f"network num_classes {info.network['num_classes']} != {info.num_classes} class names"
+        )
+    dims = {
+        "network": info.network.get("spatial_dims", 2),
+        "preprocessing": info.preprocessing.get("spatial_dims", 2),
+    }
+    if dims["network"] != dims["preprocessing"]:
+        raise ValueError(
+            f"the network is {dims['network']}D but the preprocessing {dims['preprocessing']}D: a bundle "
+            "setting model_kwargs spatial_dims must set preprocessing_kwargs spatial_dims to the same value"
         )
     doc = {"format": FORMAT_VERSION, **_as_dict(info)}
     atomic_write_json(info_path(ckpt_dir), doc)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from toolkit.bundle.backbone import ADOPTED_NAME
 from toolkit.bundle.configs import read_config
 from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import ModelInfo, info_path, load_model_info
@@ -85,7 +86,8 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_
     if (bundle_dir / "docs").is_dir():
         shutil.copytree(bundle_dir / "docs", out_dir / "docs", dirs_exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
-    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json"):
+    # the adopted backbone record goes along so the exported bundle keeps the evaluation's leakage guard
+    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json", ADOPTED_NAME):
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / "models" / name)
     if base_url:

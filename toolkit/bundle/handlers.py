@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 
 from toolkit.engines import is_distributed
 from toolkit.evaluation import metrics as evaluation_metrics
+from toolkit.evaluation import thresholds
 from toolkit.io import atomic_write_csv
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class PredictionWriter:
         write_metrics: bool = False,
         multi_label: bool = False,
         filename: str = "predictions.csv",
+        thresholds: str | os.PathLike | None = None,
+        save_thresholds: str | os.PathLike | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -109,6 +112,9 @@ class PredictionWriter:
         self.write_metrics = write_metrics
         self.multi_label = multi_label
         self.filename = filename
+        self.thresholds_file = thresholds
+        self.save_thresholds = save_thresholds
+        self.thresholds: np.ndarray | float = 0.5
         self._probs: list[np.ndarray] = []
         self._indices: list[np.ndarray] = []
 
@@ -135,6 +141,7 @@ class PredictionWriter:
             return
         records = [self.records[i] for i in indices]
         has_labels = all("label" in r for r in records)
+        self._set_thresholds(records, probs, has_labels)
         has_patients = any(r.get("patient_id") for r in records)
         header = ["image"] + (["patient_id"] if has_patients else [])
         if has_labels:
@@ -145,7 +152,7 @@ class PredictionWriter:
             row = [record["image"]] + ([record.get("patient_id", "")] if has_patients else [])
             if has_labels:
                 row += [_label_text(record["label"]), self._label_name(record["label"])]
-            pred = (p >= 0.5).astype(int).tolist() if self.multi_label else int(p.argmax())
+            pred = (p >= self.thresholds).astype(int).tolist() if self.multi_label else int(p.argmax())
             row += [_label_text(pred), self._label_name(pred)] + [f"{v:.6f}" for v in p]
             rows.append(row)
         path = self.output_dir / self.filename
@@ -153,6 +160,20 @@ class PredictionWriter:
         logger.info("wrote %d predictions to %s", len(rows), path)
         if self.write_metrics and has_labels:
             self._write_metrics(records, probs)
+
+    def _set_thresholds(self, records: list[dict], probs: np.ndarray, has_labels: bool) -> None:
+        """Multi-label: per-class thresholds chosen here (``save_thresholds``, on validation) or read from
+        ``thresholds`` when that file exists; 0.5 otherwise."""
+        if not self.multi_label:
+            return
+        chosen = None
+        if self.save_thresholds and has_labels:
+            chosen = thresholds.choose_thresholds([r["label"] for r in records], probs, self.class_names)
+            thresholds.save_thresholds(chosen, self.save_thresholds, len(records))
+        elif self.thresholds_file and Path(self.thresholds_file).is_file():
+            chosen = thresholds.load_thresholds(self.thresholds_file)
+            logger.info("per-class thresholds from %s", self.thresholds_file)
+        self.thresholds = thresholds.threshold_vector(chosen, self.class_names) if chosen else 0.5
 
     def _gathered(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """This process's predictions, or under DDP every rank's on rank 0 (``None`` elsewhere).
@@ -181,7 +202,7 @@ class PredictionWriter:
     def _write_metrics(self, records: list[dict], probs: np.ndarray) -> None:
         labels = np.asarray([r["label"] for r in records])
         if self.multi_label:
-            result = evaluation_metrics.multilabel_metrics(labels, probs, self.class_names)
+            result = evaluation_metrics.multilabel_metrics(labels, probs, self.class_names, self.thresholds)
         else:
             result = evaluation_metrics.classification_metrics(labels, probs, self.class_names)
         paths = evaluation_metrics.write_metrics(result, self.output_dir)

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "toolkit.cli.audit",  # cit audit
     "toolkit.cli.report",  # cit report
     "toolkit.cli.export",  # cit export
+    "toolkit.cli.compare",  # cit compare
 ]
 
 

@@ -36,7 +36,15 @@ from toolkit.data.sources.chestxray14 import is_chestxray14
 from toolkit.data.sources.class_folders import tree_classes
 from toolkit.data.sources.csv_manifest import TABLE_SUFFIXES, csv_header
 from toolkit.data.sources.dicom_folder import dicom_label_csv
-from toolkit.data.splits import SPLIT_NAMES, check_no_leakage, class_counts, parse_ratios, split_items
+from toolkit.data.splits import (
+    SPLIT_GROUP,
+    SPLIT_NAMES,
+    check_no_leakage,
+    class_counts,
+    near_duplicate_groups,
+    parse_ratios,
+    split_items,
+)
 from toolkit.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -216,7 +224,7 @@ def read_source(
             found = medmnist_items(source, out_path.parent / f"{source.stem}_images", classes)
         elif suffix in TABLE_SUFFIXES or suffix in (".xlsx", ".xls", ".xlsm", ".ods"):
             if not table and is_chestxray14(csv_header(source)):
-                found = chestxray14_items(source)
+                found = chestxray14_items(source, classes=classes)
             else:
                 found = manifest_items(source, classes, skip_missing=skip_missing, **table)
         else:
@@ -240,6 +248,10 @@ def _folder_items(source, classes, label_from_name, patient_from_name, table, *,
                              f"found {found}. Pass the label file itself as the source")  # fmt: skip
         logger.info("%s: labels from %s", source, tables[0])
         return manifest_items(tables[0], classes, root=source, skip_missing=skip_missing, **table)
+    chestxray14 = [t for t in tables if is_chestxray14(csv_header(t))]
+    if not table and label_from_name is None and len(chestxray14) == 1 and len(tree_classes(source)) < 2:
+        logger.info("%s: ChestX-ray14 labels from %s", source, chestxray14[0].name)
+        return chestxray14_items(chestxray14[0], image_dir=source, classes=classes)
     if tables and label_from_name is None and classes is None and not allow_single_class:
         tree = tree_classes(source)
         if len(tree) < 2:
@@ -291,6 +303,8 @@ def build_datalist(
     image_pattern: str | None = None,
     skip_missing: bool = False,
     allow_single_class: bool = False,
+    group_near_duplicates: bool | Mapping = False,
+    read_image=None,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
 
@@ -311,6 +325,13 @@ def build_datalist(
     ``ratios`` (default 80/10/10), stratified and grouped by ``group_key``. No patient is in two
     of the splits made here. Deterministic for a given ``seed``. The counts per split and class
     are logged.
+
+    ``group_near_duplicates`` (True, or a mapping of the audit's thresholds, see
+    ``splits.NEAR_DUPLICATE_OPTIONS``): before splitting, images are clustered by patient and by
+    duplicate / near-duplicate image as ``cit audit`` finds them (read with ``read_image``), and
+    whole clusters are split (item key ``split_group``), so no cluster spans two of the splits
+    made here; clusters spanning published splits are kept as published and counted. The summary
+    (clusters, images grouped) is logged and stored as ``near_duplicate_grouping``.
     """
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
@@ -323,6 +344,9 @@ def build_datalist(
         if given:
             raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
         load_datalist(source)
+        if group_near_duplicates:
+            logger.warning("%s is a datalist with its own split: group_near_duplicates is not applied (`cit audit` "
+                           "writes a regrouped copy of it)", source)  # fmt: skip
         return source
 
     found = read_source(source, out_path, classes, label_from_name, patient_from_name,
@@ -336,6 +360,17 @@ def build_datalist(
         "seed": seed,
         **found.meta,
     }
+    if group_near_duplicates:
+        if read_image is None:
+            raise ValueError("group_near_duplicates needs read_image (a function decoding one image file)")
+        options = dict(group_near_duplicates) if isinstance(group_near_duplicates, Mapping) else {}
+        grouping = near_duplicate_groups(items, labels, read_image, **options)
+        logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
+                    "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
+                    grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],
+                    grouping["exact_duplicate_pairs"], grouping["near_duplicate_pairs"], grouping["groups"])  # fmt: skip
+        meta["near_duplicate_grouping"] = grouping
+        group_key = SPLIT_GROUP
     if published:
         splits = {
             name: [i for i in items if i.get("split") == name] for name in SPLIT_NAMES if name in published

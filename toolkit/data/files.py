@@ -12,6 +12,8 @@ from pathlib import Path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Volume formats only 3D models read (through ITK); not returned by ``file_kind``.
+VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # Segmentation masks stored beside the images (e.g. COVID-19 Radiography Database <class>/masks/)
 # are not images to classify.

@@ -195,6 +195,67 @@ def split_items(
     return result
 
 
+# near-duplicate settings a split may set (``toolkit.data.audit.audit_datalist`` arguments)
+NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels")
+SPLIT_GROUP = "split_group"  # item key: the patient + near-duplicate cluster an item belongs to
+
+
+def near_duplicate_groups(
+    items: Sequence[dict], labels: Sequence[str], read_image, workers: int = 1, **options
+) -> dict:
+    """Cluster ``items`` by patient and by duplicate image, with the data-set audit's own rule.
+
+    Every item gets ``SPLIT_GROUP`` (``"g<n>"``): items sharing a ``patient_id``, identical pixels
+    or a confirmed near-duplicate (pHash + pixel check, also under rotations / flips; see
+    ``toolkit.data.audit``) share it, so a split grouped by it keeps each cluster in one part.
+    ``options``: ``NEAR_DUPLICATE_OPTIONS`` (the audit's thresholds; its defaults otherwise).
+    ``read_image``: see ``toolkit.data.audit.ReadImage``. Returns a summary for the log and the
+    datalist: clusters of several images, the images in them, the largest, pairs found.
+    """
+    # the audit needs imagehash and Pillow: imported only when a grouped split is asked for
+    from toolkit.data.audit import audit_datalist
+    from toolkit.data.audit.duplicates import _UnionFind
+
+    unknown = set(options) - set(NEAR_DUPLICATE_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"unknown near-duplicate option(s) {sorted(unknown)}; known: {list(NEAR_DUPLICATE_OPTIONS)}"
+        )
+    multi = _is_multi_label(items)
+    report = audit_datalist({"labels": list(labels), "multi_label": multi, "all": list(items)}, read_image,
+                            workers=workers, **options)  # fmt: skip
+    groups = report["_groups"]
+    for item, group in zip(items, groups, strict=True):
+        item[SPLIT_GROUP] = f"g{group}"
+    # clusters made by duplicate images alone (patients aside): what the grouping adds
+    index = {
+        (it["image"][0] if isinstance(it["image"], list) else it["image"]): n for n, it in enumerate(items)
+    }
+    linked = _UnionFind(len(items))
+    for pair in report["within_split_pairs"]:
+        linked.union(index[pair["a"]["image"]], index[pair["b"]["image"]])
+    clusters = [n for n in Counter(linked.find(i) for i in range(len(items))).values() if n > 1]
+    pairs = report["within_split"].get("all", {})
+    return {
+        "groups": len(set(groups)),
+        "duplicate_clusters": len(clusters),
+        "images_in_duplicate_clusters": sum(clusters),
+        "largest_duplicate_cluster": max(clusters, default=0),
+        "exact_duplicate_pairs": pairs.get("exact_duplicate_pairs", 0),
+        "near_duplicate_pairs": pairs.get("near_duplicate_pairs", 0),
+        "unreadable": len(report["unreadable"]),
+        "settings": {
+            k: report["settings"][v]
+            for k, v in (
+                ("threshold", "hamming_threshold"),
+                ("transforms", "rotations_and_flips"),
+                ("confirm", "confirm_hamming_256"),
+                ("confirm_pixels", "confirm_pixel_difference"),
+            )
+        },  # fmt: skip
+    }
+
+
 def check_no_leakage(splits: Mapping[str, Sequence[dict]], group_key: str = "patient_id") -> None:
     """Raise ``ValueError`` if any ``group_key`` value (patient) appears in more than one split."""
     seen: dict[str, set[str]] = defaultdict(set)

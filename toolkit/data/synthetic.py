@@ -56,8 +56,10 @@ def _head(rng: np.random.Generator, size: int) -> dict:
     }
 
 
-def _render(rng: np.random.Generator, head: dict, pattern: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tissue map in [0, 1], mask of bone) for one slice."""
+def _render(
+    rng: np.random.Generator, head: dict, patterns: tuple[str, ...], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tissue map in [0, 1], mask of bone) for one slice with the lesions of ``patterns``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     c, s = np.cos(head["angle"]), np.sin(head["angle"])
     dy, dx = yy - head["cy"], xx - head["cx"]
@@ -88,30 +90,31 @@ def _render(rng: np.random.Generator, head: dict, pattern: str, size: int) -> tu
         tissue += inner * 0.06 * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sig**2))
 
     lesion = np.zeros_like(tissue)
-    amp = rng.uniform(0.2, 0.35)
-    # lesion anchor: the patient's site plus a little jitter between slices
-    lr = float(np.clip(head["lesion_r"] + rng.normal(0, 0.15), 0.05, 0.6))
-    lt = head["lesion_t"] + rng.normal(0, 0.6)
-    if pattern == "blob":
-        for lobe in range(rng.integers(1, 3)):
-            jitter = 0.0 if lobe == 0 else rng.uniform(0.05, 0.12)
-            py, px = _polar(head, ry, rx, lr + jitter, lt + jitter)
-            sig = size * rng.uniform(0.07, 0.12)
-            lesion += amp * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sig**2))
-    elif pattern == "crescent":
-        # disc centred on the inner skull surface, clipped to the brain: a dural-based crescent
-        py, px = _polar(head, ry - head["skull"], rx - head["skull"], 1.0, lt)
-        rad = size * rng.uniform(0.09, 0.15)
-        disc = (yy - py) ** 2 + (xx - px) ** 2 <= rad**2
-        lesion[disc] = amp
-    elif pattern == "spots":
-        cy, cx = _polar(head, ry, rx, lr, lt)
-        for _ in range(rng.integers(4, 8)):
-            py, px = cy + rng.normal(0, size * 0.06), cx + rng.normal(0, size * 0.06)
-            sig = size * rng.uniform(0.015, 0.025)
-            lesion += (amp + 0.1) * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sig**2))
-    elif pattern != "none":
-        raise ValueError(f"unknown lesion pattern {pattern!r}")
+    for pattern in patterns:
+        amp = rng.uniform(0.2, 0.35)
+        # lesion anchor: the patient's site plus a little jitter between slices
+        lr = float(np.clip(head["lesion_r"] + rng.normal(0, 0.15), 0.05, 0.6))
+        lt = head["lesion_t"] + rng.normal(0, 0.6)
+        if pattern == "blob":
+            for lobe in range(rng.integers(1, 3)):
+                jitter = 0.0 if lobe == 0 else rng.uniform(0.05, 0.12)
+                py, px = _polar(head, ry, rx, lr + jitter, lt + jitter)
+                sig = size * rng.uniform(0.07, 0.12)
+                lesion += amp * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sig**2))
+        elif pattern == "crescent":
+            # disc centred on the inner skull surface, clipped to the brain: a dural-based crescent
+            py, px = _polar(head, ry - head["skull"], rx - head["skull"], 1.0, lt)
+            rad = size * rng.uniform(0.09, 0.15)
+            disc = (yy - py) ** 2 + (xx - px) ** 2 <= rad**2
+            lesion[disc] = amp
+        elif pattern == "spots":
+            cy, cx = _polar(head, ry, rx, lr, lt)
+            for _ in range(rng.integers(4, 8)):
+                py, px = cy + rng.normal(0, size * 0.06), cx + rng.normal(0, size * 0.06)
+                sig = size * rng.uniform(0.015, 0.025)
+                lesion += (amp + 0.1) * np.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sig**2))
+        elif pattern != "none":
+            raise ValueError(f"unknown lesion pattern {pattern!r}")
     tissue += lesion * inner
 
     tissue *= 1 + 0.08 * _zoom_noise(rng, size, 3) * outer  # smooth coil / beam bias field
@@ -246,19 +249,30 @@ def make_synthetic_dataset(
     image_size: int = 256,
     seed: int = 0,
     classes=("glioma", "meningioma", "pituitary"),
+    multi_label: bool = False,
+    spatial_dims: int = 2,
 ) -> Path:
     """Write the synthetic demo data set to ``out_dir`` and return its ``datalist.json``.
 
     ``n_patients`` patients (classes balanced, one class per patient) with ``images_per_patient``
     images each, as DICOM and PNG under ``out_dir/images/<patient>/``; the datalist is split
-    80/10/10 by patient, stratified by class. Idempotent: if ``out_dir/datalist.json`` was made
+    80/10/10 by patient, stratified by class. With ``multi_label`` (up to 3 classes) each patient
+    has each lesion pattern with probability 0.4, several or none (multi-hot labels). Idempotent: if ``out_dir/datalist.json`` was made
     with the same parameters and its files exist, it is returned unchanged.
     """
+    if spatial_dims == 3:  # 3D demo volumes instead (toolkit.data.synthetic_volumes)
+        from toolkit.data.synthetic_volumes import make_synthetic_volumes
+
+        if multi_label:
+            raise ValueError("synthetic 3D volumes are single-label (multi_label=False)")
+        return make_synthetic_volumes(out_dir, n_patients, images_per_patient, image_size, seed, classes)
+    if spatial_dims != 2:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     from pydicom.uid import generate_uid  # pydicom ~0.3 s: see _write_dicom
 
     classes = [str(c) for c in classes]
-    if not 2 <= len(classes) <= len(PATTERNS):
-        raise ValueError(f"synthetic data supports 2 to {len(PATTERNS)} classes, got {classes}")
+    if not 2 <= len(classes) <= len(PATTERNS) - multi_label:  # "none" is no class of its own when multi-label
+        raise ValueError(f"synthetic data supports 2 to {len(PATTERNS) - multi_label} classes, got {classes}")
     if n_patients < 1 or images_per_patient < 1 or image_size < 16:
         raise ValueError("need n_patients >= 1, images_per_patient >= 1 and image_size >= 16")
     out_dir = Path(out_dir).expanduser().resolve()
@@ -270,6 +284,7 @@ def make_synthetic_dataset(
         "image_size": int(image_size),
         "seed": int(seed),
         "classes": classes,
+        **({"multi_label": True} if multi_label else {}),
     }
     if datalist.is_file():
         try:
@@ -285,11 +300,19 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     labels = np.arange(n_patients) % len(classes)
     rng.shuffle(labels)
+    if multi_label:
+        present = rng.random((n_patients, len(classes))) < 0.4
     items = []
     count = 0
     for p in range(n_patients):
         patient = f"P{p + 1:03d}"
-        label = int(labels[p])
+        if multi_label:
+            label = present[p].astype(int).tolist()
+            patterns = tuple(PATTERNS[k] for k in range(len(classes)) if label[k])
+            name = [classes[k] for k in range(len(classes)) if label[k]]
+        else:
+            label, name = int(labels[p]), classes[int(labels[p])]
+            patterns = (PATTERNS[label],)
         prng = np.random.default_rng([seed, p])
         head = _head(prng, image_size)
         folder = out_dir / "images" / patient
@@ -302,8 +325,8 @@ def make_synthetic_dataset(
         for k in range(images_per_patient):
             variant = VARIANTS[count % len(VARIANTS)]
             count += 1
-            tissue, bone = _render(prng, head, PATTERNS[label], image_size)
-            item = {"label": label, "label_name": classes[label], "patient_id": patient, "format": variant}
+            tissue, bone = _render(prng, head, patterns, image_size)
+            item = {"label": label, "label_name": name, "patient_id": patient, "format": variant}
             if variant.startswith("png"):
                 path = folder / f"{patient}_{k:02d}.png"
                 _write_png(path, tissue, variant)
@@ -328,10 +351,11 @@ def make_synthetic_dataset(
         datalist,
         splits,
         classes,
+        multi_label=multi_label,
         name="synthetic-head",
         description="Synthetic head scans (DICOM CT/MR and PNG) with one lesion pattern per class; demo data, no patients.",
         seed=int(seed),
         ratios=RATIOS,
         generator=params,
-        class_counts={k: class_counts(v, len(classes)) for k, v in splits.items()},
+        class_counts={k: class_counts(v, len(classes), multi_label) for k, v in splits.items()},
     )

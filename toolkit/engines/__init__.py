@@ -1,6 +1,13 @@
 """What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, DDP helpers, schedules,
-the key metric and early stopping."""
+the key metric, early stopping and knowledge distillation."""
 
+from toolkit.engines.distillation import (
+    DistillationIteration,
+    DistillationLoss,
+    FrozenTeacher,
+    distillation_term,
+    iteration_metrics,
+)
 from toolkit.engines.distributed import (
     default_device,
     eval_sampler,
@@ -20,15 +27,22 @@ from toolkit.engines.setup import (
     prepare_network,
     to_probabilities,
 )
+from toolkit.engines.ssl import ContrastiveIteration, ssl_loss, ssl_network, trunk_of
 
 __all__ = [
+    "ContrastiveIteration",
+    "DistillationIteration",
+    "DistillationLoss",
+    "FrozenTeacher",
     "PrepareImageBatch",
     "ProgressBar",
     "dataset_items",
     "default_device",
+    "distillation_term",
     "early_stopping",
     "eval_sampler",
     "is_distributed",
+    "iteration_metrics",
     "key_metrics",
     "latest_checkpoint",
     "main_process_handlers",
@@ -36,6 +50,9 @@ __all__ = [
     "prepare_batch_for",
     "prepare_network",
     "process_rank",
+    "ssl_loss",
+    "ssl_network",
     "to_probabilities",
     "train_sampler",
+    "trunk_of",
 ]

@@ -124,10 +124,13 @@ def classification_metrics(y_true, y_prob, class_names: Sequence[str]) -> dict:
     }
 
 
-def multilabel_metrics(y_true, y_prob, class_names: Sequence[str], threshold: float = 0.5) -> dict:
+def multilabel_metrics(
+    y_true, y_prob, class_names: Sequence[str], threshold: float | Sequence[float] = 0.5
+) -> dict:
     """Metrics of a multi-label classifier from multi-hot labels (N, C) and probabilities (N, C).
 
-    A class is predicted present when its probability is >= ``threshold``. Keys: ``accuracy``
+    A class is predicted present when its probability is >= ``threshold`` (one number, or one per
+    class, e.g. chosen on validation by ``toolkit.evaluation.thresholds``). Keys: ``accuracy``
     (exact-match / subset accuracy), ``per_class`` (precision / recall / f1 / support / roc_auc at
     the threshold), ``macro`` (precision / recall / f1), ``roc_auc_macro`` (None when a class has
     only one outcome), ``confusion_matrix`` (per class ``[[tn, fp], [fn, tp]]``), ``threshold``,
@@ -160,7 +163,7 @@ def multilabel_metrics(y_true, y_prob, class_names: Sequence[str], threshold: fl
         "macro": {"precision": float(p), "recall": float(r), "f1": float(f)},
         "roc_auc_macro": _mean_or_none(aucs),
         "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
-        "threshold": float(threshold),
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else [float(t) for t in threshold],
         "num_samples": int(len(y_true)),
         "class_names": class_names,
         REPORT_KEY: report,

@@ -28,7 +28,7 @@ from string import Template
 import numpy as np
 import torch
 
-from toolkit.evaluation import bootstrap, calibration
+from toolkit.evaluation import bootstrap, calibration, thresholds
 from toolkit.evaluation.figures import (
     label_text,
     plot_confusion_matrix,
@@ -226,7 +226,12 @@ def _metrics_html(m: dict) -> str:
                else " No patient ids: images were resampled independently, which is optimistic if a patient has several images.")
             + "</p>")  # fmt: skip
     if m["task"] == "multi_label":
-        note += f'<p class="note">Per-class figures use the threshold {m["threshold"]}.</p>'
+        at = (
+            "the per-class thresholds chosen on validation"
+            if isinstance(m["threshold"], list)
+            else m["threshold"]
+        )
+        note += f'<p class="note">Per-class figures use the threshold {at}.</p>'
     return summary + per_class + note
 
 
@@ -388,13 +393,17 @@ def build_report(
     warnings: list[str] = list(notes)
 
     # metrics + bootstrap intervals
+    threshold = 0.5  # multi-label: the per-class thresholds evaluation chose on validation, when there
+    if pred.multi_label and (eval_dir / "thresholds.json").is_file():
+        threshold = thresholds.threshold_vector(thresholds.load_thresholds(eval_dir / "thresholds.json"),
+                                                pred.class_names)  # fmt: skip
     if pred.multi_label:
-        metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names)
+        metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names, threshold)
     else:
         metrics = classification_metrics(pred.y_true, pred.probs, pred.class_names)
     bootstrap.add_intervals(metrics, bootstrap.metric_intervals(
         pred.y_true, pred.probs, pred.class_names, groups=pred.groups, multi_label=pred.multi_label,
-        n_resamples=n_resamples, seed=seed))  # fmt: skip
+        threshold=threshold, n_resamples=n_resamples, seed=seed))  # fmt: skip
     metric_files = write_metrics(metrics, out_dir)
 
     temperature_file = Path(temperature_file) if temperature_file is not None else None
@@ -421,7 +430,8 @@ def build_report(
             warnings.append(f"Cannot plot the training history {history_path}: {e}")
     else:
         warnings.append(f"No training history at {history_path}: learning curves are left out.")
-    caption = ("Confusion matrix per class at the 0.5 threshold." if pred.multi_label else
+    at = "the per-class thresholds chosen on validation" if np.ndim(threshold) else "the 0.5 threshold"
+    caption = (f"Confusion matrix per class at {at}." if pred.multi_label else
                "Confusion matrix: counts, and normalised per true class (the diagonal is the recall).")  # fmt: skip
     figures.append((plot_confusion_matrix(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
                                           pred.class_names), caption, True))  # fmt: skip

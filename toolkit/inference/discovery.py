@@ -26,12 +26,12 @@ from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
-from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, file_kind
+from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, file_kind
 from toolkit.inference.locking import LOCK_NAME
 from toolkit.inference.privacy import KEY_NAME, scrub_paths
 
 # File name endings that never hold an image: ignored without a row (counted in the summary).
-_IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES
+_IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES + VOLUME_SUFFIXES
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # What pydicom raises on a file that is not valid DICOM, found by feeding it truncated, byte-flipped
 # and random versions of the real files in shared/data/dicom. Anything else is a bug and surfaces.
@@ -59,7 +59,7 @@ class InputItem:
 
     path: str  # relative to the input root ('/'-separated); the key users see in the CSV
     abs_path: str
-    kind: str  # dicom | nifti | raster | unknown
+    kind: str  # dicom | nifti | raster | volume (MHA / MHD / NRRD, 3D models only) | unknown
     size: int = 0
     mtime_ns: int = 0
     frame: int | None = None  # 0-based frame of a multi-frame instance when frames are split
@@ -323,9 +323,11 @@ def discover_inputs(
     ``frames``: what to do with multi-frame DICOM for 2D models: ``reject`` (one error row) or
     ``each`` (one item per frame, after checking that the pixel data holds the declared frames).
     ``series_mode`` (3D models): valid DICOM instances of a series become one item listing its files
-    in slice order; NIfTI stays one item per file. ``exclude``: folders below ``root`` to leave out (the
-    output of the run). Nothing here raises for what a file or folder holds: every problem is
-    an item with status ``error`` (or ``skipped``) and a reason without absolute paths.
+    in slice order (a lone instance too: the 3D reader then says why one image is not a volume);
+    NIfTI, MHA / MHD / NRRD stay one item per file. Without it, MHA / MHD / NRRD files are error
+    rows. ``exclude``: folders below ``root`` to leave out (the output of the run). Nothing here
+    raises for what a file or folder holds: every problem is an item with status ``error`` (or
+    ``skipped``) and a reason without absolute paths.
     """
     filters = filters or DicomFilters()
     root = Path(root)
@@ -350,6 +352,8 @@ def discover_inputs(
         _inspect(item, path, filters)
         if not series_mode:
             _expand_frames_check(item, frames)
+            if item.kind == "volume" and item.status is None:
+                item.status, item.reason = "error", "a 3D volume file (MHA / MHD / NRRD) given to a 2D model"
         if item.reason:  # library messages may quote the file's path: reasons never hold absolute paths
             item.reason = scrub_paths(
                 item.reason, [(item.abs_path, "<file>"), (os.path.realpath(path), "<file>"), *known_roots]
@@ -387,9 +391,12 @@ def _inspect(item: InputItem, path: Path, filters: DicomFilters) -> None:
     if not os.access(path, os.R_OK):
         item.status, item.reason = "error", "file is not readable (permission denied)"
         return
-    item.kind = file_kind(path) or "unknown"
+    item.kind = file_kind(path) or ("volume" if path.name.lower().endswith(VOLUME_SUFFIXES) else "unknown")
     if item.kind == "unknown":
-        item.status, item.reason = "error", "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG)"
+        item.status, item.reason = (
+            "error",
+            "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG/MHA/NRRD)",
+        )
     elif item.kind == "dicom":
         _read_dicom_header(item)
     if item.status is None and filters.active:

@@ -12,6 +12,7 @@ from monai.networks import nets as monai_nets
 from torch import nn
 
 from .freezing import apply_freeze
+from .multiscale import MultiScaleNet, is_multiscale, trunk_name
 from .weights import (
     LoadReport,
     PretrainedWeightsUnavailable,
@@ -45,6 +46,8 @@ SUPPORTED_2D: tuple[str, ...] = (
     "deit_tiny_distilled_patch16_224",
     "deit_small_distilled_patch16_224",
     "deit_base_distilled_patch16_224",
+    "multiscale_resnet18",  # MultiScaleNet over a timm trunk; any multiscale_<timm name> works
+    "multiscale_resnet50",
 )
 
 
@@ -101,6 +104,10 @@ def _build(
                 f"Unknown 3-D network {name!r}; supported (spatial_dims=3): {', '.join(SUPPORTED_3D)}"
             )
         return _BUILDERS_3D[name](num_classes, in_channels, drop_rate, **model_kwargs)
+    if is_multiscale(name):
+        scales = model_kwargs.pop("scales", (1.0, 0.5, 0.25))
+        trunk = _build(trunk_name(name), 0, in_channels, spatial_dims, 0.0, model_kwargs)
+        return MultiScaleNet(trunk, num_classes, scales, drop_rate)
     if name not in SUPPORTED_2D and not timm.is_model(name.split(".")[0]):
         raise ValueError(
             f"Unknown 2-D network {name!r}; supported: {', '.join(SUPPORTED_2D)} "
@@ -220,11 +227,15 @@ def create_network(
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     if pretrained_fallback not in ("error", "warn"):
         raise ValueError(f"pretrained_fallback must be 'error' or 'warn', got {pretrained_fallback!r}")
-    model = _build(name, num_classes, in_channels, spatial_dims, drop_rate, model_kwargs)
-    model.pretrained_report = None
+    model = _build(name, num_classes, in_channels, spatial_dims, drop_rate, dict(model_kwargs))
+    target = (
+        model.trunk if isinstance(model, MultiScaleNet) else model
+    )  # pretrained weights + freezing: the trunk's
+    target.pretrained_report = None
     _load_requested_weights(
-        model, name, pretrained, spatial_dims, pretrained_fallback, weights_sha256, cache_dir
+        target, trunk_name(name), pretrained, spatial_dims, pretrained_fallback, weights_sha256, cache_dir
     )
+    model.pretrained_report = target.pretrained_report
     if freeze and not (model.pretrained_report and model.pretrained_report.loaded):
         logger.warning(
             "freezing %s of '%s', which has no pretrained weights: the frozen layers keep their random "
@@ -232,7 +243,7 @@ def create_network(
             freeze,
             name,
         )
-    apply_freeze(model, freeze)
+    apply_freeze(target, freeze)
     return model
 
 
@@ -246,6 +257,8 @@ def gradcam_target_layer(model: nn.Module) -> str:
     (ResNet ``layer4``, DenseNet ``features.norm5``, VGG ``features.<last>``, Inception ``Mixed_7c``);
     otherwise the last Conv2d / Conv3d.
     """
+    if isinstance(model, MultiScaleNet):
+        return "trunk." + gradcam_target_layer(model.trunk)
     modules = dict(model.named_modules())
     if "patch_embed" in modules and isinstance(getattr(model, "blocks", None), nn.Sequential):
         return f"blocks.{len(model.blocks) - 1}.norm1"

@@ -8,6 +8,7 @@ than hang on a network call.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -314,6 +315,42 @@ def _resample_pos_embed(model: torch.nn.Module, pos_embed: torch.Tensor) -> torc
         return pos_embed
 
 
+def backbone_record_path(weights_file: str | os.PathLike) -> Path:
+    """Where a pretraining run describes a backbone file: ``backbone.pt`` -> ``backbone.json`` beside it
+    (written by ``toolkit.bundle.backbone``: architecture, method, the images it saw)."""
+    return Path(weights_file).with_suffix(".json")
+
+
+def _check_backbone_record(model: torch.nn.Module, source_file: str | os.PathLike) -> dict | None:
+    """The backbone record beside `source_file` (None if there is none); its architecture must be the model's."""
+    path = backbone_record_path(source_file)
+    if not path.is_file() or Path(source_file).suffix == ".json":
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"backbone record {path} is not readable JSON: {err}") from err
+    if not isinstance(record, dict) or "image_sha256" not in record:
+        return None  # some other JSON beside the weights, not a backbone record
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    own = cfg.get("architecture")
+    if own and record.get("architecture") and str(record["architecture"]).split(".")[0] != own:
+        raise ValueError(
+            f"{source_file} is a {record['architecture']} backbone ({path}); this network is {own}: "
+            f"pretrain a {own} backbone or set model_name to {record['architecture']}"
+        )
+    logger.info(
+        "Backbone %s: %s pretraining on %d images (%s), %s epochs at %s px",
+        source_file,
+        record.get("method"),
+        len(record["image_sha256"]),
+        ", ".join(map(str, record.get("sources", []))) or "sources not recorded",
+        record.get("epochs"),
+        record.get("image_size"),
+    )
+    return record
+
+
 def load_pretrained(model: torch.nn.Module, source_file: str | os.PathLike) -> LoadReport:
     """Load the matching tensors of `source_file` into `model` and report what happened.
 
@@ -322,9 +359,11 @@ def load_pretrained(model: torch.nn.Module, source_file: str | os.PathLike) -> L
     embedding is interpolated to the model's patch grid (other image size); tensors whose shapes
     still differ (typically the classification head) are skipped and stay randomly initialised. A file
     that shares no tensor with the model is a wrong-architecture error. The report is logged and stored
-    as ``model.pretrained_report``.
+    as ``model.pretrained_report``. A backbone from this project's pretraining (``toolkit.bundle.backbone``)
+    holds the trunk only, so the head stays random; its record beside it must name the model's architecture.
     """
     source = str(source_file)
+    _check_backbone_record(model, source_file)
     state = read_state_dict(source_file)
     own = model.state_dict()
     state = _strip_wrapper_prefixes(state, set(own))

@@ -1,4 +1,5 @@
-"""Transforms: fast readers (DICOM, NIfTI, raster), intensity and augmentation presets, chains."""
+"""Transforms: fast readers (DICOM, NIfTI, raster), a volume reader (ITK: MHA / NRRD / DICOM series),
+intensity and augmentation presets, 2D and 3D chains."""
 
 from toolkit.transforms.augmentation import (
     AUGMENTATION_PRESETS,
@@ -27,6 +28,8 @@ from toolkit.transforms.utility import (
     invert_intensity,
     label_to_tensor,
 )
+from toolkit.transforms.volume_reader import VolumeReader, sort_series_files
+from toolkit.transforms.volumes import VOLUME_AUGMENTATION_PRESETS, SelectVolumed, volume_transforms
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -44,6 +47,9 @@ __all__ = [
     "RasterReader",
     "SelectSlice",
     "SelectSliced",
+    "SelectVolumed",
+    "VOLUME_AUGMENTATION_PRESETS",
+    "VolumeReader",
     "augmentation_transforms",
     "classification_transforms",
     "covid_minority_synthesis",
@@ -51,4 +57,6 @@ __all__ = [
     "intensity_transforms",
     "invert_intensity",
     "label_to_tensor",
+    "sort_series_files",
+    "volume_transforms",
 ]

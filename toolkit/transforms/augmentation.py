@@ -187,18 +187,24 @@ def _chestxray14(
     flip_prob: float = 0.5,
     rotate_deg: float = 10.0,
     rotate_prob: float = 0.5,
+    zoom: tuple[float, float] = (0.9, 1.1),
+    zoom_prob: float = 0.5,
     brightness: float = 0.1,
     contrast: float = 0.1,
     intensity_prob: float = 0.5,
 ) -> list:
-    """NIH ChestX-ray14.
+    """NIH ChestX-ray14 (multi-scale ResNet study).
 
-    Study: horizontal flip, rotation +/-10 deg, brightness / contrast changes.
-    Our assumptions: probability 0.5 each; brightness x * U(0.9, 1.1); gamma U(0.9, 1.1).
+    Study: rotation, scaling, horizontal flip, brightness / contrast changes.
+    Our assumptions: rotation +/-10 deg, zoom 0.9-1.1, probability 0.5 each; brightness
+    x * U(0.9, 1.1); gamma U(0.9, 1.1).
     """
     return [
         RandFlipd(keys, spatial_axis=1, prob=flip_prob),
         RandRotated(keys, range_x=_deg(rotate_deg), prob=rotate_prob, keep_size=True, padding_mode="zeros"),
+        RandZoomd(
+            keys, min_zoom=zoom[0], max_zoom=zoom[1], prob=zoom_prob, keep_size=True, padding_mode="constant"
+        ),
         *_brightness_contrast(keys, intensity_prob, brightness, contrast),
     ]
 
@@ -224,6 +230,39 @@ def _histopathology(
         RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
         RandScaleIntensityd(keys, factors=colour, prob=intensity_prob, channel_wise=True),
         RandShiftIntensityd(keys, offsets=brightness, prob=intensity_prob),
+    ]
+
+
+def _deit_histopathology(
+    keys: KeysCollection,
+    image_size: int,
+    flip_prob: float = 0.1,
+    rotate_deg: float = 10.0,
+    scale: float = 0.1,
+    translate: float = 0.1,
+    shear: float = 0.1,
+    prob: float = 1.0,
+) -> list:
+    """LC25000 lung histopathology, DeiT distilled from a CNN teacher (``deit_distilled_lung_histo``).
+
+    Study: horizontal flip p=0.1, rotation +/-10 deg, random resized crop 90-110 %, translation
+    and shear up to 10 %. Our assumptions: the resized crop is a zoom by 1 + U(-0.1, 0.1) keeping
+    the size; rotation, zoom, translation (a fraction of ``image_size``) and shear (factor up to
+    0.1 on each axis) form one random affine drawn for every image (prob 1.0, as torchvision's
+    ``RandomAffine`` does); zero padding.
+    """
+    shift = translate * image_size
+    return [
+        RandFlipd(keys, spatial_axis=1, prob=flip_prob),
+        RandAffined(
+            keys,
+            prob=prob,
+            rotate_range=_deg(rotate_deg),
+            scale_range=(scale, scale),
+            translate_range=(shift, shift),
+            shear_range=(shear, shear),
+            padding_mode="zeros",
+        ),
     ]
 
 
@@ -290,6 +329,7 @@ AUGMENTATION_PRESETS: dict[str, Callable[..., list]] = {
     "covid_minority": _covid_minority,
     "chestxray14": _chestxray14,
     "histopathology": _histopathology,
+    "deit_histopathology": _deit_histopathology,
 }
 
 

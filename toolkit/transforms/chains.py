@@ -1,4 +1,4 @@
-"""Ready-made transform chains for 2D classification."""
+"""Ready-made transform chains for classification: 2D here, 3D in :mod:`toolkit.transforms.volumes`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from toolkit.transforms.augmentation import augmentation_transforms
 from toolkit.transforms.intensity import intensity_transforms
 from toolkit.transforms.readers import ALPHA_POLICIES, MedicalImageReader
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced, colour_policy
+from toolkit.transforms.volumes import volume_transforms
 
 __all__ = ["classification_transforms", "describe_colour_policy"]
 
@@ -47,11 +48,19 @@ def classification_transforms(
     nifti_slice: int | str = "middle",
     reader_max_size: int | None = None,
     nifti_volume: int | None = None,
-    resize_mode: str = "area",
+    resize_mode: str | None = None,
     colour: str = "rgb",
     alpha: str = "drop",
+    **volume_options,
 ) -> Compose:
     """Transforms for 2D image classification over a datalist entry ``{"image": path, "label": ...}``.
+
+    ``spatial_dims=3`` returns the 3D chain instead:
+    :func:`~toolkit.transforms.volumes.volume_transforms` with ``image_size``, ``channels``,
+    ``colour``, the intensity and augmentation options, ``nifti_volume`` (as ``volume``) and
+    ``volume_options`` (``spacing``, ``axcodes``, ``fit``); the 2D reader,
+    slice and alpha options do not apply there. This is how a model description recording
+    ``spatial_dims: 3`` rebuilds its chain.
 
     Steps: load (reader chosen per file by content: :class:`~toolkit.transforms.readers.DicomReader`
     for DICOM with or without extension, :class:`~toolkit.transforms.readers.NiftiReader` for NIfTI,
@@ -68,8 +77,9 @@ def classification_transforms(
     transparent palette); ``alpha="black"`` composites those images on black.
 
     Resizing is a plain resize to a square, ignoring the aspect ratio, as in the studies the
-    bundles reproduce. ``resize_mode="area"`` averages pixels when shrinking (anti-aliased) but
-    equals nearest neighbour when enlarging; pass ``"bilinear"`` for tiny inputs.
+    bundles reproduce. ``resize_mode="area"`` (the 2D default; 3D: ``"trilinear"``) averages pixels
+    when shrinking (anti-aliased) but equals nearest neighbour when enlarging; pass ``"bilinear"``
+    for tiny inputs.
     ``reader_max_size`` lets the readers shrink large images by an integer factor right after
     decoding (both sides stay >= it; set it to ``image_size``): much faster for 2048 px
     radiographs, with a slightly different (still area-averaged) result.
@@ -81,8 +91,16 @@ def classification_transforms(
     """
     if stage not in ("train", "eval"):
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if spatial_dims == 3:
+        return volume_transforms(
+            stage, image_size, channels, intensity, intensity_kwargs, augmentation, augmentation_kwargs,
+            keys, label_key, volume=nifti_volume, colour=colour, resize_mode=resize_mode or "trilinear",
+            **volume_options,
+        )  # fmt: skip
     if spatial_dims != 2:
-        raise ValueError("classification_transforms builds 2D chains only (spatial_dims=2)")
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if volume_options:
+        raise TypeError(f"options {sorted(volume_options)} apply to 3D chains only (spatial_dims=3)")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     colour = colour_policy(colour)
@@ -101,7 +119,7 @@ def classification_transforms(
         EnsureChannelFirstd(keys),
         SelectSliced(keys, axis=-1, index=nifti_slice, volume=nifti_volume),
         AsChannelsd(keys, channels=channels, colour=colour),
-        Resized(keys, spatial_size=(image_size, image_size), mode=resize_mode),
+        Resized(keys, spatial_size=(image_size, image_size), mode=resize_mode or "area"),
         *intensity_transforms(intensity, keys=keys, **intensity_kwargs),
     ]
     if stage == "train":

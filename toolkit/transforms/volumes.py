@@ -1,0 +1,239 @@
+"""The 3D chain: volumes (NIfTI, MHA / NRRD, DICOM series) to network-ready ``(C, D, H, W)`` tensors.
+
+:func:`volume_transforms` is what :func:`~toolkit.transforms.chains.classification_transforms`
+builds for ``spatial_dims=3``: load (:class:`~toolkit.transforms.volume_reader.VolumeReader`) ->
+channel first -> one volume of a 4D image -> channels -> ``Orientation`` to RAS -> ``Spacing`` to
+the model's voxel spacing (when it has one) -> intensity preset -> resize (or pad / crop) to
+``image_size`` -> (train only) 3D augmentation -> float32 tensors. Deterministic steps come first,
+so ``CacheDataset`` caches them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    ResizeWithPadOrCropd,
+    Spacingd,
+)
+
+from toolkit.transforms.intensity import intensity_transforms
+from toolkit.transforms.readers import ImageReadError
+from toolkit.transforms.utility import AsChannelsd, LabelToTensord
+from toolkit.transforms.volume_reader import VolumeReader
+
+__all__ = [
+    "VOLUME_AUGMENTATION_PRESETS",
+    "FIT_MODES",
+    "SelectVolumed",
+    "volume_transforms",
+    "volume_augmentation",
+]
+
+FIT_MODES = ("resize", "pad_crop")
+
+
+class SelectVolumed(MapTransform):
+    """Keep one volume of a channel-first 4D image (fMRI / ASL time series: volumes on the channel axis).
+
+    ``volume=None`` (default) refuses 4D input with an :class:`ImageReadError` naming the file and
+    the number of volumes; an int picks that volume. 3D images (1 channel, or 3 colour channels of
+    an RGB volume) pass unchanged. A 4D image is recognised by ``n_volumes`` in its metadata (set by
+    the readers) or by a channel count other than 1 and 3.
+    """
+
+    def __init__(self, keys: KeysCollection, volume: int | None = None, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.volume = volume
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self._select(d[key])
+        return d
+
+    def _select(self, img):
+        meta = getattr(img, "meta", {}) or {}
+        name = str(meta.get("filename_or_obj", "")) or None
+        if img.ndim != 4:
+            raise ImageReadError(name, f"not a 3D volume: shape {tuple(img.shape[1:])} after channel-first")
+        n = int(meta.get("n_volumes", 0) or 0)
+        if not (n > 1 or img.shape[0] not in (1, 3)):
+            return img
+        n = n or img.shape[0]
+        if self.volume is None:
+            raise ImageReadError(
+                name,
+                f"a 4D image ({n} volumes, e.g. an fMRI / ASL time series): a 3D model takes one volume; "
+                "choose it with the preprocessing option volume=<index>",
+            )
+        if not -n <= self.volume < n:
+            raise ImageReadError(name, f"volume {self.volume} out of range for {n} volumes")
+        index = self.volume % n
+        return img[index : index + 1]
+
+
+# --------------------------------------------------------------------------------------------
+# 3D augmentation presets
+
+
+def _none(keys: KeysCollection, image_size: Sequence[int]) -> list:
+    return []
+
+
+def _flip(keys: KeysCollection, image_size: Sequence[int], prob: float = 0.5) -> list:
+    """Mirror each spatial axis with probability ``prob``."""
+    return [RandFlipd(keys, prob=prob, spatial_axis=axis) for axis in range(3)]
+
+
+def _volume(
+    keys: KeysCollection,
+    image_size: Sequence[int],
+    flip_prob: float = 0.5,
+    rot90_prob: float = 0.5,
+    affine_prob: float = 0.5,
+    rotate_degrees: float = 15.0,
+    scale: float = 0.1,
+    translate_fraction: float = 0.05,
+    noise_prob: float = 0.2,
+    noise_std: float = 0.02,
+    intensity_prob: float = 0.3,
+    intensity_shift: float = 0.05,
+    intensity_scale: float = 0.05,
+) -> list:
+    """General 3D augmentation (our choice; MedMNIST v2's 3D script has only a random intensity factor): flips
+    on every axis, quarter turns in the first two axes, a small affine (rotation +-15 degrees about
+    each axis, scale +-10 %, shift +-5 % of the size), Gaussian noise and small intensity shifts /
+    scalings (for inputs scaled to about [0, 1])."""
+    angle = torch.pi * rotate_degrees / 180.0
+    return [
+        *_flip(keys, image_size, flip_prob),
+        RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
+        RandAffined(
+            keys,
+            prob=affine_prob,
+            rotate_range=(angle, angle, angle),
+            scale_range=(scale, scale, scale),
+            translate_range=tuple(translate_fraction * s for s in image_size),
+            mode="bilinear",
+            padding_mode="zeros",
+        ),
+        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
+        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
+        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
+    ]
+
+
+VOLUME_AUGMENTATION_PRESETS: dict[str, Callable[..., list]] = {
+    "none": _none,
+    "flip": _flip,
+    "volume": _volume,
+}
+
+
+def volume_augmentation(name: str, keys: KeysCollection, image_size: Sequence[int], **kwargs) -> list:
+    """Random MONAI transforms of the 3D augmentation preset ``name`` (keyword arguments go to it)."""
+    if name not in VOLUME_AUGMENTATION_PRESETS:
+        raise ValueError(
+            f"unknown 3D augmentation preset {name!r}; choose from {sorted(VOLUME_AUGMENTATION_PRESETS)}"
+        )
+    try:
+        return VOLUME_AUGMENTATION_PRESETS[name](keys, image_size, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"3D augmentation preset {name!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != 3 or any(int(v) != v or v < 1 for v in values):
+        raise ValueError(f"{what} must be one positive int (a cube) or 3 of them, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def volume_transforms(
+    stage: str = "train",
+    image_size: int | Sequence[int] = 64,
+    channels: int = 1,
+    intensity: str = "minmax",
+    intensity_kwargs: dict | None = None,
+    augmentation: str = "none",
+    augmentation_kwargs: dict | None = None,
+    keys: str = "image",
+    label_key: str | None = "label",
+    spacing: float | Sequence[float] | None = None,
+    axcodes: str = "RAS",
+    fit: str = "resize",
+    resize_mode: str = "trilinear",
+    volume: int | None = None,
+    colour: str = "grey",
+) -> Compose:
+    """Transforms for 3D classification over a datalist entry ``{"image": volume, "label": ...}``.
+
+    ``image`` is a NIfTI / MHA / MHD / NRRD file, a folder holding one DICOM series or a list of
+    a series' instance files (see :class:`~toolkit.transforms.volume_reader.VolumeReader`).
+
+    Args:
+        image_size: network input, one int (a cube) or 3 ints, in RAS axis order.
+        channels: network input channels; RGB volumes become luminance for 1 channel (``colour``).
+        spacing: voxel spacing in mm (one number or 3) to resample to after reorienting; None (for
+            data without a physical spacing, e.g. MedMNIST) resamples nothing: ``fit`` alone decides the size.
+        axcodes: the voxel order every volume is turned to (MONAI ``Orientation``), RAS by default.
+        fit: ``"resize"`` stretches the volume to ``image_size`` (``resize_mode`` interpolation,
+            anti-aliased when shrinking); ``"pad_crop"`` keeps the voxel size and pads / crops
+            symmetrically (use it with ``spacing`` to keep physical scale).
+        intensity: preset of :func:`~toolkit.transforms.intensity.intensity_transforms` (``minmax``,
+            ``ct_window`` for CT series in HU, ``zscore``, ``percentile``); applied before padding, so
+            padding is the preset's 0.
+        augmentation: 3D preset of :data:`VOLUME_AUGMENTATION_PRESETS` (train stage only).
+        volume: for 4D images (time series), the volume to use; None refuses them.
+    """
+    if stage not in ("train", "eval"):
+        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+    size = _size3(image_size, "image_size")
+    steps = [
+        LoadImaged(keys, reader=VolumeReader(), image_only=True),
+        EnsureChannelFirstd(keys),
+        SelectVolumed(keys, volume=volume),
+        AsChannelsd(keys, channels=channels, colour=colour),
+        Orientationd(keys, axcodes=axcodes, labels=None),  # labels from the RAS metadata of both readers
+    ]
+    if spacing is not None:
+        pixdim = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(map(float, spacing))
+        if len(pixdim) != 3 or min(pixdim) <= 0:
+            raise ValueError(f"spacing must be one positive number or 3 of them, got {spacing!r}")
+        steps.append(Spacingd(keys, pixdim=pixdim, mode="bilinear"))
+    steps += intensity_transforms(intensity, keys=keys, **(intensity_kwargs or {}))
+    if fit == "resize":
+        anti_aliasing = resize_mode not in ("nearest", "area")
+        steps.append(Resized(keys, spatial_size=size, mode=resize_mode, anti_aliasing=anti_aliasing))
+    else:
+        steps.append(ResizeWithPadOrCropd(keys, spatial_size=size))
+    if stage == "train":
+        steps += volume_augmentation(augmentation, keys, size, **(augmentation_kwargs or {}))
+    steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False))
+    if label_key:
+        steps.append(LabelToTensord(label_key, allow_missing_keys=True))
+    return Compose(steps)
