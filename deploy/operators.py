@@ -154,8 +154,10 @@ class ClassifierOperator(Operator):
         if probs.numel() != len(bundle.class_names) or not torch.isfinite(probs).all():
             row["reason"] = f"the network gave {probs.numel()} outputs for {len(bundle.class_names)} classes"
             return row
-        pred = int(torch.argmax(probs))
-        row.update(status="ok", pred=pred, pred_name=bundle.class_names[pred])
+        pred, pred_name = bundle.decide(
+            probs
+        )  # arg-max class, or multi-label flags at the model's thresholds
+        row.update(status="ok", pred=pred, pred_name=pred_name)
         for name, p in zip(bundle.class_names, probs.tolist(), strict=True):
             row[f"prob_{name}"] = float(p)
         return row

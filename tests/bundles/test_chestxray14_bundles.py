@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from tests.bundles.bundle_helpers import run_bundle, verify_bundle
+from tests.bundles.bundle_helpers import REPO_ROOT, run_bundle, verify_bundle
 from tests.data.test_chestxray14_splits import write_chestxray14
+from toolkit.cli import main
 from toolkit.data import load_datalist
 from toolkit.data.sources import CHESTXRAY14_FINDINGS
 
@@ -48,7 +49,7 @@ def test_multiscale_trains_multi_label_and_selects_by_mean_auroc(multiscale):
 def test_multiscale_evaluation_uses_thresholds_chosen_on_validation(multiscale):
     eval_dir = multiscale / "output" / "eval"
     doc = load_datalist(multiscale / "output" / "datalist.json")
-    chosen = json.loads((eval_dir / "thresholds.json").read_text())["thresholds"]
+    chosen = json.loads((multiscale / "models" / "thresholds.json").read_text())["thresholds"]
     assert list(chosen) == CHESTXRAY14_FINDINGS
     assert len(_rows(eval_dir / "validation_predictions.csv")) == len(doc["validation"])
     rows = _rows(eval_dir / "predictions.csv")
@@ -60,6 +61,23 @@ def test_multiscale_evaluation_uses_thresholds_chosen_on_validation(multiscale):
     assert metrics["task"] == "multi_label" and set(metrics["per_class"]) == set(CHESTXRAY14_FINDINGS)
     assert metrics["threshold"] == pytest.approx([chosen[f] for f in CHESTXRAY14_FINDINGS])
     verify_bundle("multiscale_resnet_cxr14", multiscale / "models")
+
+
+@pytest.mark.slow
+def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path):
+    """No override: the model's description and thresholds travel with its weights."""
+    doc = load_datalist(multiscale / "output" / "datalist.json")
+    chosen = json.loads((multiscale / "models" / "thresholds.json").read_text())["thresholds"]
+    code = main(["infer", "--bundle", str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"), "--ckpt-path",
+          str(multiscale / "models" / "model.pt"), "--input", str(multiscale / "cxr" / "images"),
+          "--output", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    rows = _rows(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == sum(len(doc[k]) for k in ("training", "validation", "test"))
+    for row in rows:
+        flags = [int(float(row[f"prob_{f}"]) >= chosen[f]) for f in CHESTXRAY14_FINDINGS]
+        assert row["status"] == "ok" and row["pred"] == "|".join(map(str, flags))
+        assert row["pred_name"] == "|".join(f for f, v in zip(CHESTXRAY14_FINDINGS, flags, strict=True) if v)
 
 
 # each baseline at the smallest input its architecture takes (Inception v3 needs 75 px)

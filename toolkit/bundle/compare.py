@@ -43,7 +43,7 @@ from toolkit.data.datalist import split_keys
 from toolkit.evaluation.compare import align_predictions, compare_predictions
 from toolkit.evaluation.compare_table import write_comparison
 from toolkit.evaluation.report import read_predictions
-from toolkit.evaluation.thresholds import load_thresholds, threshold_vector
+from toolkit.evaluation.thresholds import evaluation_threshold
 from toolkit.io import atomic_write_json, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -433,12 +433,12 @@ def compare_bundles(
 
 
 def _model_threshold(pred, default: float):
-    """A multi-label model's per-class thresholds chosen on validation by its evaluation (the ones its
-    own test metrics used, ``eval/thresholds.json``), else ``default``."""
-    path = Path(pred.path).parent / "thresholds.json"
-    if not pred.multi_label or not path.is_file():
+    """A multi-label model's per-class thresholds chosen on validation (the ones its own test metrics
+    used, recorded in ``metrics.json`` beside its predictions), else ``default``."""
+    if not pred.multi_label:
         return default
-    return threshold_vector(load_thresholds(path), pred.class_names)
+    used = evaluation_threshold(Path(pred.path).parent, pred.class_names)
+    return default if isinstance(used, float) else used
 
 
 def _refuse_other_rows(predictions: dict, runs: list[ModelRun]) -> None:

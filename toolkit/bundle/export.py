@@ -34,6 +34,7 @@ from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import ModelInfo, info_path, load_model_info
 from toolkit.bundle.loading import load_weights
 from toolkit.data import find_image_files, load_datalist
+from toolkit.evaluation.thresholds import THRESHOLDS_FILE
 from toolkit.io import atomic_write_json, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_
         shutil.copytree(bundle_dir / "docs", out_dir / "docs", dirs_exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
     # the adopted backbone record goes along so the exported bundle keeps the evaluation's leakage guard
-    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json", ADOPTED_NAME):
+    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json", THRESHOLDS_FILE, ADOPTED_NAME):
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / "models" / name)
     if base_url:

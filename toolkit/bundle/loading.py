@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 
 from toolkit.bundle.configs import read_config
 from toolkit.bundle.description import OVERRIDABLE, ModelInfo, load_model_info
+from toolkit.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, threshold_vector
 
 
 @dataclass
@@ -35,6 +36,17 @@ class InferenceBundle:
     spatial_dims: int
     ckpt_path: str
     model_info: ModelInfo
+    thresholds: Any = 0.5  # multi-label: per-class decision thresholds (models/thresholds.json), else 0.5
+
+    def decide(self, probs: torch.Tensor) -> tuple[int | str, str]:
+        """``(pred, pred_name)`` of one item: the arg-max class, or for a multi-label model the 0/1 flag
+        of every class at its threshold (``"0|1|0"``) and the names of the positive ones (``"b"``)."""
+        if not self.model_info.multi_label:
+            pred = int(torch.argmax(probs))
+            return pred, self.class_names[pred]
+        flags = (probs.cpu().numpy() >= self.thresholds).astype(int).tolist()
+        names = [n for n, f in zip(self.class_names, flags, strict=True) if f]
+        return "|".join(map(str, flags)), "|".join(names)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply the bundle's postprocessing to one item's logits ``(C,)``; returns probabilities ``(C,)``."""
@@ -65,7 +77,7 @@ def load_bundle(
     """Parse ``bundle_dir/configs/inference.json`` (+ ``metadata.json``) into an :class:`InferenceBundle`.
 
     ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere; its
-    ``model_info.json`` and ``temperature.json`` are read from the same folder); ``overrides``
+    ``model_info.json``, ``temperature.json`` and ``thresholds.json`` are read from the same folder); ``overrides``
     are extra ``{id: value}`` pairs, as ``monai.bundle run --id value`` would take. Overrides of
     ``model_name`` / ``image_size`` / ``channels`` must agree with the model's description.
     """
@@ -127,4 +139,13 @@ def assemble_bundle(parser: ConfigParser, info: ModelInfo, network: torch.nn.Mod
         spatial_dims=spatial_dims,
         ckpt_path=str(ckpt_path),
         model_info=info,
+        thresholds=_thresholds(info, ckpt_path),
     )
+
+
+def _thresholds(info: ModelInfo, ckpt_path: str | os.PathLike):
+    """A multi-label model's per-class thresholds chosen on validation by its evaluation, else 0.5."""
+    path = Path(ckpt_path).parent / THRESHOLDS_FILE
+    if not info.multi_label or not path.is_file():
+        return 0.5
+    return threshold_vector(load_thresholds(path), info.class_names)

@@ -145,7 +145,7 @@ def add_parser(subparsers) -> None:
         type=float,
         default=0.5,
         help="multi-label decision threshold of a model without per-finding thresholds chosen on validation "
-        "(its evaluation's eval/thresholds.json) (default 0.5)",
+        "(recorded in its eval/metrics.json) (default 0.5)",
     )
     add_source_options(p)
     p.add_argument("overrides", nargs="*", metavar="-- --KEY VALUE",

@@ -157,7 +157,7 @@ def footnotes(result: Mapping | None) -> list[str]:
         used = {json.dumps(m.get("threshold")) for m in result["models"].values()}
         rule = (f"probability >= {next(iter(used))}" if len(used) == 1 and "[" not in next(iter(used))
                 else "each model's own per-finding thresholds (comparison.json; a model's evaluation chooses "
-                     "them on validation, eval/thresholds.json)")  # fmt: skip
+                     "them on validation, recorded in eval/metrics.json)")  # fmt: skip
         notes.append(
             f"- Multi-label: a finding is predicted at {rule}; accuracy is the exact-match (subset) accuracy; "
             "precision, recall, F1 and AUROC are macro averages over the findings."

@@ -393,10 +393,8 @@ def build_report(
     warnings: list[str] = list(notes)
 
     # metrics + bootstrap intervals
-    threshold = 0.5  # multi-label: the per-class thresholds evaluation chose on validation, when there
-    if pred.multi_label and (eval_dir / "thresholds.json").is_file():
-        threshold = thresholds.threshold_vector(thresholds.load_thresholds(eval_dir / "thresholds.json"),
-                                                pred.class_names)  # fmt: skip
+    # multi-label: the per-class thresholds the evaluation used (chosen on validation), else 0.5
+    threshold = thresholds.evaluation_threshold(eval_dir, pred.class_names) if pred.multi_label else 0.5
     if pred.multi_label:
         metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names, threshold)
     else:

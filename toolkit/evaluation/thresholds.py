@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -21,6 +22,7 @@ from toolkit.io import atomic_write_json
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5  # for a finding without positives (or without negatives) in validation
+THRESHOLDS_FILE = "thresholds.json"  # beside the model's weights, like temperature.json
 
 
 def best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -55,6 +57,15 @@ def load_thresholds(path: str | os.PathLike) -> dict[str, float]:
     """The ``thresholds`` of a file written by :func:`save_thresholds`."""
     with open(path, encoding="utf-8") as f:
         return {str(k): float(v) for k, v in json.load(f)["thresholds"].items()}
+
+
+def evaluation_threshold(eval_dir: str | os.PathLike, class_names: Sequence[str]) -> np.ndarray | float:
+    """The per-class thresholds an evaluation used (the ``threshold`` its ``metrics.json`` records), else 0.5."""
+    path = Path(eval_dir) / "metrics.json"
+    used = json.loads(path.read_text(encoding="utf-8")).get("threshold") if path.is_file() else None
+    if isinstance(used, list) and len(used) == len(class_names):
+        return np.asarray(used, dtype=float)
+    return DEFAULT_THRESHOLD
 
 
 def threshold_vector(thresholds: dict[str, float] | None, class_names: Sequence[str]) -> np.ndarray:

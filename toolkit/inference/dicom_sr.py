@@ -188,7 +188,11 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anon
         files = item.files or [item.abs_path]
         frames = [item.frame + 1] if item.frame is not None else None
         sources = [_source_image(SourceImageForMeasurementGroup, header(f), frames) for f in files]
-        pred = int(row["pred"])
+        # the predicted class, or every finding a multi-label model called present ("0|1|1")
+        if bundle.model_info.multi_label:
+            positives = [i for i, f in enumerate(str(row["pred"]).split("|")) if f == "1"]
+        else:
+            positives = [int(row["pred"])]
         measurements = [
             Measurement(
                 name=CodedConcept(f"prob-{i}", CODING_SCHEME, f"Probability of {name}"[:64]),
@@ -205,10 +209,10 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anon
                 ),
                 algorithm_id=algorithm,
                 qualitative_evaluations=[
-                    QualitativeEvaluation(
-                        name=codes.DCM.Finding, value=_class_code(pred, bundle.class_names[pred])
-                    )
-                ],
+                    QualitativeEvaluation(name=codes.DCM.Finding, value=_class_code(i, bundle.class_names[i]))
+                    for i in positives
+                ]
+                or None,
                 measurements=measurements,
                 source_images=sources,
             )

@@ -651,13 +651,13 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
         except NETWORK_ERRORS as exc:  # postprocessing (MONAI re-raises as RuntimeError) or the checks above
             row["status"], row["reason"] = "error", _reason(exc)
             continue
-        pred = int(torch.argmax(probs))
-        row.update(status="ok", reason="", pred=pred, pred_name=bundle.class_names[pred])
+        pred, pred_name = bundle.decide(probs)
+        row.update(status="ok", reason="", pred=pred, pred_name=pred_name)
         for name, p in zip(bundle.class_names, probs.tolist(), strict=True):
             row[f"prob_{name}"] = float(p)
         if cam is not None:
             try:
-                row["gradcam"] = cam.write(items[rec["index"]], rec["image"], pred)
+                row["gradcam"] = cam.write(items[rec["index"]], rec["image"], int(torch.argmax(probs)))
             except (OSError, *NETWORK_ERRORS) as exc:  # the prediction stands; say why the overlay is missing
                 logger.debug("Grad-CAM of %s failed", row["path"], exc_info=True)
                 row["gradcam"], row["reason"] = "", f"no Grad-CAM overlay: {_reason(exc)}"
