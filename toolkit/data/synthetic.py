@@ -242,6 +242,23 @@ def _write_png(path: Path, tissue: np.ndarray, variant: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def is_current(datalist: Path, params: dict, files_dir: Path) -> bool:
+    """True when ``datalist`` was generated with ``params`` and its files exist; an earlier set made
+    with other parameters has its ``files_dir`` removed (it is replaced whole)."""
+    if not datalist.is_file():
+        return False
+    try:
+        doc = load_datalist(datalist)
+    except ValueError:
+        return False  # unreadable: regenerate
+    items = [i for k in RATIOS for i in doc.get(k, [])]
+    if doc.get("generator") == params and all(Path(i["image"]).is_file() for i in items):
+        return True
+    if "generator" in doc:
+        shutil.rmtree(files_dir, ignore_errors=True)
+    return False
+
+
 def make_synthetic_dataset(
     out_dir,
     n_patients: int = 30,
@@ -286,16 +303,8 @@ def make_synthetic_dataset(
         "classes": classes,
         **({"multi_label": True} if multi_label else {}),
     }
-    if datalist.is_file():
-        try:
-            doc = load_datalist(datalist)
-        except ValueError:
-            doc = {}  # unreadable: regenerate
-        items = [i for k in ("training", "validation", "test") for i in doc.get(k, [])]
-        if doc.get("generator") == params and all(Path(i["image"]).is_file() for i in items):
-            return datalist
-        if "generator" in doc:  # an earlier synthetic set with other parameters: replace it whole
-            shutil.rmtree(out_dir / "images", ignore_errors=True)
+    if is_current(datalist, params, out_dir / "images"):
+        return datalist
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n_patients) % len(classes)

@@ -11,17 +11,16 @@ with flipped x / y), so the 3D chain's reorientation is exercised by the demo.
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from toolkit.data.datalist import load_datalist, save_datalist
+from toolkit.data.datalist import save_datalist
 from toolkit.data.splits import check_no_leakage, class_counts, split_items
+from toolkit.data.synthetic import RATIOS, is_current
 from toolkit.io import atomic_write_bytes
 
 GENERATOR_VERSION = 1
-RATIOS = {"training": 0.8, "validation": 0.1, "test": 0.1}
 VOXEL_MM = 1.5
 
 
@@ -106,16 +105,8 @@ def make_synthetic_volumes(
         "seed": int(seed),
         "classes": classes,
     }
-    if datalist.is_file():
-        try:
-            doc = load_datalist(datalist)
-        except ValueError:
-            doc = {}  # unreadable: regenerate
-        items = [i for k in RATIOS for i in doc.get(k, [])]
-        if doc.get("generator") == params and all(Path(i["image"]).is_file() for i in items):
-            return datalist
-        if "generator" in doc:
-            shutil.rmtree(out_dir / "volumes", ignore_errors=True)
+    if is_current(datalist, params, out_dir / "volumes"):
+        return datalist
 
     labels = np.arange(n_patients) % len(classes)
     np.random.default_rng(seed).shuffle(labels)
