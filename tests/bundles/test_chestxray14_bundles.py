@@ -82,6 +82,9 @@ def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path):
 
 # each baseline at the smallest input its architecture takes (Inception v3 needs 75 px)
 BASELINES = {"vgg16_cls": 32, "inception_v3_cls": 75, "densenet121_cls": 32, "efficientnet_b0_cls": 32}
+# VGG's 4096-wide 7x7 pre-logits layer alone is 100M parameters (1.6 GB per checkpoint with Adam's
+# state); a narrow one keeps the test's disk and time small and still exercises model_kwargs
+MODEL_KWARGS = {"vgg16_cls": {"mlp_ratio": 0.01}}
 
 
 @pytest.mark.slow
@@ -89,7 +92,8 @@ BASELINES = {"vgg16_cls": 32, "inception_v3_cls": 75, "densenet121_cls": 32, "ef
 def test_baseline_bundle_trains_and_verifies(tmp_path, bundle):
     csv_path = write_chestxray14(tmp_path / "cxr", image_size=BASELINES[bundle])
     run_bundle(bundle, "training", "train", tmp_path, dataset_dir=csv_path, image_size=BASELINES[bundle],
-               **{**TINY, "max_epochs": 1})  # fmt: skip
+               model_kwargs=MODEL_KWARGS.get(bundle, {}), **{**TINY, "max_epochs": 1})  # fmt: skip
     info = json.loads((tmp_path / "models" / "model_info.json").read_text())
     assert info["network"]["name"] == bundle.removesuffix("_cls") and info["multi_label"] is True
+    assert MODEL_KWARGS.get(bundle, {}).items() <= info["network"].items()  # consumers rebuild this net
     verify_bundle(bundle, tmp_path / "models")
