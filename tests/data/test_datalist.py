@@ -109,6 +109,11 @@ def test_kermany_presets(tmp_path):
     assert {i["label_name"]: i["label"] for i in items} == {"normal": 0, "bacteria": 1, "virus": 2}
     with pytest.raises(ValueError, match="unknown label_from_name preset"):
         from_class_folders(tmp_path, label_from_name="nope")
+    # False turns the preset off (MONAI's command line drops `--split#label_from_name None`)
+    assert {i["label_name"] for i in from_class_folders(tmp_path, label_from_name=False)} == {
+        "NORMAL",
+        "PNEUMONIA",
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,10 +26,11 @@ def class_folder_items(root, classes=None, label_from_name=None, patient_from_na
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    label_fn = label_from_name
     if isinstance(label_from_name, str):
         label_fn, preset_classes = resolve_preset(label_from_name, LABEL_PRESETS, "label_from_name")
         classes = classes if classes is not None else preset_classes
+    else:  # a callable, or None / False: the folder names are the classes
+        label_fn = resolve_preset(label_from_name, {}, "label_from_name")
     patient_fn = resolve_preset(patient_from_name, PATIENT_PRESETS, "patient_from_name")
 
     records = []

@@ -46,8 +46,12 @@ PATIENT_PRESETS: dict[str, NameParser] = {
 
 
 def resolve_preset(value, presets: Mapping, what: str):
-    """``value`` itself if None or callable, else the preset of that name (``ValueError`` if unknown)."""
-    if value is None or callable(value):
+    """``value`` itself if callable, None for None / False (no preset: MONAI's command line drops a
+    ``None`` override, so ``--split#label_from_name False`` is how a user turns a preset off), else the
+    preset of that name (``ValueError`` if unknown)."""
+    if value is None or value is False:
+        return None
+    if callable(value):
         return value
     if value in presets:
         return presets[value]
