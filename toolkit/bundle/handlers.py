@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +47,31 @@ class TrainingHistoryWriter:
         self.path = Path(path)
         self.optimizer = optimizer
         self._lr = None
+        self._cpu_start = self._cpu_last = 0.0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._remember_lr)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stamp_cpu)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _remember_lr(self, engine: Engine) -> None:
         if self.optimizer is not None:
             self._lr = self.optimizer.param_groups[0]["lr"]
+        self._cpu_start = self._cpu_last = time.process_time()
+
+    def _stamp_cpu(self, engine: Engine) -> None:
+        self._cpu_last = time.process_time()
 
     def _write(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         metrics = dict(engine.state.metrics)
         if self.validator is not None:
             metrics.update(self.validator.state.metrics)
+        # training time of this epoch alone (ignite's timer stops before validation), for time-to-accuracy
+        metrics["epoch_seconds"] = engine.state.times.get(Events.EPOCH_COMPLETED.name)
+        # CPU time of this process over the epoch's iterations (all threads; not validation): unlike
+        # wall time it does not grow when other jobs share the machine
+        metrics["epoch_cpu_seconds"] = self._cpu_last - self._cpu_start
         header, rows = self._read()
         extra = [k for k in header[len(HISTORY_COLUMNS) : -1] if k not in HISTORY_COLUMNS]
         extra += sorted(k for k in metrics if k not in HISTORY_COLUMNS and k not in extra)
