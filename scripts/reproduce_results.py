@@ -1,0 +1,180 @@
+"""Train and evaluate every experiment of configs/experiments/ on this machine and write docs/results.md.
+
+    python scripts/reproduce_results.py                         # all (pretraining first), then the doc
+    python scripts/reproduce_results.py --only ssl_pool --only brain_mri
+    python scripts/reproduce_results.py --render-only           # the doc from runs already made
+
+Reads the shared data from $CIT_SHARED_DATA (default ../shared/data); runs go to runs/results/
+(a run whose command and bundle configs are unchanged is reused, not retrained). Every figure in
+the doc is computed from those runs' test predictions; nothing is copied in by hand except the
+published figures, which come from the experiment files with their sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from toolkit.bundle import experiments  # noqa: E402
+from toolkit.bundle.datalists import read_json_object  # noqa: E402
+from toolkit.evaluation import results_doc  # noqa: E402
+
+
+def render(specs: dict[str, dict], out_dir: Path) -> str:
+    summaries = [
+        read_json_object(out_dir / n / "summary.json") for n in specs if specs[n]["kind"] == "classification"
+    ]
+    summaries = [s for s in summaries if s]
+    missing = [
+        n
+        for n in specs
+        if specs[n]["kind"] == "classification" and not (out_dir / n / "summary.json").exists()
+    ]
+    lines = [
+        "# Results on real data",
+        "",
+        f"Written by `python scripts/reproduce_results.py` on {time.strftime('%Y-%m-%d')} "
+        f"({platform.processor() or platform.machine()}, {_cores()} CPU cores, no GPU): every figure below is "
+        "computed from the test predictions of the runs under `runs/results/` (re-run the command to "
+        "reproduce them; a run whose command and configs are unchanged is reused). Experiments are the "
+        "files under `configs/experiments/`; each (label fraction, seed) is one `cit compare` run of its "
+        "arms on one saved split: test metrics with 95% percentile bootstrap CIs (1,000 resamples, by "
+        "patient where the data set has patient ids), paired tests between arms (McNemar for accuracy, "
+        "DeLong or paired bootstrap for AUROC). The checkpoint is chosen on validation; the test set "
+        "chooses nothing. Training time: CPU-minutes of the training epochs (all threads of the training "
+        "process, without validation); `wall-min` marks a run made before that was recorded, whose "
+        "wall time includes validation and other jobs on the shared machine.",
+        "",
+        "## Our figures beside the published ones",
+        "",
+        *results_doc.published_table(summaries),
+        "",
+        "Weights of these rows (the files the runs wrote; a re-run on other hardware gives equivalent, "
+        "not byte-identical, weights):",
+        "",
+        *results_doc.weights_lines(summaries),
+        "",
+        "Why the published figures are (not) reached is discussed per data set below.",
+        "",
+        "## Data efficiency: our pretrained backbone vs training from scratch",
+        "",
+        "Fine-tuning from the project's own backbone (`simclr`) vs random initialisation (`scratch`) with "
+        "10 %, 25 % and 100 % of the target's training labels (a seeded, stratified, patient-grouped subset "
+        "of the training split; validation and test kept whole), two seeds each (the seed draws the label "
+        "subset and the initialisation of the head / network). The last column asks whether the difference "
+        "of the seed means exceeds the mean width of the scratch arm's 95% CI.",
+        "",
+    ]
+    for summary in summaries:
+        if len({r["fraction"] for r in summary["runs"]}) < 2:
+            continue
+        lines += [f"### {summary['spec']['title']}", "", *results_doc.efficiency_table(summary), ""]
+        for subset in summary["spec"].get("test_subsets", {}):
+            lines += [f"Test set {subset}:", "", *results_doc.efficiency_table(summary, subset), ""]
+        lines += ["Paired tests per run:", "", *results_doc.paired_lines(summary), ""]
+    for summary in summaries:
+        if any(r.get("time_to_accuracy") for r in summary["runs"]):
+            lines += [f"## Time to accuracy: {summary['spec']['title']}", "", TIME_NOTE, "",
+                      *results_doc.time_to_accuracy_lines(summary), ""]  # fmt: skip
+    lines += ["## The experiments", ""]
+    for name, spec in specs.items():
+        lines += [f"### `{name}`: {spec['title']}", ""]
+        if spec["kind"] == "pretrain":
+            record = read_json_object(out_dir / name / "run.json")
+            lines += [f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
+                      f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
+                      f"- wall time: {results_doc._minutes(record.get('seconds'))} min", f"- {spec['note']}", ""]  # fmt: skip
+            continue
+        lines += [f"- split: {spec['split_note']}", f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
+                  "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
+                  f"- label fractions {spec.get('label_fractions', [1.0])}, seeds {spec.get('seeds', [0])}"]  # fmt: skip
+        if spec.get("discussion"):
+            lines += [f"- {spec['discussion']}"]
+        if name in missing:
+            lines += ["- **not run in this pass** (`--only " + name + "`)"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+TIME_NOTE = (
+    "Every epoch's checkpoint of the run trained on all labels was evaluated on the test set after "
+    "training (it stopped and selected nothing); CPU-minutes are the CPU time of the training process "
+    "(all its threads) over the epochs' iterations, without validation, evaluation or start-up: unlike "
+    "wall time it does not grow when other jobs share the machine; on an otherwise idle 2-core machine "
+    "a 2-thread run takes about half as many wall minutes."
+)
+PERF_START, PERF_END = (
+    "<!-- time-to-accuracy: written by scripts/reproduce_results.py -->",
+    "<!-- end time-to-accuracy -->",
+)
+
+
+def update_performance(doc: Path, summaries: list[dict]) -> None:
+    """Replace the time-to-accuracy block of docs/performance.md (appended once if missing)."""
+    body = []
+    for summary in summaries:
+        if any(r.get("time_to_accuracy") for r in summary["runs"]):
+            body += [f"{summary['spec']['title']}: {TIME_NOTE} Recipe: bundle `{summary['spec']['bundle']}`, "
+                     f"overrides `{summary['spec']['overrides']}`; see docs/results.md.", "",
+                     *results_doc.time_to_accuracy_lines(summary), ""]  # fmt: skip
+    if not body:
+        return
+    block = "\n".join([PERF_START, "## Time to accuracy", "", *body, PERF_END])
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+    if PERF_START in text and PERF_END in text:
+        head, rest = text.split(PERF_START, 1)
+        text = head + block + rest.split(PERF_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(text, encoding="utf-8")
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], help="experiment name (repeatable)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "results"), help="where the runs go")
+    parser.add_argument("--doc", default=str(REPO_ROOT / "docs" / "results.md"), help="the Markdown to write")
+    parser.add_argument(
+        "--performance-doc",
+        default=str(REPO_ROOT / "docs" / "performance.md"),
+        help="its time-to-accuracy block is rewritten",
+    )
+    parser.add_argument(
+        "--arm", action="append", default=[], help="run only this arm of each experiment (repeatable)"
+    )
+    parser.add_argument("--render-only", action="store_true", help="write the doc from the existing runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    out_dir = Path(args.out).resolve()
+    data_dir = experiments.shared_data_dir()
+    chosen = experiments.load_experiments(args.only)
+    if not args.render_only:
+        for name, spec in chosen.items():
+            if spec["kind"] == "pretrain":
+                experiments.run_pretrain(name, spec, out_dir, data_dir)
+            else:
+                experiments.run_classification(name, spec, out_dir, data_dir, only_arms=args.arm)
+    specs = experiments.load_experiments()
+    Path(args.doc).write_text(render(specs, out_dir), encoding="utf-8")
+    summaries = [read_json_object(out_dir / n / "summary.json") for n in specs]
+    update_performance(Path(args.performance_doc), [s for s in summaries if s])
+    print(f"written: {args.doc}, {args.performance_doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

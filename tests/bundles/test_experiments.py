@@ -1,0 +1,196 @@
+"""The reproducible experiments behind docs/results.md (toolkit.bundle.experiments and
+scripts/reproduce_results.py): a tiny experiment run end to end with real bundle runs, the
+PneumoniaMNIST rebuild, and the table logic on hand-made summaries."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from tests.bundles.bundle_helpers import REPO_ROOT
+from tests.bundles.test_compare import _stripes
+from toolkit.bundle import experiments
+from toolkit.data import load_datalist
+from toolkit.evaluation import results_doc
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "reproduce_results", REPO_ROOT / "scripts" / "reproduce_results.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_repositorys_experiments_are_well_formed():
+    specs = experiments.load_experiments()
+    kinds = [s["kind"] for s in specs.values()]
+    assert kinds == sorted(kinds, key=lambda k: k != "pretrain")  # pretraining runs first
+    pretrains = {n for n, s in specs.items() if s["kind"] == "pretrain"}
+    for name, spec in specs.items():
+        assert (REPO_ROOT / "bundles" / spec["bundle"] / "configs" / "train.json").is_file(), name
+        if spec["kind"] == "pretrain":
+            continue
+        for arm in spec["arms"].values():
+            for value in map(str, arm.values()):
+                assert set(experiments.BACKBONE.findall(value)) <= pretrains, (name, value)
+        for published in spec.get("published", []):
+            assert published["source"] and set(published) - {"source"} <= set(results_doc.METRICS), name
+
+
+@pytest.mark.slow
+def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monkeypatch):
+    labels = _stripes(tmp_path / "data" / "stripes", n_patients=40)
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    flagged = {r["image"] for r in rows[::5]}  # every fifth image "flagged" as a near-duplicate
+    with open(tmp_path / "data" / "flags.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["file", "dup"], *[[f"stripes/{r['image']}", int(r["image"] in flagged)] for r in rows]]
+        )
+    spec = {
+        "kind": "classification",
+        "title": "Stripes",
+        "data": {"source": "stripes/labels.csv", "ratios": "training=0.5,validation=0.1,test=0.4"},
+        "split_note": "random by patient",
+        "positive": "vertical",
+        "bundle": "resnet18_brain_ct",
+        "overrides": {"max_epochs": 2, "image_size": 32, "batch_size": 8, "pretrained": "False"},
+        "arms": {"scratch": {}, "fast": {"learning_rate": 0.01}},
+        "label_fractions": [0.5, 1.0],
+        "seeds": [0],
+        "test_subsets": {
+            "unflagged": {"csv": "flags.csv", "file_column": "file", "drop_where": {"dup": "1"}}
+        },
+        "published": [{"source": "a made-up paper", "accuracy": 0.99}],
+        "time_to_accuracy": {"fraction": 1.0, "seed": 0, "targets": [0.5, 1.01]},
+    }
+    out = tmp_path / "runs"
+    summary = experiments.run_classification("stripes", spec, out, tmp_path / "data")
+
+    full, half = (
+        {r["fraction"]: r for r in summary["runs"]}[1.0],
+        {r["fraction"]: r for r in summary["runs"]}[0.5],
+    )
+    assert (
+        half["images"]["test"] == full["images"]["test"]
+        and half["images"]["validation"] == full["images"]["validation"]
+    )
+    assert half["images"]["training"] < full["images"]["training"]
+    subset = load_datalist(out / "stripes" / "labels50_seed0" / "labels.json")
+    everything = load_datalist(summary["datalist"])
+    assert {i["image"] for i in subset["training"]} < {i["image"] for i in everything["training"]}
+    assert {i["patient_id"] for i in subset["training"]}.isdisjoint(
+        i["patient_id"] for i in everything["test"]
+    )
+
+    for run in summary["runs"]:
+        assert set(run["arms"]) == {"scratch", "fast"} and run["paired"]["reference"] in run["arms"]
+        for name, arm in run["arms"].items():
+            with open(out / "stripes" / f"labels{round(run['fraction'] * 100)}_seed0" / "runs" / name / "eval" /
+                      "predictions.csv", newline="") as f:  # fmt: skip
+                preds = list(csv.DictReader(f))
+            assert arm["accuracy"] == pytest.approx(np.mean([p["label"] == p["pred"] for p in preds]))
+            assert arm["accuracy_ci"][0] <= arm["accuracy"] <= arm["accuracy_ci"][1]
+            assert arm["sensitivity"] == pytest.approx(
+                np.mean([p["pred"] == p["label"] for p in preds if p["label_name"] == "vertical"]))  # fmt: skip
+            unflagged = [p for p in preds if not any(p["image"].endswith(i) for i in flagged)]
+            assert run["subsets"]["unflagged"]["images"] == len(unflagged) < len(preds)
+            assert run["subsets"]["unflagged"]["arms"][name]["accuracy"] == pytest.approx(
+                np.mean([p["label"] == p["pred"] for p in unflagged]))  # fmt: skip
+
+    for name, epochs in full["time_to_accuracy"].items():  # each epoch's checkpoint, tested after training
+        models = out / "stripes" / "labels100_seed0" / "runs" / name / "models"
+        assert [e["epoch"] for e in epochs] == [1, 2] and 0 < epochs[0]["train_cpu_minutes"] < epochs[1][
+            "train_cpu_minutes"
+        ]
+        assert not (models / "checkpoint_epoch=1.pt").exists() and (models / "checkpoint_epoch=2.pt").exists()
+        for e in epochs:
+            metrics = json.loads(
+                (models.parent / "epochs" / f"epoch{e['epoch']}" / "metrics.json").read_text()
+            )
+            assert e["accuracy"] == metrics["accuracy"]
+    assert "time_to_accuracy" not in half
+    lines = "\n".join(results_doc.time_to_accuracy_lines(summary))
+    assert "101.0%: not reached in" in lines and lines.count("`scratch`") == 1
+
+    monkeypatch.setattr(experiments, "load_experiments", lambda names=(): {"stripes": spec})
+    doc = _script().render({"stripes": spec}, out)
+    assert doc.count("| Stripes (") == 2  # one published-figure row per arm trained on all labels
+    assert "a made-up paper" in doc and "no: accuracy" in doc or "| yes |" in doc
+    assert "### Stripes" in doc and "Test set unflagged:" in doc and "| 50 % |" in doc
+    assert "## Time to accuracy: Stripes" in doc
+
+    again = experiments.run_classification("stripes", spec, out, tmp_path / "data")  # nothing retrained
+    record = json.loads((out / "stripes" / "labels100_seed0" / "runs" / "scratch" / "run.json").read_text())
+    assert again["runs"][1]["arms"]["scratch"]["train_seconds"] == record["training"]["seconds"]
+    assert again["runs"][1]["arms"]["scratch"]["accuracy"] == full["arms"]["scratch"]["accuracy"]
+
+
+def _npz(path, train, train_labels, val=(), test=()):
+    np.savez(path, train_images=np.array(train, dtype=np.uint8), train_labels=np.array(train_labels),
+             val_images=np.array(val or [np.zeros((2, 2))], dtype=np.uint8), val_labels=np.array([0] * len(val or [0])),
+             test_images=np.array(test or [np.ones((2, 2))], dtype=np.uint8), test_labels=np.array([1] * len(test or [0])))  # fmt: skip
+
+
+def test_pneumoniamnist_rebuild_is_the_union_of_the_training_sets_and_keeps_the_second_copys_eval(tmp_path):
+    folder = tmp_path / "medmnist"
+    folder.mkdir()
+    a, b, c = (np.full((2, 2), v) for v in (10, 20, 30))
+    _npz(folder / "pneumoniamnist_balanced_subset.npz", [a, b], [0, 1])
+    _npz(
+        folder / "pneumoniamnist_normal_subsampled_train.npz", [b, c], [[1], [1]], val=[a, b, c], test=[c, c]
+    )
+    out = experiments.rebuild_pneumoniamnist(tmp_path, tmp_path / "rebuilt.npz")
+    data = np.load(out)
+    assert [int(x[0, 0]) for x in data["train_images"]] == [10, 20, 30] and list(data["train_labels"]) == [
+        0,
+        1,
+        1,
+    ]
+    assert len(data["val_images"]) == 3 and len(data["test_images"]) == 2 and data["test_labels"].ndim == 1
+
+    _npz(folder / "pneumoniamnist_normal_subsampled_train.npz", [b], [0])  # same image, other label
+    with pytest.raises(ValueError, match="two labels"):
+        experiments.rebuild_pneumoniamnist(tmp_path, tmp_path / "rebuilt.npz")
+
+
+def test_a_backbone_placeholder_needs_its_pretraining_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ssl_pool"):
+        experiments._fill_backbones("{backbone:ssl_pool}", tmp_path)
+    (tmp_path / "ssl_pool" / "models").mkdir(parents=True)
+    (tmp_path / "ssl_pool" / "models" / "backbone.pt").write_bytes(b"x")
+    assert experiments._fill_backbones("{backbone:ssl_pool}", tmp_path) == str(
+        tmp_path / "ssl_pool" / "models" / "backbone.pt"
+    )
+
+
+def _arm(accuracy, low, high, auroc=0.5):
+    return {"accuracy": accuracy, "accuracy_ci": [low, high], "auroc": auroc, "auroc_ci": [None, None]}
+
+
+def test_the_verdict_compares_the_difference_of_seed_means_with_the_scratch_ci_width():
+    runs = [
+        {"fraction": 0.1, "seed": s, "images": {"training": 10}, "subsets": {}, "paired": None,
+         "arms": {"scratch": _arm(0.5, 0.45, 0.55), "simclr": _arm(acc, acc - 0.05, acc + 0.05)}}
+        for s, acc in ((0, 0.62), (1, 0.64))
+    ] + [
+        {"fraction": 1.0, "seed": s, "images": {"training": 100}, "subsets": {}, "paired": None,
+         "arms": {"scratch": _arm(0.8, 0.7, 0.9), "simclr": _arm(0.85, 0.8, 0.9)}}
+        for s in (0, 1)
+    ]  # fmt: skip
+    summary = {"spec": {"arms": {"scratch": {}, "simclr": {}}}, "runs": runs}
+    low, full = results_doc.efficiency(summary)
+    assert low["difference"] == pytest.approx(0.13) and low["scratch_ci_width"] == pytest.approx(0.1)
+    assert low["beats_by_more_than_ci_width"] and not full["beats_by_more_than_ci_width"]
+    assert (
+        results_doc.reached({"accuracy": 0.93, "auroc": 0.97}, {"accuracy": 0.928, "auroc": 0.968}) == "yes"
+    )
+    assert results_doc.reached({"accuracy": 0.90, "auroc": 0.97}, {"accuracy": 0.928}).startswith(
+        "no: accuracy 0.900"
+    )
