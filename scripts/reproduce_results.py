@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
 import time
@@ -90,7 +91,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             record = read_json_object(out_dir / name / "run.json")
             lines += [f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
                       f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
-                      f"- wall time: {results_doc._minutes(record.get('seconds'))} min", f"- {spec['note']}", ""]  # fmt: skip
+                      f"- wall time: {results_doc.minutes(record.get('seconds'))} min", f"- {spec['note']}", ""]  # fmt: skip
             continue
         lines += [f"- split: {spec['split_note']}", f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
                   "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
@@ -137,8 +138,6 @@ def update_performance(doc: Path, summaries: list[dict]) -> None:
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -213,9 +213,10 @@ def _remember(
     atomic_write_json(run_dir / "run.json", record)
 
 
-def _bundle_command(
+def bundle_command(
     run_id: str, config: Path, bundle: Path, ids: dict[str, str], overrides: list[str]
 ) -> list[str]:
+    """The ``python -m monai.bundle run`` command a user types for ``run_id`` of ``config``."""
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config),
                "--bundle_root", str(bundle)]  # fmt: skip
     for key, value in ids.items():
@@ -223,7 +224,7 @@ def _bundle_command(
     return command + overrides
 
 
-def _eval_overrides(config: Path, overrides: list[str]) -> list[str]:
+def eval_overrides(config: Path, overrides: list[str]) -> list[str]:
     """The overrides whose id the evaluation config defines (``--image_size`` yes, ``--max_epochs`` no)."""
     known = read_config(config)
     kept = []
@@ -279,7 +280,7 @@ def run_model(spec: ModelSpec, comparison: Comparison, shared: dict, position: s
     try:
         job = _Job(spec, comparison, run, run_dir, base_config_dir(spec.bundle).parents[1],
                    _configs_digest(spec.bundle), overrides, [])  # fmt: skip
-        job.eval_overrides = _eval_overrides(job.config("evaluate"), overrides)
+        job.eval_overrides = eval_overrides(job.config("evaluate"), overrides)
         epochs = None if spec.ckpt_dir else _max_epochs(job.config("train"), overrides)
     except MODEL_ERRORS as err:
         logger.warning("%s %s: failed at set-up: %s: %s", position, spec.name, type(err).__name__, err)
@@ -311,7 +312,7 @@ def _train(job: _Job, ckpt_dir: Path, output_dir: Path) -> bool:
         "ckpt_dir": str(ckpt_dir),
         "output_dir": str(output_dir),
     }
-    command = _bundle_command("training", job.config("train"), job.spec.bundle, ids, job.overrides)
+    command = bundle_command("training", job.config("train"), job.spec.bundle, ids, job.overrides)
     if job.comparison.reuse and _reusable(
         job.run_dir, "training", command, job.digest, [ckpt_dir / "model.pt"]
     ):
@@ -343,7 +344,7 @@ def _evaluate(job: _Job, ckpt_dir: Path, output_dir: Path) -> bool:
     ids = {"ckpt_dir": str(ckpt_dir), "output_dir": str(output_dir), "eval_dir": str(eval_dir)}
     if job.spec.ckpt_dir is not None:  # its own output_dir is elsewhere: the shared file is the checked split
         ids["datalist_file"] = str(job.comparison.datalist)
-    command = _bundle_command("evaluating", job.config("evaluate"), job.spec.bundle, ids, job.eval_overrides)
+    command = bundle_command("evaluating", job.config("evaluate"), job.spec.bundle, ids, job.eval_overrides)
     job.run.eval_dir = str(eval_dir)
     if job.comparison.reuse and _reusable(
         job.run_dir, "evaluation", command, digest, [eval_dir / "predictions.csv"]

@@ -35,9 +35,9 @@ import numpy as np
 
 from toolkit.bundle.compare import (
     ModelSpec,
-    _bundle_command,
-    _eval_overrides,
+    bundle_command,
     compare_bundles,
+    eval_overrides,
     parse_overrides,
 )
 from toolkit.bundle.datalists import datalist_for, read_json_object
@@ -354,7 +354,7 @@ def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, overrides: list[str]) -> li
         if not (eval_dir / "metrics.json").is_file() and checkpoint.is_file():
             ids = {"ckpt_dir": str(ckpt_dir), "ckpt_path": str(checkpoint), "eval_dir": str(eval_dir),
                    "output_dir": str(ckpt_dir.parent / "output")}  # fmt: skip
-            command = _bundle_command("evaluating", config, bundle, ids, _eval_overrides(config, overrides))
+            command = bundle_command("evaluating", config, bundle, ids, eval_overrides(config, overrides))
             if run_logged(command, REPO_ROOT, eval_dir.parent / f"evaluate{epoch}.log") != 0:
                 logger.warning(
                     "evaluation of %s failed: see %s", checkpoint, eval_dir.parent / f"evaluate{epoch}.log"

@@ -21,15 +21,16 @@ def _with_ci(arm: Mapping, metric: str) -> str:
     return _num(arm[metric]) + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
 
 
-def _minutes(seconds: float | None) -> str:
+def minutes(seconds: float | None) -> str:
+    """``seconds`` as minutes with one decimal, ``n/a`` when unknown."""
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def training_time(arm: Mapping) -> str:
     """CPU minutes of the training epochs when recorded, else the run's wall minutes (marked)."""
     if arm.get("train_cpu_seconds") is not None:
-        return f"{_minutes(arm['train_cpu_seconds'])} CPU-min"
-    return f"{_minutes(arm.get('train_seconds'))} wall-min"
+        return f"{minutes(arm['train_cpu_seconds'])} CPU-min"
+    return f"{minutes(arm.get('train_seconds'))} wall-min"
 
 
 def _published_cell(published: Mapping) -> str:
