@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from toolkit.bundle import experiments  # noqa: E402
 from toolkit.bundle.datalists import read_json_object  # noqa: E402
 from toolkit.evaluation import results_doc  # noqa: E402
+from toolkit.io import atomic_write_text  # noqa: E402
 
 
 def render(specs: dict[str, dict], out_dir: Path) -> str:
@@ -134,7 +135,7 @@ def update_performance(doc: Path, summaries: list[dict]) -> None:
         text = head + block + rest.split(PERF_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(text, encoding="utf-8")
+    atomic_write_text(doc, text)
 
 
 def _cores() -> int:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 experiments.run_classification(name, spec, out_dir, data_dir, only_arms=args.arm)
     specs = experiments.load_experiments()
-    Path(args.doc).write_text(render(specs, out_dir), encoding="utf-8")
+    atomic_write_text(args.doc, render(specs, out_dir))
     summaries = [read_json_object(out_dir / n / "summary.json") for n in specs]
     update_performance(Path(args.performance_doc), [s for s in summaries if s])
     print(f"written: {args.doc}, {args.performance_doc}")

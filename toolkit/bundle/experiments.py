@@ -26,7 +26,6 @@ import logging
 import os
 import re
 import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -107,10 +106,10 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
     run_dir = out_dir / name
     sources = [str(data_dir / s) for s in spec["sources"]]
     bundle = REPO_ROOT / "bundles" / spec.get("bundle", "pretrain_ssl")
-    command = [sys.executable, "-m", "monai.bundle", "run", "training",
-               "--config_file", str(bundle / "configs" / "train.json"), "--bundle_root", str(bundle),
-               "--dataset_dirs", json.dumps(sources), "--ckpt_dir", str(run_dir / "models"),
-               "--output_dir", str(run_dir / "output"), *_cli_pairs(spec.get("overrides", {}))]  # fmt: skip
+    ids = {"dataset_dirs": json.dumps(sources), "ckpt_dir": str(run_dir / "models"),
+           "output_dir": str(run_dir / "output")}  # fmt: skip
+    command = bundle_command("training", bundle / "configs" / "train.json", bundle, ids,
+                             _cli_pairs(spec.get("overrides", {})))  # fmt: skip
     targets = load_experiments(spec.get("exclude_test_of", []))
     excluded = [str(experiment_datalist(n, t, out_dir, data_dir)) for n, t in targets.items()]
     if excluded:  # their test images are left out of the pool (the leakage guard checks it again)
@@ -292,12 +291,13 @@ def run_classification(
                 "arms": {},
                 "paired": None,
             }
+            histories = {}  # training_history.csv rows per arm, read once
             for row in summary["rows"]:
                 arm = {"status": row["status"], "train_seconds": row["seconds"].get("training")}
                 if row["status"] == "ok":
                     arm.update(_arm_metrics(result["models"][row["name"]], positive))
-                    history = Path(row["ckpt_dir"]).parent / "output" / "train" / "training_history.csv"
-                    arm["epochs"], arm["train_cpu_seconds"] = _epochs(history)
+                    histories[row["name"]] = _history(Path(row["ckpt_dir"]))
+                    arm["epochs"], arm["train_cpu_seconds"] = _epochs(histories[row["name"]])
                     arm["weights_sha256"] = sha256_file(Path(row["ckpt_dir"]) / "model.pt")
                 else:
                     arm["error"] = row.get("error")
@@ -317,7 +317,7 @@ def run_classification(
                                                                        in sub["models"].items()}}  # fmt: skip
             if timed:
                 entry["time_to_accuracy"] = {
-                    r["name"]: accuracy_per_epoch(bundle, Path(r["ckpt_dir"]), [*common, *extra])
+                    r["name"]: accuracy_per_epoch(bundle, Path(r["ckpt_dir"]), histories[r["name"]], [*common, *extra])
                     for r in summary["rows"] if r["status"] == "ok"
                 }  # fmt: skip
             runs.append(entry)
@@ -336,14 +336,13 @@ def _timed(spec: Mapping, fraction: float, seed: int) -> bool:
     return bool(timed) and timed.get("fraction", 1.0) == fraction and timed.get("seed", 0) == seed
 
 
-def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, overrides: list[str]) -> list[dict]:
+def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, history: list[dict], overrides: list[str]) -> list[dict]:
     """Test accuracy of every epoch's checkpoint, evaluated after training (it never stopped or
-    selected anything), beside the cumulative training CPU time up to that epoch
-    (``epoch_cpu_seconds`` of the training history: the epochs' iterations, without validation). Each checkpoint is evaluated with
-    the bundle's evaluate.json, as a user would, then deleted (a full-state checkpoint per epoch is
-    hundreds of MB); the evaluation's metrics.json stays, so a repeated call needs no checkpoint."""
-    with open(ckpt_dir.parent / "output" / "train" / "training_history.csv", newline="") as f:
-        history = list(csv.DictReader(f))
+    selected anything), beside the cumulative training CPU time up to that epoch (``epoch_cpu_seconds``
+    of ``history``, the run's training_history.csv rows: the epochs' iterations, without validation).
+    Each checkpoint is evaluated with the bundle's evaluate.json, as a user would, then deleted (a
+    full-state checkpoint per epoch is hundreds of MB); the evaluation's metrics.json stays, so a
+    repeated call needs no checkpoint."""
     config = bundle / "configs" / "evaluate.json"
     rows, elapsed = [], 0.0
     for row in history:
@@ -367,15 +366,21 @@ def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, overrides: list[str]) -> li
     return rows
 
 
-def _epochs(history: Path) -> tuple[int | None, float | None]:
-    """Epochs trained and their training CPU seconds (None for a history without that column)."""
+def _history(ckpt_dir: Path) -> list[dict]:
+    """The rows of the run's ``training_history.csv`` (beside ``ckpt_dir``; empty when missing)."""
     try:
-        with open(history, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(ckpt_dir.parent / "output" / "train" / "training_history.csv", newline="") as f:
+            return list(csv.DictReader(f))
     except OSError:
+        return []
+
+
+def _epochs(history: list[dict]) -> tuple[int | None, float | None]:
+    """Epochs trained and their training CPU seconds (None for a history without that column)."""
+    if not history:
         return None, None
-    cpu = [r.get("epoch_cpu_seconds") for r in rows]
-    return len(rows), (sum(float(c) for c in cpu) if cpu and all(cpu) else None)
+    cpu = [r.get("epoch_cpu_seconds") for r in history]
+    return len(history), (sum(float(c) for c in cpu) if all(cpu) else None)
 
 
 def command_line(argv: Sequence[str]) -> str:

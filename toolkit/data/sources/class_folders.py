@@ -30,7 +30,7 @@ def class_folder_items(root, classes=None, label_from_name=None, patient_from_na
         label_fn, preset_classes = resolve_preset(label_from_name, LABEL_PRESETS, "label_from_name")
         classes = classes if classes is not None else preset_classes
     else:  # a callable, or None / False: the folder names are the classes
-        label_fn = resolve_preset(label_from_name, {}, "label_from_name")
+        label_fn = label_from_name or None
     patient_fn = resolve_preset(patient_from_name, PATIENT_PRESETS, "patient_from_name")
 
     records = []
