@@ -8,6 +8,8 @@ epoch, random initialisation, outputs under the test's tmp folder.
 import csv
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -74,5 +76,17 @@ def test_evaluation_and_cit_infer_give_the_same_probabilities(trained, shared_da
 
 
 @pytest.mark.slow
-def test_metadata_and_network_io_verify(trained):
+def test_metadata_and_network_io_verify(trained, tmp_path):
     verify_bundle(BUNDLE, trained / "models")
+    # the packed copy describes a 3D input, and MONAI's check passes on it outside this repository
+    packed = tmp_path / "elsewhere" / BUNDLE
+    assert main(["export", "--bundle", str(REPO_ROOT / "bundles" / BUNDLE), "--ckpt-dir", str(trained / "models"),
+                 "--format", "bundle", "--out", str(packed)]) == 0  # fmt: skip
+    meta = json.loads((packed / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [16, 16, 16]
+    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+                             "--meta_file", str(packed / "configs" / "metadata.json"),
+                             "--config_file", str(packed / "configs" / "inference.json"),
+                             "--bundle_root", str(packed), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]

@@ -126,8 +126,10 @@ def metadata_for(metadata: dict, info: ModelInfo) -> dict:
     fmt = metadata.setdefault("network_data_format", {})
     image = fmt.setdefault("inputs", {}).setdefault("image", {})
     channels = int(info.preprocessing.get("channels", info.network.get("in_channels", 3)))
-    size = int(info.preprocessing["image_size"])
-    image.update(num_channels=channels, spatial_shape=[size, size],
+    size = info.preprocessing["image_size"]  # a side (square / cube) or one number per axis
+    dims = int(info.preprocessing.get("spatial_dims", 2))
+    shape = [int(s) for s in size] if isinstance(size, (list, tuple)) else [int(size)] * dims
+    image.update(num_channels=channels, spatial_shape=shape,
                  channel_def={str(i): "image" for i in range(channels)})  # fmt: skip
     pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
     pred.update(
