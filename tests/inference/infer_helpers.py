@@ -237,8 +237,12 @@ def write_input_tree(root: Path, n_extra_png: int = 0) -> dict[str, str]:
         add("broken/nan.nii.gz", "error"),
     )
     add("broken/not_png.png", "error").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
-    # not an input at all: no row
+    # not an input at all: no row (counted in the summary)
     (root / "README.txt").write_text("export notes\n")
+    (root / "raster" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    hidden = root / ".thumbnails"  # a hidden folder holding an image: counted once, not opened
+    hidden.mkdir()
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(hidden / "grey.png")
     return expected
 
 

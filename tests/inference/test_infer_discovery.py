@@ -6,7 +6,7 @@ import json
 
 from infer_helpers import make_dicom, write_input_tree
 
-from toolkit.inference.discovery import DicomFilters, discover_inputs
+from toolkit.inference.discovery import DicomFilters, Ignored, discover_inputs
 from toolkit.inference.writers import ResultJournal, read_journals
 
 
@@ -14,7 +14,7 @@ def test_discovery_finds_dicom_by_content_and_decides_hopeless_files(tmp_path):
     expected = write_input_tree(tmp_path)
     items, ignored = discover_inputs(tmp_path)
     assert sorted(i.path for i in items) == sorted(expected)
-    assert ignored == 1  # README.txt
+    assert ignored == Ignored(other=1, hidden=2)  # README.txt; .DS_Store and .thumbnails/
     by_path = {i.path: i for i in items}
     assert by_path["pacs/study1/series_m2/IM0000"].kind == "dicom"  # no extension
     assert by_path["broken/empty.dcm"].status == "error"

@@ -35,6 +35,7 @@ def test_every_input_gets_exactly_one_row_with_the_right_status(folder_run):
     got = {r["path"]: r["status"] for r in rows}
     assert got == expected
     assert code == EXIT_INPUTS_FAILED  # some inputs failed
+    assert "1 other file(s) and 2 hidden entries (name starting with '.') ignored (no row)" in log
     for row in rows:
         if row["status"] == "error":
             assert row["reason"] and "\n" not in row["reason"], row

@@ -129,6 +129,24 @@ def _is_candidate(path: Path) -> bool:
 
 
 @dataclass
+class Ignored:
+    """Entries below the input that get no row: files that cannot hold an image, and hidden entries
+    (names starting with '.', e.g. ``.DS_Store``; a hidden folder counts once, unopened). Both are
+    counted in the run's summary so that nothing is left out without a word."""
+
+    other: int = 0
+    hidden: int = 0
+
+    def __str__(self) -> str:
+        parts = [f"{self.other} other file(s)"] if self.other or not self.hidden else []
+        if self.hidden:
+            parts.append(
+                f"{self.hidden} hidden entr{'y' if self.hidden == 1 else 'ies'} (name starting with '.')"
+            )
+        return " and ".join(parts)
+
+
+@dataclass
 class WalkProblem:
     """An entry below the input that is not walked or not read, and why (it becomes one row)."""
 
@@ -142,8 +160,8 @@ def walk_files(
     root: str | os.PathLike,
     exclude: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
     problems: list[WalkProblem] | None = None,
-) -> tuple[list[Path], int]:
-    """Candidate image files below ``root`` (sorted, hidden entries skipped) and the count of other files.
+) -> tuple[list[Path], Ignored]:
+    """Candidate image files below ``root`` (sorted) and the count of what was left out (:class:`Ignored`).
 
     ``exclude``: folders not to enter (the run's own output when it lies inside the input).
     In any folder holding a `cit infer` lock file, the entries that run writes (``OUTPUT_ENTRIES``) are
@@ -154,12 +172,12 @@ def walk_files(
     """
     root = Path(root)
     if root.is_file():
-        return [root], 0
+        return [root], Ignored()
     if isinstance(exclude, (str, os.PathLike)):
         exclude = [exclude]
     excluded = {os.path.realpath(e) for e in exclude or ()}
     problems = problems if problems is not None else []
-    found, ignored = [], 0
+    found, ignored = [], Ignored()
 
     def unreadable(exc: OSError) -> None:
         folder = Path(exc.filename) if exc.filename else root
@@ -170,7 +188,10 @@ def walk_files(
         keep = []
         for d in sorted(dirnames):
             sub = Path(dirpath) / d
-            if d.startswith(".") or os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
+            if d.startswith("."):
+                ignored.hidden += 1
+                continue
+            if os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
                 continue
             if os.path.islink(sub):  # not followed: it may loop or lead out of the input
                 problems.append(
@@ -181,7 +202,10 @@ def walk_files(
         dirnames[:] = keep
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.startswith(".") or (own_output and name in OUTPUT_ENTRIES):
+            if name.startswith("."):
+                ignored.hidden += 1
+                continue
+            if own_output and name in OUTPUT_ENTRIES:
                 continue
             try:
                 mode = path.stat().st_mode
@@ -193,7 +217,7 @@ def walk_files(
             if not stat.S_ISREG(mode) or _is_candidate(path):  # FIFOs and devices are reported, never opened
                 found.append(path)
             else:
-                ignored += 1
+                ignored.other += 1
     return found, ignored
 
 
@@ -317,8 +341,8 @@ def discover_inputs(
     frames: str = "reject",
     series_mode: bool = False,
     exclude: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
-) -> tuple[list[InputItem], int]:
-    """Work items for every candidate file below ``root`` and the number of non-image files ignored.
+) -> tuple[list[InputItem], Ignored]:
+    """Work items for every candidate file below ``root`` and the count of entries left out (:class:`Ignored`).
 
     ``frames``: what to do with multi-frame DICOM for 2D models: ``reject`` (one error row) or
     ``each`` (one item per frame, after checking that the pixel data holds the declared frames).

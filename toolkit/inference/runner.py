@@ -51,7 +51,13 @@ from toolkit.engines import prepare_network
 from toolkit.evaluation.gradcam import Explainer, overlay
 from toolkit.inference.backends import OnnxRuntimeNetwork, current_onnx_export, resolve_backend
 from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
-from toolkit.inference.discovery import DicomFilters, InputItem, discover_inputs, quiet_dicom_warnings
+from toolkit.inference.discovery import (
+    DicomFilters,
+    Ignored,
+    InputItem,
+    discover_inputs,
+    quiet_dicom_warnings,
+)
 from toolkit.inference.fingerprint import RUN_FILE, describe_change, run_identity
 from toolkit.inference.locking import LockedError, OutputLock
 from toolkit.inference.naming import inside, overlay_file_name
@@ -132,7 +138,7 @@ class RunSummary:
     counts: dict[str, int]
     processed_now: int
     already_done: int
-    ignored_files: int
+    ignored: Ignored
     exit_code: int
     csv_path: Path | None = None
     sr_paths: list[Path] = field(default_factory=list)
@@ -354,7 +360,7 @@ def _run(
     if "locked" in status:
         if rank == 0:
             print(f"cit infer: {status['locked']}", file=sys.stderr)
-        return RunSummary({}, 0, 0, 0, EXIT_LOCKED)
+        return RunSummary({}, 0, 0, Ignored(), EXIT_LOCKED)
 
     try:
         bundle = _load(options, device)
@@ -375,7 +381,7 @@ def _run(
         if "stop" in plan:  # nothing to do (no input) or a resume refused: said in one line, own exit code
             if rank == 0:
                 print(f"cit infer: {plan['stop']}", file=sys.stderr)
-            return RunSummary({}, 0, 0, plan.get("ignored", 0), plan["code"])
+            return RunSummary({}, 0, 0, plan.get("ignored", Ignored()), plan["code"])
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
         t_process = time.perf_counter()
@@ -439,7 +445,7 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
     )
     if not items:
         return {
-            "stop": f"no input found below --input {options.input} ({ignored} other file(s) ignored): "
+            "stop": f"no input found below --input {options.input} ({ignored} ignored): "
             "nothing to do; is the share mounted?",
             "code": EXIT_NO_INPUTS,
             "ignored": ignored,
@@ -703,7 +709,7 @@ def _finish(
     options: InferenceOptions,
     processed_now: int,
     already_done: int,
-    ignored: int,
+    ignored: Ignored,
 ) -> RunSummary:
     output = Path(options.output)
     records = read_journals(all_part_paths(output))
@@ -734,8 +740,8 @@ def _log_summary(summary: RunSummary, total: int) -> None:
         f"cit infer: {total} inputs: {by_status} "
         f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"
     ]
-    if summary.ignored_files:
-        lines.append(f"  {summary.ignored_files} non-image files ignored")
+    if summary.ignored.other or summary.ignored.hidden:
+        lines.append(f"  {summary.ignored} ignored (no row)")
     if summary.counts.get("error"):
         lines.append(f"  see {summary.csv_path} (status 'error', column 'reason') for what failed")
     if summary.counts.get("missing"):
