@@ -123,12 +123,12 @@ def update_performance(doc: Path, summaries: list[dict]) -> None:
     body = []
     for summary in summaries:
         if any(r.get("time_to_accuracy") for r in summary["runs"]):
-            body += [f"{summary['spec']['title']}: {TIME_NOTE} Recipe: bundle `{summary['spec']['bundle']}`, "
+            body += [f"{summary['spec']['title']}: bundle `{summary['spec']['bundle']}`, "
                      f"overrides `{summary['spec']['overrides']}`; see docs/results.md.", "",
                      *results_doc.time_to_accuracy_lines(summary), ""]  # fmt: skip
     if not body:
         return
-    block = "\n".join([PERF_START, "## Time to accuracy", "", *body, PERF_END])
+    block = "\n".join([PERF_START, "## Time to accuracy", "", TIME_NOTE, "", *body, PERF_END])
     text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
     if PERF_START in text and PERF_END in text:
         head, rest = text.split(PERF_START, 1)

@@ -68,7 +68,7 @@ def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monke
             "unflagged": {"csv": "flags.csv", "file_column": "file", "drop_where": {"dup": "1"}}
         },
         "published": [{"source": "a made-up paper", "accuracy": 0.99}],
-        "time_to_accuracy": {"fraction": 1.0, "seed": 0, "targets": [0.5, 1.01]},
+        "time_to_accuracy": {"fraction": 1.0, "seeds": [0], "targets": [0.5, 1.01]},
     }
     out = tmp_path / "runs"
     summary = experiments.run_classification("stripes", spec, out, tmp_path / "data")

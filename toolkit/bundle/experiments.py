@@ -11,6 +11,8 @@ Two kinds of experiment file:
   scratch vs a pretrained backbone), ``label_fractions`` of the training labels and ``seeds``.
   Every (fraction, seed) is one ``cit compare`` run of the arms (``toolkit.bundle.compare``): one
   saved split, the same test set, CIs by (patient) bootstrap and paired tests between the arms.
+  Optional ``time_to_accuracy`` (``fraction``, ``seeds``, ``targets``: test accuracies to reach):
+  those runs keep every epoch's checkpoint, each tested after training (:func:`accuracy_per_epoch`).
 
 Nothing here looks at a test image to choose anything: the split is the published one or made by
 ``datalist_for``; a label fraction is a seeded, stratified, patient-grouped subset of the
@@ -333,7 +335,7 @@ def _shown(path: Path) -> str:
 
 def _timed(spec: Mapping, fraction: float, seed: int) -> bool:
     timed = spec.get("time_to_accuracy")
-    return bool(timed) and timed.get("fraction", 1.0) == fraction and timed.get("seed", 0) == seed
+    return bool(timed) and timed.get("fraction", 1.0) == fraction and seed in timed.get("seeds", [0])
 
 
 def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, history: list[dict], overrides: list[str]) -> list[dict]:
