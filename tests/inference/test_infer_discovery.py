@@ -7,6 +7,7 @@ import json
 from infer_helpers import make_dicom, write_input_tree
 
 from toolkit.inference.discovery import DicomFilters, Ignored, discover_inputs
+from toolkit.inference.locking import LOCK_NAME
 from toolkit.inference.writers import ResultJournal, read_journals
 
 
@@ -69,5 +70,10 @@ def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
     make_dicom(
         tmp_path / "out" / "sr" / "report", study=1, series="b", index=0
     )  # e.g. an SR of a previous run
-    items, _ = discover_inputs(tmp_path, exclude=tmp_path / "out")
+    earlier = tmp_path / "earlier_run"  # results of an earlier run kept in the input: not inputs, not counted
+    earlier.mkdir()
+    (earlier / LOCK_NAME).write_text("")
+    (earlier / "predictions.csv").write_text("path,status\n")
+    items, ignored = discover_inputs(tmp_path, exclude=tmp_path / "out")
     assert [i.path for i in items] == ["IM1"]
+    assert ignored == Ignored(), "the lock file is hidden but this tool's own: not a skipped input"

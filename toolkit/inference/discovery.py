@@ -188,10 +188,10 @@ def walk_files(
         keep = []
         for d in sorted(dirnames):
             sub = Path(dirpath) / d
+            if os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
+                continue
             if d.startswith("."):
                 ignored.hidden += 1
-                continue
-            if os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
                 continue
             if os.path.islink(sub):  # not followed: it may loop or lead out of the input
                 problems.append(
@@ -202,10 +202,10 @@ def walk_files(
         dirnames[:] = keep
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            if own_output and name in OUTPUT_ENTRIES:  # this tool's own files (its lock file is hidden)
+                continue
             if name.startswith("."):
                 ignored.hidden += 1
-                continue
-            if own_output and name in OUTPUT_ENTRIES:
                 continue
             try:
                 mode = path.stat().st_mode
