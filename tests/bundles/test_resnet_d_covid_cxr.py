@@ -131,9 +131,10 @@ def _expected_lrs(warmup, cosine, epochs=EPOCHS):
 
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
-    """Warm-up + cosine, 20 % minority augmentation, four tiny epochs."""
+    """Warm-up + cosine, 20 % minority augmentation, four tiny epochs, BatchNorm recalibrated on 6 images."""
     tmp = tmp_path_factory.mktemp("covid_run")
-    result = run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY)
+    result = run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY,
+                        recalibrate_bn_images=6)  # fmt: skip
     return tmp, result
 
 
@@ -238,3 +239,17 @@ def test_class_weighted_loss_and_balanced_sampler_are_one_override_each(data, tm
     assert int(torch.argmax(weight)) == counts.index(min(counts)) and len(set(counts)) > 1
     assert isinstance(parser.get_parsed_content("train#sampler"), WeightedRandomSampler)
     assert parser.get_parsed_content("train#dataloader").sampler is parser.get_parsed_content("train#sampler")
+
+
+def test_batchnorm_recalibration_is_one_override_and_runs_before_validation(data, tmp_path):
+    from monai.handlers import ValidationHandler
+
+    from toolkit.engines import BatchNormRecalibration
+
+    kinds = [type(h) for h in _parsed(tmp_path, data).get_parsed_content("train#handlers")]
+    assert kinds.index(BatchNormRecalibration) < kinds.index(ValidationHandler)
+    assert _parsed(tmp_path, data).get_parsed_content("train#recalibration_loader") is None, "off by default"
+    loader = _parsed(tmp_path, data, recalibrate_bn_images=6, image_size=32).get_parsed_content(
+        "train#recalibration_loader"
+    )
+    assert len(loader.dataset) == 6 and loader.dataset[0]["image"].shape[-2:] == (32, 32)

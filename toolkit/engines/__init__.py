@@ -1,6 +1,7 @@
 """What MONAI's engines lack, kept generic: device / AMP / channels_last set-up, DDP helpers, schedules,
-the key metric, early stopping and knowledge distillation."""
+the key metric, early stopping, knowledge distillation and BatchNorm recalibration."""
 
+from toolkit.engines.batchnorm import BatchNormRecalibration, recalibration_loader
 from toolkit.engines.distillation import (
     DistillationIteration,
     DistillationLoss,
@@ -30,6 +31,7 @@ from toolkit.engines.setup import (
 from toolkit.engines.ssl import ContrastiveIteration, ssl_loss, ssl_network, trunk_of
 
 __all__ = [
+    "BatchNormRecalibration",
     "ContrastiveIteration",
     "DistillationIteration",
     "DistillationLoss",
@@ -49,6 +51,7 @@ __all__ = [
     "on_main_process",
     "prepare_batch_for",
     "prepare_network",
+    "recalibration_loader",
     "process_rank",
     "ssl_loss",
     "ssl_network",
