@@ -24,15 +24,17 @@ def _net() -> torch.nn.Module:
     )  # fmt: skip
 
 
-def _train(recalibrate: bool) -> torch.nn.Module:
-    """One epoch on strongly 'augmented' images (x * 4 + 3), optionally recalibrating on the clean ones."""
+def _train(recalibrate: bool, epochs: int = 1) -> torch.nn.Module:
+    """Epochs on strongly 'augmented' images (x * 4 + 3), optionally recalibrating on the clean ones."""
     items = _items()
-    augmented = DataLoader(Dataset(items, Lambdad("image", lambda x: x * 4 + 3)), batch_size=8, shuffle=False)
-    net = _net()
+    augmented = DataLoader(
+        Dataset(items, Lambdad("image", lambda x: x * 4 + 3)), batch_size=8, shuffle=epochs > 1
+    )
+    net = _net()  # seeds the global RNG: the shuffles of both runs start alike
     loader = recalibration_loader(items, lambda d: d, len(items), batch_size=8) if recalibrate else None
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
-        max_epochs=1,
+        max_epochs=epochs,
         train_data_loader=augmented,
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
@@ -55,10 +57,11 @@ def test_statistics_describe_the_clean_images_and_the_weights_are_untouched():
     assert torch.allclose(bn.running_var, batch_vars.mean(dim=0), rtol=1e-4)
     # without recalibration the statistics still describe the augmented images
     assert not torch.allclose(plain[1].running_mean, bn.running_mean, atol=1e-2)
-    # it changes what BatchNorm remembers, not how the network trains
+    # it changes what BatchNorm remembers, not how the network trains: over shuffled epochs too
+    plain, recalibrated = _train(False, epochs=3), _train(True, epochs=3)
     for (name, a), b in zip(plain.named_parameters(), recalibrated.parameters(), strict=True):
         assert torch.equal(a, b), name
-    assert bn.momentum == 0.1 and bn.training, "momentum and training mode are restored"
+    assert recalibrated[1].momentum == 0.1 and recalibrated[1].training, "momentum and training mode restored"
 
 
 def test_loader_takes_each_image_once_in_a_seeded_sample_and_is_off_at_zero():

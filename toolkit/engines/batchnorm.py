@@ -6,8 +6,9 @@ random affine), those statistics describe augmented images, while validation, te
 images are not augmented; validation accuracy can then swing between epochs for reasons unrelated
 to the weights, and the checkpoint chosen on it is a matter of luck. Recomputing the statistics on
 un-augmented training images after each epoch (as "precise BN" does) removes that mismatch. It
-changes no weight and draws no random number, so training follows the same path; only the saved
-checkpoints' statistics and the validation metrics (hence the chosen checkpoint) change.
+changes no weight and draws nothing from the global random generators, so training follows the same
+path; only the saved checkpoints' statistics and the validation metrics (hence the chosen
+checkpoint) change.
 
 The recomputation itself is PyTorch's ``torch.optim.swa_utils.update_bn``; this module only feeds
 it the images and hooks it into the Ignite engine before ``ValidationHandler``.
@@ -41,8 +42,11 @@ def recalibration_loader(
     unique = list({str(item["image"]): item for item in items}.values())
     order = np.random.default_rng(seed).permutation(len(unique))[:images]
     dataset = CacheDataset([unique[i] for i in sorted(order)], transform, progress=False)
+    # its own generator: a DataLoader draws a seed each time it is iterated, and drawing it from the
+    # global RNG would change the training's later shuffles and augmentations
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                      drop_last=len(dataset) > batch_size)  # fmt: skip
+                      drop_last=len(dataset) > batch_size, generator=generator)  # fmt: skip
 
 
 class BatchNormRecalibration:
