@@ -155,6 +155,35 @@ def test_train_chain_gives_float_tensors_of_the_right_shape(png_files, shared_da
         assert out["patient_id"] == "p1"
 
 
+@pytest.mark.parametrize("builder", ["classification_transforms", "minority_training_transforms"])
+def test_augmentation_pads_with_black_under_imagenet_standardisation(tmp_path, builder):
+    """A shifted training image is padded with black, the value black has at test time, not with
+    the ImageNet mean (a mid grey no test image has): augmentation runs before mean / std."""
+    from toolkit.transforms import minority
+
+    pixels = np.full((SIZE, SIZE), 255, np.uint8)
+    pixels[0, 0] = 0  # one black pixel: after min-max, white is 1 and black 0
+    path = tmp_path / "white.png"
+    Image.fromarray(pixels).save(path)
+    build = getattr(minority, builder) if builder.startswith("minority") else classification_transforms
+    chain = build(
+        image_size=SIZE,
+        channels=1,
+        augmentation="pneumonia",
+        augmentation_kwargs={"rotate_deg": 0, "scale": 0, "translate": 0.4},
+        **({"intensity": "imagenet", "stage": "train"} if builder == "classification_transforms" else {}),
+    )
+    chain.set_random_state(seed=0)
+    black, white = Compose(intensity_transforms("imagenet", channels=1))(
+        {"image": torch.tensor([[[0.0, 1.0]]])}
+    )["image"][0, 0]
+    outs = torch.stack([chain({"image": str(path), "label": 0})["image"] for _ in range(8)])
+    near_black = float((outs - black).abs().lt(0.05).float().mean())
+    mid_grey = float(((outs > black + 0.5) & (outs < white - 0.5)).float().mean())
+    assert mid_grey < 0.05, f"{mid_grey:.0%} of the pixels are neither black nor white (grey padding)"
+    assert near_black > 0.1, "the shifts never padded the image"
+
+
 def test_multi_hot_label_becomes_float_vector(png_files):
     out = classification_transforms("eval", SIZE)({"image": png_files[0], "label": [0, 1, 1]})
     torch.testing.assert_close(out["label"], torch.tensor([0.0, 1.0, 1.0]))

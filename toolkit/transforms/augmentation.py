@@ -1,6 +1,8 @@
 """Named augmentation presets from the studies the bundles reproduce: lists of MONAI random
-dictionary transforms for channel-first 2D images ``(C, H, W)`` already scaled to the intensity
-preset. "Horizontal" flips mirror left-right, i.e. the W axis (spatial axis 1).
+dictionary transforms for channel-first 2D images ``(C, H, W)`` on the [0, 1] scale of the
+intensity preset (black = 0, so "zero padding" is black; ImageNet's mean / std is applied after
+them, see :func:`~toolkit.transforms.intensity.intensity_stages`). "Horizontal" flips mirror
+left-right, i.e. the W axis (spatial axis 1).
 
 Every preset states in its docstring what the study reports and which values are our assumption
 where the study is silent. Probabilities and ranges are keyword-overridable. All transforms are

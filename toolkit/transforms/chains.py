@@ -7,7 +7,7 @@ import logging
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized
 
 from toolkit.transforms.augmentation import augmentation_transforms
-from toolkit.transforms.intensity import intensity_transforms
+from toolkit.transforms.intensity import intensity_stages
 from toolkit.transforms.readers import ALPHA_POLICIES, MedicalImageReader
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced, colour_policy
 from toolkit.transforms.volumes import volume_transforms
@@ -66,8 +66,10 @@ def classification_transforms(
     for DICOM with or without extension, :class:`~toolkit.transforms.readers.NiftiReader` for NIfTI,
     :class:`~toolkit.transforms.readers.RasterReader` for PNG / JPEG / ...) -> channel first ->
     middle (or ``nifti_slice``) slice of 3D volumes -> ``channels`` channels under the colour
-    policy -> resize to ``image_size`` x ``image_size`` -> intensity preset -> (train only)
-    augmentation preset -> float32 tensors.
+    policy -> resize to ``image_size`` x ``image_size`` -> intensity preset -> float32 tensors;
+    in training the augmentation preset runs inside the intensity preset, after its scaling and
+    before the ImageNet mean / std (:func:`~toolkit.transforms.intensity.intensity_stages`), so
+    padding is black and amounts are on the [0, 1] scale.
 
     Colour policy (stated in the log once per run): ``colour="rgb"`` (default) keeps colour and
     repeats grey to ``channels`` (a colour image for ``channels=1`` becomes its luminance);
@@ -120,12 +122,14 @@ def classification_transforms(
         SelectSliced(keys, axis=-1, index=nifti_slice, volume=nifti_volume),
         AsChannelsd(keys, channels=channels, colour=colour),
         Resized(keys, spatial_size=(image_size, image_size), mode=resize_mode or "area"),
-        *intensity_transforms(intensity, keys=keys, **intensity_kwargs),
     ]
+    scaling, standardisation = intensity_stages(intensity, keys=keys, **intensity_kwargs)
+    steps += scaling
     if stage == "train":
         steps += augmentation_transforms(
             augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
         )
+    steps += standardisation
     # Plain tensors out: images of one batch may come from different formats / colour modes whose
     # metadata do not collate; engines find the source record through the item's ``index``.
     steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False))

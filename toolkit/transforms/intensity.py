@@ -12,7 +12,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-__all__ = ["INTENSITY_PRESETS", "intensity_transforms", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["INTENSITY_PRESETS", "intensity_transforms", "intensity_stages", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,3 +97,18 @@ def intensity_transforms(name: str, keys: KeysCollection = "image", **kwargs) ->
         return INTENSITY_PRESETS[name](keys, **kwargs)
     except TypeError as exc:
         raise ValueError(f"intensity preset {name!r}: {exc}") from None
+
+
+def intensity_stages(name: str, keys: KeysCollection = "image", **kwargs) -> tuple[list, list]:
+    """The preset ``name`` split around training augmentation: ``(scaling, standardisation)``.
+
+    Augmentation presets are written for images on the [0, 1] scale of the scaling step: black is
+    0, so a rotated or shifted image is padded with black as at test time, and brightness / noise
+    amounts mean what their docstrings say. ImageNet's mean / std therefore comes after them; run
+    before, a pad of 0 would be the ImageNet mean (mid grey, a cue no test image has). Every other
+    preset is all scaling (``zscore`` included: padding is then the image mean).
+    """
+    steps = intensity_transforms(name, keys=keys, **kwargs)
+    if name == "imagenet":
+        return steps[:-1], steps[-1:]
+    return steps, []

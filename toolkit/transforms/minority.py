@@ -6,7 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureTyped, MapTransform, NormalizeIntensityd, Randomizable
+from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
 from toolkit.transforms.augmentation import (
     COVID_MINORITY_KINDS,
@@ -14,6 +14,7 @@ from toolkit.transforms.augmentation import (
     covid_minority_synthesis,
 )
 from toolkit.transforms.chains import classification_transforms
+from toolkit.transforms.intensity import intensity_stages
 
 __all__ = ["MinoritySynthesisd", "minority_training_transforms"]
 
@@ -63,8 +64,8 @@ class MinoritySynthesisd(Randomizable, MapTransform):
 def minority_training_transforms(
     image_size: int = 224,
     channels: int = 3,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     augmentation: str = "none",
     augmentation_kwargs: dict | None = None,
     synthesis_kwargs: dict | None = None,
@@ -73,23 +74,23 @@ def minority_training_transforms(
 ) -> Compose:
     """Training chain with minority synthesis: the deterministic part of
     :func:`~toolkit.transforms.classification_transforms` (load -> channels -> resize -> min-max to
-    [0, 1], cached) -> :class:`MinoritySynthesisd` on the [0, 1] image -> mean / std normalisation ->
-    optional augmentation preset. For items without a synthesis this equals the eval chain with the
-    ``imagenet`` intensity preset (min-max, then ``mean`` / ``std``), plus the augmentation.
+    [0, 1], cached) -> :class:`MinoritySynthesisd` on the [0, 1] image -> optional augmentation
+    preset (also on the [0, 1] scale, as in ``classification_transforms``) -> ``mean`` / ``std``
+    (ImageNet's by default, as the ``imagenet`` preset gives them for ``channels``). For items
+    without a synthesis this equals the training chain with the ``imagenet`` preset.
     One flat ``Compose`` so that ``CacheDataset`` can cache up to the first random step.
     """
     base = classification_transforms(
         "train", image_size, channels, intensity="minmax", augmentation="none", keys=keys, **chain_kwargs
     )
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean / std need {channels} values, got {list(mean)} / {list(std)}")
+    _, standardisation = intensity_stages("imagenet", keys, mean=mean, std=std, channels=channels)
     steps = [
         *base.transforms,
         MinoritySynthesisd(keys, image_size=image_size, **(synthesis_kwargs or {})),
-        NormalizeIntensityd(keys, subtrahend=list(mean), divisor=list(std), channel_wise=True),
         *augmentation_transforms(
             augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
         ),
+        *standardisation,
         EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False),
     ]
     return Compose(steps)
