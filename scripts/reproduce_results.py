@@ -5,8 +5,9 @@
     python scripts/reproduce_results.py --render-only           # the doc from runs already made
 
 Reads the shared data from $CIT_SHARED_DATA (default ../shared/data); runs go to runs/results/
-(a run whose command and bundle configs are unchanged is reused, not retrained). Every figure in
-the doc is computed from those runs' test predictions; nothing is copied in by hand except the
+(a run whose command, bundle configs and toolkit code are unchanged is reused, not retrained;
+the doc marks experiments whose runs were made with other configs or code). Every figure in the
+doc is computed from those runs' test predictions; nothing is copied in by hand except the
 published figures, which come from the experiment files with their sources.
 """
 
@@ -24,9 +25,30 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from toolkit.bundle import experiments  # noqa: E402
+from toolkit.bundle.compare import recipe_digest  # noqa: E402
 from toolkit.bundle.datalists import read_json_object  # noqa: E402
 from toolkit.evaluation import results_doc  # noqa: E402
 from toolkit.io import atomic_write_text  # noqa: E402
+
+
+def stale_runs(name: str, spec: dict, out_dir: Path) -> tuple[int, int]:
+    """(stale, all): how many runs of experiment ``name`` were made with another recipe (configs or
+    toolkit code, ``recipe_digest``) than this checkout's."""
+    current = recipe_digest(REPO_ROOT / "bundles" / spec["bundle"])
+    if spec["kind"] == "pretrain":
+        records = [read_json_object(out_dir / name / "run.json")]
+    else:
+        records = [read_json_object(r).get("training") or {}
+                   for r in (out_dir / name).glob("labels*_seed*/runs/*/run.json")]  # fmt: skip
+    return sum(r.get("recipe") != current for r in records), len(records)
+
+
+def _stale_line(name: str, spec: dict, out_dir: Path) -> list[str]:
+    stale, total = stale_runs(name, spec, out_dir)
+    if not stale:
+        return []
+    return [f"- **{stale} of its {total} runs made with other configs or toolkit code than this checkout**: "
+            f"their figures are those of that earlier recipe; `--only {name}` re-makes them"]  # fmt: skip
 
 
 def render(specs: dict[str, dict], out_dir: Path) -> str:
@@ -45,7 +67,8 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         f"Written by `python scripts/reproduce_results.py` on {time.strftime('%Y-%m-%d')} "
         f"({platform.processor() or platform.machine()}, {_cores()} CPU cores, no GPU): every figure below is "
         "computed from the test predictions of the runs under `runs/results/` (re-run the command to "
-        "reproduce them; a run whose command and configs are unchanged is reused). Experiments are the "
+        "reproduce them; a run whose command, configs and toolkit code are unchanged is reused, and an "
+        "experiment whose runs were made with other configs or code says so). Experiments are the "
         "files under `configs/experiments/`; each (label fraction, seed) is one `cit compare` run of its "
         "arms on one saved split: test metrics with 95% percentile bootstrap CIs (1,000 resamples, by "
         "patient where the data set has patient ids), paired tests between arms (McNemar for accuracy, "
@@ -92,7 +115,8 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             record = read_json_object(out_dir / name / "run.json")
             lines += [f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
                       f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
-                      f"- wall time: {results_doc.minutes(record.get('seconds'))} min", f"- {spec['note']}", ""]  # fmt: skip
+                      f"- wall time: {results_doc.minutes(record.get('seconds'))} min", f"- {spec['note']}",
+                      *_stale_line(name, spec, out_dir), ""]  # fmt: skip
             continue
         lines += [f"- split: {spec['split_note']}", f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
                   "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
@@ -101,6 +125,8 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             lines += [f"- {spec['discussion']}"]
         if name in missing:
             lines += ["- **not run in this pass** (`--only " + name + "`)"]
+        else:
+            lines += _stale_line(name, spec, out_dir)
         lines.append("")
     return "\n".join(lines) + "\n"
 

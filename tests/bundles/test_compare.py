@@ -174,3 +174,30 @@ def test_a_trained_model_whose_split_cannot_be_checked_is_a_row_not_a_crash(tmp_
     assert "records no split fingerprint" in row["error"]
     assert "nothing to compare" in (out / "comparison.md").read_text()
     assert _compare(out, labels, ["--model", f"../up={BUNDLE}"]) == 2  # a name that would leave --out/runs
+
+
+def test_the_recipe_digest_follows_configs_and_the_code_a_bundle_run_executes(tmp_path, monkeypatch):
+    from toolkit.bundle import compare
+
+    package, bundle = tmp_path / "toolkit", tmp_path / "bundles" / "b"
+    files = {
+        "transforms": package / "transforms" / "chains.py",
+        "cli": package / "cli" / "infer.py",
+        "inference": package / "inference" / "runner.py",
+        "bundle config": bundle / "configs" / "train.json",
+        "base config": tmp_path / "configs" / "base" / "common.json",
+    }
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("one")
+    monkeypatch.setattr(compare, "PACKAGE", package)
+    for name, path in files.items():
+        before = compare.recipe_digest(bundle)
+        path.write_text(path.read_text() + " more")
+        changed = compare.recipe_digest(bundle) != before
+        assert changed == (name not in ("cli", "inference")), name  # the layers above bundle runs
+    # a record made before the code was part of the recipe (no "recipe") is never reused
+    (tmp_path / "run.json").write_text(
+        json.dumps({"training": {"command": ["x"], "configs": "y", "returncode": 0}})
+    )
+    assert not compare._reusable(tmp_path, "training", ["x"], compare.recipe_digest(bundle), [])

@@ -131,6 +131,12 @@ def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monke
     assert again["runs"][1]["arms"]["scratch"]["train_seconds"] == record["training"]["seconds"]
     assert again["runs"][1]["arms"]["scratch"]["accuracy"] == full["arms"]["scratch"]["accuracy"]
 
+    assert "made with other configs or toolkit code" not in doc
+    record["training"]["recipe"] = "an earlier one"  # as if the toolkit had changed since this run
+    (out / "stripes" / "labels100_seed0" / "runs" / "scratch" / "run.json").write_text(json.dumps(record))
+    doc = _script().render({"stripes": spec}, out)
+    assert "**1 of its 4 runs made with other configs or toolkit code than this checkout**" in doc
+
 
 def _npz(path, train, train_labels, val=(), test=()):
     np.savez(path, train_images=np.array(train, dtype=np.uint8), train_labels=np.array(train_labels),

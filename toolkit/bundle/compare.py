@@ -172,11 +172,23 @@ def check_trained_on(ckpt_dir: Path, training_datalist: Path, shared: dict, shar
 # One model
 
 
-def _configs_digest(bundle: Path) -> str:
-    """SHA-256 over the bundle's configs and the shared base: a changed recipe is not reused."""
+PACKAGE = Path(__file__).resolve().parents[1]  # the toolkit package
+
+
+def recipe_digest(bundle: Path) -> str:
+    """SHA-256 over the bundle's configs, the shared base and the toolkit code a bundle run executes.
+
+    A run is reused only while all three are unchanged: code is part of the recipe (an augmentation
+    fix changes what the same config trains). The code is every module below the inference layer
+    (docs/architecture.md: a bundle run cannot import ``toolkit.inference`` or ``toolkit.cli``).
+    """
+    configs = sorted(bundle.glob("configs/*.json")) + sorted(base_config_dir(bundle).glob("*.json"))
+    named = [(p.name, p) for p in configs]
+    named += [(p.relative_to(PACKAGE.parent).as_posix(), p) for p in sorted(PACKAGE.rglob("*.py"))
+              if p.relative_to(PACKAGE).parts[0] not in ("inference", "cli")]  # fmt: skip
     digest = hashlib.sha256()
-    for path in sorted(bundle.glob("configs/*.json")) + sorted(base_config_dir(bundle).glob("*.json")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for name, path in named:
+        digest.update(name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -199,7 +211,7 @@ def _record(run_dir: Path) -> dict:
 
 def _reusable(run_dir: Path, stage: str, command: list[str], digest: str, outputs: Sequence[Path]) -> bool:
     done = _record(run_dir).get(stage) or {}
-    return done.get("command") == command and done.get("configs") == digest and done.get("returncode") == 0 \
+    return done.get("command") == command and done.get("recipe") == digest and done.get("returncode") == 0 \
         and all(p.exists() for p in outputs)  # fmt: skip
 
 
@@ -207,7 +219,7 @@ def _remember(
     run_dir: Path, stage: str, command: list[str], digest: str, returncode: int, seconds: float
 ) -> None:
     record = _record(run_dir)
-    record[stage] = {"command": command, "configs": digest, "returncode": returncode, "seconds": seconds}
+    record[stage] = {"command": command, "recipe": digest, "returncode": returncode, "seconds": seconds}
     if stage == "training":
         record.pop("evaluation", None)
     atomic_write_json(run_dir / "run.json", record)
@@ -279,7 +291,7 @@ def run_model(spec: ModelSpec, comparison: Comparison, shared: dict, position: s
     overrides = comparison.overrides + spec.overrides
     try:
         job = _Job(spec, comparison, run, run_dir, base_config_dir(spec.bundle).parents[1],
-                   _configs_digest(spec.bundle), overrides, [])  # fmt: skip
+                   recipe_digest(spec.bundle), overrides, [])  # fmt: skip
         job.eval_overrides = eval_overrides(job.config("evaluate"), overrides)
         epochs = None if spec.ckpt_dir else _max_epochs(job.config("train"), overrides)
     except MODEL_ERRORS as err:

@@ -40,6 +40,7 @@ from toolkit.bundle.compare import (
     compare_bundles,
     eval_overrides,
     parse_overrides,
+    recipe_digest,
 )
 from toolkit.bundle.datalists import datalist_for, read_json_object
 from toolkit.bundle.runs import error_line, run_logged
@@ -117,8 +118,10 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
     if excluded:  # their test images are left out of the pool (the leakage guard checks it again)
         command += ["--exclude", json.dumps(excluded)]
     record = read_json_object(run_dir / "run.json")
+    recipe = recipe_digest(bundle)
     if (
         record.get("command") == command
+        and record.get("recipe") == recipe
         and record.get("returncode") == 0
         and backbone_path(out_dir, name).is_file()
     ):
@@ -126,7 +129,8 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
         return record
     start = time.monotonic()
     code = run_logged(command, REPO_ROOT, run_dir / "train.log")
-    record = {"command": command, "returncode": code, "seconds": round(time.monotonic() - start, 1)}
+    record = {"command": command, "recipe": recipe, "returncode": code,
+              "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
     atomic_write_json(run_dir / "run.json", record)
     if code != 0:
         raise RuntimeError(f"pretraining {name} failed: {error_line((run_dir / 'train.log').read_text())}")

@@ -135,7 +135,7 @@ def add_parser(subparsers) -> None:
                    help="validation carved from a published training split (default 0.15)")  # fmt: skip
     p.add_argument("--reuse", action="store_true",
                    help="reuse a model / predictions of an earlier run into --out made by the same command, "
-                        "configs and weights")  # fmt: skip
+                        "configs, toolkit code (below toolkit.inference) and weights")  # fmt: skip
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--rank-by", choices=("auroc", "accuracy", "f1"), default="auroc",
                    help="the metric that picks the best model (default auroc)")  # fmt: skip
