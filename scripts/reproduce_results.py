@@ -47,8 +47,28 @@ def _stale_line(name: str, spec: dict, out_dir: Path) -> list[str]:
     stale, total = stale_runs(name, spec, out_dir)
     if not stale:
         return []
-    return [f"- **{stale} of its {total} runs made with other configs or toolkit code than this checkout**: "
-            f"their figures are those of that earlier recipe; `--only {name}` re-makes them"]  # fmt: skip
+    which = {1: "its run", 2: "both its runs"}.get(total, f"all {total} of its runs")
+    if stale < total:
+        which = f"{stale} of its {total} runs"
+    return [f"- **{which} made with other configs or toolkit code than this checkout**: the figures are "
+            f"those of that earlier recipe; `--only {name}` re-makes them"]  # fmt: skip
+
+
+def _stale_summary(specs: dict[str, dict], out_dir: Path) -> list[str]:
+    names = [n for n in specs if n not in _missing(specs, out_dir) and stale_runs(n, specs[n], out_dir)[0]]
+    if not names:
+        return []
+    return [f"**Made with an earlier recipe than this checkout** (configs or toolkit code changed since; "
+            f"marked under The experiments): {', '.join(f'`{n}`' for n in names)}.", ""]  # fmt: skip
+
+
+def _missing(specs: dict[str, dict], out_dir: Path) -> list[str]:
+    """Classification experiments with no runs in ``out_dir``."""
+    return [
+        n
+        for n in specs
+        if specs[n]["kind"] == "classification" and not (out_dir / n / "summary.json").exists()
+    ]
 
 
 def render(specs: dict[str, dict], out_dir: Path) -> str:
@@ -56,11 +76,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         read_json_object(out_dir / n / "summary.json") for n in specs if specs[n]["kind"] == "classification"
     ]
     summaries = [s for s in summaries if s]
-    missing = [
-        n
-        for n in specs
-        if specs[n]["kind"] == "classification" and not (out_dir / n / "summary.json").exists()
-    ]
+    missing = _missing(specs, out_dir)
     lines = [
         "# Results on real data",
         "",
@@ -77,6 +93,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         "process, without validation); `wall-min` marks a run made before that was recorded, whose "
         "wall time includes validation and other jobs on the shared machine.",
         "",
+        *_stale_summary(specs, out_dir),
         "## Our figures beside the published ones",
         "",
         *results_doc.published_table(summaries),

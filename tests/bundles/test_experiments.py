@@ -136,6 +136,10 @@ def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monke
     (out / "stripes" / "labels100_seed0" / "runs" / "scratch" / "run.json").write_text(json.dumps(record))
     doc = _script().render({"stripes": spec}, out)
     assert "**1 of its 4 runs made with other configs or toolkit code than this checkout**" in doc
+    assert (
+        "**Made with an earlier recipe than this checkout** (configs or toolkit code" in doc
+        and "`stripes`." in doc
+    )
 
 
 def _npz(path, train, train_labels, val=(), test=()):
