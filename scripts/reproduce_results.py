@@ -43,8 +43,8 @@ def stale_runs(name: str, spec: dict, out_dir: Path) -> tuple[int, int]:
     return sum(r.get("recipe") != current for r in records), len(records)
 
 
-def _stale_line(name: str, spec: dict, out_dir: Path) -> list[str]:
-    stale, total = stale_runs(name, spec, out_dir)
+def _stale_line(name: str, counts: tuple[int, int]) -> list[str]:
+    stale, total = counts
     if not stale:
         return []
     which = {1: "its run", 2: "both its runs"}.get(total, f"all {total} of its runs")
@@ -54,21 +54,12 @@ def _stale_line(name: str, spec: dict, out_dir: Path) -> list[str]:
             f"those of that earlier recipe; `--only {name}` re-makes them"]  # fmt: skip
 
 
-def _stale_summary(specs: dict[str, dict], out_dir: Path) -> list[str]:
-    names = [n for n in specs if n not in _missing(specs, out_dir) and stale_runs(n, specs[n], out_dir)[0]]
+def _stale_summary(stale: dict[str, tuple[int, int]]) -> list[str]:
+    names = [n for n, (count, _) in stale.items() if count]
     if not names:
         return []
     return [f"**Made with an earlier recipe than this checkout** (configs or toolkit code changed since; "
             f"marked under The experiments): {', '.join(f'`{n}`' for n in names)}.", ""]  # fmt: skip
-
-
-def _missing(specs: dict[str, dict], out_dir: Path) -> list[str]:
-    """Classification experiments with no runs in ``out_dir``."""
-    return [
-        n
-        for n in specs
-        if specs[n]["kind"] == "classification" and not (out_dir / n / "summary.json").exists()
-    ]
 
 
 def render(specs: dict[str, dict], out_dir: Path) -> str:
@@ -76,7 +67,12 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         read_json_object(out_dir / n / "summary.json") for n in specs if specs[n]["kind"] == "classification"
     ]
     summaries = [s for s in summaries if s]
-    missing = _missing(specs, out_dir)
+    missing = [
+        n
+        for n in specs
+        if specs[n]["kind"] == "classification" and not (out_dir / n / "summary.json").exists()
+    ]
+    stale = {n: stale_runs(n, spec, out_dir) for n, spec in specs.items() if n not in missing}
     lines = [
         "# Results on real data",
         "",
@@ -93,7 +89,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         "process, without validation); `wall-min` marks a run made before that was recorded, whose "
         "wall time includes validation and other jobs on the shared machine.",
         "",
-        *_stale_summary(specs, out_dir),
+        *_stale_summary(stale),
         "## Our figures beside the published ones",
         "",
         *results_doc.published_table(summaries),
@@ -133,7 +129,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             lines += [f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
                       f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
                       f"- wall time: {results_doc.minutes(record.get('seconds'))} min", f"- {spec['note']}",
-                      *_stale_line(name, spec, out_dir), ""]  # fmt: skip
+                      *_stale_line(name, stale[name]), ""]  # fmt: skip
             continue
         lines += [f"- split: {spec['split_note']}", f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
                   "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
@@ -143,7 +139,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         if name in missing:
             lines += ["- **not run in this pass** (`--only " + name + "`)"]
         else:
-            lines += _stale_line(name, spec, out_dir)
+            lines += _stale_line(name, stale[name])
         lines.append("")
     return "\n".join(lines) + "\n"
 
