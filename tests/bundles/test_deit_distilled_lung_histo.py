@@ -197,8 +197,16 @@ def _chain(prep: dict, path: str) -> torch.Tensor:
         {"image_size": 32, "channels": 3, "colour": "grey", "intensity": "imagenet"},
         {"image_size": 32, "channels": 1, "colour": "grey", "intensity": "imagenet"},
         {"image_size": 32, "channels": 1, "colour": "rgb", "intensity": "minmax"},
+        # an ImageNet EfficientNet-Lite teacher: its weights' own mean = std = 0.5
+        {
+            "image_size": 32,
+            "channels": 3,
+            "colour": "rgb",
+            "intensity": "imagenet",
+            "intensity_kwargs": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        },
     ],
-    ids=["minmax", "grey-3ch", "grey-1ch", "luminance-minmax"],
+    ids=["minmax", "grey-3ch", "grey-1ch", "luminance-minmax", "lite-0.5"],
 )
 def test_converted_student_tensor_equals_the_teachers_own_preprocessing(rgb_image, teacher):
     adapter = teacher_input(STUDENT_PREP, teacher)

