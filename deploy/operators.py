@@ -21,7 +21,7 @@ from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators import DICOMDataLoaderOperator
 
 from toolkit.bundle import InferenceBundle
-from toolkit.inference.dicom_sr import SR_FOLDER, write_report
+from toolkit.inference.dicom_sr import SR_FOLDER, study_problem, write_report
 from toolkit.inference.discovery import discover_inputs, quiet_dicom_warnings
 from toolkit.inference.naming import inside, uid_file_stem
 from toolkit.inference.runner import InferenceDataset
@@ -191,8 +191,12 @@ class ReportWriterOperator(Operator):
         first_item, _, first_ds = entries[0]
         stem = uid_file_stem(first_item.study_instance_uid)
         ok = [(item, row) for item, row, _ in entries if row["status"] == "ok"]
+        patients = [(ds.get("PatientID", ""), ds.get("PatientName", "")) for item, row, ds in entries]
+        sr_problem = study_problem(first_item.study_instance_uid, patients) if ok else None
+        if sr_problem:  # never one report across two patients, never a crafted UID copied into one
+            logger.warning("no DICOM SR for study %s: %s", stem, sr_problem)
         sr_path = None
-        if ok:
+        if ok and not sr_problem:
             sr_path = inside(self.output_folder, f"{SR_FOLDER}/{stem}.dcm")
             sr_path.parent.mkdir(parents=True, exist_ok=True)
             with quiet_dicom_warnings():
@@ -202,6 +206,7 @@ class ReportWriterOperator(Operator):
             "model": {"name": bundle.name, "version": bundle.version, "class_names": bundle.class_names},
             "identifiers": {k: str(first_ds.get(k, "") or "") for k in IDENTIFIERS},
             "sr": str(sr_path.relative_to(self.output_folder)) if sr_path else None,
+            "sr_problem": sr_problem,
             "results": [
                 {
                     "file": item.path,

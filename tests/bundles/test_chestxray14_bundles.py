@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -64,7 +65,7 @@ def test_multiscale_evaluation_uses_thresholds_chosen_on_validation(multiscale):
 
 
 @pytest.mark.slow
-def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path):
+def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path, capsys):
     """No override: the model's description and thresholds travel with its weights."""
     doc = load_datalist(multiscale / "output" / "datalist.json")
     chosen = json.loads((multiscale / "models" / "thresholds.json").read_text())["thresholds"]
@@ -78,6 +79,15 @@ def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path):
         flags = [int(float(row[f"prob_{f}"]) >= chosen[f]) for f in CHESTXRAY14_FINDINGS]
         assert row["status"] == "ok" and row["pred"] == "|".join(map(str, flags))
         assert row["pred_name"] == "|".join(f for f, v in zip(CHESTXRAY14_FINDINGS, flags, strict=True) if v)
+    # thresholds chosen again (a new evaluation) change the rows: the old output is not resumed with them
+    models = tmp_path / "models"
+    shutil.copytree(multiscale / "models", models)
+    thresholds = json.loads((models / "thresholds.json").read_text())
+    thresholds["thresholds"] = {f: 0.123 for f in thresholds["thresholds"]}
+    (models / "thresholds.json").write_text(json.dumps(thresholds))
+    code = main(["infer", "--bundle", str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"), "--ckpt-path",
+          str(models / "model.pt"), "--input", str(multiscale / "cxr" / "images"), "--output", str(tmp_path / "out")])  # fmt: skip
+    assert code == 5 and "thresholds [" in capsys.readouterr().err
 
 
 # each baseline at the smallest input its architecture takes (Inception v3 needs 75 px)

@@ -223,6 +223,13 @@ def test_onnxruntime_backend_equals_pytorch_and_never_uses_a_stale_export(traine
     assert set(onnx) == set(torch_rows)
     for name in onnx:
         np.testing.assert_allclose(onnx[name], torch_rows[name], atol=1e-4, err_msg=name)
+    # the export itself is part of the run's identity: a swapped model.onnx never adds rows to old ones
+    onnx_file = models / "model.onnx"
+    original = onnx_file.read_bytes()
+    onnx_file.write_bytes(original + b"\0")  # another file, the record beside it unchanged
+    swapped = _cit(*base, "--output", str(tmp_path / "auto"))
+    assert swapped.returncode == 5 and "ONNX export sha256" in swapped.stderr, swapped.stderr[-2000:]
+    onnx_file.write_bytes(original)
     # new weights beside the old export: auto falls back to PyTorch, an explicit onnxruntime is refused
     state = torch.load(models / "model.pt", weights_only=True)
     state["fc.bias"] += 1.0

@@ -26,7 +26,7 @@ from infer_helpers import (
 
 from toolkit.cli import main
 from toolkit.inference.discovery import discover_inputs
-from toolkit.inference.runner import EXIT_INPUTS_FAILED, EXIT_OK
+from toolkit.inference.runner import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_RUN_FAILED
 
 
 def _run(args: list[str]) -> tuple[int, str]:
@@ -96,10 +96,13 @@ def test_nothing_is_written_outside_the_output_folder(hostile_run):
             and len(name) <= 64
             or re.fullmatch(r"uid-[0-9a-f]{16}", name)
         )
-    # the crafted UIDs got hashed names; their reports still name the crafted study inside the file
-    crafted = {"../../escaped", "1.2.3/4.5.6"}
-    found = {str(pydicom.dcmread(p).StudyInstanceUID) for p in srs if p.stem.startswith("uid-")}
-    assert crafted <= found, found
+    # crafted UIDs are never copied into a report: those studies get none, and their rows say why
+    found = {str(pydicom.dcmread(p).StudyInstanceUID) for p in srs}
+    assert not found & {"../../escaped", "1.2.3/4.5.6", "1." * 200 + "1"}, found
+    rows = {r["path"]: r for r in read_csv(out / "predictions.csv")}
+    for rel in ("uids/escape/IM1", "uids/slash/IM1", "uids/long/IM1"):
+        assert rows[rel]["status"] == "ok"
+        assert "no DICOM SR: its StudyInstanceUID is not a valid DICOM UID" in rows[rel]["reason"]
 
 
 def test_overlay_names_are_short_unique_and_recorded_in_the_row(hostile_run):
@@ -221,16 +224,37 @@ def test_output_sub_folders_linked_elsewhere_are_not_written_through(bundle_dir,
     out.mkdir()
     os.symlink(victim, out / "sr")
     os.symlink(victim, out / "gradcam")
-    assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr", "--gradcam")) == EXIT_OK
+    assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr", "--gradcam")) == EXIT_RUN_FAILED
     assert not list(victim.iterdir())
-    (row,) = read_csv(out / "predictions.csv")
-    assert row["status"] == "ok" and row["gradcam"] == ""
-    assert (
-        "no Grad-CAM overlay" in row["reason"]
-        and "does not resolve inside the output folder" in row["reason"]
-    )
+    assert sorted(p.name for p in out.iterdir()) == ["gradcam", "sr"], "refused before writing anything"
     err = capsys.readouterr().err
-    assert "no DICOM SR for study" in err and "does not resolve inside the output folder" in err
+    assert "gradcam is a symbolic link" in err and "never writes through a link in --output" in err
+
+
+def test_one_study_uid_naming_two_patients_gets_no_report(bundle_dir, tiny_ckpt, tmp_path, capsys):
+    """A result filed under the wrong patient is the worst thing this tool can do: instances that share a
+    StudyInstanceUID but name different patients are never merged into one report."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    shared = "1.2.826.0.1.3680043.10.999.1"
+    make_dicom(inputs / "a" / "IM1", study="x", series="a", index=0, study_uid=shared, patient_id="P-1")
+    make_dicom(inputs / "b" / "IM1", study="x", series="b", index=0, study_uid=shared, patient_id="P-2",
+               patient_name="Roe^Richard")  # fmt: skip
+    make_dicom(inputs / "c" / "IM1", study="y", series="c", index=0)  # an ordinary study beside them
+    make_dicom(inputs / "d" / "IM1", study="z", series="d", index=0, study_uid="1.2.3\r\n4")
+    assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr")) == EXIT_OK
+    reports = [pydicom.dcmread(p) for p in (out / "sr").iterdir()]
+    assert [str(r.StudyInstanceUID) for r in reports] == [
+        str(pydicom.dcmread(inputs / "c" / "IM1").StudyInstanceUID)
+    ]
+    assert reports[0].PatientID == "PAT-SECRET-42"
+    rows = {r["path"]: r for r in read_csv(out / "predictions.csv")}
+    for rel in ("a/IM1", "b/IM1"):
+        assert rows[rel]["status"] == "ok"
+        assert "no DICOM SR: instances of this study name 2 different patients" in rows[rel]["reason"]
+    assert "not a valid DICOM UID" in rows["d/IM1"]["reason"] and not rows["c/IM1"]["reason"]
+    err = capsys.readouterr().err
+    assert f"no DICOM SR for study {shared}: instances of this study name 2 different patients" in err
+    assert "P-1" not in err and "Roe" not in err, "no patient data in the message"
 
 
 def test_uid_and_overlay_names():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 
 EPILOG = """\
@@ -189,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         return run_inference(options).exit_code
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused objects or code in a weights file
+        print(
+            "cit infer: failed: a weights file holds pickled objects or code, which is never loaded "
+            "(only tensors are); if it is yours, save it again with torch.save(model.state_dict(), path)",
+            file=sys.stderr,
+        )
+        return EXIT_RUN_FAILED
     except RUN_ERRORS as exc:  # a clear one-line message instead of a traceback; a bug keeps its traceback
         print(f"cit infer: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         if args.verbose:

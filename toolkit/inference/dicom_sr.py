@@ -14,6 +14,11 @@ that a PACS files the report with its study. With ``anonymise`` the sources are 
 references need (UIDs, modality, image size, frames) first, so the report holds no patient or study attribute but
 the StudyInstanceUID (the Type 2 ones are present and empty).
 
+A study gets no report, and its rows say why, when its instances name different patients, when its
+UID is missing or invalid, or when a source's UIDs or modality are invalid (:func:`study_problem`).
+Type 2 patient / study values that are invalid for their VR (a PatientName with a line break or
+longer than the VR allows) are left empty rather than copied.
+
 The file of a study is ``sr/<StudyInstanceUID>.dcm`` when the UID is valid (digits and dots, at most
 64 characters), else ``sr/uid-<hash>.dcm``; it is checked to resolve inside the output folder.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -100,11 +105,15 @@ def write_study_reports(
     """
     by_study: dict[str, list[tuple]] = {}
     for item, row in results:
-        if row.get("status") == "ok" and item.kind == "dicom" and item.study_instance_uid:
+        if row.get("status") == "ok" and item.kind == "dicom":
             by_study.setdefault(item.study_instance_uid, []).append((item, row))
     written, failed = [], {}
     for study_uid, entries in by_study.items():
         stem = uid_file_stem(study_uid)  # a crafted UID ('../../x', '/etc/x') must not name the file
+        problem = study_problem(study_uid, [(item.patient_id, item.patient_name) for item, _ in entries])
+        if problem:
+            failed[stem] = problem
+            continue
         try:
             path = inside(output, f"{SR_FOLDER}/{stem}.dcm")
             with quiet_dicom_warnings():
@@ -115,6 +124,29 @@ def write_study_reports(
             text = re.sub(r"'[^']*'", "'...'", " ".join(str(exc).split()))
             failed[stem] = f"{type(exc).__name__}: {scrub_paths(text)[:200]}"
     return written, failed
+
+
+def study_problem(study_uid: str, patients: Iterable[tuple]) -> str | None:
+    """Why the instances of one study, with ``patients`` their (PatientID, PatientName), cannot share
+    one report, or None.
+
+    One report is filed under one patient: instances of a StudyInstanceUID that name different
+    patients (PatientID or PatientName differ: a PACS export mixing two patients, or a forged UID)
+    are never merged, since the report would carry one patient's identity and reference the other's
+    image. The UID must be a valid DICOM UID (digits and dots, at most 64 characters)."""
+    if not study_uid:
+        return "the image has no StudyInstanceUID"
+    try:
+        validate_value("UI", study_uid, 2)
+    except ValueError:
+        return "its StudyInstanceUID is not a valid DICOM UID"
+    patients = {(str(pid or "").strip(), str(name or "").strip()) for pid, name in patients}
+    if len(patients) > 1:
+        return (
+            f"instances of this study name {len(patients)} different patients (PatientID / PatientName differ); "
+            "not merged into one report: check the study in the PACS"
+        )
+    return None
 
 
 def _references_only(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -170,6 +202,9 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anon
             missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
             if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
                 raise ValueError(f"a source image lacks {', '.join(missing)}")
+            invalid = [k for k in _REQUIRED_IN_SOURCE if not _valid(ds, k)]
+            if invalid:  # e.g. a UID with a line break, or of 200 characters: never copied into a report
+                raise ValueError(f"a source image has an invalid {', '.join(invalid)}")
             if anonymise:
                 ds = _references_only(ds)
             for keyword in _TYPE2_FROM_EVIDENCE:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import stat
@@ -45,8 +47,8 @@ DICOM_PARSE_ERRORS = (
     struct.error,
     zlib.error,
 )
-# What `cit infer` writes into its output folder. In any folder holding the lock file (the output of a
-# run, also when it lies inside the input or is the input) these entries are never inputs.
+# What `cit infer` writes into its output folder. In an earlier run's output folder (it holds the
+# run's run.json, or a lock file), also when it lies inside the input, these entries are never inputs.
 OUTPUT_ENTRIES = frozenset(
     {LOCK_NAME, KEY_NAME, "predictions.csv", "predictions.jsonl", "run.json", "parts", "sr", "gradcam"}
 )
@@ -60,6 +62,9 @@ class InputItem:
     path: str  # relative to the input root ('/'-separated); the key users see in the CSV
     abs_path: str
     kind: str  # dicom | nifti | raster | volume (MHA / MHD / NRRD, 3D models only) | unknown
+    # the raw name's digest, only when ``path`` had to be escaped for display (a newline, bytes that are not
+    # UTF-8): "a<newline>b" and a literal "a\\nb" show alike, but must never share a resume key
+    raw_path_digest: str = ""
     size: int = 0
     mtime_ns: int = 0
     frame: int | None = None  # 0-based frame of a multi-frame instance when frames are split
@@ -80,7 +85,8 @@ class InputItem:
     def key(self) -> str:
         """Resume key: the same file (path, size, mtime) and frame is not processed twice."""
         frame = "" if self.frame is None else str(self.frame)
-        return f"{self.path}|{self.size}|{self.mtime_ns}|{frame}"
+        raw = f"|{self.raw_path_digest}" if self.raw_path_digest else ""
+        return f"{self.path}|{self.size}|{self.mtime_ns}|{frame}{raw}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,14 +142,40 @@ class Ignored:
 
     other: int = 0
     hidden: int = 0
+    earlier_output: list[str] = field(default_factory=list)  # entries of an earlier run's output folder
+
+    def __bool__(self) -> bool:
+        return bool(self.other or self.hidden or self.earlier_output)
 
     def __str__(self) -> str:
-        parts = [f"{self.other} other file(s)"] if self.other or not self.hidden else []
+        parts = [f"{self.other} other file(s)"] if self.other or not self else []
         if self.hidden:
             parts.append(
                 f"{self.hidden} hidden entr{'y' if self.hidden == 1 else 'ies'} (name starting with '.')"
             )
+        if self.earlier_output:
+            shown = ", ".join(display_path(e) for e in self.earlier_output[:4])
+            more = ", ..." if len(self.earlier_output) > 4 else ""
+            parts.append(
+                f"{len(self.earlier_output)} entries of an earlier `cit infer` output ({shown}{more})"
+            )
         return " and ".join(parts)
+
+
+def is_earlier_output(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a `cit infer` output folder: it holds a lock file, or a ``run.json`` as the
+    run writes it (a JSON object with the run's fingerprint and weights hash; read up to 1 MB)."""
+    folder = Path(folder)
+    if os.path.lexists(folder / LOCK_NAME):
+        return True
+    run_file = folder / "run.json"
+    try:
+        if not run_file.is_file() or run_file.stat().st_size > 1 << 20:
+            return False
+        record = json.loads(run_file.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"fingerprint", "weights_sha256"} <= set(record)
 
 
 @dataclass
@@ -164,8 +196,9 @@ def walk_files(
     """Candidate image files below ``root`` (sorted) and the count of what was left out (:class:`Ignored`).
 
     ``exclude``: folders not to enter (the run's own output when it lies inside the input).
-    In any folder holding a `cit infer` lock file, the entries that run writes (``OUTPUT_ENTRIES``) are
-    skipped too, so results of this tool are never read as its inputs. Symbolic links to folders are not
+    In an earlier run's output folder (:func:`is_earlier_output`), the entries that run writes
+    (``OUTPUT_ENTRIES``) are skipped too, so results of this tool are never read as its inputs; they are
+    counted and named in :class:`Ignored`. Symbolic links to folders are not
     followed. Entries that cannot be listed or are not regular files are added to ``problems`` (when
     given): a folder that cannot be read, a link to a folder, a link that loops or points nowhere
     (those last two also when their name is not an image's), a FIFO or device.
@@ -183,12 +216,18 @@ def walk_files(
         folder = Path(exc.filename) if exc.filename else root
         problems.append(WalkProblem(folder, "error", f"cannot list folder: {os_reason(exc)}", kind="folder"))
 
+    def earlier_output(name: str) -> None:
+        ignored.earlier_output.append(str(Path(dirpath, name).relative_to(root).as_posix()))
+
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        own_output = os.path.lexists(os.path.join(dirpath, LOCK_NAME))  # os.path: False, never raises
+        own_output = is_earlier_output(dirpath)
         keep = []
         for d in sorted(dirnames):
             sub = Path(dirpath) / d
-            if os.path.realpath(sub) in excluded or (own_output and d in OUTPUT_ENTRIES):
+            if os.path.realpath(sub) in excluded:
+                continue
+            if own_output and d in OUTPUT_ENTRIES:
+                earlier_output(d)
                 continue
             if d.startswith("."):
                 ignored.hidden += 1
@@ -203,6 +242,7 @@ def walk_files(
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if own_output and name in OUTPUT_ENTRIES:  # this tool's own files (its lock file is hidden)
+                earlier_output(name)
                 continue
             if name.startswith("."):
                 ignored.hidden += 1
@@ -362,9 +402,11 @@ def discover_inputs(
     items: list[InputItem] = []
     for problem in problems:
         rel = _relative(problem.path, base)
+        if problem.kind == "folder":
+            rel["path"] += "/"
         items.append(
             InputItem(
-                path=rel + "/" if problem.kind == "folder" else rel,
+                **rel,
                 abs_path=os.path.abspath(problem.path),
                 kind=problem.kind,
                 status=problem.status,
@@ -372,7 +414,7 @@ def discover_inputs(
             )
         )
     for path in paths:
-        item = InputItem(path=_relative(path, base), abs_path=os.path.abspath(path), kind="unknown")
+        item = InputItem(**_relative(path, base), abs_path=os.path.abspath(path), kind="unknown")
         _inspect(item, path, filters)
         if not series_mode:
             _expand_frames_check(item, frames)
@@ -389,9 +431,12 @@ def discover_inputs(
     return items, ignored
 
 
-def _relative(path: Path, base: Path) -> str:
-    rel = os.path.relpath(path, base) if path != base else "."
-    return display_path(Path(rel).as_posix())
+def _relative(path: Path, base: Path) -> dict:
+    """``path`` and ``raw_path_digest`` of an :class:`InputItem` for ``path`` below ``base``."""
+    rel = Path(os.path.relpath(path, base) if path != base else ".").as_posix()
+    shown = display_path(rel)
+    digest = "" if shown == rel else hashlib.sha256(os.fsencode(rel)).hexdigest()[:16]
+    return {"path": shown, "raw_path_digest": digest}
 
 
 def _inspect(item: InputItem, path: Path, filters: DicomFilters) -> None:

@@ -1,7 +1,8 @@
 """What decides the rows of a `cit infer` run, as one fingerprint, so that a resumed run never mixes results.
 
 The fingerprint hashes the model (SHA-256 of the weights file, its ``model_info.json`` description, the
-temperature saved beside it), the bundle's inference config (base macros resolved, ``--set`` overrides
+temperature and multi-label thresholds saved beside it, the ONNX file when the onnxruntime backend
+runs it), the bundle's inference config (base macros resolved, ``--set`` overrides
 included) and the options that change rows (frames policy, Grad-CAM, patient columns, path
 pseudonymisation, DICOM filters). Every journal row carries it; ``run.json`` in the output folder holds
 its parts, readable, so a refusal can name what changed. No absolute path goes into either.
@@ -17,6 +18,7 @@ from pathlib import Path
 from toolkit.bundle import InferenceBundle
 from toolkit.bundle.configs import BASE_PREFIX, base_config_dir
 from toolkit.evaluation.calibration import TEMPERATURE_FILE, load_temperature
+from toolkit.inference.backends import current_onnx_export
 from toolkit.io import sha256_file
 
 RUN_FILE = "run.json"
@@ -65,6 +67,10 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
         "weights_sha256": sha256_file(ckpt),
         "model_info_sha256": _digest(dataclasses.asdict(bundle.model_info)),
         "temperature": load_temperature(ckpt.parent / TEMPERATURE_FILE),
+        # a multi-label model's decision thresholds (evaluation rewrites them): they change the rows
+        "thresholds": _as_list(bundle.thresholds),
+        # the file the onnxruntime backend runs: its own hash, not only the weights it was made from
+        "onnx_sha256": _onnx_sha256(ckpt) if options.backend == "onnxruntime" else None,
         "config_sha256": _digest(
             {
                 "configs": _config_texts(bundle.root),
@@ -84,19 +90,30 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
     return {"fingerprint": _digest(parts)[:16], **parts}
 
 
+def _as_list(values):
+    return values.tolist() if hasattr(values, "tolist") else values
+
+
+def _onnx_sha256(ckpt: Path) -> str | None:
+    onnx, _ = current_onnx_export(ckpt)
+    return sha256_file(onnx) if onnx is not None else None
+
+
 def describe_change(old: dict, new: dict) -> str:
     """What differs between two ``run_identity`` results, in a few words ("weights sha256 1a2b3c4d -> ...")."""
     changes = []
-    for key in ("weights_sha256", "model_info_sha256", "config_sha256"):
+    labels = {
+        "weights_sha256": "weights",
+        "onnx_sha256": "ONNX export",
+        "model_info_sha256": "model_info.json",
+        "config_sha256": "bundle config",
+    }
+    for key, label in labels.items():
         if old.get(key) != new.get(key):
-            label = {
-                "weights_sha256": "weights",
-                "model_info_sha256": "model_info.json",
-                "config_sha256": "bundle config",
-            }[key]
             changes.append(f"{label} sha256 {str(old.get(key))[:8]} -> {str(new.get(key))[:8]}")
-    if old.get("temperature") != new.get("temperature"):
-        changes.append(f"temperature {old.get('temperature')} -> {new.get('temperature')}")
+    for key in ("temperature", "thresholds"):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key} {old.get(key)} -> {new.get(key)}")
     old_opts, new_opts = old.get("options") or {}, new.get("options") or {}
     for key in sorted(set(old_opts) | set(new_opts)):
         if old_opts.get(key) != new_opts.get(key):

@@ -52,6 +52,7 @@ from toolkit.evaluation.gradcam import Explainer, overlay
 from toolkit.inference.backends import OnnxRuntimeNetwork, current_onnx_export, resolve_backend
 from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
 from toolkit.inference.discovery import (
+    OUTPUT_ENTRIES,
     DicomFilters,
     Ignored,
     InputItem,
@@ -59,8 +60,8 @@ from toolkit.inference.discovery import (
     quiet_dicom_warnings,
 )
 from toolkit.inference.fingerprint import RUN_FILE, describe_change, run_identity
-from toolkit.inference.locking import LockedError, OutputLock
-from toolkit.inference.naming import inside, overlay_file_name
+from toolkit.inference.locking import LOCK_NAME, LockedError, OutputLinkError, OutputLock, refuse_links
+from toolkit.inference.naming import inside, overlay_file_name, uid_file_stem
 from toolkit.inference.privacy import Pseudonymiser, scrub_paths
 from toolkit.inference.writers import (
     PARTS_DIR,
@@ -354,13 +355,17 @@ def _run(
         try:
             lock.acquire()
             status = {}
+            refuse_links(output, OUTPUT_ENTRIES - {LOCK_NAME})
         except LockedError as exc:
             status = {"locked": str(exc)}
+        except OutputLinkError as exc:
+            lock.release()
+            status = {"refused": str(exc)}
     status = _broadcast(status, world)
-    if "locked" in status:
+    if status:
         if rank == 0:
-            print(f"cit infer: {status['locked']}", file=sys.stderr)
-        return RunSummary({}, 0, 0, Ignored(), EXIT_LOCKED)
+            print(f"cit infer: {status.get('locked') or status['refused']}", file=sys.stderr)
+        return RunSummary({}, 0, 0, Ignored(), EXIT_LOCKED if "locked" in status else EXIT_RUN_FAILED)
 
     try:
         bundle = _load(options, device)
@@ -409,7 +414,7 @@ def _run(
         return summary
     finally:
         if rank == 0:
-            lock.release()  # also removes a lock file left alone (and the folder this run created)
+            lock.release()  # removes the lock file (and the folders this run created, when empty)
 
 
 def _check_paths(options: InferenceOptions) -> None:
@@ -716,15 +721,16 @@ def _finish(
     rows = [records[item.key] for item in items if item.key in records]
     missing = len(items) - len(rows)
     csv_path = output / "predictions.csv"
-    write_final_outputs(rows, _columns(bundle, options), csv_path, output / "predictions.jsonl")
     sr_paths = []
-    if options.dicom_sr:
+    if options.dicom_sr:  # before the final files: a study without a report says why in its rows
         by_key = {item.key: item for item in items}
         sr_paths, sr_failures = write_study_reports(
             [(by_key[r["key"]], r) for r in rows], output, bundle, anonymise=options.sr_anonymise
         )
         for study, reason in sr_failures.items():  # ``study``: the report's file stem, safe to print
             print(f"cit infer: no DICOM SR for study {study}: {reason}", file=sys.stderr)
+        rows = _note_missing_reports(rows, by_key, sr_failures)
+    write_final_outputs(rows, _columns(bundle, options), csv_path, output / "predictions.jsonl")
     counts = Counter(r["status"] for r in rows)
     if missing:
         counts["missing"] = missing
@@ -734,13 +740,25 @@ def _finish(
     return summary
 
 
+def _note_missing_reports(rows: list[dict], by_key: dict, failures: dict[str, str]) -> list[dict]:
+    """Rows of DICOM images whose study got no SR, with the reason added to their ``reason`` column."""
+    noted = []
+    for row in rows:
+        item = by_key[row["key"]]
+        why = failures.get(uid_file_stem(item.study_instance_uid)) if item.kind == "dicom" else None
+        if why and row.get("status") == "ok":
+            row = {**row, "reason": "; ".join(filter(None, [row.get("reason"), f"no DICOM SR: {why}"]))}
+        noted.append(row)
+    return noted
+
+
 def _log_summary(summary: RunSummary, total: int) -> None:
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
     lines = [
         f"cit infer: {total} inputs: {by_status} "
         f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"
     ]
-    if summary.ignored.other or summary.ignored.hidden:
+    if summary.ignored:
         lines.append(f"  {summary.ignored} ignored (no row)")
     if summary.counts.get("error"):
         lines.append(f"  see {summary.csv_path} (status 'error', column 'reason') for what failed")
