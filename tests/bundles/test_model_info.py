@@ -4,6 +4,7 @@ with no override repeated; its portable copy loads outside the repository as MON
 
 import contextlib
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -241,3 +242,28 @@ def test_onnxruntime_backend_equals_pytorch_and_never_uses_a_stale_export(traine
     )
     refused = _cit(*base, "--output", str(tmp_path / "stale_onnx"), "--backend", "onnxruntime")
     assert refused.returncode != 0 and "exported from other weights" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ({"hash_val": "", "hash_type": "sha256"}, "no SHA-256"),
+        ({"hash_val": "d41d8cd98f00b204e9800998ecf8427e", "hash_type": "md5"}, "no SHA-256"),
+        ({"url": "file:///etc/shadow"}, "URL scheme 'file' refused"),
+        ({"url": "http://models.example.org/models/model.pt"}, "URL scheme 'http' refused"),
+        ({"path": "../../outside.pt"}, "the path does not stay inside the bundle folder"),
+    ],
+)
+def test_fetch_weights_refuses_entries_it_cannot_verify_before_any_download(tmp_path, entry, why, capsys):
+    from toolkit.cli import main
+
+    site = tmp_path / "hospital" / BUNDLE
+    site.mkdir(parents=True)
+    good = {"path": "models/model.pt", "url": "https://models.example.org/models/model.pt",
+            "hash_val": "a" * 64, "hash_type": "sha256"}  # fmt: skip
+    listed = {**good, **entry}
+    (site / "large_files.yml").write_text(json.dumps({"large_files": [listed]}))
+    assert main(["fetch-weights", "--bundle", str(site)]) == 1
+    err = capsys.readouterr().err
+    assert f"cit fetch-weights: refused: {listed['path']}: {why}" in err
+    assert sorted(p.name for p in site.rglob("*")) == ["large_files.yml"], "nothing fetched or written"

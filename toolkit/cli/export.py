@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import re
 import sys
+import urllib.parse
+from pathlib import Path
 
 # what makes an export fail as a whole: missing files (OSError), an export that does not reproduce the
 # eager model or a config MONAI cannot evaluate (RuntimeError), a wrong option or description (ValueError)
@@ -79,9 +83,64 @@ def add_parser(subparsers) -> None:
     f.set_defaults(func=_fetch)
 
 
+def unsafe_large_files(bundle: str | Path) -> list[str]:
+    """What makes the ``large_files`` entries of ``bundle`` unsafe to fetch, one line each (empty: none).
+
+    A published bundle comes from elsewhere, so its list is checked before anything is downloaded:
+    every entry needs a SHA-256 (64 hex digits; md5 or none is refused: the file could then be
+    anything), an https URL (plain http only to this machine's loopback, as in tests; ``file://`` and
+    other schemes are refused: they would copy local files into the bundle as "verified"), and a
+    path inside the bundle folder.
+    """
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle)
+    found = [
+        bundle / f"large_files.{ext}"
+        for ext in ("yml", "yaml", "json")
+        if (bundle / f"large_files.{ext}").is_file()
+    ]
+    if not found:
+        return [f"{bundle}: no large_files.yml (nothing to fetch)"]
+    entries = ConfigParser.load_config_file(found[0]).get("large_files") or []
+    problems = []
+    for n, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        entry = entry if isinstance(entry, dict) else {}
+        name = str(entry.get("path") or f"entry {n + 1}")
+        url = urllib.parse.urlsplit(str(entry.get("url") or ""))
+        if str(entry.get("hash_type") or "").lower() != "sha256" or not re.fullmatch(
+            r"[0-9a-fA-F]{64}", str(entry.get("hash_val") or "")
+        ):
+            problems.append(
+                f"{name}: no SHA-256 (hash_type {entry.get('hash_type')!r}); an unverified file is refused"
+            )
+        if url.scheme != "https" and not (url.scheme == "http" and _loopback(url.hostname)):
+            problems.append(
+                f"{name}: URL scheme {url.scheme or 'missing'!r} refused (https, or http to loopback only)"
+            )
+        target = (bundle / str(entry.get("path") or "")).resolve()
+        if not entry.get("path") or bundle.resolve() not in target.parents:
+            problems.append(f"{name}: the path does not stay inside the bundle folder")
+    return problems
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from monai.bundle import download_large_files
 
+    problems = unsafe_large_files(args.bundle)
+    if problems:
+        for line in problems:
+            print(f"cit fetch-weights: refused: {line}", file=sys.stderr)
+        return 1
     try:
         download_large_files(bundle_path=args.bundle)
     except EXPORT_ERRORS as err:
