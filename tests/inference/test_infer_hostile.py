@@ -257,6 +257,16 @@ def test_one_study_uid_naming_two_patients_gets_no_report(bundle_dir, tiny_ckpt,
     assert "P-1" not in err and "Roe" not in err, "no patient data in the message"
 
 
+def test_patient_values_invalid_for_their_vr_are_left_empty_in_the_report(bundle_dir, tiny_ckpt, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_dicom(inputs / "IM1", study="n", series="n", index=0, patient_name="Doe^Jane\nINJECTED",
+               accession="A" * 5000)  # fmt: skip
+    assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr")) == EXIT_OK
+    (report,) = [pydicom.dcmread(p) for p in (out / "sr").iterdir()]
+    assert report.PatientName == "" and report.AccessionNumber == ""
+    assert report.PatientID == "PAT-SECRET-42", "valid values are kept"
+
+
 def test_uid_and_overlay_names():
     from toolkit.inference.naming import UnsafeOutputPath, inside, overlay_file_name, uid_file_stem
 

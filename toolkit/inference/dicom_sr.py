@@ -182,11 +182,15 @@ def _source_image(cls, ds, frames):
 
 
 def _valid(ds, keyword: str) -> bool:
+    """Whether ``ds.<keyword>`` is valid for its VR: pydicom's check (characters, length), and no control
+    character (pydicom lets a line break or NUL through in names; DICOM allows only ESC there)."""
     elem = ds[keyword]
     try:
         values = elem.value if elem.VM > 1 else [elem.value]
         for value in values:
             validate_value(elem.VR, value, 2)  # 2 = raise
+            if any(ord(c) < 32 and c != "\x1b" for c in str(value)):
+                return False
         return True
     except ValueError:  # validate_value(..., 2) raises ValueError
         return False
