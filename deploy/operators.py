@@ -21,7 +21,7 @@ from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators import DICOMDataLoaderOperator
 
 from toolkit.bundle import InferenceBundle
-from toolkit.inference.dicom_sr import SR_FOLDER, study_problem, write_report
+from toolkit.inference.dicom_sr import SOURCE_ERRORS, SR_FOLDER, study_problem, write_report
 from toolkit.inference.discovery import discover_inputs, quiet_dicom_warnings
 from toolkit.inference.naming import inside, uid_file_stem
 from toolkit.inference.runner import InferenceDataset
@@ -69,7 +69,7 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             if item.kind != "dicom":
                 continue
             if item.status is not None:
-                logger.warning("not classified: %s (%s)", item.path, item.reason)
+                logger.warning("not classified: %s (%s)", item.path, _deploy_reason(item.reason))
                 continue
             with quiet_dicom_warnings():
                 ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True)
@@ -79,16 +79,48 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             study_uid = item.study_instance_uid
             if study_uid not in studies:
                 studies[study_uid] = DICOMStudy(study_uid)
-                self.populate_study_attributes(studies[study_uid], ds)
+                self._populate(self.populate_study_attributes, studies[study_uid], ds, item)
             key = (study_uid, item.series_instance_uid)
             if key not in series:
                 series[key] = DICOMSeries(item.series_instance_uid)
-                self.populate_series_attributes(series[key], ds)
+                self._populate(self.populate_series_attributes, series[key], ds, item)
                 studies[study_uid].add_series(series[key])
             series[key].add_sop_instance(ds)
         if not studies:
             raise ValueError(f"no classifiable DICOM image found below {input_path}")
         return list(studies.values())
+
+    @staticmethod
+    def _populate(populate, target, ds: pydicom.Dataset, item) -> None:
+        """The SDK's ``populate_study_attributes`` / ``populate_series_attributes`` on a validated copy of
+        the header: they cast what they read (``int(None)`` for an empty SeriesNumber stopped the whole
+        app once), so empty or unreadable elements are left out of what they see; the series is still
+        classified, its descriptive attributes then stay unset."""
+        try:
+            populate(target, _readable_elements(ds))
+        except (TypeError, ValueError) as exc:
+            logger.warning("%s: header attributes not passed to the SDK (%s)", item.path, exc)
+
+
+def _readable_elements(ds: pydicom.Dataset) -> pydicom.Dataset:
+    clean = pydicom.Dataset()
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            empty = elem.value is None or elem.value == "" or elem.value == b""
+        except Exception:  # noqa: BLE001 - any value pydicom cannot convert is left out, never fatal
+            continue
+        if not empty:
+            clean.add(elem)
+    return clean
+
+
+def _deploy_reason(reason: str) -> str:
+    """A discovery reason with `cit infer`'s option hint replaced by what holds for this app."""
+    return reason.replace(
+        "; use --frames each",
+        "; this app classifies single-frame images only (`cit infer --frames each` classifies every frame)",
+    )
 
 
 class ClassifierOperator(Operator):
@@ -197,10 +229,14 @@ class ReportWriterOperator(Operator):
             logger.warning("no DICOM SR for study %s: %s", stem, sr_problem)
         sr_path = None
         if ok and not sr_problem:
-            sr_path = inside(self.output_folder, f"{SR_FOLDER}/{stem}.dcm")
-            sr_path.parent.mkdir(parents=True, exist_ok=True)
-            with quiet_dicom_warnings():
-                write_report(ok, sr_path, self.bundle)
+            try:
+                sr_path = inside(self.output_folder, f"{SR_FOLDER}/{stem}.dcm")
+                sr_path.parent.mkdir(parents=True, exist_ok=True)
+                with quiet_dicom_warnings():
+                    write_report(ok, sr_path, self.bundle)
+            except SOURCE_ERRORS as exc:  # one odd study costs only its own report, as in `cit infer`
+                sr_path, sr_problem = None, f"{type(exc).__name__}: {exc}"[:200]
+                logger.warning("no DICOM SR for study %s: %s", stem, sr_problem)
         bundle = self.bundle
         doc = {
             "model": {"name": bundle.name, "version": bundle.version, "class_names": bundle.class_names},

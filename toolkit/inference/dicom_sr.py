@@ -51,7 +51,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from toolkit.inference.discovery import DICOM_PARSE_ERRORS, quiet_dicom_warnings
-from toolkit.inference.naming import UnsafeOutputPath, inside, uid_file_stem
+from toolkit.inference.naming import UnsafeOutputPath, inside, safe_uid, uid_file_stem
 from toolkit.inference.privacy import scrub_paths
 from toolkit.io import atomic_write_bytes
 
@@ -133,12 +133,11 @@ def study_problem(study_uid: str, patients: Iterable[tuple]) -> str | None:
     One report is filed under one patient: instances of a StudyInstanceUID that name different
     patients (PatientID or PatientName differ: a PACS export mixing two patients, or a forged UID)
     are never merged, since the report would carry one patient's identity and reference the other's
-    image. The UID must be a valid DICOM UID (digits and dots, at most 64 characters)."""
+    image. The UID must be digits and dots, at most 64 characters (:func:`~toolkit.inference.naming.safe_uid`;
+    a component with a leading zero, which real archives hold, is let through)."""
     if not study_uid:
         return "the image has no StudyInstanceUID"
-    try:
-        validate_value("UI", study_uid, 2)
-    except ValueError:
+    if not safe_uid(study_uid):
         return "its StudyInstanceUID is not a valid DICOM UID"
     patients = {(str(pid or "").strip(), str(name or "").strip()) for pid, name in patients}
     if len(patients) > 1:
@@ -206,7 +205,11 @@ def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anon
             missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
             if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
                 raise ValueError(f"a source image lacks {', '.join(missing)}")
-            invalid = [k for k in _REQUIRED_IN_SOURCE if not _valid(ds, k)]
+            invalid = [
+                k
+                for k in _REQUIRED_IN_SOURCE
+                if not (safe_uid(str(ds[k].value)) if ds[k].VR == "UI" else _valid(ds, k))
+            ]
             if invalid:  # e.g. a UID with a line break, or of 200 characters: never copied into a report
                 raise ValueError(f"a source image has an invalid {', '.join(invalid)}")
             if anonymise:

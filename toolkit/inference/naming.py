@@ -28,11 +28,14 @@ def short_hash(text: str, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:length]
 
 
+def safe_uid(uid: str) -> bool:
+    """Whether ``uid`` is digits and dots, at most 64 characters: safe as a file name and in a report."""
+    return len(uid) <= UID_MAX and bool(_UID.fullmatch(uid))
+
+
 def uid_file_stem(uid: str) -> str:
     """``uid`` itself when it is a valid UID (digits and dots, at most 64 characters), else ``uid-<hash>``."""
-    if len(uid) <= UID_MAX and _UID.fullmatch(uid):
-        return uid
-    return f"uid-{short_hash(uid)}"
+    return uid if safe_uid(uid) else f"uid-{short_hash(uid)}"
 
 
 def overlay_file_name(path: str, frame: int | None, readable: bool = True) -> str:
