@@ -17,6 +17,7 @@ label is a class, not a mask. This task instead:
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -74,6 +75,29 @@ class ClassificationBundleTrainTask(TrainTask):
 
     def model_info(self) -> dict[str, Any]:
         return json.loads((self.bundle / "models" / "model_info.json").read_text())
+
+    def stats(self) -> dict[str, Any]:
+        """The last training run, for ``/info/``'s ``train_stats`` (what the Label UI shows): its folder,
+        epochs, the best validation key metric (accuracy, or mean AUROC for multi-label models) and its
+        epoch, and the training time; ``{}`` before the first run."""
+        histories = sorted((self.bundle / "train_runs").glob("*/output/train/training_history.csv"))
+        if not histories:
+            return {}
+        with open(histories[-1], newline="") as f:
+            rows = list(csv.DictReader(f))
+        metric = next((m for m in ("val_mean_auroc", "val_accuracy") if rows and rows[0].get(m)), None)
+        if metric is None:
+            return {"run": histories[-1].parents[2].name, "epochs": len(rows)}
+        best = max(rows, key=lambda r: float(r[metric]))
+        return {
+            "run": histories[-1].parents[2].name,
+            "epochs": len(rows),
+            "best_metric_name": metric,
+            "best_metric": float(best[metric]),
+            "best_epoch": int(best["epoch"]),
+            "last_train_loss": float(rows[-1]["train_loss"]) if rows[-1].get("train_loss") else None,
+            "training_seconds": round(sum(float(r.get("epoch_seconds") or 0) for r in rows), 1),
+        }
 
     def __call__(self, request, datastore: Datastore):
         req = {**self.config(), **request}

@@ -116,13 +116,14 @@ def exported(tmp_path_factory, shared_data):
 def server(exported):
     tmp, bundles, studies, queries = exported
     port = _free_port()
-    command = [str(MONAILABEL), "start_server", "--app", str(REPO_ROOT / "label"), "--studies", str(studies),
+    # the README's command, in an environment with no virtualenv on PATH (as in a fresh shell)
+    command = [str(LABEL_VENV / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app",
+               str(REPO_ROOT / "label"), "--studies", str(studies),
                "--conf", "models", BUNDLE, "--conf", "bundles_dir", str(bundles), "--conf", "train", "true",
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed below)
-    env = {**os.environ, "PATH": f"{LABEL_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MONAI_LABEL_TASKS_SCORING": "false"}  # fmt: skip
-    env.pop("VIRTUAL_ENV", None)
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp)), "MONAI_LABEL_TASKS_SCORING": "false",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     process = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -215,4 +216,8 @@ def test_train_on_datastore_labels_then_infer_serves_the_new_weights(server, exp
             TO_LABEL[Path(item["image"]).name.split("_", 1)[1].rsplit(".", 1)[0]]
         )
     assert (bundle / "models" / "model.pt").read_bytes() != before
+    stats = _request(f"{base}/info/")["train_stats"][BUNDLE]  # what the Label UI shows after training
+    assert stats["run"] == Path(result["run"]).name and stats["epochs"] == 1 and stats["best_epoch"] == 1
+    assert stats["best_metric_name"] == "val_accuracy" and 0.0 <= stats["best_metric"] <= 1.0
+    assert stats["training_seconds"] > 0
     _infer_equals_cit_infer(base, bundle, queries, tmp_path / "cit")
