@@ -15,7 +15,7 @@ from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
 from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
-from toolkit.bundle import TeacherMismatchError, load_teacher
+from toolkit.bundle import TeacherMismatchError, evaluation_preprocessing, load_teacher
 from toolkit.bundle.teacher import TeacherInput, teacher_input
 from toolkit.data import load_datalist
 from toolkit.transforms import classification_transforms
@@ -134,12 +134,9 @@ def test_a_missing_teacher_says_what_to_run(runs, tmp_path):
     )
 
 
+# what the bundle records for its student: with `imagenet`, the mean / std its architecture's weights expect
 STUDENT_PREP = {
-    "image_size": 32,
-    "reader_max_size": 32,
-    "channels": 3,
-    "colour": "rgb",
-    "intensity": "imagenet",
+    k: v for k, v in evaluation_preprocessing(STUDENT, 32, 3, "rgb", "imagenet").items() if v is not None
 }
 
 
