@@ -11,6 +11,8 @@ names) so that the app computes what ``cit infer`` computes:
   ``.ts`` so that ``model_info.json`` (and ``temperature.json``) are read beside it.
 
 ``-m`` may also name a folder holding one of these (the MAP's ``/opt/holoscan/models``).
+Either way the configs are code: one holding anything this toolkit's own bundles do not is refused
+unless ``CIT_TRUST_BUNDLE=1`` (:mod:`toolkit.bundle.trust`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monai.bundle import ConfigParser
 from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.bundle.description import load_model_info
 from toolkit.bundle.loading import assemble_bundle
+from toolkit.bundle.trust import check_config, trusted_by_environment
 
 
 def resolve_device(requested: str | None = None) -> torch.device:
@@ -70,7 +73,10 @@ def _load_torchscript(path: Path, device: torch.device) -> InferenceBundle:
     if not extra["inference.json"]:
         raise ValueError(f"{path} holds no inference.json: export it with `cit export --format torchscript`")
     meta = json.loads(extra["metadata.json"] or "{}")
-    parser = ConfigParser(json.loads(extra["inference.json"]))
+    config = json.loads(extra["inference.json"])
+    if not trusted_by_environment():  # the config inside the file is code, as a bundle folder's is
+        check_config(config, f"{path} (its inference.json)")
+    parser = ConfigParser(config)
     parser["bundle_root"] = str(path.parent.parent)
     parser["ckpt_path"] = str(path)  # model_info.json / temperature.json are read beside it
     if "device" in parser:

@@ -8,7 +8,9 @@ Started by MONAI Label, in the virtualenv made by ``label/setup_env.sh``::
 ``bundles_dir`` (default ``label/model``, or ``$CIT_LABEL_BUNDLES``) holds exported bundles, one folder
 each, as ``cit export --format bundle --out <bundles_dir>/<name>`` writes them; ``models`` names the
 ones to serve (comma-separated, or ``all``, the default). Each bundle becomes one infer task (and,
-with ``--conf train true``, one train task) named after its folder.
+with ``--conf train true``, one train task) named after its folder. A bundle folder is code: one whose
+configs hold anything this toolkit's own bundles do not is refused at start-up unless
+``--conf trust_bundles true`` (or ``CIT_TRUST_BUNDLE=1``; :mod:`toolkit.bundle.trust`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # MONAI Label loads this file by path
 
 from cit_label.infer import ClassificationBundleInferTask  # noqa: E402
+
+from toolkit.bundle.trust import check_bundle  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ class ClassificationApp(MONAILabelApp):
             conf.get("bundles_dir") or os.environ.get("CIT_LABEL_BUNDLES") or APP_DIR / "model"
         )
         self.bundles = bundle_folders(self.bundles_dir, conf.get("models"))
+        trust = str(conf.get("trust_bundles", "false")).lower() in ("true", "1", "yes")
+        for folder in self.bundles.values():  # a bundle folder is code: refuse code ours do not hold
+            check_bundle(folder, trust=trust)
         logger.info("serving bundles %s from %s", ", ".join(self.bundles), self.bundles_dir)
         super().__init__(
             app_dir=app_dir,

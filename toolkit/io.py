@@ -15,12 +15,21 @@ import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text", "sha256_file"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+    "csv_text",
+    "neutralise_formula",
+    "sha256_file",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
@@ -52,15 +61,37 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, mode: int = 0o644, inde
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", mode)
 
 
+# A cell a spreadsheet would evaluate as a formula starts with one of these (OWASP "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
+
+
+def neutralise_formula(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would read it as a formula: class names, file
+    names, patient ids and DICOM values are chosen by whoever made the data. A plain number
+    (``-0.25``) is left as it is."""
+    if text.startswith(FORMULA_PREFIXES) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def csv_text(rows: Iterable[Iterable]) -> str:
+    """Rows as CSV text (``\n`` line ends), every text cell passed through :func:`neutralise_formula`:
+    the one CSV writer of the project, so that no CSV it writes carries a live formula."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow([neutralise_formula(v) if isinstance(v, str) else v for v in row])
+    return buffer.getvalue()
+
+
 def atomic_write_csv(
     path: str | os.PathLike, header: list[str], rows: Iterable[Iterable], mode: int = 0o644
 ) -> Path:
-    """Write a header and rows as CSV to ``path`` atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue(), mode)
+    """Write a header and rows as CSV (:func:`csv_text`) to ``path`` atomically."""
+    return atomic_write_text(path, csv_text([header, *rows]), mode)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = {
     "train": ["train"],
     "evaluate": ["evaluate"],
+    "train_evaluate": ["train", "evaluate"],  # the model zoo's form: evaluation as an overlay on training
     "inference": ["inference"],
     "multi_gpu_train": ["train", "multi_gpu_train"],
     "multi_gpu_evaluate": ["evaluate", "multi_gpu_evaluate"],

@@ -46,7 +46,7 @@ def backbone(data):
     """One epoch of SimCLR on the training + validation images of the datalist (the default splits)."""
     tmp, datalist, _ = data
     out = tmp / "ssl"
-    run_bundle("pretrain_ssl", "training", "train", out, dataset_dirs=f"['{datalist}']", batch_size=8, **TINY)
+    run_bundle("pretrain_ssl", "training", "train", out, dataset_dir=f"['{datalist}']", batch_size=8, **TINY)
     return out / "models" / "backbone.pt"
 
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from tests.bundles.bundle_helpers import bundle_config, run_bundle, verify_bundle
+from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle, verify_bundle
 from toolkit.data import load_datalist, make_synthetic_dataset
 
 BUNDLE = "resnet18_brain_ct"
@@ -97,7 +97,42 @@ def test_evaluation_files_match_the_test_split(trained):
     metrics = json.loads((tmp / "output" / "eval" / "metrics.json").read_text())
     right = sum(r["label"] == r["pred"] for r in rows)
     assert metrics["accuracy"] == pytest.approx(right / len(rows))
-    assert metrics["num_samples"] == len(rows)
+    assert metrics["num_samples"] == len(rows) and metrics["split"] == "test"
+
+
+@pytest.mark.slow
+def test_evaluation_runs_as_an_overlay_on_training_with_plain_run(trained, tmp_path):
+    """The model zoo's form, `run --config_file "[train.json, evaluate.json]"`, evaluates (the same
+    predictions as `run evaluating` above) and trains nothing."""
+    tmp, _ = trained
+    if not (tmp / "output" / "eval" / "predictions.csv").is_file():
+        run_bundle(BUNDLE, "evaluating", "evaluate", tmp)
+    weights = (tmp / "models" / "model.pt").stat().st_mtime_ns
+    run_bundle(BUNDLE, "run", "train_evaluate", tmp, eval_dir=tmp_path / "overlay")
+    alone = (tmp / "output" / "eval" / "predictions.csv").read_text()
+    assert alone == (tmp_path / "overlay" / "predictions.csv").read_text() and alone.count("\n") > 1
+    assert (tmp / "models" / "model.pt").stat().st_mtime_ns == weights
+
+
+@pytest.mark.slow
+def test_exported_metadata_describes_the_trained_model_and_its_evaluation(trained, tmp_path):
+    """Trained from random weights at 32 px: the copy's metadata says so, and carries the test figures
+    of the evaluation above (run first if this test runs alone)."""
+    from toolkit.bundle.export import pack_bundle
+
+    tmp, _ = trained
+    if not (tmp / "output" / "eval" / "metrics.json").is_file():
+        run_bundle(BUNDLE, "evaluating", "evaluate", tmp)
+    packed = pack_bundle(REPO_ROOT / "bundles" / BUNDLE, tmp_path / BUNDLE, ckpt_dir=tmp / "models")
+    meta = json.loads((packed / "configs" / "metadata.json").read_text())
+    assert "random initialisation" in meta["description"] and "ImageNet" not in meta["description"]
+    assert "32x32" in meta["description"] and meta["image_classes"].startswith("3-channel 32x32 image")
+    assert meta["label_classes"] == "one class index per image: 0 = glioma, 1 = meningioma, 2 = pituitary"
+    assert meta["pred_classes"].startswith("3 class probabilities")
+    metrics = json.loads((tmp / "output" / "eval" / "metrics.json").read_text())
+    assert meta["eval_metrics"]["split"] == "test"
+    assert meta["eval_metrics"]["accuracy"] == metrics["accuracy"]
+    assert meta["eval_metrics"]["num_samples"] == metrics["num_samples"]
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,11 @@ def test_image_pattern_builds_the_path_from_an_id(tmp_path):
     with pytest.raises(ValueError, match=r"labels.csv: no image-pattern column 'IDs' \(closest: 'ID'\)"):
         _build(tmp_path / "labels.csv", tmp_path, image_pattern="scans/case_{IDs:03d}.png")
     (tmp_path / "odd.csv").write_text("ID,diagnosis\n1,benign\nseven,malignant\n")
-    with pytest.raises(ValueError, match=r"odd.csv: image pattern .*do not fit the pattern: 1 \(first 1: line 3: "
-                                         r"ID = 'seven' is not an integer\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"odd.csv: image pattern .*do not fit the pattern: 1 \(first 1: line 3: "
+        r"ID = 'seven' is not an integer\)",
+    ):
         _build(tmp_path / "odd.csv", tmp_path, image_pattern="scans/case_{ID:03d}.png")
 
 
@@ -98,16 +102,20 @@ def test_bom_semicolons_windows_encoding_and_excel_sep_line(tmp_path):
 
 def test_several_label_columns_make_a_multi_label_set(tmp_path):
     _images(tmp_path / "img")
-    lines = ["file,effusion,mass,age"] + [f"img/{i:03d}.png,{i % 2},{'yes' if i % 3 == 0 else 'no'},{40 + i}"
-                                          for i in range(N)]  # fmt: skip
+    lines = ["file,effusion,mass,age"] + [
+        f"img/{i:03d}.png,{i % 2},{'yes' if i % 3 == 0 else 'no'},{40 + i}" for i in range(N)
+    ]
     (tmp_path / "findings.csv").write_text("\n".join(lines) + "\n")
     doc = _build(tmp_path / "findings.csv", tmp_path, label_column=["effusion", "mass"])
     assert doc["multi_label"] is True and doc["labels"] == ["effusion", "mass"]
     by_file = {Path(i["image"]).name: i["label"] for i in _items(doc)}
     assert by_file["003.png"] == [1, 1] and by_file["004.png"] == [0, 0]
     (tmp_path / "bad.csv").write_text("file,effusion,mass\nimg/000.png,1,maybe\nimg/001.png,0,1\n")
-    with pytest.raises(ValueError, match=r"bad.csv: label columns \['effusion', 'mass'\]: values that are neither "
-                                         r"0/1 nor yes/no: 1 \(first 1: line 2: mass = 'maybe'\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"bad.csv: label columns \['effusion', 'mass'\]: values that are neither "
+        r"0/1 nor yes/no: 1 \(first 1: line 2: mass = 'maybe'\)",
+    ):
         _build(tmp_path / "bad.csv", tmp_path, label_column=["effusion", "mass"])
 
 
@@ -115,12 +123,18 @@ def test_unknown_column_names_the_closest(tmp_path):
     _images(tmp_path / "img")
     lines = ["path,hemorrhage"] + [f"img/{i:03d}.png,{i % 2}" for i in range(N)]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"labels.csv: no label column 'hemorage' \(closest: 'hemorrhage'\); "
-                                         r"columns are \['path', 'hemorrhage'\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"labels.csv: no label column 'hemorage' \(closest: 'hemorrhage'\); "
+        r"columns are \['path', 'hemorrhage'\]",
+    ):
         _build(tmp_path / "labels.csv", tmp_path, label_column="hemorage")
     (tmp_path / "three.csv").write_text("path,age,sex\nimg/000.png,3,F\n")
-    with pytest.raises(ValueError, match=r"three.csv: no label column: none of \['label', .*\] is present and 2 "
-                                         r"other columns are \['age', 'sex'\]; name it with --label-column"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"three.csv: no label column: none of \['label', .*\] is present and 2 "
+        r"other columns are \['age', 'sex'\]; name it with --label-column",
+    ):
         _build(tmp_path / "three.csv", tmp_path)
 
 
@@ -132,8 +146,11 @@ def test_missing_files_unlabelled_and_duplicate_rows_are_one_line_errors(tmp_pat
         + [f"img/gone_{k}.png,1" for k in range(7)]
     )
     (tmp_path / "missing.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"missing.csv: column 'image': rows whose image file is missing under .*: "
-                                         r"7 \(first 5: img/gone_0.png, img/gone_1.png, .*img/gone_4.png\)$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"missing.csv: column 'image': rows whose image file is missing under .*: "
+        r"7 \(first 5: img/gone_0.png, img/gone_1.png, .*img/gone_4.png\)$",
+    ):
         _build(tmp_path / "missing.csv", tmp_path)
     with caplog.at_level(logging.WARNING):
         doc = _build(tmp_path / "missing.csv", tmp_path, skip_missing=True)
@@ -149,8 +166,11 @@ def test_missing_files_unlabelled_and_duplicate_rows_are_one_line_errors(tmp_pat
         _build(tmp_path / "unlabelled.csv", tmp_path)
 
     (tmp_path / "twice.csv").write_text("image,label\nimg/000.png,a\nimg/001.png,b\n./img/000.png,a\n")
-    with pytest.raises(ValueError, match=r"twice.csv: column 'image': images listed more than once: 1 \(first 1: "
-                                         r"./img/000.png \(lines 2 and 4\)\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"twice.csv: column 'image': images listed more than once: 1 \(first 1: "
+        r"./img/000.png \(lines 2 and 4\)\)",
+    ):
         _build(tmp_path / "twice.csv", tmp_path)
 
 
@@ -200,8 +220,11 @@ def test_split_column_and_cli_prints_counts_or_one_line_errors(tmp_path, capsys)
 
 def test_folder_tree_with_one_class_is_an_error_unless_meant(tmp_path):
     _images(tmp_path / "study" / "positives")
-    with pytest.raises(ValueError, match=r"study: the folder tree gives one class \('positives', 20 images\).*"
-                                         r"--allow-single-class"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"study: the folder tree gives one class \('positives', 20 images\).*"
+        r"--allow-single-class",
+    ):
         _build(tmp_path / "study", tmp_path)
     assert _build(tmp_path / "study", tmp_path, allow_single_class=True)["labels"] == ["positives"]
     doc = _build(tmp_path / "study", tmp_path, classes=["negatives", "positives"])
@@ -224,8 +247,11 @@ def test_folder_with_class_folders_keeps_them_and_column_options_pick_the_csv(tm
     assert doc["labels"] == ["cat", "dog"] and doc["source_kind"] == "csv"
     assert _labels_by_file(doc)["004.png"] == "dog"
     (root / "other.csv").write_text("file,animal\n")
-    with pytest.raises(ValueError, match=r"ds: label_column need one label file \(CSV / TSV\) in the folder; found 2: "
-                                         r"labels.csv, other.csv"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"ds: label_column need one label file \(CSV / TSV\) in the folder; found 2: "
+        r"labels.csv, other.csv",
+    ):
         _build(root, tmp_path, label_column="animal")
 
 
@@ -235,8 +261,12 @@ def test_bundle_split_passes_the_options_and_fingerprints_them(tmp_path):
     _images(tmp_path / "data" / "scans", name="s{i}.png")
     lines = ["scan_no,finding"] + [f"{i},{'ab'[i % 2]}" for i in range(N)]
     (tmp_path / "data" / "table.csv").write_text("\n".join(lines) + "\n")
-    split = {"ratios": {"training": 0.6, "validation": 0.2, "test": 0.2}, "val_fraction": 0.15,
-             "image_pattern": "scans/s{scan_no}.png", "label_column": "finding"}  # fmt: skip
+    split = {
+        "ratios": {"training": 0.6, "validation": 0.2, "test": 0.2},
+        "val_fraction": 0.15,
+        "image_pattern": "scans/s{scan_no}.png",
+        "label_column": "finding",
+    }
     path = datalist_for(tmp_path / "data" / "table.csv", tmp_path / "out", seed=0, **split)
     doc = json.loads(Path(path).read_text())
     assert doc["split_spec"]["image_pattern"] == "scans/s{scan_no}.png" and doc["labels"] == ["a", "b"]
@@ -244,3 +274,62 @@ def test_bundle_split_passes_the_options_and_fingerprints_them(tmp_path):
     plain = split_spec(tmp_path, 0, None, 0.15)
     assert "image_column" not in plain  # not given: not in the spec, so old fingerprints stay
     assert fingerprint(plain) == fingerprint(split_spec(tmp_path, 0, None, 0.15, image_column=None))
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile label files (issue #26)
+
+
+def test_an_id_in_the_label_column_is_not_a_million_class_indices(tmp_path, caplog):
+    """An accession number in the label column once made 1,000,001 classes (a 30 MB JSON)."""
+    _images(tmp_path / "img")
+    lines = ["image,label"] + [f"img/{i:03d}.png,{0 if i % 2 else 1000000}" for i in range(N)]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"labels.csv: column 'label': integer labels \(0, 1000000\) are not class "
+        r"indices 0, 1, ...: they would make 1000001 classes",
+    ):
+        _build(tmp_path / "labels.csv", tmp_path)
+    assert not (tmp_path / "datalist.json").exists()
+    # a few empty indices are class indices still, said in a warning
+    lines = ["image,label"] + [f"img/{i:03d}.png,{0 if i % 2 else 2}" for i in range(N)]
+    (tmp_path / "gap.csv").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        doc = _build(tmp_path / "gap.csv", tmp_path)
+    assert doc["labels"] == ["0", "1", "2"] and "these classes have no image: 1 file(s): 1" in caplog.text
+
+
+def test_a_label_file_naming_files_that_are_not_images_or_lie_outside_the_root(tmp_path, caplog):
+    """/etc/passwd once became an image of the datalist with no word."""
+    _images(tmp_path / "data" / "img")
+    outside = _images(tmp_path / "elsewhere", n=2, name="x{i}.png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    rows = [f"img/{i:03d}.png,{'a' if i % 2 else 'b'}" for i in range(N)]
+    (tmp_path / "data" / "bad.csv").write_text("image,label\n" + "\n".join(rows + [f"{secret},a"]) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"bad.csv: column 'image': rows naming a file that is not an image .*"
+        r"line 22: .*secret.txt",
+    ):
+        _build(tmp_path / "data" / "bad.csv", tmp_path)
+    (tmp_path / "data" / "far.csv").write_text("image,label\n" + "\n".join(rows + [f"{outside[0]},a"]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        doc = _build(tmp_path / "data" / "far.csv", tmp_path)
+    assert len(_items(doc)) == N + 1
+    assert "rows whose image lies outside the image root" in caplog.text and "x0.png" in caplog.text
+
+
+def test_class_names_that_would_break_columns_configs_or_reports_are_refused(tmp_path):
+    _images(tmp_path / "img")
+    for bad, reason in (
+        ("%configs/base/common.json#imports", "starts with '%'"),
+        ("new\nline", "holds a control character"),
+        ("Effusion", "'effusion' and 'Effusion' are the same class name"),
+    ):
+        names = {0: "effusion", 1: bad}
+        lines = ["image,label"] + [f'img/{i:03d}.png,"{names[i % 2]}"' for i in range(N)]
+        (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+        with pytest.raises(ValueError, match=r"datalist.json: class names: .*" + re.escape(reason)):
+            _build(tmp_path / "labels.csv", tmp_path)

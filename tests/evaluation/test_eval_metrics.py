@@ -105,3 +105,24 @@ def test_write_multilabel_metrics(tmp_path):
     paths = write_metrics(m, tmp_path)
     cm = list(csv.reader(paths["confusion_matrix"].open()))
     assert cm[0] == ["class", "tn", "fp", "fn", "tp"] and cm[1] == ["x", "0", "2", "0", "2"]
+
+
+def test_evaluation_csvs_neutralise_formulas_in_class_names_and_ids(tmp_path):
+    """Class names and patient ids come from whoever made the data: no CSV the project writes may
+    carry a live spreadsheet formula (issue #26). Plain numbers stay numbers."""
+    import csv
+
+    from toolkit.io import atomic_write_csv
+
+    names = ["=1+1", "@SUM(A1)", "-0.5"]
+    metrics = classification_metrics(np.array([0, 1, 2, 0]), np.eye(3)[[0, 1, 2, 1]], names)
+    paths = write_metrics(metrics, tmp_path)
+    for key in ("per_class", "confusion_matrix"):
+        cells = [c for row in csv.reader(paths[key].open()) for c in row]
+        assert "'=1+1" in cells and "'@SUM(A1)" in cells and "-0.5" in cells, cells
+        assert not any(c.startswith(("=", "@")) for c in cells)
+    atomic_write_csv(tmp_path / "p.csv", ["image", "patient_id"], [["+cmd|' /C calc'!A0", -0.25]])
+    assert list(csv.reader((tmp_path / "p.csv").open())) == [
+        ["image", "patient_id"],
+        ["'+cmd|' /C calc'!A0", "-0.25"],
+    ]

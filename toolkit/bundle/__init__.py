@@ -3,12 +3,20 @@ description, loading a bundle's parts, the handlers that write its files, and a 
 distillation teacher."""
 
 from toolkit.bundle.backbone import BackboneLeakageError, adopt_backbone, check_evaluation
-from toolkit.bundle.datalists import SplitMismatchError, datalist_for, saved_datalist, source_folder
+from toolkit.bundle.datalists import (
+    SplitMismatchError,
+    datalist_for,
+    inference_records,
+    saved_datalist,
+    source_folder,
+)
 from toolkit.bundle.description import (
     ModelInfo,
     ModelInfoMismatchError,
     evaluation_preprocessing,
     load_model_info,
+    require_weights,
+    weights_start,
     write_model_info,
 )
 from toolkit.bundle.handlers import PredictionWriter, TrainingHistoryWriter
@@ -30,11 +38,14 @@ __all__ = [
     "datalist_for",
     "evaluation_preprocessing",
     "find_bundle_root",
+    "inference_records",
     "load_bundle",
     "load_model_info",
     "load_teacher",
     "load_weights",
+    "require_weights",
     "saved_datalist",
     "source_folder",
+    "weights_start",
     "write_model_info",
 ]

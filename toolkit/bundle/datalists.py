@@ -19,7 +19,13 @@ from typing import Any
 
 import torch.distributed
 
-from toolkit.data import build_datalist, load_datalist, make_synthetic_dataset, save_datalist
+from toolkit.data import (
+    build_datalist,
+    find_image_files,
+    load_datalist,
+    make_synthetic_dataset,
+    save_datalist,
+)
 from toolkit.data.datalist import split_keys
 from toolkit.engines import is_distributed, process_rank
 
@@ -225,6 +231,15 @@ def source_folder(output_dir: str | os.PathLike) -> str:
     if source == "synthetic" or not source:
         return str(Path(output_dir) / "synthetic_data")
     return str(Path(source).parent if Path(source).is_file() else Path(source))
+
+
+def inference_records(input_dir: str | os.PathLike) -> list[dict]:
+    """One ``{"image": path}`` record per image file below ``input_dir``; none is an error that names
+    the folder and the option to change it."""
+    records = [{"image": str(p)} for p in find_image_files(input_dir)] if Path(input_dir).is_dir() else []
+    if not records:
+        raise FileNotFoundError(f"no image files in {input_dir}: pass --dataset_dir <folder of images>")
+    return records
 
 
 def read_pixels(path: str):

@@ -53,11 +53,21 @@ class ModelInfo:
     multi_label: bool = False
     split_fingerprint: str | None = None
     bundle_name: str | None = None
+    start: dict | None = None  # what training started from (weights_start); None in older records
     extra: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def as_record(self) -> dict:
+        """What defines the model (network, classes, preprocessing), as an inference.json's ``study_model``."""
+        return {
+            "network": self.network,
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
+            "multi_label": self.multi_label,
+        }
 
     def create_network(self) -> torch.nn.Module:
         """The untrained network of this model (weights are loaded by the caller)."""
@@ -66,6 +76,25 @@ class ModelInfo:
     def preprocessing_transforms(self, **kwargs):
         """The evaluation chain this model was validated with (``kwargs`` add e.g. ``label_key=None``)."""
         return classification_transforms(stage="eval", **{**self.preprocessing, **kwargs})
+
+
+def weights_start(network: torch.nn.Module) -> dict:
+    """What training started from, for the record and the exported metadata: ``{"pretrained": False}``
+    (random initialisation, also when requested weights were not found), or the weights file's name and
+    how many tensors it gave (``create_network``'s ``pretrained_report``)."""
+    report = getattr(network, "pretrained_report", None)
+    if report is None or not report.loaded:
+        return {"pretrained": False}
+    return {"pretrained": True, "source": Path(str(report.source)).name, "tensors_loaded": len(report.loaded)}
+
+
+def require_weights(ckpt: str | os.PathLike) -> None:
+    """Stop a run that needs trained weights before it starts, naming the file and the way to get it."""
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"{ckpt} is missing: train the bundle first (python -m monai.bundle run training --config_file "
+            "<bundle>/configs/train.json) or pass --ckpt_path <trained model.pt>"
+        )
 
 
 def evaluation_preprocessing(
@@ -99,6 +128,7 @@ def write_model_info(
     multi_label: bool = False,
     datalist_file: str | None = None,
     bundle_name: str | None = None,
+    start: dict | None = None,
 ) -> ModelInfo:
     """Write ``<ckpt_dir>/model_info.json`` at the start of training; returns what was written.
 
@@ -115,6 +145,7 @@ def write_model_info(
         multi_label=bool(multi_label),
         split_fingerprint=split_fp,
         bundle_name=bundle_name,
+        start=start,
     )
     if info.network.get("num_classes") not in (None, info.num_classes):
         raise ValueError(
@@ -135,20 +166,25 @@ def write_model_info(
     return info
 
 
-def load_model_info(ckpt: str | os.PathLike, **overrides: Any) -> ModelInfo:
+def load_model_info(ckpt: str | os.PathLike, untrained: dict | None = None, **overrides: Any) -> ModelInfo:
     """Read ``model_info.json`` beside ``ckpt`` (a file or folder), checking explicit ``overrides``.
 
     ``overrides`` are the bundle ids of :data:`OVERRIDABLE` (``None`` = not given). A given value
     that differs from the description raises :class:`ModelInfoMismatchError`.
+    ``untrained``: the description a bundle states for its study's model (an inference.json's
+    ``study_model``), used while there is neither a record nor weights, so that MONAI's bundle
+    tools (property check, ``verify_net_in_out``, ``ckpt_export``) can build the bundle as
+    shipped; weights without a record stay an error.
     """
     path = info_path(ckpt)
-    if not path.is_file():
+    shipped_untrained = untrained is not None and not path.is_file() and not Path(ckpt).is_file()
+    if not path.is_file() and not shipped_untrained:
         raise FileNotFoundError(
             f"{path} is missing: it is written when the bundle is trained and describes the model "
             "(network, classes, input size). Train the bundle, or point ckpt_path at a trained model's folder."
         )
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = untrained if shipped_untrained else json.loads(path.read_text(encoding="utf-8"))
         info = ModelInfo(
             network=dict(doc["network"]),
             class_names=[str(c) for c in doc["class_names"]],
@@ -156,6 +192,7 @@ def load_model_info(ckpt: str | os.PathLike, **overrides: Any) -> ModelInfo:
             multi_label=bool(doc.get("multi_label", False)),
             split_fingerprint=doc.get("split_fingerprint"),
             bundle_name=doc.get("bundle_name"),
+            start=doc.get("start"),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid model description: {err!r}") from err
@@ -184,6 +221,7 @@ def _as_dict(info: ModelInfo) -> dict:
         "multi_label": info.multi_label,
         "preprocessing": info.preprocessing,
         "split_fingerprint": info.split_fingerprint,
+        "start": info.start,
     }
 
 

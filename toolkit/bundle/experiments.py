@@ -109,7 +109,7 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
     run_dir = out_dir / name
     sources = [str(data_dir / s) for s in spec["sources"]]
     bundle = REPO_ROOT / "bundles" / spec.get("bundle", "pretrain_ssl")
-    ids = {"dataset_dirs": json.dumps(sources), "ckpt_dir": str(run_dir / "models"),
+    ids = {"dataset_dir": json.dumps(sources), "ckpt_dir": str(run_dir / "models"),
            "output_dir": str(run_dir / "output")}  # fmt: skip
     command = bundle_command("training", bundle / "configs" / "train.json", bundle, ids,
                              _cli_pairs(spec.get("overrides", {})))  # fmt: skip

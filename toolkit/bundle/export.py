@@ -50,9 +50,18 @@ class ExportMismatchError(RuntimeError):
     """An exported model does not reproduce the eager model within :data:`TOLERANCE`."""
 
 
-def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None,
-                force: bool = False, base_url: str | None = None) -> Path:  # fmt: skip
+def pack_bundle(
+    bundle_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    ckpt_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    base_url: str | None = None,
+    eval_dir: str | os.PathLike | None = None,
+) -> Path:
     """Write the portable copy of ``bundle_dir`` with the model trained into ``ckpt_dir`` to ``out_dir``.
+
+    ``eval_dir``: the model's evaluation (default ``<ckpt_dir>/../output/eval``, the training run's),
+    whose figures go into ``metadata.json``'s ``eval_metrics`` when they belong to this model.
 
     With ``base_url`` (where the site will publish the copy's files), ``large_files.yml`` lists the
     weights with that URL and their SHA-256, as model-zoo bundles do, so that a copy shipped without
@@ -75,9 +84,13 @@ def pack_bundle(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, ckpt_
         expanded = parser.get()
         if "bundle_root" in expanded:
             expanded["bundle_root"] = "."
+        if "study_model" in expanded:  # the copy describes the model it carries, not the study's default
+            expanded["study_model"] = info.as_record()
         atomic_write_json(out_dir / "configs" / config.name, expanded)
     metadata = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
-    atomic_write_json(out_dir / "configs" / "metadata.json", metadata_for(metadata, info))
+    eval_dir = Path(eval_dir) if eval_dir else ckpt_dir.parent / "output" / "eval"
+    evaluation = evaluation_of(info, ckpt_dir, eval_dir)
+    atomic_write_json(out_dir / "configs" / "metadata.json", metadata_for(metadata, info, evaluation))
     for name in ("logging.conf",):
         if (bundle_dir / "configs" / name).is_file():
             shutil.copy2(bundle_dir / "configs" / name, out_dir / "configs" / name)
@@ -120,23 +133,90 @@ def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
     return atomic_write_text(bundle_dir / "large_files.yml", "\n".join(lines) + "\n")
 
 
-def metadata_for(metadata: dict, info: ModelInfo) -> dict:
-    """``metadata`` with ``network_data_format`` describing the trained model (classes, channels, size)."""
+def metadata_for(metadata: dict, info: ModelInfo, evaluation: dict | None = None) -> dict:
+    """``metadata`` rewritten to describe the trained model, and nothing it is not: network, start
+    (ImageNet / backbone / random), classes, channels, input size and preprocessing, the outputs, and
+    ``eval_metrics`` when ``evaluation`` (its ``metrics.json``, see :func:`evaluation_of`) is given.
+    The study's own text stays in docs/README.md; ``description`` says what was trained."""
     metadata = json.loads(json.dumps(metadata))
     fmt = metadata.setdefault("network_data_format", {})
     image = fmt.setdefault("inputs", {}).setdefault("image", {})
-    channels = int(info.preprocessing.get("channels", info.network.get("in_channels", 3)))
-    size = info.preprocessing["image_size"]  # a side (square / cube) or one number per axis
-    dims = int(info.preprocessing.get("spatial_dims", 2))
+    prep = info.preprocessing
+    channels = int(prep.get("channels", info.network.get("in_channels", 3)))
+    size = prep["image_size"]  # a side (square / cube) or one number per axis
+    dims = int(prep.get("spatial_dims", 2))
     shape = [int(s) for s in size] if isinstance(size, (list, tuple)) else [int(size)] * dims
-    image.update(num_channels=channels, spatial_shape=shape,
-                 channel_def={str(i): "image" for i in range(channels)})  # fmt: skip
-    pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
-    pred.update(
-        num_channels=info.num_classes, channel_def={str(i): n for i, n in enumerate(info.class_names)}
+    image.update(
+        num_channels=channels, spatial_shape=shape, channel_def={str(i): "image" for i in range(channels)}
     )
-    metadata["pred_classes"] = f"{info.num_classes} class logits ({', '.join(info.class_names)})"
+    pred = fmt.setdefault("outputs", {}).setdefault("pred", {})
+    names = ", ".join(f"{i} = {n}" for i, n in enumerate(info.class_names))
+    pred.update(
+        type="probabilities",
+        num_channels=info.num_classes,
+        channel_def={str(i): n for i, n in enumerate(info.class_names)},
+    )
+    start = info.start or {}
+    if start.get("pretrained"):
+        origin = f"fine-tuned from pretrained weights ({start.get('source')}, {start.get('tensors_loaded')} tensors)"
+    elif start:
+        origin = "trained from random initialisation"
+    else:
+        origin = "start not recorded (trained before the record kept it)"
+    size_text = "x".join(str(s) for s in shape)
+    metadata["description"] = (
+        f"{info.network['name']} {'multi-label ' if info.multi_label else ''}classifier of {info.num_classes} "
+        f"classes ({', '.join(info.class_names)}), {origin}, on {channels}-channel {size_text} inputs, with the "
+        f"recipe of the {info.bundle_name or 'bundle'} bundle (docs/README.md). Exported by clinical-imaging-toolkit."
+    )
+    metadata["image_classes"] = (
+        f"{channels}-channel {size_text} image, '{prep.get('intensity')}' intensity"
+        + (
+            f" (mean {prep['intensity_kwargs'].get('mean')}, std {prep['intensity_kwargs'].get('std')})"
+            if (prep.get("intensity_kwargs") or {}).get("mean")
+            else ""
+        )
+    )
+    if info.multi_label:
+        metadata["label_classes"] = f"one 0/1 label per finding: {names}"
+        metadata["pred_classes"] = (
+            f"{info.num_classes} probabilities, one per finding (sigmoid of the network's logits)"
+        )
+    else:
+        metadata["label_classes"] = f"one class index per image: {names}"
+        metadata["pred_classes"] = (
+            f"{info.num_classes} class probabilities (softmax of the network's logits, temperature-scaled "
+            "when models/temperature.json is present)"
+        )
+    metadata.pop("eval_metrics", None)
+    if evaluation:
+        metadata["eval_metrics"] = evaluation
     return metadata
+
+
+def evaluation_of(info: ModelInfo, ckpt_dir: Path, eval_dir: Path) -> dict | None:
+    """The figures of ``eval_dir/metrics.json`` for ``metadata.json``'s ``eval_metrics``, when they
+    belong to the model in ``ckpt_dir``: same classes, written after its weights. Else None (and the
+    exported metadata states no figure)."""
+    path = eval_dir / "metrics.json"
+    weights = ckpt_dir / "model.pt"
+    if not path.is_file() or path.stat().st_mtime < weights.stat().st_mtime:
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if metrics.get("class_names") != info.class_names:
+        return None
+    auroc = metrics.get("roc_auc_macro", metrics.get("roc_auc_ovr_macro"))
+    figures = {
+        "split": metrics.get("split"),
+        "num_samples": metrics.get("num_samples"),
+        "accuracy": metrics.get("accuracy"),
+        "macro_f1": (metrics.get("macro") or {}).get("f1"),
+        "auroc_macro": auroc,
+    }
+    return {k: v for k, v in figures.items() if v is not None}
 
 
 @dataclass

@@ -104,7 +104,8 @@ class PredictionWriter:
     The evaluator must run with ``decollate=False`` and postprocessing that turns ``pred`` into
     probabilities; batches carry ``index`` (see ``toolkit.engines.dataset_items``) which maps
     back to ``records`` for the image path and patient id. With ``write_metrics`` and labels,
-    the metrics files of ``toolkit.evaluation.metrics`` are written beside it.
+    the metrics files of ``toolkit.evaluation.metrics`` are written beside it (``split`` names the
+    split they are of in ``metrics.json``).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class PredictionWriter:
         filename: str = "predictions.csv",
         thresholds: str | os.PathLike | None = None,
         save_thresholds: str | os.PathLike | None = None,
+        split: str | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -126,6 +128,7 @@ class PredictionWriter:
         self.filename = filename
         self.thresholds_file = thresholds
         self.save_thresholds = save_thresholds
+        self.split = split
         self.thresholds: np.ndarray | float = 0.5
         self._probs: list[np.ndarray] = []
         self._indices: list[np.ndarray] = []
@@ -217,9 +220,11 @@ class PredictionWriter:
             result = evaluation_metrics.multilabel_metrics(labels, probs, self.class_names, self.thresholds)
         else:
             result = evaluation_metrics.classification_metrics(labels, probs, self.class_names)
+        if self.split:
+            result["split"] = self.split
         paths = evaluation_metrics.write_metrics(result, self.output_dir)
         if "accuracy" in result:
-            logger.info("test accuracy %.4f on %d images", result["accuracy"], len(records))
+            logger.info("%s accuracy %.4f on %d images", self.split or "", result["accuracy"], len(records))
         logger.info("metrics written: %s", ", ".join(str(p) for p in paths.values()))
 
 

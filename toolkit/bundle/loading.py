@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 
 from toolkit.bundle.configs import read_config
 from toolkit.bundle.description import OVERRIDABLE, ModelInfo, load_model_info
+from toolkit.bundle.trust import check_bundle
 from toolkit.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, threshold_vector
 
 
@@ -73,8 +74,12 @@ def load_bundle(
     ckpt_path: str | None = None,
     device: str | torch.device = "cpu",
     overrides: dict | None = None,
+    trust: bool = False,
 ) -> InferenceBundle:
     """Parse ``bundle_dir/configs/inference.json`` (+ ``metadata.json``) into an :class:`InferenceBundle`.
+
+    A folder from outside this repository is checked first (:func:`toolkit.bundle.trust.check_bundle`:
+    no code beyond what this toolkit's bundles hold) unless ``trust``.
 
     ``ckpt_path`` replaces the bundle's ``ckpt_path`` (e.g. a model trained elsewhere; its
     ``model_info.json``, ``temperature.json`` and ``thresholds.json`` are read from the same folder); ``overrides``
@@ -85,6 +90,7 @@ def load_bundle(
     config_file = root / "configs" / "inference.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{root} is not a bundle: {config_file} is missing")
+    check_bundle(root, trust)
     meta_file = root / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
 

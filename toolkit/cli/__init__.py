@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "toolkit.cli.report",  # cit report
     "toolkit.cli.export",  # cit export
     "toolkit.cli.compare",  # cit compare
+    "toolkit.cli.verify_bundle",  # cit verify-bundle
 ]
 
 

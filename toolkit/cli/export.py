@@ -23,8 +23,15 @@ def _export(args: argparse.Namespace) -> int:
         if args.format == "bundle":
             if not args.out:
                 raise ValueError("--out is required with --format bundle (the folder to write the bundle to)")
-            out = export.pack_bundle(args.bundle, args.out, ckpt_dir=args.ckpt_dir, force=args.force,
-                                     base_url=args.base_url)  # fmt: skip
+            eval_dir = Path(args.output_dir) / "eval" if args.output_dir else None
+            out = export.pack_bundle(
+                args.bundle,
+                args.out,
+                ckpt_dir=args.ckpt_dir,
+                force=args.force,
+                base_url=args.base_url,
+                eval_dir=eval_dir,
+            )
             print(f"bundle: {out}")
             return 0
         result = export.export_model(args.bundle, args.format, out_path=args.out, ckpt_dir=args.ckpt_dir,
@@ -62,7 +69,8 @@ def add_parser(subparsers) -> None:
         "--out", default=None, help="output folder (bundle) or file (default <ckpt-dir>/model.ts|.pt2|.onnx)"
     )
     p.add_argument("--output-dir", default=None,
-                   help="the training run's output folder, whose test split gives the check images (default <bundle>/output)")  # fmt: skip
+                   help="the training run's output folder: its test split gives the check images, its eval/ the figures "
+                        "of the exported metadata.json (default <bundle>/output; for --format bundle <ckpt-dir>/../output)")  # fmt: skip
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")
     p.add_argument("--force", action="store_true", help="write the bundle into a non-empty --out")
     p.add_argument("--base-url", default=None,

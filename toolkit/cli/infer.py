@@ -68,6 +68,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--ckpt-path", default=None, help="model weights to use instead of the bundle's ckpt_path"
     )
     parser.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="run a bundle folder from elsewhere even if its configs hold code this toolkit's bundles do "
+        "not (a bundle folder is code: give this only for a source you would run a program from)",
+    )
+    parser.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
@@ -187,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         overrides=dict(args.overrides),
         backend=args.backend,
+        trust_bundle=args.trust_bundle,
     )
     try:
         return run_inference(options).exit_code

@@ -66,6 +66,30 @@ def _jsonable(value):
     return value
 
 
+def _validate_labels(where: str, labels: Sequence[str]) -> None:
+    """Class names become CSV columns (``prob_<name>``), DICOM SR text and bundle config values: refuse
+    duplicates, control characters and MONAI's config syntax (a leading ``$``, ``%`` or ``@``)."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name in labels:
+        if not name.strip():
+            problems.append(f"{name!r} is empty")
+        elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+            problems.append(f"{name!r} holds a control character")
+        elif name[0] in "$%@":
+            problems.append(
+                f"{name!r} starts with {name[0]!r}, which MONAI's configs read as code or a reference"
+            )
+        key = name.strip().lower()
+        if key in seen:
+            problems.append(f"{name!r} and {seen[key]!r} are the same class name")
+        seen.setdefault(key, name)
+    if problems:
+        raise ValueError(
+            f"{where}: class names: {'; '.join(problems)} (rename the classes, e.g. with --classes)"
+        )
+
+
 def _validate_items(
     where: str, splits: Mapping[str, Sequence[dict]], labels: Sequence[str], multi_label: bool
 ):
@@ -100,6 +124,7 @@ def save_datalist(
     """
     path = Path(path).expanduser().resolve()
     labels = [str(n) for n in labels]
+    _validate_labels(str(path), labels)
     _validate_items(str(path), splits, labels, multi_label)
     base = path.parent
     doc = {**_jsonable(meta), "labels": labels, "multi_label": bool(multi_label)}

@@ -39,6 +39,11 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return _lower_name(path).endswith(DICOM_SUFFIXES) and len(head) > 0
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an image a datalist may name: a 2D kind of :func:`file_kind` or a volume format."""
+    return file_kind(path) is not None or _lower_name(path).endswith(VOLUME_SUFFIXES)
+
+
 def file_kind(path: str | os.PathLike) -> str | None:
     """Classify a file as ``"dicom"``, ``"nifti"`` or ``"raster"`` (PNG/JPEG/...); None otherwise."""
     name = _lower_name(path)

@@ -8,8 +8,6 @@ set). ``write_metrics`` writes them as ``metrics.json``, ``per_class.csv``,
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from toolkit.io import atomic_write_json, atomic_write_text
+from toolkit.io import atomic_write_json, atomic_write_text, csv_text
 
 # Text report kept in the metrics dict for `write_metrics`; not written into metrics.json.
 REPORT_KEY = "classification_report"
@@ -170,12 +168,6 @@ def multilabel_metrics(
     }
 
 
-def _csv_text(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
 def _per_class_rows(metrics: dict) -> list[list]:
     fields = ["precision", "recall", "f1", "support", "roc_auc"]
     intervals = metrics.get("confidence_intervals", {}).get("per_class", {})
@@ -215,9 +207,9 @@ def write_metrics(metrics: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     serialisable = {k: v for k, v in metrics.items() if k != REPORT_KEY}
     paths = {
         "metrics": atomic_write_json(out_dir / "metrics.json", serialisable, indent=2),
-        "per_class": atomic_write_text(out_dir / "per_class.csv", _csv_text(_per_class_rows(metrics))),
+        "per_class": atomic_write_text(out_dir / "per_class.csv", csv_text(_per_class_rows(metrics))),
         "confusion_matrix": atomic_write_text(
-            out_dir / "confusion_matrix.csv", _csv_text(_confusion_rows(metrics))
+            out_dir / "confusion_matrix.csv", csv_text(_confusion_rows(metrics))
         ),
     }
     paths["classification_report"] = atomic_write_text(

@@ -130,6 +130,7 @@ class InferenceOptions:
     verbose: bool = False
     overrides: dict = field(default_factory=dict)
     backend: str = "auto"  # auto | pytorch | onnxruntime (see toolkit.inference.backends)
+    trust_bundle: bool = False  # run a foreign bundle's code (toolkit.bundle.trust)
 
 
 @dataclass
@@ -431,7 +432,11 @@ def _check_paths(options: InferenceOptions) -> None:
 
 def _load(options: InferenceOptions, device: torch.device) -> InferenceBundle:
     return load_bundle(
-        options.bundle, ckpt_path=options.ckpt_path, device=device, overrides=options.overrides
+        options.bundle,
+        ckpt_path=options.ckpt_path,
+        device=device,
+        overrides=options.overrides,
+        trust=options.trust_bundle,
     )
 
 

@@ -13,8 +13,6 @@ leading ``'`` (OWASP "CSV injection"); ``predictions.jsonl`` keeps every value e
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -22,13 +20,12 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from toolkit.io import atomic_write_bytes
+from toolkit.io import atomic_write_bytes, csv_text
 
 logger = logging.getLogger(__name__)
 
 PARTS_DIR = "parts"
 _PART_NAME = re.compile(r"predictions\.part(\d+)\.jsonl")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def part_path(output_dir: str | os.PathLike, rank: int) -> Path:
@@ -123,13 +120,9 @@ def write_final_outputs(
     rows: Sequence[dict], columns: Sequence[str], csv_path: str | os.PathLike, jsonl_path: str | os.PathLike
 ) -> None:
     """Write ``rows`` as CSV (only ``columns``, in that order) and as JSON lines, each atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: _csv_value(row.get(c)) for c in columns})
+    text = csv_text([list(columns), *([_csv_value(row.get(c)) for c in columns] for row in rows)])
     # backslashreplace: a lone surrogate (undecodable bytes of a file name) must not lose the whole result
-    atomic_write_bytes(csv_path, buffer.getvalue().encode("utf-8", "backslashreplace"))
+    atomic_write_bytes(csv_path, text.encode("utf-8", "backslashreplace"))
     atomic_write_bytes(
         jsonl_path,
         "".join(json.dumps({c: row.get(c) for c in columns}) + "\n" for row in rows).encode("utf-8"),
@@ -141,11 +134,4 @@ def _csv_value(value):
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
-    if isinstance(value, str):
-        return neutralise_formula(value)
     return value
-
-
-def neutralise_formula(text: str) -> str:
-    """``text`` with a leading ``'`` when a spreadsheet would read it as a formula (OWASP CSV injection)."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text

@@ -30,18 +30,21 @@ class MultiScaleNet(nn.Module):
             raise ValueError(f"scales must be distinct numbers in (0, 1], got {scales}")
         self.trunk = trunk
         self.scales = scales
+        self.order = sorted(range(len(scales)), key=lambda i: scales[i])
         self.num_features = trunk.num_features * len(scales)
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.num_features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = {}
+        # a list by position, not a dict by scale, so that TorchScript (MONAI's ckpt_export) compiles it
+        features: list[torch.Tensor] = [x] * len(self.scales)
         # smallest scale first, so the trunk's last call (what Grad-CAM hooks see) is the finest one
-        for scale in sorted(self.scales):
+        for i in self.order:
+            scale = self.scales[i]
             image = (
                 x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
             )
-            features[scale] = self.trunk(image)
-        return self.head(torch.cat([features[s] for s in self.scales], dim=1))
+            features[i] = self.trunk(image)
+        return self.head(torch.cat(features, dim=1))
 
     def get_classifier(self) -> nn.Module:
         return self.head[-1]

@@ -14,6 +14,7 @@ from toolkit.data.files import MASK_FOLDERS, file_kind
 logger = logging.getLogger(__name__)
 
 SHOW = 5  # how many example names a warning lists
+MAX_INTEGER_CLASSES = 1000  # integer labels above this are not class indices (see integer_classes)
 
 # Folder / column values naming a split, case-insensitive.
 SPLIT_ALIASES = {
@@ -50,6 +51,29 @@ def warn_list(message: str, names: Sequence) -> None:
         shown = ", ".join(str(n) for n in names[:SHOW])
         more = f" ... (+{len(names) - SHOW} more)" if len(names) > SHOW else ""
         logger.warning("%s: %d file(s): %s%s", message, len(names), shown, more)
+
+
+def integer_classes(values: Sequence[int], where: str) -> list[str]:
+    """Class names ``"0" .. "max"`` for integer labels read as class indices.
+
+    Refused when the values cannot be indices: more than :data:`MAX_INTEGER_CLASSES` classes, or more
+    indices without an image than with one (an accession number, a date or an id in the label
+    column would otherwise make a million classes). A few absent indices are warned about.
+    """
+    present = sorted(set(values))
+    top = present[-1]
+    absent = top + 1 - len(present)
+    if top + 1 > MAX_INTEGER_CLASSES or absent > len(present):
+        shown = ", ".join(str(v) for v in present[:SHOW]) + (" ..." if len(present) > SHOW else "")
+        raise ValueError(
+            f"{where}: integer labels ({shown}) are not class indices 0, 1, ...: they would make {top + 1} "
+            f"classes, {absent} of them without an image. If the column is not the label, name the right one "
+            "(--label-column); if the numbers name classes, give the names in index order (--classes)"
+        )
+    if absent:
+        missing = [str(i) for i in range(top + 1) if i not in set(present)]
+        warn_list(f"{where}: integer labels read as class indices; these classes have no image", missing)
+    return [str(i) for i in range(top + 1)]
 
 
 def split_from_parts(parts: Sequence[str]) -> tuple[str | None, int]:

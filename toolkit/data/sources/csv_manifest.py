@@ -27,8 +27,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, find_image_files
-from toolkit.data.sources.base import SHOW, SPLIT_ALIASES, SourceItems, warn_list
+from toolkit.data.files import (
+    DICOM_SUFFIXES,
+    NIFTI_SUFFIXES,
+    RASTER_SUFFIXES,
+    find_image_files,
+    is_image_file,
+)
+from toolkit.data.sources.base import SHOW, SPLIT_ALIASES, SourceItems, integer_classes, warn_list
 
 logger = logging.getLogger(__name__)
 
@@ -389,9 +395,10 @@ def csv_items(
                 for (ln, _), n in zip(numbered, all_names, strict=True)
                 if n and int(float(n)) < 0
             ]
-            raise ValueError(f"{where} has negative integer labels: {_shown(negative)}; "
-                             "integer labels are class indices 0, 1, ...")  # fmt: skip
-        labels = [str(i) for i in range(max(values) + 1)]
+            raise ValueError(
+                f"{where} has negative integer labels: {_shown(negative)}; integer labels are class indices 0, 1, ..."
+            )
+        labels = integer_classes(values, where)
     else:
         labels = sorted(set(labelled))
     index = {n: i for i, n in enumerate(labels)}
@@ -431,6 +438,11 @@ def csv_items(
         if not path.is_file():
             problems["missing"].append(rel)
             continue
+        if not is_image_file(path):
+            problems["not an image"].append(f"line {line}: {rel}")
+            continue
+        if not path.resolve().is_relative_to(base):
+            problems["outside"].append(f"line {line}: {rel}")
         if names is None:  # no label, or an unusable one: recorded by names_of
             continue
         item = {"image": str(path.resolve())}
@@ -472,13 +484,23 @@ def csv_items(
         "no image": f"{image_what}: rows without an image",
         "ambiguous": f"{image_what}: rows matching several image files (name the file with a path)",
         "missing": f"{image_what}: rows whose image file is missing under {base}",
+        "not an image": f"{image_what}: rows naming a file that is not an image (DICOM, NIfTI, PNG, JPEG, BMP, TIFF, MHA, NRRD)",
         "unlabelled": f"{label_what}: rows without a label",
         "label": f"{label_what}: values that are neither 0/1 nor yes/no",
         "unknown": f"{label_what}: labels that are not classes {labels}",
         "duplicate": f"{image_what}: images listed more than once",
         "split": f"split column {split_column!r}: values that name no split (train / val / test ...)",
     }
-    errors = ["pattern", "no image", "ambiguous", "unlabelled", "label", "unknown", "duplicate"]
+    errors = [
+        "pattern",
+        "no image",
+        "ambiguous",
+        "not an image",
+        "unlabelled",
+        "label",
+        "unknown",
+        "duplicate",
+    ]
     if not skip_missing:
         errors.append("missing")
     if known_splits_only:
@@ -490,6 +512,11 @@ def csv_items(
         warn_list(f"{csv_path}: skipping {message.split(': ', 1)[1]}" if kind != "split" else f"{csv_path}: {message} (no split)",
                   problems[kind])  # fmt: skip
     warn_list(f"{csv_path}: leaving out rows of a class not in {labels}", problems["other class"])
+    warn_list(
+        f"{csv_path}: {image_what}: rows whose image lies outside the image root {base} (kept; check that the "
+        "label file is the one you meant, or name the folder that holds the images with --root)",
+        problems["outside"],
+    )
     if not items:
         raise ValueError(f"{csv_path}: no usable rows (images resolved against {base})")
     meta = {"label_file": str(csv_path), "image_root": str(base),

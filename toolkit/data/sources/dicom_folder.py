@@ -11,6 +11,7 @@ from toolkit.data.headers import UnreadableImage, dicom_header, dicom_ids
 from toolkit.data.sources.base import (
     SourceItems,
     attach_labels,
+    integer_classes,
     label_index,
     scan,
     split_from_parts,
@@ -95,7 +96,7 @@ def dicom_folder_items(
 
     names = [r["label_name"] for r in records]
     if classes is None and names and all(re.fullmatch(r"\d+", n) for n in names):
-        classes = [str(i) for i in range(max(int(n) for n in names) + 1)]
+        classes = integer_classes([int(n) for n in names], f"{labels_csv or root}: labels")
     labels = label_index(names, classes)
     for r in records:  # integer labels in the CSV name classes by index
         if (
