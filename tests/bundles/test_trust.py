@@ -15,7 +15,7 @@ from toolkit.cli import main
 
 
 def test_the_allow_list_is_what_the_repository_bundles_hold():
-    """Regenerate with `python -m toolkit.bundle.trust` after changing a config."""
+    """Regenerate with `python scripts/update_bundle_allowlist.py` after changing a config."""
     configs = []
     for path in sorted(REPO_ROOT.glob("bundles/*/configs/*.json")):
         if path.name in WORKFLOW_FILES:
@@ -23,7 +23,7 @@ def test_the_allow_list_is_what_the_repository_bundles_hold():
             parser.resolve_macro_and_relative_ids()
             configs.append(parser.get())
     assert collect_allowed(configs) == json.loads(ALLOWED_FILE.read_text()), (
-        "run: python -m toolkit.bundle.trust"
+        "run: python scripts/update_bundle_allowlist.py"
     )
 
 

@@ -92,8 +92,9 @@ def require_weights(ckpt: str | os.PathLike) -> None:
     """Stop a run that needs trained weights before it starts, naming the file and the way to get it."""
     if not Path(ckpt).is_file():
         raise FileNotFoundError(
-            f"{ckpt} is missing: train the bundle first (python -m monai.bundle run training --config_file "
-            "<bundle>/configs/train.json) or pass --ckpt_path <trained model.pt>"
+            f"{Path(ckpt).resolve()} is missing: pass --bundle_root <bundle folder> (an exported bundle's "
+            "bundle_root is '.', the folder the command runs in) or --ckpt_path <trained model.pt>, or train "
+            "the bundle first (python -m monai.bundle run training --config_file <bundle>/configs/train.json)"
         )
 
 

@@ -5,7 +5,7 @@ a ``"_target_"`` names, so loading a foreign folder runs whatever its author wro
 the Deploy app and the Label app therefore load a bundle from outside this repository in a safe
 mode: each of its workflow configs may hold only the expressions and ``_target_`` components that
 this toolkit's own bundles hold (the allow-list :data:`ALLOWED_FILE`, generated from
-``configs/base`` and ``bundles/``; a test keeps it current), and no ``%`` macro into another file.
+``configs/base`` and ``bundles/`` by ``scripts/update_bundle_allowlist.py``; a test keeps it current), and no ``%`` macro into another file.
 A bundle exported by `cit export --format bundle` passes; one with any other code is refused with
 one line naming the file, the entry and the way to opt in (``--trust-bundle`` /
 ``CIT_TRUST_BUNDLE=1``), which a user gives only for a source they would run a program from.
@@ -135,7 +135,3 @@ def write_allowed(repo_root: str | os.PathLike) -> Path:
             parser.resolve_macro_and_relative_ids()
             configs.append(parser.get())
     return atomic_write_json(ALLOWED_FILE, collect_allowed(configs), indent=1)
-
-
-if __name__ == "__main__":
-    print(write_allowed(Path(__file__).resolve().parents[2]))
