@@ -24,11 +24,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from toolkit.bundle import experiments  # noqa: E402
-from toolkit.bundle.compare import recipe_digest  # noqa: E402
 from toolkit.bundle.datalists import read_json_object  # noqa: E402
-from toolkit.evaluation import results_doc  # noqa: E402
 from toolkit.io import atomic_write_text  # noqa: E402
+from toolkit.studies import experiments, results_doc  # noqa: E402
+from toolkit.studies.compare import recipe_digest  # noqa: E402
 
 
 def stale_runs(name: str, spec: dict, out_dir: Path) -> tuple[int, int]:

@@ -180,7 +180,7 @@ def test_a_trained_model_whose_split_cannot_be_checked_is_a_row_not_a_crash(tmp_
 
 
 def test_the_recipe_digest_follows_configs_and_the_code_a_bundle_run_executes(tmp_path, monkeypatch):
-    from toolkit.bundle import compare
+    from toolkit.studies import compare
 
     package, bundle = tmp_path / "toolkit", tmp_path / "bundles" / "b"
     files = {

@@ -1,4 +1,4 @@
-"""The reproducible experiments behind docs/results.md (toolkit.bundle.experiments and
+"""The reproducible experiments behind docs/results.md (toolkit.studies.experiments and
 scripts/reproduce_results.py): a tiny experiment run end to end with real bundle runs, the
 PneumoniaMNIST rebuild, and the table logic on hand-made summaries."""
 
@@ -13,9 +13,8 @@ import pytest
 
 from tests.bundles.bundle_helpers import REPO_ROOT
 from tests.bundles.test_compare import _stripes
-from toolkit.bundle import experiments
 from toolkit.data import load_datalist
-from toolkit.evaluation import results_doc
+from toolkit.studies import experiments, results_doc
 
 
 def _script():

@@ -18,8 +18,8 @@ from toolkit.evaluation.compare import (
     mcnemar,
     paired_bootstrap,
 )
-from toolkit.evaluation.compare_table import markdown, write_comparison
 from toolkit.evaluation.report import read_predictions
+from toolkit.studies.compare_table import markdown, write_comparison
 
 
 def test_mcnemar_is_the_exact_binomial_test_of_the_discordant_pairs():

@@ -45,8 +45,8 @@ def bundle_folder(given: str) -> Path:
 
 def model_specs(args: argparse.Namespace) -> list:
     """``ModelSpec`` per --model / --trained, with the --set overrides of each."""
-    from toolkit.bundle.compare import ModelSpec, parse_overrides
     from toolkit.bundle.description import load_model_info
+    from toolkit.studies.compare import ModelSpec, parse_overrides
 
     specs = []
     for given in args.model or []:
@@ -82,7 +82,7 @@ def _command_line() -> str | None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from toolkit.bundle.compare import compare_bundles
+    from toolkit.studies.compare import compare_bundles
 
     try:
         specs = model_specs(args)

@@ -10,6 +10,5 @@ Import the sub-modules directly; this package imports nothing heavy:
 - ``figures``: every PNG figure (learning curves, confusion matrix, ROC / PR, reliability, samples, Grad-CAM)
 - ``report``: the HTML evaluation report (`cit report`); the caller hands it the model for Grad-CAM
 - ``compare``: several models on one test set: intervals, McNemar / DeLong / paired bootstrap, Holm
-- ``compare_table``: ``comparison.md`` / ``.csv`` / ``.json`` of `cit compare`
 - the data-set audit and leakage check (`cit audit`) is a data concern: ``toolkit.data.audit``
 """

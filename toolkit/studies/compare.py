@@ -8,7 +8,7 @@ Layout of the output folder ``out``::
     out/runs/<name>/models, output      the run's ckpt_dir and output_dir
     out/runs/<name>/evaluate.log, eval  the evaluation's log and eval_dir (predictions.csv)
     out/runs/<name>/run.json            the commands run and their exit codes (for ``reuse``)
-    out/comparison.md, .csv, .json      the table (``toolkit.evaluation.compare_table``)
+    out/comparison.md, .csv, .json      the table (``toolkit.studies.compare_table``)
 
 Each bundle is trained and evaluated with MONAI's bundle runner in a subprocess, exactly as a user
 runs it, so a crash stays in its model's row and log. Every model must have been trained on the
@@ -37,14 +37,14 @@ from monai.bundle import ConfigParser
 from toolkit.bundle.configs import base_config_dir, read_config
 from toolkit.bundle.datalists import DATALIST_NAME, SplitMismatchError, datalist_for, read_json_object
 from toolkit.bundle.description import load_model_info
-from toolkit.bundle.runs import Progress, epochs_written, exit_reason, run_logged
 from toolkit.data import load_datalist
 from toolkit.data.datalist import split_keys
 from toolkit.evaluation.compare import align_predictions, compare_predictions
-from toolkit.evaluation.compare_table import write_comparison
 from toolkit.evaluation.report import read_predictions
 from toolkit.evaluation.thresholds import evaluation_threshold
 from toolkit.io import atomic_write_json, sha256_file
+from toolkit.studies.compare_table import write_comparison
+from toolkit.studies.runs import Progress, epochs_written, exit_reason, run_logged
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +179,17 @@ def recipe_digest(bundle: Path) -> str:
     """SHA-256 over the bundle's configs, the shared base and the toolkit code a bundle run executes.
 
     A run is reused only while all three are unchanged: code is part of the recipe (an augmentation
-    fix changes what the same config trains). The code is every module below the inference layer
-    (docs/architecture.md: a bundle run cannot import ``toolkit.inference`` or ``toolkit.cli``).
+    fix changes what the same config trains). The code is every module a bundle run can import: the
+    layers up to ``toolkit.bundle`` (docs/architecture.md; not ``toolkit.studies``, which only starts
+    runs and writes tables, nor ``toolkit.inference`` or ``toolkit.cli``).
     """
     configs = sorted(bundle.glob("configs/*.json")) + sorted(base_config_dir(bundle).glob("*.json"))
     named = [(p.name, p) for p in configs]
-    named += [(p.relative_to(PACKAGE.parent).as_posix(), p) for p in sorted(PACKAGE.rglob("*.py"))
-              if p.relative_to(PACKAGE).parts[0] not in ("inference", "cli")]  # fmt: skip
+    named += [
+        (p.relative_to(PACKAGE.parent).as_posix(), p)
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.relative_to(PACKAGE).parts[0] not in ("studies", "inference", "cli")
+    ]
     digest = hashlib.sha256()
     for name, path in named:
         digest.update(name.encode() + path.read_bytes())

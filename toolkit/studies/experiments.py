@@ -9,7 +9,7 @@ Two kinds of experiment file:
 - ``"kind": "classification"``: one data set (``data``: a source under the shared data folder and
   the ``cit datalist`` options), one bundle with common ``overrides``, one or more ``arms`` (e.g.
   scratch vs a pretrained backbone), ``label_fractions`` of the training labels and ``seeds``.
-  Every (fraction, seed) is one ``cit compare`` run of the arms (``toolkit.bundle.compare``): one
+  Every (fraction, seed) is one ``cit compare`` run of the arms (``toolkit.studies.compare``): one
   saved split, the same test set, CIs by (patient) bootstrap and paired tests between the arms.
   Optional ``time_to_accuracy`` (``fraction``, ``seeds``, ``targets``: test accuracies to reach):
   those runs keep every epoch's checkpoint, each tested after training (:func:`accuracy_per_epoch`).
@@ -34,7 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.bundle.compare import (
+from toolkit.bundle.datalists import datalist_for, read_json_object
+from toolkit.data import load_datalist, save_datalist, split_items
+from toolkit.evaluation.compare import ComparisonSet, align_predictions, compare_predictions
+from toolkit.evaluation.report import read_predictions
+from toolkit.io import atomic_write_json, sha256_file
+from toolkit.studies.compare import (
     ModelSpec,
     bundle_command,
     compare_bundles,
@@ -42,12 +47,7 @@ from toolkit.bundle.compare import (
     parse_overrides,
     recipe_digest,
 )
-from toolkit.bundle.datalists import datalist_for, read_json_object
-from toolkit.bundle.runs import error_line, run_logged
-from toolkit.data import load_datalist, save_datalist, split_items
-from toolkit.evaluation.compare import ComparisonSet, align_predictions, compare_predictions
-from toolkit.evaluation.report import read_predictions
-from toolkit.io import atomic_write_json, sha256_file
+from toolkit.studies.runs import error_line, run_logged
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``docs/results.md`` from the experiment summaries of ``toolkit.bundle.experiments``: our figures
+"""``docs/results.md`` from the experiment summaries of ``toolkit.studies.experiments``: our figures
 with 95% CIs beside the published ones, and the data-efficiency table (pretrained vs scratch)."""
 
 from __future__ import annotations
