@@ -108,8 +108,9 @@ def run_dir(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_report_end_to_end(run_dir):
     bundle, out = run_dir
+    # a hand-written bundle is foreign code to the toolkit: trusted here explicitly
     code = cit(["report", "--eval-dir", str(out / "eval"), "--bundle", str(bundle), "--n-resamples", "200",
-                "--save-temperature", "--n-cam", "2"])  # fmt: skip
+                "--save-temperature", "--n-cam", "2", "--trust-bundle"])  # fmt: skip
     assert code == 0
     report_dir = out / "eval" / "report"
     summary = json.loads((report_dir / "report.json").read_text())
@@ -251,7 +252,7 @@ def model(run_dir):
     from toolkit.bundle import load_bundle
     from toolkit.evaluation.gradcam import ExplainableModel
 
-    loaded = load_bundle(run_dir[0])
+    loaded = load_bundle(run_dir[0], trust=True)  # hand-written: foreign code, trusted here
     return ExplainableModel(loaded.network, loaded.preprocessing, loaded.class_names)
 
 
@@ -317,7 +318,8 @@ def test_cit_report_with_a_bundle_that_does_not_load_still_reports(run_dir, tmp_
     eval_dir, _ = _small_eval_dir(run_dir, tmp_path)
     bundle = tmp_path / "bundle"
     shutil.copytree(run_dir[0] / "configs", bundle / "configs")  # configs but no trained model
-    assert cit(["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "20"]) == 0
+    args = ["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "20"]
+    assert cit([*args, "--trust-bundle"]) == 0
     summary = json.loads((eval_dir / "report" / "report.json").read_text())
     (warning,) = [w for w in summary["warnings"] if "Grad-CAM" in w]
     assert warning.startswith(f"Grad-CAM overlays could not be made: the bundle {bundle} did not load:")
@@ -335,7 +337,7 @@ def test_report_reads_the_checkpoint_folder_it_is_given_and_strict_fails_on_warn
     shutil.copytree(out / "eval", eval_dir, ignore=shutil.ignore_patterns("report"))
     args = ["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "50", "--n-cam", "1",
             "--validation-predictions", str(out / "eval_validation" / "predictions.csv"),
-            "--history", str(out / "train" / "training_history.csv")]  # fmt: skip
+            "--history", str(out / "train" / "training_history.csv"), "--trust-bundle"]  # fmt: skip
     assert cit([*args, "--ckpt-dir", str(elsewhere), "--strict"]) == 0
     assert (eval_dir / "report" / "gradcam.png").is_file()
     # a checkpoint folder without weights: the report is still written, the reason said, --strict fails

@@ -80,7 +80,7 @@ def test_4d_volume_needs_a_volume_index(shared_data):
 
 def test_nan_volume_is_rejected_with_its_name(tmp_path):
     data = np.zeros((8, 9, 5), dtype=np.float32)
-    data[2, 3, 1] = np.nan
+    data[2, 3, 2] = np.nan  # in the middle slice: the 2D chain reads only that slice
     path = tmp_path / "has_nan.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     for chain in (_loader(), classification_transforms("eval", 16)):

@@ -18,14 +18,16 @@ if TYPE_CHECKING:  # no torch at `cit --help`
 BUNDLE_ERRORS = (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError)
 
 
-def _model_for_gradcam(bundle: str, ckpt_dir: Path) -> tuple[ExplainableModel | None, list[str]]:
+def _model_for_gradcam(
+    bundle: str, ckpt_dir: Path, trust: bool = False
+) -> tuple[ExplainableModel | None, list[str]]:
     """(the bundle's network, preprocessing and class names as an ExplainableModel, []), or (None, [why])
     when the bundle cannot be loaded: a report without heat maps beats no report."""
     from toolkit.bundle import load_bundle
     from toolkit.evaluation.gradcam import ExplainableModel
 
     try:
-        loaded = load_bundle(bundle, ckpt_path=ckpt_dir / "model.pt", device="cpu")
+        loaded = load_bundle(bundle, ckpt_path=ckpt_dir / "model.pt", device="cpu", trust=trust)
     except BUNDLE_ERRORS as e:
         logging.getLogger(__name__).debug("cannot load the bundle %s", bundle, exc_info=True)
         return None, [
@@ -46,7 +48,7 @@ def _report(args: argparse.Namespace) -> int:
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path(args.bundle or ".") / "models"
     model, notes, n_cam = None, [], args.n_cam
     if args.bundle and n_cam > 0:
-        model, notes = _model_for_gradcam(args.bundle, ckpt_dir)
+        model, notes = _model_for_gradcam(args.bundle, ckpt_dir, trust=args.trust_bundle)
         n_cam = n_cam if model is not None else 0  # the note says why there are no heat maps
     summary = build_report(
         args.eval_dir,
@@ -107,6 +109,11 @@ def add_parser(subparsers) -> None:
     )
     r.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="load a bundle folder from elsewhere even if its configs hold code this toolkit's bundles do not",
+    )
     r.add_argument(
         "--target-sensitivity", type=float, default=0.9, help="for the operating points (default 0.9)"
     )

@@ -1,7 +1,10 @@
 """Finding the inputs of a batch-inference run: one work item per image (or per series / frame).
 
 Files are recognised by content where it matters (DICOM without an extension is common in PACS
-exports). Every DICOM header is read once here, without pixel data, so that inputs can be filtered
+exports). A file larger on disk than the read limits allow (``toolkit.transforms.limits``) is an error
+row without being opened. Every DICOM header is read once here, without pixel data and within the read
+limits (``toolkit.transforms.dicom_io``: a deflated data set is inflated with a bound, a header declaring
+more pixels or frames than allowed is an error row), so that inputs can be filtered
 (modality, SOP class, body part), grouped by series and keyed for resuming; anything that cannot be
 an input becomes an item that is already decided (status ``error`` or ``skipped``) with a one-line
 reason, so that every file the user gave gets exactly one row.
@@ -23,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
@@ -31,6 +33,9 @@ from pydicom.uid import UID
 from toolkit.data.files import DICOM_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, file_kind
 from toolkit.inference.locking import LOCK_NAME
 from toolkit.inference.privacy import KEY_NAME, scrub_paths
+from toolkit.transforms.dicom_io import read_dicom
+from toolkit.transforms.errors import ResourceLimitError
+from toolkit.transforms.limits import ReadLimits, read_limits
 
 # File name endings that never hold an image: ignored without a row (counted in the summary).
 _IMAGE_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + RASTER_SUFFIXES + VOLUME_SUFFIXES
@@ -309,15 +314,18 @@ def _text(value, limit: int = 256) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _read_dicom_header(item: InputItem) -> None:
+def _read_dicom_header(item: InputItem, limits: ReadLimits | None = None) -> None:
     with quiet_dicom_warnings():
-        _read_dicom_header_unchecked(item)
+        _read_dicom_header_unchecked(item, limits)
 
 
-def _read_dicom_header_unchecked(item: InputItem) -> None:
+def _read_dicom_header_unchecked(item: InputItem, limits: ReadLimits | None = None) -> None:
     """Fill the DICOM attributes of ``item`` from its header, or mark it as an error."""
     try:
-        ds = pydicom.dcmread(item.abs_path, stop_before_pixels=True, force=True)
+        ds = read_dicom(item.abs_path, limits=limits)  # header only, within the read limits
+    except ResourceLimitError as exc:  # what the header declares (or the file's size) is over a limit
+        item.status, item.reason = "error", exc.reason
+        return
     except DICOM_PARSE_ERRORS as exc:  # a parse failure is a property of the file
         item.status, item.reason = "error", f"unreadable DICOM header: {_one_line(exc)}"
         return
@@ -352,12 +360,8 @@ def _read_dicom_header_unchecked(item: InputItem) -> None:
 def _sort_key_in_series(item: InputItem) -> tuple:
     """Slice order of an instance: position along the slice normal, else InstanceNumber, else path."""
     try:
-        ds = pydicom.dcmread(
-            item.abs_path,
-            stop_before_pixels=True,
-            force=True,
-            specific_tags=["ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber"],
-        )
+        with quiet_dicom_warnings():
+            ds = read_dicom(item.abs_path)  # header only, within the read limits
         pos = [float(v) for v in ds.get("ImagePositionPatient", [])]
         ori = [float(v) for v in ds.get("ImageOrientationPatient", [])]
         if len(pos) == 3 and len(ori) == 6:
@@ -370,7 +374,7 @@ def _sort_key_in_series(item: InputItem) -> tuple:
         number = ds.get("InstanceNumber")
         if number is not None:
             return (1, float(number), item.path)
-    except (*DICOM_PARSE_ERRORS, TypeError):  # unreadable or non-numeric values: fall back to the path order
+    except (*DICOM_PARSE_ERRORS, TypeError):  # unreadable or non-numeric values (or a refusal): path order
         pass
     return (2, 0.0, item.path)
 
@@ -394,6 +398,7 @@ def discover_inputs(
     ``skipped``) and a reason without absolute paths.
     """
     filters = filters or DicomFilters()
+    limits = read_limits()
     root = Path(root)
     problems: list[WalkProblem] = []
     paths, ignored = walk_files(root, exclude, problems)
@@ -415,9 +420,9 @@ def discover_inputs(
         )
     for path in paths:
         item = InputItem(**_relative(path, base), abs_path=os.path.abspath(path), kind="unknown")
-        _inspect(item, path, filters)
+        _inspect(item, path, filters, limits)
         if not series_mode:
-            _expand_frames_check(item, frames)
+            _expand_frames_check(item, frames, limits)
             if item.kind == "volume" and item.status is None:
                 item.status, item.reason = "error", "a 3D volume file (MHA / MHD / NRRD) given to a 2D model"
         if item.reason:  # library messages may quote the file's path: reasons never hold absolute paths
@@ -439,7 +444,7 @@ def _relative(path: Path, base: Path) -> dict:
     return {"path": shown, "raw_path_digest": digest}
 
 
-def _inspect(item: InputItem, path: Path, filters: DicomFilters) -> None:
+def _inspect(item: InputItem, path: Path, filters: DicomFilters, limits: ReadLimits | None = None) -> None:
     """Fill ``item`` from the file's metadata and header, or decide it (error / skipped) with a reason."""
     try:
         st = path.stat()
@@ -466,15 +471,21 @@ def _inspect(item: InputItem, path: Path, filters: DicomFilters) -> None:
             "error",
             "not a recognised image (no DICOM header, not NIfTI/PNG/JPEG/MHA/NRRD)",
         )
-    elif item.kind == "dicom":
-        _read_dicom_header(item)
+    else:
+        try:  # refused by its size on disk before it is opened (a sparse file of zeros costs no disk)
+            read_limits(limits).check_file_size(path, item.kind, item.size)
+        except ResourceLimitError as exc:
+            item.status, item.reason = "error", exc.reason
+            return
+        if item.kind == "dicom":
+            _read_dicom_header(item, limits)
     if item.status is None and filters.active:
         why = filters.rejection(item)
         if why:
             item.status, item.reason = "skipped", f"filtered out: {why}"
 
 
-def frame_count_problem(path: str, declared: int) -> str | None:
+def frame_count_problem(path: str, declared: int, limits: ReadLimits | None = None) -> str | None:
     """Why the pixel data of ``path`` cannot hold ``declared`` frames (one line), or None if it can.
 
     The header's NumberOfFrames is a claim: a 39 KB file may declare 100,000 frames. Native pixel data
@@ -483,8 +494,10 @@ def frame_count_problem(path: str, declared: int) -> str | None:
     """
     try:
         with quiet_dicom_warnings():
-            ds = pydicom.dcmread(path, force=True, defer_size=1024)  # large values stay on disk
+            ds = read_dicom(path, pixels=True, limits=limits)  # within the read limits
             return _frame_count_problem(ds, declared)
+    except ResourceLimitError as exc:
+        return exc.reason
     except (
         *DICOM_PARSE_ERRORS,
         TypeError,
@@ -532,7 +545,7 @@ def _frame_count_problem(ds, declared: int) -> str | None:
     return None
 
 
-def _expand_frames_check(item: InputItem, frames: str) -> None:
+def _expand_frames_check(item: InputItem, frames: str, limits: ReadLimits | None = None) -> None:
     """Decide a multi-frame instance that cannot be expanded: rejected, or its pixel data cannot hold the
     declared frames (one row for the file, not one per declared frame)."""
     if item.kind != "dicom" or item.status is not None or item.number_of_frames <= 1:
@@ -543,7 +556,7 @@ def _expand_frames_check(item: InputItem, frames: str) -> None:
             f"multi-frame instance ({item.number_of_frames} frames) given to a 2D model; use --frames each"
         )
         return
-    problem = frame_count_problem(item.abs_path, item.number_of_frames)
+    problem = frame_count_problem(item.abs_path, item.number_of_frames, limits)
     if problem:
         item.status, item.reason = "error", problem
 

@@ -10,13 +10,16 @@ from toolkit.transforms.augmentation import (
 )
 from toolkit.transforms.chains import classification_transforms
 from toolkit.transforms.intensity import INTENSITY_PRESETS, intensity_transforms
+from toolkit.transforms.limits import ReadLimits
 from toolkit.transforms.readers import (
+    DicomLimitError,
     DicomReader,
     DicomReadError,
     ImageReadError,
     MedicalImageReader,
     NiftiReader,
     RasterReader,
+    ResourceLimitError,
     find_read_error,
 )
 from toolkit.transforms.utility import (
@@ -38,6 +41,7 @@ __all__ = [
     "LabelToTensord",
     "AsChannels",
     "AsChannelsd",
+    "DicomLimitError",
     "DicomReadError",
     "DicomReader",
     "ImageReadError",
@@ -45,6 +49,8 @@ __all__ = [
     "NiftiReader",
     "RandGaussianBlurKerneld",
     "RasterReader",
+    "ReadLimits",
+    "ResourceLimitError",
     "SelectSlice",
     "SelectSliced",
     "SelectVolumed",

@@ -115,7 +115,14 @@ def classification_transforms(
     if intensity == "imagenet":
         intensity_kwargs.setdefault("channels", channels)
 
-    reader = MedicalImageReader(dicom_frame=dicom_frame, max_size=reader_max_size, alpha=alpha)
+    # NIfTI: the reader reads only the slice SelectSliced would take (a 2D model never holds the volume)
+    reader = MedicalImageReader(
+        dicom_frame=dicom_frame,
+        max_size=reader_max_size,
+        alpha=alpha,
+        nifti_slice=nifti_slice,
+        nifti_volume=nifti_volume,
+    )
     steps = [
         LoadImaged(keys, reader=reader, image_only=True),
         EnsureChannelFirstd(keys),

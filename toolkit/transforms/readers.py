@@ -12,7 +12,10 @@ Conventions (all readers here):
 * Values are float32; for DICOM, bright = dense (MONOCHROME1 and Presentation LUT Shape INVERSE
   are inverted).
 * Every failure raises :class:`ImageReadError` (:class:`DicomReadError` for DICOM), a
-  ``ValueError`` whose one-line message names the file and the reason. Inside a MONAI
+  ``ValueError`` whose one-line message names the file and the reason. A file whose header declares
+  more than the read limits allow (:class:`~toolkit.transforms.limits.ReadLimits`: pixels, voxels,
+  frames, bytes) is refused before decoding with :class:`ResourceLimitError` (:class:`DicomLimitError`
+  for DICOM), naming what it declares, the limit and how to raise it. Inside a MONAI
   ``Compose`` it arrives wrapped in ``RuntimeError("applying transform ...")``;
   :func:`find_read_error` digs it out.
 
@@ -39,10 +42,23 @@ from monai.data import ImageReader, NibabelReader
 from monai.utils import ensure_tuple
 
 from toolkit.data.files import RASTER_SUFFIXES, file_kind, is_dicom_file
+from toolkit.transforms.dicom_io import check_compressed_frames, read_dicom
+from toolkit.transforms.errors import (
+    DicomLimitError,
+    DicomReadError,
+    ImageReadError,
+    ResourceLimitError,
+    find_read_error,
+)
+from toolkit.transforms.jpeg_check import jpeg_problem
+from toolkit.transforms.limits import ReadLimits, pillow_guard, read_limits
 
 __all__ = [
     "ImageReadError",
     "DicomReadError",
+    "ResourceLimitError",
+    "DicomLimitError",
+    "ReadLimits",
     "find_read_error",
     "DicomReader",
     "NiftiReader",
@@ -53,42 +69,9 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-class ImageReadError(ValueError):
-    """An image file could not be read; the message names the file and the reason (one line)."""
-
-    def __init__(self, filename: PathLike | None, reason: str):
-        self.filename = os.fspath(filename) if filename is not None else None
-        self.reason = " ".join(str(reason).split())  # one line
-        super().__init__(f"{self.filename}: {self.reason}" if self.filename else self.reason)
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return self.__class__, (self.filename, self.reason)
-
-
-class DicomReadError(ImageReadError):
-    """A DICOM file could not be read (truncated, no pixel data, non-image object, unsupported or
-    corrupt encoding, invalid value ...)."""
-
-
 def is_decoder_panic(exc: BaseException) -> bool:
     """A panic in a Rust extension (e.g. pylibjpeg-rle on a corrupt RLE stream): PyO3's PanicException."""
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
-
-
-def find_read_error(exc: BaseException | None) -> ImageReadError | None:
-    """The :class:`ImageReadError` behind ``exc``, if any.
-
-    MONAI's ``Compose`` re-raises every exception of a transform as ``RuntimeError("applying
-    transform ...")`` chained to the original, so code running a chain (datasets, batch
-    inference) uses this to report "file: reason" and skip the file.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, ImageReadError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -196,6 +179,9 @@ class DicomReader(ImageReader):
             so its grid sits half a block off the box average of the uncompressed path (mean
             difference ~0.5 % of the value range once aligned, ~2 % without, on the WG04 / pydicom
             test files); set False for bit-for-bit the same sampling as other transfer syntaxes.
+        limits: the read limits (default: :meth:`ReadLimits.from_env` at each read). The header, a
+            deflated data set's inflated size and each compressed frame's own header are checked
+            before anything is decoded (:mod:`toolkit.transforms.dicom_io`).
 
     Metadata: ``spatial_shape``, ``spacing`` (row, col; PixelSpacing, else ImagerPixelSpacing,
     else 1.0 with ``spacing_source`` "none"), ``affine`` (4x4, scaled with ``spacing``),
@@ -211,6 +197,7 @@ class DicomReader(ImageReader):
         max_size: int | None = None,
         force: bool = True,
         j2k_reduce: bool = True,
+        limits: ReadLimits | None = None,
     ):
         super().__init__()
         if not (isinstance(frame, int) or frame in ("middle", "all", "reject")):
@@ -220,6 +207,7 @@ class DicomReader(ImageReader):
         self.max_size = max_size
         self.force = force
         self.j2k_reduce = j2k_reduce
+        self.limits = limits
 
     # -- ImageReader API --------------------------------------------------------------------
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -280,8 +268,15 @@ class DicomReader(ImageReader):
             raise DicomReadError(filename, "file not found")
         if not is_dicom_file(filename):
             raise DicomReadError(filename, "not a DICOM file (no DICM preamble and no recognisable header)")
+        limits = read_limits(self.limits)
         try:
-            ds = pydicom.dcmread(filename, force=self.force)
+            if self.force:  # within the read limits (also for deflated files): see dicom_io
+                ds = read_dicom(filename, pixels=True, limits=limits)
+            else:
+                limits.check_file_size(filename, "dicom", error=DicomLimitError)
+                ds = pydicom.dcmread(filename, force=False)
+        except DicomReadError:
+            raise
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
             raise DicomReadError(
                 filename, f"unreadable or truncated DICOM header: {_first_line(exc)}"
@@ -291,8 +286,10 @@ class DicomReader(ImageReader):
         self._check_pixel_data(ds, filename)
         n_frames = self._number_of_frames(ds, filename)
         frame_index = self._frame_index(n_frames, filename)
+        # what the compressed frame(s) to decode declare, before a decoder allocates it
+        check_compressed_frames(ds, None if frame_index is None else [frame_index], filename, limits)
         self._trust_j2k_signedness(ds)
-        arr, reduced_by = self._pixels(ds, frame_index, n_frames, filename)
+        arr, reduced_by = self._pixels(ds, frame_index, n_frames, filename, limits)
         return self._to_output(ds, arr, n_frames, frame_index, filename, reduced_by)
 
     @staticmethod
@@ -413,12 +410,15 @@ class DicomReader(ImageReader):
         if info is not None and info[2]:
             ds.PixelRepresentation = 1
 
-    def _reduced_j2k(self, ds, frame_index: int | None, n_frames: int) -> tuple[np.ndarray, int] | None:
+    def _reduced_j2k(
+        self, ds, frame_index: int | None, n_frames: int, filename: str, limits: ReadLimits
+    ) -> tuple[np.ndarray, int] | None:
         """Decode a big grey JPEG 2000 frame at a reduced resolution level (Pillow / OpenJPEG
         ``reduce``), about 10x faster than a full decode (perf notes: a 2048 px frame takes ~1.1 s).
         Only for unsigned single-component frames when ``max_size`` allows a level >= 1;
         returns (array, factor) or None to decode fully. The level is a wavelet low-pass, close
-        to (not identical with) a box average."""
+        to (not identical with) a box average. Pillow's decompression-bomb refusal is a refusal here
+        too (never a fall-back to the full decode)."""
         if not (self.j2k_reduce and self.max_size) or (frame_index is None and n_frames > 1):
             return None
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0:
@@ -434,12 +434,14 @@ class DicomReader(ImageReader):
         from PIL import Image
 
         try:
-            with Image.open(io.BytesIO(frame)) as im:
+            with pillow_guard(limits), Image.open(io.BytesIO(frame)) as im:
                 im.reduce = level
                 im.load()
                 if im.mode not in ("L", "I;16"):
                     return None
                 arr = np.array(im)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DicomLimitError(filename, f"JPEG 2000 frame refused by Pillow: {_first_line(exc)}") from exc
         except Exception:  # Pillow rejects some valid streams: fall back to pydicom
             return None
         if im.mode == "I;16" and precision < 16:
@@ -448,11 +450,13 @@ class DicomReader(ImageReader):
             return None
         return arr, 2**level
 
-    def _pixels(self, ds, frame_index: int | None, n_frames: int, filename: str) -> tuple[np.ndarray, int]:
+    def _pixels(
+        self, ds, frame_index: int | None, n_frames: int, filename: str, limits: ReadLimits
+    ) -> tuple[np.ndarray, int]:
         """Decoded pixels and the factor they are already reduced by."""
         from pydicom.pixels import pixel_array
 
-        reduced = self._reduced_j2k(ds, frame_index, n_frames)
+        reduced = self._reduced_j2k(ds, frame_index, n_frames, filename, limits)
         if reduced is not None:
             return reduced
         try:
@@ -566,7 +570,7 @@ class DicomReader(ImageReader):
 
 
 class NiftiReader(NibabelReader):
-    """MONAI's ``NibabelReader`` with clear errors and RGB24 support.
+    """MONAI's ``NibabelReader`` with clear errors, RGB24 support, read limits and single-slice reads.
 
     * RGB24 volumes (NIfTI datatype 128, a structured numpy dtype) become a trailing axis of 3
       channels (``original_channel_dim`` -1).
@@ -574,7 +578,29 @@ class NiftiReader(NibabelReader):
       ``n_volumes`` in the metadata, so :class:`~toolkit.transforms.utility.SelectSliced` can
       ask for a volume index.
     * NaN / Inf voxels, unreadable or truncated files raise :class:`ImageReadError` naming the file.
+    * The header's dimensions (and the size on disk) are checked against the read limits (``limits``,
+      default :meth:`ReadLimits.from_env`) before any voxel is read: :class:`ResourceLimitError`.
+    * ``slice_index`` (``"middle"`` or an int; default None: the whole volume): read only that slice
+      across the last spatial axis (of volume ``volume`` of a 4D image) through nibabel's array proxy,
+      as ``SelectSlice(axis=-1, index=slice_index, volume=volume)`` would take it from the whole
+      volume (same errors, ``slice_index`` / ``slice_axis`` in the metadata); 2D models never hold
+      the whole volume. Files of fewer than 3 dimensions are read whole.
     """
+
+    def __init__(
+        self,
+        slice_index: int | str | None = None,
+        volume: int | None = None,
+        limits: ReadLimits | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not (slice_index is None or isinstance(slice_index, int) or slice_index == "middle"):
+            raise ValueError(f"slice_index must be None, 'middle' or an int, got {slice_index!r}")
+        self.slice_index = slice_index
+        self.volume = volume
+        self.limits = limits
+        self._slicing: tuple | None = None  # (slice, volume) while get_data reads one slice
 
     def read(self, data, **kwargs):
         """Record the file name(s); loading happens in :meth:`get_data` (see module docstring)."""
@@ -584,8 +610,16 @@ class NiftiReader(NibabelReader):
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         """Load the recorded NIfTI file(s) with nibabel through MONAI's reader."""
         names = ensure_tuple(img)
+        limits = read_limits(self.limits)
         try:
+            for name in names:
+                limits.check_file_size(name, "volume")
             loaded = NibabelReader.read(self, names)
+            for name, image in zip(names, ensure_tuple(loaded), strict=True):
+                dtype = image.get_data_dtype()
+                channels = [len(dtype.names)] if dtype.names else []
+                limits.check_volume(name, [*image.shape, *channels])
+            self._slicing = self._slice_of(loaded, names[0]) if len(names) == 1 else None
             arr, meta = NibabelReader.get_data(self, loaded)
         except ImageReadError:
             raise
@@ -593,6 +627,8 @@ class NiftiReader(NibabelReader):
             raise ImageReadError(
                 names[0], f"cannot read NIfTI: {type(exc).__name__}: {_first_line(exc)}"
             ) from exc
+        finally:
+            slicing, self._slicing = self._slicing, None
         spatial_rank = len(meta["spatial_shape"])
         if arr.dtype.names:  # RGB24 / RGBA32 structured voxels -> trailing colour axis
             if len(arr.dtype.names) not in (3, 4):
@@ -607,9 +643,49 @@ class NiftiReader(NibabelReader):
             raise ImageReadError(names[0], f"unsupported NIfTI datatype {arr.dtype}")
         if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
             n_bad = int((~np.isfinite(arr)).sum())
-            raise ImageReadError(names[0], f"{n_bad} of {arr.size} voxels are NaN or Inf")
+            what = "of the slice's" if slicing else "of"
+            raise ImageReadError(names[0], f"{n_bad} {what} {arr.size} voxels are NaN or Inf")
+        if slicing:
+            meta["slice_index"], meta["slice_axis"] = slicing[0], -1
         meta["filename_or_obj"] = names[0]
         return arr.astype(np.float32, copy=False), meta
+
+    def _slice_of(self, image, name: str) -> tuple[int, int | None] | None:
+        """(slice, volume) to read from ``image`` when reading one slice, as SelectSlice would choose
+        them (and refuse them); None to read the whole file."""
+        shape = tuple(int(s) for s in image.shape)
+        if self.slice_index is None or len(shape) < 3:
+            return None
+        if len(shape) > 4:
+            raise ImageReadError(name, f"unsupported NIfTI shape {shape} (more than 4 dimensions)")
+        volume = None
+        if len(shape) == 4 and shape[3] > 1:
+            if self.volume is None:
+                raise ImageReadError(
+                    name, f"4D image with {shape[3]} volumes: choose one with volume=<index>"
+                )
+            if not -shape[3] <= self.volume < shape[3]:
+                raise ImageReadError(name, f"volume {self.volume} out of range for {shape[3]} volumes")
+            volume = self.volume % shape[3]
+        elif len(shape) == 4:
+            volume = 0
+        size = shape[2]
+        index = size // 2 if self.slice_index == "middle" else int(self.slice_index)
+        if not -size <= index < size:
+            raise ImageReadError(name, f"slice {index} out of range for {size} slices along axis -1")
+        return index % size, volume
+
+    # MONAI's NibabelReader.get_data builds the metadata from these: one slice when slicing
+    def _get_spatial_shape(self, img):
+        shape = NibabelReader._get_spatial_shape(self, img)
+        return shape[:2] if self._slicing else shape
+
+    def _get_array_data(self, img, filename):
+        if not self._slicing:
+            return NibabelReader._get_array_data(self, img, filename)
+        index, volume = self._slicing
+        proxy = img.dataobj  # reads only the bytes of the slice
+        return np.asanyarray(proxy[:, :, index] if volume is None else proxy[:, :, index, volume])
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,14 +708,21 @@ class RasterReader(ImageReader):
     other formats are box-shrunk like :class:`DicomReader`.
     Metadata: ``spatial_shape``, ``original_channel_dim``, ``format``, ``mode``, ``shrink_factor``
     (approximate for JPEG draft), ``filename_or_obj``.
+
+    Before decoding, the size on disk and the header's width x height x bands are checked against the
+    read limits (``limits``, default :meth:`ReadLimits.from_env`): :class:`ResourceLimitError`;
+    Pillow's ``DecompressionBombWarning`` is an error while reading. A truncated or corrupt JPEG, which
+    Pillow's decoder fills with grey without a word, is refused with its reason
+    (:func:`~toolkit.transforms.jpeg_check.jpeg_problem`).
     """
 
-    def __init__(self, max_size: int | None = None, alpha: str = "drop"):
+    def __init__(self, max_size: int | None = None, alpha: str = "drop", limits: ReadLimits | None = None):
         super().__init__()
         if alpha not in ALPHA_POLICIES:
             raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}")
         self.max_size = max_size
         self.alpha = alpha
+        self.limits = limits
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(os.fspath(f).lower().endswith(RASTER_SUFFIXES) for f in ensure_tuple(filename))
@@ -659,20 +742,32 @@ class RasterReader(ImageReader):
         from PIL import Image, UnidentifiedImageError
 
         filename = os.fspath(filename)
+        limits = read_limits(self.limits)
         try:
-            with Image.open(filename) as im:
+            limits.check_file_size(filename, "raster")
+            with pillow_guard(limits, own_check=True), Image.open(filename) as im:
                 fmt, full_size = im.format, im.size
+                # Image.open read the header only: check what it declares before decoding
+                limits.check_image(filename, full_size[1], full_size[0], len(im.getbands()))
+                if fmt == "JPEG":
+                    with open(filename, "rb") as f:
+                        problem = jpeg_problem(f.read())
+                    if problem:
+                        raise ImageReadError(filename, problem)
                 if self.max_size and fmt == "JPEG":
                     # draft() keeps each side >= the requested size.
                     im.draft(im.mode if im.mode in ("L", "RGB") else None, (self.max_size, self.max_size))
                 im.load()
                 arr, mode = self._to_array(im, self.alpha)
+        except ImageReadError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ResourceLimitError(filename, f"refused by Pillow: {_first_line(exc)}") from exc
         except (
             UnidentifiedImageError,
             OSError,
             SyntaxError,
             ValueError,
-            Image.DecompressionBombError,
         ) as exc:
             raise ImageReadError(
                 filename, f"cannot read image: {type(exc).__name__}: {_first_line(exc)}"
@@ -727,6 +822,8 @@ class MedicalImageReader(ImageReader):
     :class:`DicomReader`, NIfTI -> :class:`NiftiReader`, PNG / JPEG / ... -> :class:`RasterReader`.
 
     ``LoadImaged(keys, reader=MedicalImageReader(...))`` so one datalist may mix formats.
+    ``nifti_slice`` (None: whole volumes) / ``nifti_volume``: NIfTI files give only that slice (see
+    :class:`NiftiReader`); ``limits``: the read limits of every reader (default: from the environment).
     """
 
     def __init__(
@@ -735,11 +832,14 @@ class MedicalImageReader(ImageReader):
         max_size: int | None = None,
         apply_voi: bool = False,
         alpha: str = "drop",
+        nifti_slice: int | str | None = None,
+        nifti_volume: int | None = None,
+        limits: ReadLimits | None = None,
     ):
         super().__init__()
-        self.dicom = DicomReader(frame=dicom_frame, apply_voi=apply_voi, max_size=max_size)
-        self.nifti = NiftiReader()
-        self.raster = RasterReader(max_size=max_size, alpha=alpha)
+        self.dicom = DicomReader(frame=dicom_frame, apply_voi=apply_voi, max_size=max_size, limits=limits)
+        self.nifti = NiftiReader(slice_index=nifti_slice, volume=nifti_volume, limits=limits)
+        self.raster = RasterReader(max_size=max_size, alpha=alpha, limits=limits)
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(file_kind(f) is not None for f in ensure_tuple(filename))

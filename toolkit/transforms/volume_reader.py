@@ -18,6 +18,9 @@ Refused with an :class:`~toolkit.transforms.readers.ImageReadError` naming the f
 DICOM image or a multi-frame instance (a 3D model needs a series of slices), instances of several
 series or of different sizes in one input, 2D raster files, unreadable files. 4D NIfTI volumes are
 read (``n_volumes`` in the metadata); the chain then picks one volume or refuses.
+Before any voxel is read, the size on disk and what the headers declare (a NIfTI / MHA / NRRD header's
+dimensions, a series' rows x columns x instances) are checked against the read limits
+(:class:`~toolkit.transforms.limits.ReadLimits`): :class:`~toolkit.transforms.errors.ResourceLimitError`.
 The metadata keep no DICOM patient attributes (only modality and the study / series UIDs).
 """
 
@@ -34,6 +37,8 @@ from monai.data import ImageReader
 from monai.utils import ensure_tuple
 
 from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
+from toolkit.transforms.dicom_io import read_dicom
+from toolkit.transforms.limits import ReadLimits, read_limits
 from toolkit.transforms.readers import DicomReadError, ImageReadError, NiftiReader, PathLike, _first_line
 
 __all__ = ["VolumeReader", "sort_series_files"]
@@ -43,26 +48,38 @@ _DICOM_TAG_KEY = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
 _UNEVEN_GAP = 0.01  # relative deviation of slice gaps above which a series is reported as unevenly spaced
 
 
-def sort_series_files(files: Sequence[PathLike]) -> tuple[list[str], dict]:
+def sort_series_files(files: Sequence[PathLike], limits: ReadLimits | None = None) -> tuple[list[str], dict]:
     """The instance files of one DICOM series in slice order, and what their headers say.
 
     Order: position along the slice normal (ImagePositionPatient . normal of
     ImageOrientationPatient), else InstanceNumber. Returns ``(files, info)`` with ``info``:
     ``modality``, ``series_instance_uid``, ``study_instance_uid``, ``frames`` (of the first file),
     ``slice_gaps_uniform`` (None when positions are unknown). Raises :class:`DicomReadError` for an
-    unreadable header, files of several series or two slices at one position.
+    unreadable header, files of several series or two slices at one position, and a volume larger
+    than the read limits allow (headers read within them: :func:`~toolkit.transforms.dicom_io.read_dicom`).
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from toolkit.transforms.errors import DicomLimitError
+
+    limits = read_limits(limits)
     entries = []
     for name in (os.fspath(f) for f in files):
         try:
-            ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
+            ds = read_dicom(name, limits=limits)  # header only
+        except DicomReadError:
+            raise
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
             raise DicomReadError(name, f"unreadable DICOM header: {_first_line(exc)}") from exc
         entries.append((name, ds))
     first = entries[0][1]
+    try:
+        rows, columns = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
+        samples = int(first.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        rows = columns = samples = 0  # invalid values: ITK says why
+    shape = [rows, columns, len(entries)] + ([samples] if samples > 1 else [])
+    limits.check_volume(entries[0][0], shape, source="series", error=DicomLimitError)
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in entries}
     if len(series) > 1:
         raise DicomReadError(
@@ -116,12 +133,14 @@ class VolumeReader(ImageReader):
 
     Args:
         min_slices: fewest instances a DICOM series needs to be read as a volume (default 2).
+        limits: the read limits (default: :meth:`ReadLimits.from_env` at each read).
     """
 
-    def __init__(self, min_slices: int = 2):
+    def __init__(self, min_slices: int = 2, limits: ReadLimits | None = None):
         super().__init__()
         self.min_slices = max(2, int(min_slices))
-        self.nifti = NiftiReader()
+        self.limits = limits
+        self.nifti = NiftiReader(limits=limits)
         self._itk_reader = None  # MONAI's ITKReader, made on first use (ITK's start-up costs seconds)
 
     # -- ImageReader API ------------------------------------------------------------------------
@@ -170,7 +189,7 @@ class VolumeReader(ImageReader):
 
     def read_series(self, files: Sequence[PathLike]) -> tuple[np.ndarray, dict]:
         """The instance files of one DICOM series (any order) as one volume."""
-        ordered, info = sort_series_files(files)
+        ordered, info = sort_series_files(files, self.limits)
         first = ordered[0]
         if len(ordered) < self.min_slices:
             if info["frames"] > 1:
@@ -207,11 +226,31 @@ class VolumeReader(ImageReader):
             self._itk_reader = ITKReader()
         return self._itk_reader
 
+    def _check_itk_header(self, name: str) -> None:
+        """The volume an MHA / MHD / NRRD header declares, against the read limits (no voxel read)."""
+        import itk
+
+        limits = read_limits(self.limits)
+        limits.check_file_size(name, "volume")
+        try:
+            io = itk.ImageIOFactory.CreateImageIO(name, itk.CommonEnums.IOFileMode_ReadMode)
+            if io is None:
+                return  # no ITK reader for it: imread says why
+            io.SetFileName(name)
+            io.ReadImageInformation()
+            shape = [int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions())]
+            components = int(io.GetNumberOfComponents())
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            raise ImageReadError(name, f"cannot read the volume header: {_first_line(exc)}") from exc
+        limits.check_volume(name, shape + ([components] if components > 1 else []))
+
     def _read_itk(self, source: str | Sequence[str], name: str) -> tuple[np.ndarray, dict]:
         """``itk.imread`` of a file or of a sorted list of series files, through MONAI's metadata."""
         import itk
 
         reader = self._itk()
+        if isinstance(source, str):  # MHA / MHD / NRRD: size on disk and header dimensions first
+            self._check_itk_header(source)
         try:
             image = itk.imread(list(source) if not isinstance(source, str) else source)
             arr, meta = reader.get_data(image)
