@@ -77,6 +77,10 @@ def test_missing_input_or_bundle_leaves_no_lock_only_folder(bundle_dir, tiny_ckp
     assert main(infer_args(bundle_dir, tiny_ckpt, tmp_path / "missing", out)) == EXIT_RUN_FAILED
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+    os.mkfifo(tmp_path / "fifo")  # a FIFO is not a folder to walk (and reading it would block)
+    assert main(infer_args(bundle_dir, tiny_ckpt, tmp_path / "fifo", out)) == EXIT_RUN_FAILED
+    assert "is neither a folder nor a file (a FIFO" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
     assert main(infer_args(tmp_path / "no_bundle", tiny_ckpt, tmp_path / "in", out)) == EXIT_RUN_FAILED
     assert "is not a bundle" in capsys.readouterr().err
     assert not (tmp_path / "results").exists(), "the folders the run created are gone with the lock file"

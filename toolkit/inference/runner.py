@@ -422,6 +422,8 @@ def _check_paths(options: InferenceOptions) -> None:
     """Refuse an --input that does not exist or that lies among the output's own files."""
     if not os.path.exists(options.input):
         raise FileNotFoundError(f"--input {options.input} does not exist")
+    if not (os.path.isdir(options.input) or os.path.isfile(options.input)):
+        raise ValueError(f"--input {options.input} is neither a folder nor a file (a FIFO, socket or device)")
     real_input = Path(os.path.realpath(options.input))
     real_output = Path(os.path.realpath(options.output))
     for entry in (PARTS_DIR, SR_FOLDER, GRADCAM_FOLDER):
