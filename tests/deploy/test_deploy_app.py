@@ -237,3 +237,24 @@ def test_one_bad_file_never_stops_the_app(model, shared_data, written_study, tmp
         for row in doc["results"]:
             if row["status"] == "ok":
                 assert row["pred_name"] == expected[row["sop_instance_uid"]]["pred_name"], row["file"]
+
+
+def test_a_foreign_bundle_holding_other_code_is_refused_unless_trusted(model, written_study, tmp_path):
+    """A bundle folder is code: the app loads one whose inference.json holds an expression this toolkit's
+    bundles do not hold only with CIT_TRUST_BUNDLE=1 (toolkit.bundle.trust)."""
+    import shutil
+
+    foreign = shutil.copytree(model, tmp_path / "foreign", ignore=shutil.ignore_patterns("model.ts"))
+    config = foreign / "configs" / "inference.json"
+    doc = json.loads(config.read_text())
+    marker = tmp_path / "ran"
+    doc["network"] = f"$open({str(marker)!r}, 'w').close() or {doc['network'][1:]}"
+    config.write_text(json.dumps(doc))
+    args = [str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(written_study[0]), "-o", str(tmp_path / "app"), "-m",
+            str(foreign)]  # fmt: skip
+    refused = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and not marker.exists()
+    assert "code this toolkit's bundles do not hold: network: $open(" in refused.stdout + refused.stderr
+    trusted = subprocess.run(args, cwd=REPO_ROOT, env={**_env(), "CIT_TRUST_BUNDLE": "1"}, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert trusted.returncode == 0 and marker.exists(), trusted.stderr[-3000:]
