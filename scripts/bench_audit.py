@@ -1,13 +1,17 @@
 """Benchmark of `cit audit`: image reading + hashing rate on real files, and the pair search at
 data-set scale. Prints one JSON object.
 
-    python scripts/bench_audit.py [--folder DIR] [--images 300] [--pairs-n 6000]
+    python scripts/bench_audit.py [--folder DIR] [--images 300] [--pairs-n 6000] [--embeddings-n 20000]
+
+The embedding stage's candidate search (scikit-learn NearestNeighbors, exact brute force in
+memory-bounded chunks) is timed on random unit vectors: it grows as N^2 (time), N (memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from toolkit.cli.audit import read_image
 from toolkit.data.audit import describe_images, near_duplicate_pairs
+from toolkit.data.audit.embeddings import candidate_pairs
 from toolkit.data.files import find_image_files
 
 
@@ -25,6 +30,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="images to read and hash")
     parser.add_argument("--pairs-n", type=int, default=6000, help="hashes in the all-pairs search")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--embeddings-n", type=int, default=20000, help="random 1280-d embeddings to search")
     args = parser.parse_args()
 
     files = [str(p) for p in find_image_files(args.folder)[: args.images]]
@@ -37,6 +43,12 @@ def main() -> None:
     start = time.perf_counter()
     pairs = near_duplicate_pairs(hashes, threshold=4, transforms=True)
     pairs_s = time.perf_counter() - start
+    vectors = rng.normal(size=(args.embeddings_n, 1280)).astype(np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    candidates = candidate_pairs(vectors)
+    embed_s = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({
         "folder": args.folder,
         "images": len(files),
@@ -47,6 +59,11 @@ def main() -> None:
         "pair_search_comparisons": args.pairs_n * (args.pairs_n - 1) // 2 * 8,
         "pair_search_s": round(pairs_s, 2),
         "pairs_found_in_random_hashes": len(pairs),
+        "embedding_search_n": args.embeddings_n,
+        "embedding_search_s": round(embed_s, 2),
+        "embedding_search_peak_rss_mib": round(peak_mib, 1),
+        "embedding_search_rss_growth_mib": round(peak_mib - before / 1024, 1),
+        "embedding_candidates_in_random_vectors": len(candidates),
     }, indent=1))  # fmt: skip
 
 

@@ -83,6 +83,10 @@ def split_spec(
     spec.update({k: source_options[k] for k in SOURCE_OPTIONS if source_options.get(k)})
     if group_near_duplicates:
         spec["group_near_duplicates"] = group_near_duplicates
+        if _embedder_wanted(
+            group_near_duplicates
+        ):  # the rule changed (issue 22): splits grouped before are rebuilt
+            spec["near_duplicate_rule"] = "hash+embedding-keypoints-1"
     if source.endswith(".json") and Path(source).is_file():
         spec["source_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return spec
@@ -165,7 +169,8 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
     built = Path(build_datalist(source, target, ratios=ratios, val_fraction=val_fraction, seed=seed,
                                 classes=classes, label_from_name=label_from_name,
                                 patient_from_name=patient_from_name, **source_opts,
-                                group_near_duplicates=group_near_duplicates, read_image=read_pixels))  # fmt: skip
+                                group_near_duplicates=group_near_duplicates, read_image=read_pixels,
+                                embedder=_embedder(group_near_duplicates)))  # fmt: skip
     doc = load_datalist(built)  # a JSON source is returned as is: copy it, with absolute image paths
     meta = {k: v for k, v in doc.items() if k not in split_keys(doc) and k not in ("labels", "multi_label")}
     meta.update(split_spec=spec, split_fingerprint=fp)
@@ -240,6 +245,20 @@ def inference_records(input_dir: str | os.PathLike) -> list[dict]:
     if not records:
         raise FileNotFoundError(f"no image files in {input_dir}: pass --dataset_dir <folder of images>")
     return records
+
+
+def _embedder_wanted(group_near_duplicates) -> bool:
+    return isinstance(group_near_duplicates, dict) and bool(group_near_duplicates.get("embeddings", False))
+
+
+def _embedder(group_near_duplicates):
+    """The audit's embedder for a grouped split whose bundle asks for the embedding stage
+    (``"group_near_duplicates": {"embeddings": true}``), else None."""
+    if not _embedder_wanted(group_near_duplicates):
+        return None
+    from toolkit.networks.embeddings import ImageEmbedder  # torch + timm: only for a grouped split
+
+    return ImageEmbedder()
 
 
 def read_pixels(path: str):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from toolkit.cli.datalist import BAD_INPUT, add_source_options, fail, source_options
 from toolkit.data.audit import DEFAULT_CONFIRM, DEFAULT_HAMMING, DEFAULT_PIXEL, run_audit
+from toolkit.data.audit.embeddings import DEFAULT_MIN_INLIERS, DEFAULT_MIN_SIMILARITY, DEFAULT_NEIGHBOURS
 
 
 def read_image(path: str):
@@ -60,6 +61,11 @@ def _audit(args: argparse.Namespace) -> int:
         out_dir = source.parent / "audit"  # beside the datalist
     else:  # never write into a data folder, which may be read-only or shared
         out_dir = Path.cwd() / f"audit_{source.stem or source.name}"
+    embedder = None
+    if args.embeddings:
+        from toolkit.networks.embeddings import ImageEmbedder  # torch + timm: only when asked for
+
+        embedder = ImageEmbedder()
     try:
         with _quiet_readers():
             report = run_audit(
@@ -73,6 +79,11 @@ def _audit(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 write_regrouped=not args.no_regroup,
                 seed=args.seed,
+                embedder=embedder,
+                neighbours=args.neighbours,
+                min_similarity=args.min_similarity,
+                min_inliers=args.min_inliers,
+                embedding_cache=args.embedding_cache,
                 **source_options(args),
             )
     except BAD_INPUT as err:  # a bad source (label file, folder, datalist): one line, no traceback
@@ -143,6 +154,35 @@ def add_parser(subparsers) -> None:
              f"(default {DEFAULT_PIXEL}; -1: none)",
     )  # fmt: skip
     a.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
+    a.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also run the second near-duplicate stage (ImageNet EfficientNet-Lite0 embeddings, nearest neighbours, "
+        "confirmed on ORB keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
+        "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores",
+    )
+    a.add_argument(
+        "--neighbours",
+        type=int,
+        default=DEFAULT_NEIGHBOURS,
+        help=f"embedding stage: nearest neighbours per image (default {DEFAULT_NEIGHBOURS})",
+    )
+    a.add_argument(
+        "--min-similarity",
+        type=float,
+        default=DEFAULT_MIN_SIMILARITY,
+        help=f"embedding stage: min cosine similarity of a candidate (default {DEFAULT_MIN_SIMILARITY})",
+    )
+    a.add_argument(
+        "--min-inliers",
+        type=int,
+        default=DEFAULT_MIN_INLIERS,
+        help="embedding stage: min ORB keypoints of the two grey thumbnails that one rotation / zoom / "
+        f"shift (maybe mirrored) maps onto each other, confirming a candidate (default {DEFAULT_MIN_INLIERS})",
+    )
+    a.add_argument("--embedding-cache", default=None,
+                   help="folder caching embeddings by file SHA-256 (default $CIT_EMBEDDING_CACHE or "
+                        "~/.cache/cit/embeddings)")  # fmt: skip
     a.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
     a.add_argument("--no-regroup", action="store_true", help="do not write datalist_regrouped.json")
     a.add_argument("--seed", type=int, default=0, help="breaks ties when the regrouped split moves a cluster")

@@ -330,6 +330,7 @@ def build_datalist(
     allow_single_class: bool = False,
     group_near_duplicates: bool | Mapping = False,
     read_image=None,
+    embedder=None,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
 
@@ -356,7 +357,8 @@ def build_datalist(
     duplicate / near-duplicate image as ``cit audit`` finds them (read with ``read_image``), and
     whole clusters are split (item key ``split_group``), so no cluster spans two of the splits
     made here; clusters spanning published splits are kept as published and counted. The summary
-    (clusters, images grouped) is logged and stored as ``near_duplicate_grouping``.
+    (clusters, images grouped) is logged and stored as ``near_duplicate_grouping``. With an
+    ``embedder`` (``toolkit.networks.embeddings.ImageEmbedder``) the audit's embedding stage runs too.
     """
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
@@ -389,7 +391,7 @@ def build_datalist(
         if read_image is None:
             raise ValueError("group_near_duplicates needs read_image (a function decoding one image file)")
         options = dict(group_near_duplicates) if isinstance(group_near_duplicates, Mapping) else {}
-        grouping = near_duplicate_groups(items, labels, read_image, **options)
+        grouping = near_duplicate_groups(items, labels, read_image, embedder=embedder, **options)
         logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
                     "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
                     grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],

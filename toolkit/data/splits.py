@@ -196,12 +196,13 @@ def split_items(
 
 
 # near-duplicate settings a split may set (``toolkit.data.audit.audit_datalist`` arguments)
-NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels")
+NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels", "embeddings", "neighbours",
+                          "min_similarity", "min_inliers")  # fmt: skip
 SPLIT_GROUP = "split_group"  # item key: the patient + near-duplicate cluster an item belongs to
 
 
 def near_duplicate_groups(
-    items: Sequence[dict], labels: Sequence[str], read_image, workers: int = 1, **options
+    items: Sequence[dict], labels: Sequence[str], read_image, workers: int = 1, embedder=None, **options
 ) -> dict:
     """Cluster ``items`` by patient and by duplicate image, with the data-set audit's own rule.
 
@@ -209,7 +210,9 @@ def near_duplicate_groups(
     or a confirmed near-duplicate (pHash + pixel check, also under rotations / flips; see
     ``toolkit.data.audit``) share it, so a split grouped by it keeps each cluster in one part.
     ``options``: ``NEAR_DUPLICATE_OPTIONS`` (the audit's thresholds; its defaults otherwise).
-    ``read_image``: see ``toolkit.data.audit.ReadImage``. Returns a summary for the log and the
+    ``read_image``: see ``toolkit.data.audit.ReadImage``; ``embedder`` (``toolkit.networks.embeddings.
+    ImageEmbedder``, a higher layer, so the caller makes it) runs the audit's embedding stage too,
+    when ``options["embeddings"]`` is True (off by default, as in ``cit audit``). Returns a summary for the log and the
     datalist: clusters of several images, the images in them, the largest, pairs found.
     """
     # the audit needs imagehash and Pillow: imported only when a grouped split is asked for
@@ -222,8 +225,10 @@ def near_duplicate_groups(
             f"unknown near-duplicate option(s) {sorted(unknown)}; known: {list(NEAR_DUPLICATE_OPTIONS)}"
         )
     multi = _is_multi_label(items)
+    if not options.pop("embeddings", False):
+        embedder = None
     report = audit_datalist({"labels": list(labels), "multi_label": multi, "all": list(items)}, read_image,
-                            workers=workers, **options)  # fmt: skip
+                            workers=workers, embedder=embedder, **options)  # fmt: skip
     groups = report["_groups"]
     for item, group in zip(items, groups, strict=True):
         item[SPLIT_GROUP] = f"g{group}"
@@ -251,6 +256,7 @@ def near_duplicate_groups(
                 ("transforms", "rotations_and_flips"),
                 ("confirm", "confirm_hamming_256"),
                 ("confirm_pixels", "confirm_pixel_difference"),
+                ("embedding_stage", "embedding_stage"),
             )
         },  # fmt: skip
     }

@@ -9,7 +9,10 @@ copies of one image, in both training and test. The audit looks for exactly that
 * near-duplicates: perceptual hashes (``imagehash.phash``, 64 bits) within a Hamming distance,
   by default also against the 8 rotations / flips of the other image, as augmented copies are
   often rotated or mirrored; each candidate is confirmed with a finer 256-bit pHash and on the
-  pixels (contrast-normalised thumbnail difference under the matched rotation / flip).
+  pixels (contrast-normalised thumbnail difference under the matched rotation / flip);
+* with an embedder (``cit audit --embeddings``), near-duplicates under small rotations, zooms and
+  crops: nearest ImageNet embeddings, confirmed by ORB keypoints that fit one similarity transform
+  (``embeddings``, ``registration``).
 
 It also looks for confounds: image properties (colour mode, channels as stored, bit depth, size,
 format, DICOM modality / manufacturer) that predict the label, a shortcut a network learns
@@ -27,6 +30,8 @@ The package, one module per concept (lower modules never import this one):
 * ``images``: one image described (header facts, hashes, thumbnail), the near-duplicate thresholds
   and the 256-bit pHash / pixel confirmation of a candidate pair;
 * ``duplicates``: candidate pairs of 64-bit pHashes and the union-find that clusters them;
+* ``embeddings``: the embedding stage (feature cache, nearest-neighbour candidates);
+* ``registration``: keypoint confirmation of a candidate (ORB + RANSAC, scikit-image);
 * ``items``: datalist items as the audit sees them (flattened with their split, class names);
 * ``confounding``: image properties that predict the label;
 * ``report``: audit.md and writing audit.json + audit.md;

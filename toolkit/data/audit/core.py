@@ -13,6 +13,17 @@ import numpy as np
 
 from toolkit.data.audit.confounding import confounds
 from toolkit.data.audit.duplicates import _UnionFind, near_duplicate_pairs
+from toolkit.data.audit.embeddings import (
+    DEFAULT_MIN_INLIERS,
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_NEIGHBOURS,
+    BatchEmbedding,
+    Embedder,
+    EmbeddingCache,
+    candidate_pairs,
+    confirm_candidates,
+    default_cache_dir,
+)
 from toolkit.data.audit.images import (
     DEFAULT_CONFIRM,
     DEFAULT_HAMMING,
@@ -42,6 +53,11 @@ def audit_datalist(
     confirm_pixels: float | None = DEFAULT_PIXEL,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    embedder: Embedder | None = None,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
+    min_inliers: int = DEFAULT_MIN_INLIERS,
+    embedding_cache: str | os.PathLike | None | bool = None,
 ) -> dict:
     """Audit a loaded datalist (``toolkit.data.load_datalist``); returns the JSON-ready report.
 
@@ -52,12 +68,38 @@ def audit_datalist(
     and its :func:`pixel_difference` at most ``confirm_pixels`` (``None``: that check is off).
     ``confounds`` holds the image properties per split and class and the ones that predict the
     label (:func:`confounds`). ``read_image``: see ``ReadImage``.
+
+    With an ``embedder`` (``toolkit.networks.embeddings.ImageEmbedder``) a second near-duplicate
+    stage runs on the 2D images (``toolkit.data.audit.embeddings``): each image's ``neighbours``
+    nearest embeddings with cosine similarity >= ``min_similarity`` are candidates, confirmed when
+    at least ``min_inliers`` keypoints of the two grey thumbnails fit one similarity transform. Features are cached by file SHA-256
+    in ``embedding_cache`` (None: ``default_cache_dir()``; False: no cache).
     """
     started = time.perf_counter()
     labels = [str(x) for x in doc["labels"]]
     splits = split_keys(doc)
     items = _flatten_items(doc)
-    described = describe_images([it["image"] for it in items], read_image, workers, progress)
+    batches = None
+    if embedder is not None:
+        cache = (
+            None
+            if embedding_cache is False
+            else EmbeddingCache(
+                default_cache_dir() if embedding_cache in (None, True) else embedding_cache, embedder.name
+            )
+        )
+        batches = BatchEmbedding(embedder, cache)
+
+    def consume(index: int, info: dict) -> None:
+        thumb = info.pop("embed_thumb", None)
+        if batches is not None and thumb is not None:
+            batches.add(index, info["file_sha256"], thumb)
+
+    described = describe_images([it["image"] for it in items], read_image, workers, progress,
+                                embed_size=embedder.size if embedder is not None else None,
+                                consume=consume)  # fmt: skip
+    if batches is not None:
+        batches.flush()
 
     balance = {s: Counter() for s in splits}
     for item in items:
@@ -107,8 +149,45 @@ def audit_datalist(
                                                  confirm_pixels)  # fmt: skip
             if not ok_pair:
                 continue
-            near_pairs.append((a, b, dist, TRANSFORMS[t], fine, pixels))
+            near_pairs.append({"a": a, "b": b, "stage": "hash", "hamming": dist, "transform": TRANSFORMS[t],
+                               "hamming_256": fine, "pixel_difference": pixels})  # fmt: skip
             links.append((a, b))
+    # near duplicates, stage 2: embeddings + registration (small rotations, zooms, crops)
+    embedding_summary = None
+    if batches is not None:
+        embedded = [i for i in ok if i in batches.features and described[i].get("reg_thumb") is not None]
+        found = exact_set | {(p["a"], p["b"]) for p in near_pairs}
+        candidates = (
+            [
+                (embedded[x], embedded[y], sim)
+                for x, y, sim in candidate_pairs(
+                    np.stack([batches.features[i] for i in embedded]), neighbours, min_similarity
+                )  # fmt: skip
+                if (embedded[x], embedded[y]) not in found
+            ]
+            if len(embedded) > 1
+            else []
+        )
+        if progress and candidates:
+            logger.info("audit: registering %d embedding candidates", len(candidates))
+        thumbs = {i: described[i]["reg_thumb"] for i in embedded}
+        confirmed = confirm_candidates(
+            candidates, thumbs, min_inliers,
+            progress=(lambda d, t: logger.info("audit: %d / %d candidates registered", d, t)) if progress else None,
+        )  # fmt: skip
+        for match in confirmed:
+            a, b = match["i"], match["j"]
+            transform = ("flip+" if match["flip"] else "") + f"rot{match['angle']:g} scale{match['scale']:g}"
+            near_pairs.append({"a": a, "b": b, "stage": "embedding", "hamming": None, "transform": transform,
+                               "hamming_256": None, "pixel_difference": None,
+                               "embedding_similarity": match["similarity"], "keypoint_inliers": match["inliers"],
+                               "keypoint_matches": match["matches"]})  # fmt: skip
+            links.append((a, b))
+        embedding_summary = {"embedded": len(embedded), "computed": batches.embedded,
+                             "from_cache": len(embedded) - batches.embedded, "candidates": len(candidates),
+                             "confirmed": len(confirmed)}  # fmt: skip
+    for info in described:
+        info.pop("reg_thumb", None)
 
     # patients in more than one split
     patient_splits: dict[str, Counter] = defaultdict(Counter)
@@ -136,9 +215,14 @@ def audit_datalist(
         else:
             by_pair[_split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
             cross_exact.append(record)
-    for a, b, dist, transform, fine, pixels in near_pairs:
-        record = {"a": ref(a), "b": ref(b), "kind": "near", "hamming": dist, "transform": transform,
-                  "hamming_256": fine, "pixel_difference": pixels}  # fmt: skip
+    for pair in near_pairs:
+        a, b = pair["a"], pair["b"]
+        record = {
+            "a": ref(a),
+            "b": ref(b),
+            "kind": "near",
+            **{k: v for k, v in pair.items() if k not in ("a", "b")},
+        }
         sa, sb = items[a]["_split"], items[b]["_split"]
         if sa == sb:
             within[sa]["near_duplicate_pairs"] += 1
@@ -205,6 +289,18 @@ def audit_datalist(
             "the matched rotation / flip, each scaled to mean 0 and SD 1",
             "exact": "sha256 of file bytes and of decoded pixels",
             "volumes_checked_for_exact_duplicates_only": len(ok) - len(hashed),
+            "embedding_stage": None
+            if embedder is None
+            else {
+                "embedder": embedder.name,
+                "neighbours": neighbours,
+                "min_similarity": min_similarity,
+                "min_inliers": min_inliers,
+                **(embedding_summary or {}),
+                "rule": "among each image's k nearest embeddings, cosine similarity >= min_similarity; confirmed "
+                "when >= min_inliers ORB keypoints of the 224 px grey thumbnails fit one similarity "
+                "transform (RANSAC, 2 px; the second image also mirrored)",
+            },
         },
         "elapsed_seconds": round(time.perf_counter() - started, 1),
         "_groups": [uf.find(i) for i in range(len(items))],
@@ -267,6 +363,11 @@ def run_audit(
     workers: int = 1,
     write_regrouped: bool = True,
     seed: int = 0,
+    embedder: Embedder | None = None,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
+    min_inliers: int = DEFAULT_MIN_INLIERS,
+    embedding_cache: str | os.PathLike | None | bool = None,
     **build_kwargs,
 ) -> dict:
     """Audit a datalist JSON, or any source ``toolkit.data.build_datalist`` takes (folder, CSV,
@@ -287,7 +388,8 @@ def run_audit(
 
     report = audit_datalist(
         doc, read_image, threshold=threshold, transforms=transforms, confirm=confirm,
-        confirm_pixels=confirm_pixels, workers=workers, progress=progress,
+        confirm_pixels=confirm_pixels, workers=workers, progress=progress, embedder=embedder,
+        neighbours=neighbours, min_similarity=min_similarity, min_inliers=min_inliers, embedding_cache=embedding_cache,
     )  # fmt: skip
     for entry in report["unreadable"]:  # reasons name the file, not its full path (that is its own field)
         entry["error"] = _without_path(entry["error"], entry["image"])

@@ -182,7 +182,7 @@ def _colour_content(arr: np.ndarray) -> str:
     return "colour" if spread > 0.04 * max(float(rgb.max() - rgb.min()), 1e-6) else "grey"
 
 
-def describe_image(path: str | os.PathLike, read_image: ReadImage) -> dict:
+def describe_image(path: str | os.PathLike, read_image: ReadImage, embed_size: int | None = None) -> dict:
     """Header facts, hashes and thumbnail of one image; ``{"image", "error"}`` if it cannot be read.
 
     Keys: ``format``, ``modality`` (and ``manufacturer``) of DICOM files, ``photometric`` (the
@@ -191,7 +191,9 @@ def describe_image(path: str | os.PathLike, read_image: ReadImage) -> dict:
     decoded colour channels differ; ``volume``), ``size`` ("WxH", width first, or the voxel
     shape of a volume), ``file_sha256``, ``pixel_sha256`` (of the decoded array and its shape),
     ``phash`` (8 ints: the 64-bit pHash of the image under each of ``TRANSFORMS``) and ``thumb``
-    (64x64 uint8).
+    (64x64 uint8). With ``embed_size`` (the embedding stage is on), 2D images also get
+    ``embed_thumb`` (RGB, ``embed_size`` px, uint8: the embedder's input) and ``reg_thumb`` (grey,
+    ``registration.REG_SIZE`` px, uint8: the pixel confirmation's).
     """
     path = os.fspath(path)
     try:
@@ -209,7 +211,14 @@ def describe_image(path: str | os.PathLike, read_image: ReadImage) -> dict:
     shape = (arr.shape[1], arr.shape[0]) if kind != "nifti" else arr.shape  # width x height
     content = "volume" if plane is None else _colour_content(arr) if arr.ndim == 3 else "grey"
     decoded_channels = int(arr.shape[2]) if kind != "nifti" and arr.ndim == 3 else 1
+    extra = {}
+    if embed_size and plane is not None:
+        from toolkit.data.audit.embeddings import embedding_thumb
+        from toolkit.data.audit.registration import registration_thumb
+
+        extra = {"embed_thumb": embedding_thumb(arr, embed_size), "reg_thumb": registration_thumb(plane)}
     return {
+        **extra,
         "image": path,
         "kind": kind,
         **facts,
@@ -228,20 +237,28 @@ def describe_images(
     read_image: ReadImage,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    embed_size: int | None = None,
+    consume: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
     """``describe_image`` for every path, in order, with ``workers`` processes (1: in-process;
-    more need a picklable ``read_image``, such as a module-level function)."""
-    describe = functools.partial(describe_image, read_image=read_image)
+    more need a picklable ``read_image``, such as a module-level function). ``consume(index,
+    description)`` is called in this process as each result arrives (the embedding stage takes
+    and drops the large ``embed_thumb`` there, so memory stays bounded)."""
+    describe = functools.partial(describe_image, read_image=read_image, embed_size=embed_size)
     results: list[dict] = []
+
+    def keep(i: int, result: dict) -> None:
+        if consume:
+            consume(i, result)
+        results.append(result)
+        if progress and (i + 1) % 500 == 0:
+            progress(i + 1, len(paths))
+
     if workers <= 1:
         for i, path in enumerate(paths):
-            results.append(describe(path))
-            if progress and (i + 1) % 500 == 0:
-                progress(i + 1, len(paths))
+            keep(i, describe(path))
         return results
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for i, result in enumerate(pool.map(describe, paths, chunksize=32)):
-            results.append(result)
-            if progress and (i + 1) % 500 == 0:
-                progress(i + 1, len(paths))
+            keep(i, result)
     return results

@@ -26,6 +26,10 @@ def _short(path: str, root: str | None) -> str:
     return path
 
 
+def _dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def audit_markdown(report: Mapping) -> str:
     """A readable summary of an audit report."""
     root = report.get("image_root")
@@ -56,6 +60,11 @@ def audit_markdown(report: Mapping) -> str:
                     if s["confirm_hamming_256"] is not None else "")
                  + (f" and on the pixels: {s['pixel_difference']} <= {s['confirm_pixel_difference']}"
                     if s.get("confirm_pixel_difference") is not None else "") + ".")  # fmt: skip
+    stage = s.get("embedding_stage")
+    if stage:
+        lines.append(f"Embedding stage ({stage['embedder']}, k = {stage['neighbours']}, similarity >= "
+                     f"{stage['min_similarity']}, keypoint inliers >= {stage['min_inliers']}): "
+                     f"{stage.get('candidates', 0)} candidate pairs, {stage.get('confirmed', 0)} confirmed.")  # fmt: skip
     found = report.get("confounds", {})
     if found.get("flags"):
         lines += [
@@ -112,13 +121,22 @@ def audit_markdown(report: Mapping) -> str:
         lines += _table(rows, ["image", "split", "duplicate", "split", "kind"])
     if leak["near_duplicates"]:
         lines += ["", f"## Near-duplicates across splits ({len(leak['near_duplicates'])} pairs)", ""]
-        ordered = sorted(leak["near_duplicates"], key=lambda p: (p["hamming_256"], p["hamming"]))
+        ordered = sorted(
+            leak["near_duplicates"],
+            key=lambda p: (
+                p["hamming_256"] is None,
+                p["hamming_256"] or 0,
+                p["hamming"] or 0,
+                -(p.get("keypoint_inliers") or 0),
+            ),
+        )
         rows = [[_short(p["a"]["image"], root), p["a"]["split"], _short(p["b"]["image"], root), p["b"]["split"],
-                 p["hamming"], p["hamming_256"], p.get("pixel_difference", "-"), p["transform"]]
+                 _dash(p["hamming"]), _dash(p["hamming_256"]), _dash(p.get("pixel_difference")),
+                 _dash(p.get("embedding_similarity")), _dash(p.get("keypoint_inliers")), p["transform"]]
                 for p in ordered[:_SHOW]]  # fmt: skip
         lines += _table(
             rows, ["image", "split", "near-duplicate", "split", "Hamming 64", "Hamming 256", "pixel difference",
-                   "transform"],
+                   "embedding similarity", "keypoint inliers", "transform"],
         )  # fmt: skip
     listed = max(len(leak["exact_duplicates"]), len(leak["near_duplicates"]), len(leak["shared_patients"]))
     if listed > _SHOW:

@@ -1,0 +1,82 @@
+"""Near-duplicate pairs that `cit audit` names, against a ground truth of groups (e.g. LC25000's
+source tiles): recall of same-group pairs, precision of the named pairs. Prints one JSON object.
+
+    python scripts/near_duplicate_truth.py --folder ../shared/data/lc25000_lung_224 \
+        --truth ../shared/data/lc25000_lung_224/source_tiles.csv --group-column source_tile
+
+Every image is put in one split, so each pair the audit confirms (exact, hash stage, embedding
+stage) is counted once, whichever split it would fall in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def named_pairs(report: dict) -> set[tuple[str, str]]:
+    pairs = set()
+    for record in (
+        report["within_split_pairs"]
+        + report["leakage"]["exact_duplicates"]
+        + report["leakage"]["near_duplicates"]
+    ):
+        pairs.add(tuple(sorted((record["a"]["image"], record["b"]["image"]))))
+    return pairs
+
+
+def score(report: dict, root: Path, truth: dict[str, str]) -> dict:
+    groups = defaultdict(list)
+    for name, group in truth.items():
+        groups[group].append(str(root / name))
+    true = {tuple(sorted(p)) for members in groups.values() for p in itertools.combinations(members, 2)}
+    named = named_pairs(report)
+    hit = named & true
+    stages = defaultdict(int)
+    for record in report["within_split_pairs"]:
+        stages[record.get("stage", record["kind"])] += 1
+    return {
+        "true_pairs": len(true),
+        "named_pairs": len(named),
+        "true_pairs_named": len(hit),
+        "recall": round(len(hit) / max(len(true), 1), 3),
+        "precision": round(len(hit) / max(len(named), 1), 3),
+        "false_pairs": sorted([list(p) for p in named - true]),
+        "named_by_stage": dict(stages),
+    }
+
+
+def main() -> None:
+    from toolkit.cli.audit import read_image
+    from toolkit.data.audit import audit_datalist
+    from toolkit.data.files import find_image_files
+    from toolkit.networks.embeddings import ImageEmbedder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", required=True)
+    parser.add_argument("--truth", required=True, help="CSV with a file column (relative to --folder)")
+    parser.add_argument("--group-column", default="source_tile")
+    parser.add_argument("--embedding-cache", default=None)
+    parser.add_argument("--no-embeddings", action="store_true")
+    args = parser.parse_args()
+    root = Path(args.folder).resolve()
+    with open(args.truth, newline="") as f:
+        truth = {row["file"]: row[args.group_column] for row in csv.DictReader(f)}
+    files = [str(p) for p in find_image_files(root)]
+    doc = {"labels": ["x"], "all": [{"image": p, "label": 0} for p in files]}
+    started = time.perf_counter()
+    report = audit_datalist(doc, read_image, embedder=None if args.no_embeddings else ImageEmbedder(),
+                            embedding_cache=args.embedding_cache)  # fmt: skip
+    result = score(report, root, truth)
+    result.update(images=len(files), seconds=round(time.perf_counter() - started, 1),
+                  embedding_stage=report["settings"]["embedding_stage"])  # fmt: skip
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
