@@ -67,7 +67,8 @@ def test_every_unaudited_file_is_listed_with_its_reason_and_no_traceback(
     assert name["benign/zero.dcm"] == name["benign/zero.png"] == "empty file (0 bytes)"
     assert name["benign/loop.dcm"] == "symbolic link loop"
     assert "dangling" in name["malignant/dangling.png"]
-    assert "DecompressionBomb" in name["benign/bomb.png"]
+    # refused by Pillow's header check or by the toolkit's read limit (whichever reads it first; both name the size)
+    assert "DecompressionBomb" in name["benign/bomb.png"] or "CIT_MAX_PIXELS" in name["benign/bomb.png"]
     assert "not an image" in name["malignant/notes"]
     assert (
         "Basic Text SR" in name["malignant/report.dcm"]
