@@ -101,14 +101,17 @@ def _grey_plane(arr: np.ndarray, kind: str) -> np.ndarray | None:
     return arr.mean(axis=-1) if arr.ndim == 3 else arr  # (H, W, 3) -> grey
 
 
-def _thumbnail(plane: np.ndarray) -> np.ndarray:
-    """Min-max scaled 8-bit ``THUMB`` x ``THUMB`` thumbnail (Lanczos, as imagehash resizes)."""
+def grey_thumbnail(
+    plane: np.ndarray, size: int = THUMB, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
+    """Min-max scaled 8-bit ``size`` x ``size`` thumbnail of a 2D plane (default: the hash stage's,
+    Lanczos as imagehash resizes; the registration stage asks for its own size and bilinear)."""
     plane = np.asarray(plane, dtype=np.float64)
     lo, hi = float(plane.min()), float(plane.max())
     scaled = (
         np.zeros(plane.shape, np.uint8) if hi <= lo else ((plane - lo) * (255.0 / (hi - lo))).astype(np.uint8)
     )
-    return np.asarray(Image.fromarray(scaled).resize((THUMB, THUMB), Image.Resampling.LANCZOS))
+    return np.asarray(Image.fromarray(scaled).resize((size, size), resample))
 
 
 _BITS_OF_MODE = {
@@ -206,7 +209,7 @@ def describe_image(path: str | os.PathLike, read_image: ReadImage, embed_size: i
         return {"image": path, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
     pixel = hashlib.sha256(repr(arr.shape).encode() + arr.astype(np.float32).tobytes()).hexdigest()
     plane = _grey_plane(arr, kind)
-    thumb = None if plane is None else _thumbnail(plane)
+    thumb = None if plane is None else grey_thumbnail(plane)
     hashes = None if thumb is None else [_phash64(t) for t in _dihedral(thumb)]
     shape = (arr.shape[1], arr.shape[0]) if kind != "nifti" else arr.shape  # width x height
     content = "volume" if plane is None else _colour_content(arr) if arr.ndim == 3 else "grey"
@@ -214,9 +217,10 @@ def describe_image(path: str | os.PathLike, read_image: ReadImage, embed_size: i
     extra = {}
     if embed_size and plane is not None:
         from toolkit.data.audit.embeddings import embedding_thumb
-        from toolkit.data.audit.registration import registration_thumb
+        from toolkit.data.audit.registration import REG_SIZE
 
-        extra = {"embed_thumb": embedding_thumb(arr, embed_size), "reg_thumb": registration_thumb(plane)}
+        reg_thumb = grey_thumbnail(plane, REG_SIZE, Image.Resampling.BILINEAR)
+        extra = {"embed_thumb": embedding_thumb(arr, embed_size), "reg_thumb": reg_thumb}
     return {
         **extra,
         "image": path,

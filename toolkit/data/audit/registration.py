@@ -21,7 +21,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from PIL import Image
 
 REG_SIZE = 224  # grey thumbnail side for the keypoints (LC25000's own size; larger images are reduced)
 KEYPOINTS = 500
@@ -31,16 +30,6 @@ CELL = 4.0  # px: inliers closer than this on image a count once
 RANSAC_TRIALS = 100
 MAX_RATIO = 0.8  # Lowe's ratio test: a match must be clearly better than the second best
 DEFAULT_MIN_INLIERS = 6
-
-
-def registration_thumb(plane: np.ndarray) -> np.ndarray:
-    """Min-max scaled ``REG_SIZE`` px grey thumbnail (uint8) of a 2D plane."""
-    plane = np.asarray(plane, dtype=np.float64)
-    lo, hi = float(plane.min()), float(plane.max())
-    scaled = (
-        np.zeros(plane.shape, np.uint8) if hi <= lo else ((plane - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    )
-    return np.asarray(Image.fromarray(scaled).resize((REG_SIZE, REG_SIZE), Image.Resampling.BILINEAR))
 
 
 def keypoints(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
