@@ -195,8 +195,20 @@ def test_the_verdict_compares_the_difference_of_seed_means_with_the_scratch_ci_w
     ]  # fmt: skip
     summary = {"spec": {"arms": {"scratch": {}, "simclr": {}}}, "runs": runs}
     low, full = results_doc.efficiency(summary)
-    assert low["difference"] == pytest.approx(0.13) and low["scratch_ci_width"] == pytest.approx(0.1)
-    assert low["beats_by_more_than_ci_width"] and not full["beats_by_more_than_ci_width"]
+    assert low["versus"]["simclr"]["difference"] == pytest.approx(0.13)
+    assert low["scratch_ci_width"] == pytest.approx(0.1)
+    assert low["versus"]["simclr"]["beats_by_more_than_ci_width"]
+    assert not full["versus"]["simclr"]["beats_by_more_than_ci_width"]
+    # a third arm gets its own difference and verdict against scratch, in its own columns
+    for run in runs:
+        run["arms"]["imagenet"] = _arm(0.4, 0.35, 0.45)
+    summary["spec"]["arms"]["imagenet"] = {}
+    low, _ = results_doc.efficiency(summary)
+    assert low["versus"]["imagenet"]["difference"] == pytest.approx(-0.1)
+    table = results_doc.efficiency_table(summary)
+    assert "difference of means (imagenet)" in table[0] and "imagenet more than the CI width?" in table[0]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert table[2].endswith("| +0.130 | -0.100 | 0.100 | yes | no |")
     assert (
         results_doc.reached({"accuracy": 0.93, "auroc": 0.97}, {"accuracy": 0.928, "auroc": 0.968}) == "yes"
     )

@@ -184,6 +184,26 @@ def test_supervised_config_runs_and_writes_a_backbone(data, tmp_path):
     assert set(record["image_sha256"]) == _hashes(doc, "training", "validation")
 
 
+def test_distill_method_writes_a_resnet_trunk_taught_by_the_imagenet_lite0(data, tmp_path):
+    """method=distill as a user runs it: the record names the teacher and its temperature, and the
+    backbone is the ResNet-18 trunk alone (no teacher weight, no 1,000-class head)."""
+    _, datalist, doc = data
+    run_bundle("pretrain_ssl", "training", "train", tmp_path, dataset_dir=f"['{datalist}']", method="distill",
+               batch_size=8, **TINY)  # fmt: skip
+    backbone = tmp_path / "models" / "backbone.pt"
+    record = read_backbone_record(backbone)
+    assert (record["method"], record["teacher"], record["temperature"]) == (
+        "distill",
+        "tf_efficientnet_lite0",
+        1.0,
+    )
+    assert set(record["image_sha256"]) == _hashes(doc, "training", "validation")
+    assert set(read_state_dict(backbone)) == set(create_network("resnet18", num_classes=3).state_dict()) - {
+        "fc.weight",
+        "fc.bias",
+    }
+
+
 def test_metadata_is_valid():
     from monai.bundle import verify_metadata
 

@@ -1,4 +1,5 @@
-"""A trained bundle as the frozen teacher of a distillation run (``toolkit.engines.DistillationIteration``).
+"""A trained bundle as the frozen teacher of a distillation run (``toolkit.engines.DistillationIteration``),
+or an ImageNet classifier as the teacher of pretrain_ssl's ``distill`` method (`imagenet_teacher`).
 
 The teacher is a bundle folder (its ``configs/inference.json`` network definition and
 ``models/model.pt``, loaded as `cit infer` loads it) or a checkpoint file with its
@@ -21,6 +22,7 @@ from toolkit.bundle.description import load_model_info
 from toolkit.bundle.loading import load_bundle, load_weights
 from toolkit.engines import prepare_network
 from toolkit.engines.distillation import FrozenTeacher
+from toolkit.networks import create_network, input_normalisation
 from toolkit.transforms.intensity import IMAGENET_MEAN, IMAGENET_STD
 from toolkit.transforms.utility import AsChannels, colour_policy
 
@@ -98,6 +100,33 @@ def load_teacher(
     logger.info(
         "teacher: %s (%s, trained on split %s)", source, info.network.get("name"), info.split_fingerprint
     )
+    return FrozenTeacher(network, adapter).to(device)
+
+
+def imagenet_teacher(
+    name: str,
+    student_preprocessing: dict,
+    image_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> FrozenTeacher:
+    """The ImageNet-1k classifier ``name`` with its 1,000-class head, frozen, as the teacher whose output
+    a trunk learns to match (``toolkit.engines.ssl``'s ``distill``).
+
+    Its weights are found offline as ``pretrained: imagenet`` finds them (e.g. the packaged
+    ``tf_efficientnet_lite0``); it refuses to start without them rather than teach from random
+    weights. It sees the student's tensor converted to its own input: three channels, the
+    normalisation of its weights (timm's pretrained config), ``image_size`` (None = the student's).
+    """
+    network = create_network(name, num_classes=1000, pretrained="imagenet", pretrained_fallback="error")
+    student = {k: v for k, v in dict(student_preprocessing).items() if v is not None}
+    teacher = {
+        **student,
+        "channels": 3,
+        "intensity": "imagenet",
+        "intensity_kwargs": input_normalisation(name),
+        "image_size": image_size or student.get("image_size"),
+    }
+    adapter = teacher_input(student, teacher, source=f"ImageNet teacher {name}")
     return FrozenTeacher(network, adapter).to(device)
 
 

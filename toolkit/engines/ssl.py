@@ -1,4 +1,5 @@
-"""Self-supervised pretraining of a classification trunk: SimCLR (default) or SimSiam, run by MONAI.
+"""Pretraining of a classification trunk without labels, run by MONAI: SimCLR (default), SimSiam, or
+distillation of an ImageNet classifier into the trunk (``distill``).
 
 The trunk is a ``toolkit.networks.create_network`` classifier with its head removed (timm's
 ``reset_classifier(0)``), so the weights it learns load into the same architecture with a new
@@ -21,6 +22,17 @@ Why SimCLR by default on a 2-core CPU (measured speeds in ``../shared/perf-notes
 
 The NT-Xent loss is MONAI's ``ContrastiveLoss`` (checked: each of the 2B embeddings against its
 pair, the denominator over the other 2B-1, which is SimCLR's loss for a batch of pairs).
+
+``distill`` brings ImageNet knowledge into an architecture that has no offline ImageNet weights
+(ResNet-18 / -50 here): a frozen ImageNet classifier (the packaged EfficientNet-Lite0) is the
+teacher, and the trunk plus a linear head over the teacher's 1,000 classes learns to match its
+output on the pooled unlabelled images. The recipe is function matching (Beyer et al., "Knowledge
+distillation: A good teacher is patient and consistent", CVPR 2022): teacher and student see the
+same augmented view (consistent), the loss is the KL divergence of the student's to the teacher's
+class distribution at temperature 1, and it works on images outside ImageNet. Chosen for a 2-core
+CPU: the teacher costs one inference pass per view, no projection head or negatives are needed,
+and it converges in the few epochs a CPU can afford better than a contrastive method, because every
+image carries a full 1,000-way target. The two views of each image are two such samples.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import torch.nn.functional as F
 from monai.losses import ContrastiveLoss
 from torch import nn
 
+from toolkit.engines.distillation import distillation_term
 from toolkit.networks import create_network
 
 __all__ = [
@@ -41,13 +54,16 @@ __all__ = [
     "SSLNetwork",
     "SimCLRLoss",
     "SimSiamLoss",
+    "TeacherMatchingLoss",
     "embedding_spread",
     "ssl_loss",
     "ssl_network",
     "trunk_of",
 ]
 
-METHODS = ("simclr", "simsiam")
+METHODS = ("simclr", "simsiam", "distill")
+# the temperature each method's loss uses unless one is given
+DEFAULT_TEMPERATURE = {"simclr": 0.2, "simsiam": None, "distill": 1.0}
 
 
 def _mlp(sizes: Sequence[int], last_norm: bool) -> nn.Sequential:
@@ -64,23 +80,41 @@ def _mlp(sizes: Sequence[int], last_norm: bool) -> nn.Sequential:
 
 
 class SSLNetwork(nn.Module):
-    """A trunk (pooled features) + projection MLP (+ SimSiam's predictor).
+    """A trunk (pooled features) + projection MLP (+ SimSiam's predictor), or for ``distill`` a linear
+    head over the teacher's classes and the frozen ``teacher`` itself.
 
-    ``forward`` returns ``{"z": projections}`` and, for SimSiam, ``"p"``: predictions.
+    ``forward`` returns ``{"z": projections}``; SimSiam adds ``"p"``: predictions; ``distill`` gives
+    the student's logits as ``"z"`` and the teacher's logits of the same images as ``"t"``.
     """
 
     def __init__(
-        self, encoder: nn.Module, method: str = "simclr", projection_dim: int = 128, hidden_dim: int = 512
+        self,
+        encoder: nn.Module,
+        method: str = "simclr",
+        projection_dim: int = 128,
+        hidden_dim: int = 512,
+        teacher: nn.Module | None = None,
     ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if (method == "distill") != (teacher is not None):
+            raise ValueError(f"method {method!r}: a teacher is needed for 'distill' and only for it")
         features = getattr(encoder, "num_features", None)
         if not isinstance(features, int):
             raise ValueError(f"{type(encoder).__name__} has no num_features: not a timm trunk")
         self.method = method
         self.encoder = encoder
-        if method == "simclr":  # SimCLR: 2-layer MLP, the loss normalises z
+        self.teacher = teacher
+        if method == "distill":  # the student's own head in the teacher's label space
+            classes = getattr(getattr(teacher, "network", teacher), "num_classes", None)
+            if not isinstance(classes, int) or classes < 2:
+                raise ValueError(
+                    f"the teacher {type(teacher).__name__} has no num_classes: not a timm classifier"
+                )
+            self.projector = nn.Linear(features, classes)
+            self.predictor = None
+        elif method == "simclr":  # SimCLR: 2-layer MLP, the loss normalises z
             self.projector = _mlp([features, hidden_dim, projection_dim], last_norm=False)
             self.predictor = None
         else:  # SimSiam: 3-layer projector ending in BN, bottleneck predictor (Chen & He 2021)
@@ -90,8 +124,12 @@ class SSLNetwork(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.projector(self.encoder(x))
-        return {"z": z} if self.predictor is None else {"z": z, "p": self.predictor(z)}
+        out = {"z": self.projector(self.encoder(x))}
+        if self.predictor is not None:
+            out["p"] = self.predictor(out["z"])
+        if self.teacher is not None:
+            out["t"] = self.teacher(x)
+        return out
 
 
 def ssl_network(
@@ -100,16 +138,18 @@ def ssl_network(
     method: str = "simclr",
     projection_dim: int = 128,
     hidden_dim: int = 512,
+    teacher: nn.Module | None = None,
     **model_kwargs,
 ) -> SSLNetwork:
-    """`SSLNetwork` around the trunk of ``create_network(name, ...)`` (random initialisation)."""
+    """`SSLNetwork` around the trunk of ``create_network(name, ...)`` (random initialisation);
+    ``teacher``: the frozen classifier ``distill`` matches (``toolkit.bundle.teacher.imagenet_teacher``)."""
     classifier = create_network(name, num_classes=1, in_channels=in_channels, pretrained=None, **model_kwargs)
     if not hasattr(classifier, "reset_classifier"):
         raise ValueError(
             f"{name!r}: self-supervised pretraining needs a 2-D timm network (no reset_classifier)"
         )
     classifier.reset_classifier(0)  # the head becomes Identity: forward() returns pooled features
-    return SSLNetwork(classifier, method=method, projection_dim=projection_dim, hidden_dim=hidden_dim)
+    return SSLNetwork(classifier, method, projection_dim, hidden_dim, teacher=teacher)
 
 
 def trunk_of(network: nn.Module) -> nn.Module:
@@ -125,6 +165,7 @@ class SimCLRLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.2):
         super().__init__()
+        self.temperature = float(temperature)
         self.contrastive = ContrastiveLoss(temperature=temperature)
 
     def forward(self, out1: dict, out2: dict) -> torch.Tensor:
@@ -147,12 +188,36 @@ class SimSiamLoss(nn.Module):
         return -(d12 + d21) / 2
 
 
-def ssl_loss(method: str = "simclr", temperature: float = 0.2) -> nn.Module:
-    """The objective of ``method``: `SimCLRLoss` or `SimSiamLoss`."""
+class TeacherMatchingLoss(nn.Module):
+    """Function matching: ``T**2 * KL(teacher || student)`` on the teacher's classes, averaged over the
+    two views, each seen by both networks (``distillation_term``'s soft mode)."""
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if float(temperature) <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, out1: dict, out2: dict) -> torch.Tensor:
+        if "t" not in out1 or "t" not in out2:
+            raise ValueError(
+                "TeacherMatchingLoss needs the teacher's logits 't': build the network with a teacher"
+            )
+        terms = [distillation_term(o["z"], o["t"].float(), "soft", self.temperature) for o in (out1, out2)]
+        return (terms[0] + terms[1]) / 2
+
+
+def ssl_loss(method: str = "simclr", temperature: float | None = None) -> nn.Module:
+    """The objective of ``method``: `SimCLRLoss`, `SimSiamLoss` or `TeacherMatchingLoss`;
+    ``temperature`` None = the method's default (`DEFAULT_TEMPERATURE`)."""
+    if method in DEFAULT_TEMPERATURE and temperature is None:
+        temperature = DEFAULT_TEMPERATURE[method]
     if method == "simclr":
         return SimCLRLoss(temperature)
     if method == "simsiam":
         return SimSiamLoss()
+    if method == "distill":
+        return TeacherMatchingLoss(temperature)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -92,7 +92,8 @@ def weights_lines(summaries: Sequence[Mapping]) -> list[str]:
 
 
 def efficiency(summary: Mapping, subset: str | None = None) -> list[dict]:
-    """Per label fraction: each arm's metrics over seeds and the pretrained-minus-scratch difference.
+    """Per label fraction: each arm's metrics over seeds and, for every other arm, its difference from
+    the first arm (scratch): ``row["versus"][arm]``.
 
     The verdict compares the difference of the seed means with the mean width of the scratch arm's
     95% CI (as the issue asks: better "by more than the CI width")."""
@@ -110,13 +111,16 @@ def efficiency(summary: Mapping, subset: str | None = None) -> list[dict]:
             per_arm[arm] = values
         row = {"fraction": fraction, "train_images": [r["images"].get("training") for r in runs],
                "arms": per_arm, "paired": [r.get("paired") for r in runs]}  # fmt: skip
-        if len(arms) == 2 and all(per_arm[a] for a in arms):
-            scratch, other = arms
-            row["difference"] = float(np.mean([v["accuracy"] for v in per_arm[other]]) -
-                                      np.mean([v["accuracy"] for v in per_arm[scratch]]))  # fmt: skip
+        scratch, others = arms[0], arms[1:]
+        row["versus"] = {}
+        if per_arm[scratch]:
             row["scratch_ci_width"] = float(np.mean([v["accuracy_ci"][1] - v["accuracy_ci"][0]
                                                      for v in per_arm[scratch]]))  # fmt: skip
-            row["beats_by_more_than_ci_width"] = row["difference"] > row["scratch_ci_width"]
+            scratch_mean = np.mean([v["accuracy"] for v in per_arm[scratch]])
+            for other in (a for a in others if per_arm[a]):
+                difference = float(np.mean([v["accuracy"] for v in per_arm[other]]) - scratch_mean)
+                row["versus"][other] = {"difference": difference,
+                                        "beats_by_more_than_ci_width": difference > row["scratch_ci_width"]}  # fmt: skip
         rows.append(row)
     return rows
 
@@ -137,8 +141,12 @@ def efficiency_table(summary: Mapping, subset: str | None = None) -> list[str]:
         f"{a}: ACC mean (sd; each seed [95% CI])" for a in arms
     )
     header += " | " + " | ".join(f"{a}: AUROC mean" for a in arms)
-    lines = [header + " | difference of means | scratch CI width | more than the CI width? |"]
-    lines.append("|" + "---|" * (2 + 2 * len(arms) + 3))
+    others = arms[1:]
+    difference = "difference of means" if len(others) == 1 else "difference of means ({})"
+    beats = "more than the CI width?" if len(others) == 1 else "{} more than the CI width?"
+    header += " | " + " | ".join(difference.format(a) for a in others) + " | scratch CI width | "
+    lines = [header + " | ".join(beats.format(a) for a in others) + " |"]
+    lines.append("|" + "---|" * (2 + 2 * len(arms) + 2 * len(others) + 1))
     for row in efficiency(summary, subset):
         cells = [
             f"{round(row['fraction'] * 100)} %",
@@ -147,11 +155,10 @@ def efficiency_table(summary: Mapping, subset: str | None = None) -> list[str]:
         cells += [_seed_cell(row["arms"][a], "accuracy") for a in arms]
         cells += [_num(float(np.mean([v["auroc"] for v in row["arms"][a] if v.get("auroc") is not None])))
                   if row["arms"][a] else "n/a" for a in arms]  # fmt: skip
-        if "difference" in row:
-            cells += [f"{row['difference']:+.3f}", f"{row['scratch_ci_width']:.3f}",
-                      "yes" if row["beats_by_more_than_ci_width"] else "no"]  # fmt: skip
-        else:
-            cells += ["n/a"] * 3
+        versus = [row["versus"].get(a) for a in others]
+        cells += [f"{v['difference']:+.3f}" if v else "n/a" for v in versus]
+        cells.append(f"{row['scratch_ci_width']:.3f}" if "scratch_ci_width" in row else "n/a")
+        cells += [("yes" if v["beats_by_more_than_ci_width"] else "no") if v else "n/a" for v in versus]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
