@@ -18,15 +18,9 @@ import numpy as np
 import pytest
 
 from tests.bundles.bundle_helpers import REPO_ROOT, run_bundle
+from tests.deploy.deploy_venv import deploy_python_or_skip
 
-DEPLOY_VENV = Path(os.environ.get("CIT_DEPLOY_VENV", REPO_ROOT / "deploy" / ".venv"))
-DEPLOY_PYTHON = DEPLOY_VENV / "bin" / "python"
-if not DEPLOY_PYTHON.is_file():
-    pytest.skip(
-        f"MONAI Deploy virtualenv not found at {DEPLOY_VENV}: create it with `bash deploy/setup_env.sh` "
-        "(or set CIT_DEPLOY_VENV) to run the Deploy app tests",
-        allow_module_level=True,
-    )
+DEPLOY_PYTHON = deploy_python_or_skip("the Deploy app tests")
 
 BUNDLE = "resnet18_brain_ct"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # the bundle's own metadata says 3
