@@ -34,13 +34,44 @@ def _export(args: argparse.Namespace) -> int:
             )
             print(f"bundle: {out}")
             return 0
+        if args.int8 and args.format != "onnx":
+            raise ValueError("--int8 quantizes the ONNX export: pass --format onnx")
         result = export.export_model(args.bundle, args.format, out_path=args.out, ckpt_dir=args.ckpt_dir,
                                      check_inputs=args.check_inputs, output_dir=args.output_dir)  # fmt: skip
+        print(f"{args.format}: {result.path} (max |difference| to the eager model {result.max_abs_difference:.1e} "
+              f"on {result.num_images} image(s), tolerance {export.TOLERANCE:g})")  # fmt: skip
+        if args.int8:
+            return _int8(args, result.path)
     except EXPORT_ERRORS as err:
         print(f"cit export: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    print(f"{args.format}: {result.path} (max |difference| to the eager model {result.max_abs_difference:.1e} "
-          f"on {result.num_images} image(s), tolerance {export.TOLERANCE:g})")  # fmt: skip
+    return 0
+
+
+def _int8(args: argparse.Namespace, onnx_path: Path) -> int:
+    from toolkit.bundle import quantize
+
+    bundle = Path(args.bundle).resolve()
+    try:
+        result = quantize.quantize_onnx(
+            onnx_path,
+            Path(args.ckpt_dir).resolve() if args.ckpt_dir else bundle / "models",
+            Path(args.output_dir) if args.output_dir else bundle / "output",
+            **{
+                key: value
+                for key, value in (
+                    ("calibration_images", args.calibration_images),
+                    ("method", args.calibration_method),
+                    ("max_auroc_drop", args.max_auroc_drop),
+                    ("min_agreement", args.min_agreement),
+                )
+                if value is not None
+            },
+        )
+    except quantize.QuantizationRefused as err:
+        print(f"cit export: refused: {err}", file=sys.stderr)
+        return 1
+    print(f"int8: {result.path} ({result.record['validation']['summary']})")
     return 0
 
 
@@ -73,6 +104,23 @@ def add_parser(subparsers) -> None:
                         "of the exported metadata.json (default <bundle>/output; for --format bundle <ckpt-dir>/../output)")  # fmt: skip
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")
     p.add_argument("--force", action="store_true", help="write the bundle into a non-empty --out")
+    p.add_argument("--int8", action="store_true",
+                   help="with --format onnx: also write model.int8.onnx beside it (ONNX Runtime static quantization, "
+                        "QDQ, per-channel int8 weights, uint8 activations) calibrated on the recorded training split, "
+                        "and compare it with the fp32 model on the validation split (model.int8.onnx.json); it is "
+                        "marked usable, and used by `cit infer`, only when it passes --max-auroc-drop and "
+                        "--min-agreement")  # fmt: skip
+    # defaults (None here) live in toolkit.bundle.quantize, imported only when --int8 is given
+    p.add_argument("--calibration-images", type=int, default=None,
+                   help="training images the int8 ranges are calibrated on (default 200)")  # fmt: skip
+    p.add_argument("--calibration-method", default=None, choices=("minmax", "entropy", "percentile"),
+                   help="ONNX Runtime's calibration method (default minmax)")  # fmt: skip
+    p.add_argument("--max-auroc-drop", type=float, default=None,
+                   help="largest AUROC loss of any class / finding on validation for a usable int8 model "
+                        "(default 0.005)")  # fmt: skip
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="smallest top-1 agreement with fp32 on validation (multi-label: decision agreement of "
+                        "each finding at its stored threshold) for a usable int8 model (default 0.99)")  # fmt: skip
     p.add_argument("--base-url", default=None,
                    help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
                         "(URL + SHA-256 of each weight file) for `cit fetch-weights`")  # fmt: skip

@@ -6,6 +6,14 @@ channels_last, EfficientNet-B0 64 vs 26), with outputs equal within the export's
 ``auto`` picks it on the CPU when ``model.onnx`` sits beside the weights and its record
 (``model.onnx.json``, written by `cit export --format onnx`) names these very weights; a stale
 export is never used silently.
+
+``onnxruntime-int8`` runs ``model.int8.onnx`` (`cit export --format onnx --int8`: static int8
+quantization, measured against fp32 on the validation split). ``auto`` prefers it on the CPU, but only
+when its record (``model.int8.onnx.json``) names these very weights, hashes this very file and marks it
+usable (it passed the accuracy check); otherwise the fp32 export, otherwise PyTorch.
+
+``--precision bf16`` runs the PyTorch backend under CPU bf16 autocast, only where oneDNN reports native
+bf16 support (AVX512-BF16 / AMX): elsewhere bf16 is emulated and several times slower, so it is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from pathlib import Path
 import torch
 
 from toolkit.bundle.export import FORMATS, export_record_path
+from toolkit.bundle.quantize import INT8_NAME, checked_with
 from toolkit.io import sha256_file
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "pytorch", "onnxruntime")
+BACKENDS = ("auto", "pytorch", "onnxruntime", "onnxruntime-int8")
+PRECISIONS = ("fp32", "bf16")  # of the PyTorch backend; the ONNX backends run their file's precision
 
 
 class OnnxRuntimeNetwork:
@@ -43,39 +53,135 @@ class OnnxRuntimeNetwork:
 
 def current_onnx_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
     """(``model.onnx`` beside ``ckpt_path`` when it was exported from these weights, else None; why not)."""
-    onnx = Path(ckpt_path).with_name(FORMATS["onnx"])
-    record_path = export_record_path(onnx)
-    if not onnx.is_file():
-        return None, f"no ONNX export at {onnx} (make one with `cit export --format onnx`)"
+    onnx, record, why_not = _export_of(ckpt_path, FORMATS["onnx"])
+    return (onnx if record else None), why_not
+
+
+def current_int8_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
+    """(``model.int8.onnx`` beside ``ckpt_path`` when it was quantized from these weights, is the file its
+    record checked and passed that check, else None; why not)."""
+    int8, record, why_not = _export_of(ckpt_path, INT8_NAME)
+    if not record:
+        return None, why_not
+    if record.get("sha256") != sha256_file(int8):
+        return None, f"{int8} is not the file its record checked (replaced since): export it again"
+    if record.get("checked_with") != checked_with(int8.parent):
+        return None, (
+            f"{int8} was checked with another temperature / other thresholds than those beside the weights "
+            "now: export it again"
+        )
+    if record.get("usable") is not True:
+        refusal = (record.get("validation") or {}).get("refusal") or "no accuracy check recorded"
+        return None, f"{int8} did not pass its accuracy check against fp32: {refusal}"
+    return int8, ""
+
+
+def _export_of(ckpt_path: str | Path, name: str) -> tuple[Path, dict | None, str]:
+    """The export ``name`` beside ``ckpt_path``, its record when it names these weights (else None), why not."""
+    path = Path(ckpt_path).with_name(name)
+    record_path = export_record_path(path)
+    if not path.is_file():
+        how = "`cit export --format onnx" + (" --int8`" if name == INT8_NAME else "`")
+        return path, None, f"no ONNX export at {path} (make one with {how})"
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return (
+            path,
             None,
-            f"{onnx} has no readable export record {record_path.name}: export it again with `cit export`",
+            f"{path} has no readable export record {record_path.name}: export it again with `cit export`",
         )
-    if record.get("source_weights_sha256") != sha256_file(ckpt_path):
-        return None, f"{onnx} was exported from other weights than {Path(ckpt_path).name}: export it again"
-    return onnx, ""
+    if not isinstance(record, dict) or record.get("source_weights_sha256") != sha256_file(ckpt_path):
+        return (
+            path,
+            None,
+            f"{path} was exported from other weights than {Path(ckpt_path).name}: export it again",
+        )
+    return path, record, ""
 
 
-def resolve_backend(requested: str, ckpt_path: str | Path, device: torch.device) -> str:
-    """``pytorch`` or ``onnxruntime`` for a run on ``device`` (see the module docstring for ``auto``)."""
+def exported_model(ckpt_path: str | Path, backend: str) -> Path | None:
+    """The file an ONNX Runtime ``backend`` runs for ``ckpt_path`` (None: PyTorch, or no current export)."""
+    if backend == "onnxruntime":
+        return current_onnx_export(ckpt_path)[0]
+    if backend == "onnxruntime-int8":
+        return current_int8_export(ckpt_path)[0]
+    return None
+
+
+def resolve_backend(
+    requested: str, ckpt_path: str | Path, device: torch.device, precision: str = "fp32"
+) -> str:
+    """``pytorch``, ``onnxruntime`` or ``onnxruntime-int8`` for a run on ``device`` (module docstring).
+
+    ``precision`` bf16 asks for the PyTorch backend: ``auto`` then picks it, an ONNX backend is refused."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose one of {BACKENDS}")
-    if requested == "pytorch":
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if requested == "pytorch" or (requested == "auto" and precision != "fp32"):
         return "pytorch"
-    onnx, why_not = current_onnx_export(ckpt_path)
-    if requested == "onnxruntime":
+    if precision != "fp32":
+        raise ValueError(f"--precision {precision} is a precision of the pytorch backend, not of {requested}")
+    if requested != "auto":
         if device.type != "cpu":
-            raise ValueError(f"the onnxruntime backend runs on the CPU, not on {device}: pass --device cpu")
-        if onnx is None:
+            raise ValueError(f"the {requested} backend runs on the CPU, not on {device}: pass --device cpu")
+        found, why_not = (current_int8_export if requested == "onnxruntime-int8" else current_onnx_export)(
+            ckpt_path
+        )
+        if found is None:
             raise FileNotFoundError(why_not)
-        return "onnxruntime"
-    if device.type == "cpu" and onnx is not None and _onnxruntime_installed():
-        logger.info("backend: ONNX Runtime on %s (CPU, export of these weights found)", onnx.name)
-        return "onnxruntime"
+        return requested
+    if device.type != "cpu" or not _onnxruntime_installed():
+        return "pytorch"
+    for backend, current in (("onnxruntime-int8", current_int8_export), ("onnxruntime", current_onnx_export)):
+        found, why_not = current(ckpt_path)
+        if found is not None:
+            logger.info(
+                "backend: ONNX Runtime on %s (CPU, checked export of these weights found)", found.name
+            )
+            return backend
+        logger.debug("backend %s not chosen: %s", backend, why_not)
     return "pytorch"
+
+
+def run_precision(backend: str, precision: str, device: torch.device) -> str:
+    """The precision the network runs in: ``int8`` for the int8 export, else ``precision`` once checked
+    (bf16 only on a CPU whose oneDNN has native bf16; ValueError in one line otherwise)."""
+    if backend == "onnxruntime-int8":
+        return "int8"
+    if precision == "bf16":
+        if device.type != "cpu":
+            raise ValueError(
+                f"--precision bf16 is for CPU runs (on {device} cit infer uses float16 autocast)"
+            )
+        if not cpu_has_native_bf16():
+            raise ValueError(
+                "--precision bf16 refused: this CPU has no native bf16 (oneDNN reports no AVX512-BF16 / AMX "
+                "support), where bf16 would be emulated and slower than fp32; run without --precision"
+            )
+    return precision
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN, as torch ships it, runs bf16 natively on this CPU (asked of torch, not the CPU's name)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # what torch's own bf16 tests ask
+    except (AttributeError, RuntimeError):  # a torch build without the query
+        return False
+
+
+class Bf16Network:
+    """The PyTorch network under CPU bf16 autocast (weights stay fp32; logits come back as float)."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.network(images).float()
 
 
 def _onnxruntime_installed() -> bool:

@@ -1,11 +1,12 @@
 """What decides the rows of a `cit infer` run, as one fingerprint, so that a resumed run never mixes results.
 
 The fingerprint hashes the model (SHA-256 of the weights file, its ``model_info.json`` description, the
-temperature and multi-label thresholds saved beside it, the ONNX file when the onnxruntime backend
-runs it), the bundle's inference config (base macros resolved, ``--set`` overrides
+temperature and multi-label thresholds saved beside it, the ONNX file, fp32 or int8, when an ONNX
+Runtime backend runs it), the bundle's inference config (base macros resolved, ``--set`` overrides
 included) and the options that change rows (frames policy, Grad-CAM, patient columns, path
-pseudonymisation, DICOM filters). Every journal row carries it; ``run.json`` in the output folder holds
-its parts, readable, so a refusal can name what changed. No absolute path goes into either.
+pseudonymisation, DICOM filters, backend and precision). Every journal row carries it; ``run.json`` in
+the output folder holds its parts, readable, so a refusal can name what changed. No absolute path goes
+into either.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from toolkit.bundle import InferenceBundle
 from toolkit.bundle.configs import BASE_PREFIX, base_config_dir
 from toolkit.evaluation.calibration import TEMPERATURE_FILE, load_temperature
-from toolkit.inference.backends import current_onnx_export
+from toolkit.inference.backends import exported_model
 from toolkit.io import sha256_file
 
 RUN_FILE = "run.json"
@@ -69,8 +70,8 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
         "temperature": load_temperature(ckpt.parent / TEMPERATURE_FILE),
         # a multi-label model's decision thresholds (evaluation rewrites them): they change the rows
         "thresholds": _as_list(bundle.thresholds),
-        # the file the onnxruntime backend runs: its own hash, not only the weights it was made from
-        "onnx_sha256": _onnx_sha256(ckpt) if options.backend == "onnxruntime" else None,
+        # the file an ONNX Runtime backend runs: its own hash, not only the weights it was made from
+        "onnx_sha256": _onnx_sha256(ckpt, options.backend),
         "config_sha256": _digest(
             {
                 "configs": _config_texts(bundle.root),
@@ -85,6 +86,7 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
             "pseudonymise_paths": bool(options.pseudonymise_paths),
             "filters": dataclasses.asdict(options.filters),
             "backend": options.backend,
+            "precision": options.precision,
         },
     }
     return {"fingerprint": _digest(parts)[:16], **parts}
@@ -94,8 +96,8 @@ def _as_list(values):
     return values.tolist() if hasattr(values, "tolist") else values
 
 
-def _onnx_sha256(ckpt: Path) -> str | None:
-    onnx, _ = current_onnx_export(ckpt)
+def _onnx_sha256(ckpt: Path, backend: str) -> str | None:
+    onnx = exported_model(ckpt, backend)
     return sha256_file(onnx) if onnx is not None else None
 
 

@@ -49,7 +49,13 @@ from tqdm.auto import tqdm
 from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.engines import prepare_network
 from toolkit.evaluation.gradcam import Explainer, overlay
-from toolkit.inference.backends import OnnxRuntimeNetwork, current_onnx_export, resolve_backend
+from toolkit.inference.backends import (
+    Bf16Network,
+    OnnxRuntimeNetwork,
+    exported_model,
+    resolve_backend,
+    run_precision,
+)
 from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
 from toolkit.inference.discovery import (
     OUTPUT_ENTRIES,
@@ -98,7 +104,7 @@ BASE_COLUMNS = [
     "pred",
     "pred_name",
 ]
-MODEL_COLUMNS = ["model_name", "model_version", "model_sha256"]
+MODEL_COLUMNS = ["model_name", "model_version", "model_sha256", "backend", "precision"]
 PATIENT_COLUMNS = ["patient_id", "patient_name"]
 # What the network or the postprocessing raise on an input they cannot take (torch: RuntimeError, its
 # out-of-memory error included; the checks of a row: ValueError). Anything else is a bug and surfaces.
@@ -129,7 +135,8 @@ class InferenceOptions:
     progress: bool = True
     verbose: bool = False
     overrides: dict = field(default_factory=dict)
-    backend: str = "auto"  # auto | pytorch | onnxruntime (see toolkit.inference.backends)
+    backend: str = "auto"  # auto | pytorch | onnxruntime | onnxruntime-int8 (see toolkit.inference.backends)
+    precision: str = "fp32"  # fp32 | bf16 (pytorch backend); resolved to what the network runs in (int8...)
     trust_bundle: bool = False  # run a foreign bundle's code (toolkit.bundle.trust)
 
 
@@ -299,7 +306,8 @@ def _columns(bundle: InferenceBundle, options: InferenceOptions) -> list[str]:
 
 
 def _base_row(item: InputItem, bundle: InferenceBundle, options: InferenceOptions, stamp: dict) -> dict:
-    """The row of ``item`` before prediction; ``stamp``: ``fingerprint`` and ``model_sha256`` of the run."""
+    """The row of ``item`` before prediction; ``stamp``: ``fingerprint``, ``model_sha256``, ``backend`` and
+    ``precision`` of the run."""
     row = {
         "key": item.key,
         "path": item.path,
@@ -370,8 +378,9 @@ def _run(
 
     try:
         bundle = _load(options, device)
+        backend = resolve_backend(options.backend, bundle.ckpt_path, device, options.precision)
         options = dataclasses.replace(
-            options, backend=resolve_backend(options.backend, bundle.ckpt_path, device)
+            options, backend=backend, precision=run_precision(backend, options.precision, device)
         )
         plan, failure = None, None
         if rank == 0:
@@ -481,7 +490,8 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
         for i, item in enumerate(items)
         if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")
     ]
-    stamp = {"fingerprint": identity["fingerprint"], "model_sha256": identity["weights_sha256"]}
+    stamp = {"fingerprint": identity["fingerprint"], "model_sha256": identity["weights_sha256"],
+             "backend": options.backend, "precision": options.precision}  # fmt: skip
     return {"items": items, "pending": pending, "ignored": ignored, "stamp": stamp}
 
 
@@ -544,10 +554,14 @@ def _process(
     """Predict ``items`` and journal one row each; returns how many rows were written."""
     if options.threads > 0:
         torch.set_num_threads(options.threads)
-    if options.backend == "onnxruntime":
-        network = OnnxRuntimeNetwork(current_onnx_export(bundle.ckpt_path)[0], threads=options.threads)
+    if options.backend != "pytorch":
+        network = OnnxRuntimeNetwork(
+            exported_model(bundle.ckpt_path, options.backend), threads=options.threads
+        )
     else:
         network = _prepare(bundle.network, device)
+        if options.precision == "bf16":
+            network = Bf16Network(network)
     use_amp = device.type == "cuda"
     cam = (
         _GradCamWriter(bundle.network, Path(options.output), readable=not options.pseudonymise_paths)
