@@ -19,6 +19,8 @@ outputs (all inside --output; nothing is written anywhere else):
                                         patient and study attributes of the images unless --sr-anonymise
   gradcam/<hash>_<name>.png             Grad-CAM overlays (--gradcam), named in the row's gradcam column
   pseudonym.key                         key of --pseudonymise-paths (keep it; do not share it)
+  pacs/cache/, pacs/sr-stored.json      instances retrieved from a PACS (deleted after the run unless
+                                        --keep-cache); the SRs stored by --store-sr
 exit codes:
   0  every input processed (ok or skipped)
   1  the run failed (bundle, weights or --input missing, a process died before all rows were written)
@@ -27,6 +29,7 @@ exit codes:
   4  another run is writing to --output
   5  --output holds results of another model or other options (--restart discards them)
   6  no input found (empty or image-less folder, e.g. an unmounted share); nothing is written
+  7  every row written, but some DICOM SR is not stored in the PACS (--store-sr); rerun to send it
 scale-out:
   torchrun --nproc_per_node N -m toolkit infer ...   shards inputs by rank; rank 0 merges
 """
@@ -62,7 +65,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", required=True, help="bundle folder (holds configs/inference.json)")
-    parser.add_argument("--input", required=True, help="folder (searched recursively) or single file")
+    parser.add_argument(
+        "--input",
+        required=True,
+        help="folder (searched recursively), single file, or a PACS: dicomweb+http(s)://HOST:PORT/PATH or "
+        "dimse://AET@HOST:PORT (see PACS options)",
+    )
     parser.add_argument("--output", required=True, help="folder for predictions.csv and the other outputs")
     parser.add_argument(
         "--ckpt-path", default=None, help="model weights to use instead of the bundle's ckpt_path"
@@ -81,11 +89,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=["auto", "pytorch", "onnxruntime"],
+        choices=["auto", "pytorch", "onnxruntime", "onnxruntime-int8"],
         default="auto",
-        help="what runs the network. auto (default): ONNX Runtime on a CPU when model.onnx, exported by "
-        "`cit export --format onnx` from these very weights, sits beside them (1.3-2.4x faster here), "
-        "else PyTorch",
+        help="what runs the network. auto (default): on a CPU, ONNX Runtime on model.int8.onnx when `cit export "
+        "--format onnx --int8` made it from these very weights and it passed its accuracy check against fp32, "
+        "else on model.onnx when exported from these weights (1.3-2.4x faster here), else PyTorch",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="of the pytorch backend: bf16 runs it under CPU bf16 autocast, only on a CPU with native bf16 "
+        "(oneDNN: AVX512-BF16 / AMX); refused elsewhere",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
@@ -151,8 +166,57 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="ID=VALUE",
         help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE",
     )
+    _add_pacs_options(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def _add_pacs_options(parser: argparse.ArgumentParser) -> None:
+    pacs = parser.add_argument_group(
+        "PACS options",
+        "--input dicomweb+http(s)://... (or dimse://AET@HOST:PORT: C-FIND, C-GET as AE title $CIT_PACS_AET, "
+        "default CIT): QIDO-RS finds the studies (--modality filters their instances), WADO-RS "
+        "retrieves them into --output/pacs/cache. Credentials: CIT_PACS_AUTH or --pacs-auth-file holding "
+        "user:password or 'Bearer <token>', never the command line",
+    )
+    pacs.add_argument("--study-uid", type=_csv_list, default=(), help="only these StudyInstanceUIDs")
+    pacs.add_argument("--study-date", default="", help="YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    pacs.add_argument("--accession", default="", help="only the study with this AccessionNumber")
+    pacs.add_argument(
+        "--store-sr",
+        default=None,
+        metavar="URL",
+        help="send each study's DICOM SR (implies --dicom-sr) to dicomweb+http(s)://... (STOW-RS) or "
+        "dimse://AET@HOST:PORT (C-STORE); a "
+        "report not stored stays in sr/ and is sent by the next run (exit code 7)",
+    )
+    pacs.add_argument("--keep-cache", action="store_true", help="keep the retrieved instances after the run")
+    pacs.add_argument("--pacs-cache-gb", type=float, default=20.0, help="most the cache may hold (GiB)")
+    pacs.add_argument("--pacs-auth-file", default=None, help="file holding the PACS credentials")
+    pacs.add_argument("--pacs-ca-bundle", default=None, help="CA certificates to verify the PACS's TLS with")
+    pacs.add_argument("--pacs-timeout", type=float, default=60.0, help="seconds per PACS request")
+
+
+def _pacs_options(args: argparse.Namespace):
+    """``PacsOptions`` when a PACS is the input or the destination, else None."""
+    from toolkit.inference.pacs.common import PacsOptions, StudyQuery, is_pacs_url
+
+    query = StudyQuery(args.study_uid, args.modality, args.study_date, args.accession)
+    if not is_pacs_url(args.input) and (query.study_uids or query.study_date or query.accession):
+        raise ValueError(
+            "--study-uid, --study-date and --accession query a PACS: --input dicomweb+... or dimse://"
+        )
+    if not is_pacs_url(args.input) and not args.store_sr:
+        return None
+    return PacsOptions(
+        query=query,
+        store_sr=args.store_sr,
+        keep_cache=args.keep_cache,
+        cache_max_bytes=int(args.pacs_cache_gb * 2**30),
+        auth_file=args.pacs_auth_file,
+        ca_bundle=args.pacs_ca_bundle,
+        timeout=args.pacs_timeout,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,9 +257,15 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         overrides=dict(args.overrides),
         backend=args.backend,
+        precision=args.precision,
         trust_bundle=args.trust_bundle,
     )
     try:
+        pacs = _pacs_options(args)
+        if pacs is not None:
+            from toolkit.inference.pacs.run import run_with_pacs
+
+            return run_with_pacs(options, pacs)
         return run_inference(options).exit_code
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refused objects or code in a weights file
         print(

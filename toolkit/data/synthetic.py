@@ -16,13 +16,13 @@ signed 16-bit; MR 16-bit and 12-bit MONOCHROME1 with inverted stored values) and
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from toolkit.data.datalist import load_datalist, save_datalist
+from toolkit.data.datalist import save_datalist
+from toolkit.data.generated import RATIOS, is_current
 from toolkit.data.splits import check_no_leakage, class_counts, split_items
 from toolkit.io import atomic_write_bytes
 
@@ -30,7 +30,6 @@ GENERATOR_VERSION = 1
 PATTERNS = ("blob", "crescent", "spots", "none")
 # Image formats, cycled over the images so every data set has each of them.
 VARIANTS = ("ct12", "mr16", "mr12_mono1", "png8", "ct16", "png16")
-RATIOS = {"training": 0.8, "validation": 0.1, "test": 0.1}
 
 
 def _zoom_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -240,23 +239,6 @@ def _write_png(path: Path, tissue: np.ndarray, variant: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def is_current(datalist: Path, params: dict, files_dir: Path) -> bool:
-    """True when ``datalist`` was generated with ``params`` and its files exist; an earlier set made
-    with other parameters has its ``files_dir`` removed (it is replaced whole)."""
-    if not datalist.is_file():
-        return False
-    try:
-        doc = load_datalist(datalist)
-    except ValueError:
-        return False  # unreadable: regenerate
-    items = [i for k in RATIOS for i in doc.get(k, [])]
-    if doc.get("generator") == params and all(Path(i["image"]).is_file() for i in items):
-        return True
-    if "generator" in doc:
-        shutil.rmtree(files_dir, ignore_errors=True)
-    return False
 
 
 def make_synthetic_dataset(

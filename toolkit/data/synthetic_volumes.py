@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.datalist import save_datalist
+from toolkit.data.generated import RATIOS, is_current
 from toolkit.data.splits import check_no_leakage, class_counts, split_items
-from toolkit.data.synthetic import RATIOS, is_current
 from toolkit.io import atomic_write_bytes
 
 GENERATOR_VERSION = 1
