@@ -76,6 +76,9 @@ def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
     (earlier / "predictions.csv").write_text("path,status\n")
     finished = tmp_path / "finished_run"  # a run that ended removed its lock file: its run.json tells
     make_dicom(finished / "sr" / "1.2.3.dcm", study=2, series="c", index=0)
+    make_dicom(
+        finished / "pacs" / "cache" / "1.2" / "1.2.4.dcm", study=2, series="c", index=1
+    )  # --keep-cache
     (finished / "run.json").write_text(json.dumps({"fingerprint": "0" * 16, "weights_sha256": "1" * 64}))
     not_ours = tmp_path / "other"  # someone else's run.json is no reason to skip anything
     make_dicom(not_ours / "sr" / "x.dcm", study=3, series="d", index=0)
@@ -83,7 +86,8 @@ def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
     items, ignored = discover_inputs(tmp_path, exclude=tmp_path / "out")
     assert [i.path for i in items] == ["IM1", "other/sr/x.dcm"]
     assert ignored.earlier_output == [
-        "earlier_run/.cit-infer.lock", "earlier_run/predictions.csv", "finished_run/sr", "finished_run/run.json"
+        "earlier_run/.cit-infer.lock", "earlier_run/predictions.csv", "finished_run/pacs", "finished_run/sr",
+        "finished_run/run.json",
     ]  # fmt: skip
     assert (ignored.other, ignored.hidden) == (1, 0)  # other/run.json: not an image, not ours
-    assert "4 entries of an earlier `cit infer` output (earlier_run/.cit-infer.lock" in str(ignored)
+    assert "5 entries of an earlier `cit infer` output (earlier_run/.cit-infer.lock" in str(ignored)

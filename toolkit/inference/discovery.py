@@ -55,7 +55,18 @@ DICOM_PARSE_ERRORS = (
 # What `cit infer` writes into its output folder. In an earlier run's output folder (it holds the
 # run's run.json, or a lock file), also when it lies inside the input, these entries are never inputs.
 OUTPUT_ENTRIES = frozenset(
-    {LOCK_NAME, KEY_NAME, "predictions.csv", "predictions.jsonl", "run.json", "parts", "sr", "gradcam"}
+    # "pacs": the retrieval cache and the ledger of stored SRs (toolkit.inference.pacs, kept with --keep-cache)
+    {
+        LOCK_NAME,
+        KEY_NAME,
+        "predictions.csv",
+        "predictions.jsonl",
+        "run.json",
+        "parts",
+        "sr",
+        "gradcam",
+        "pacs",
+    }
 )
 _PIXEL_KEYWORDS = (("PixelData", None), ("FloatPixelData", 32), ("DoubleFloatPixelData", 64))
 
