@@ -48,6 +48,7 @@ def test_resume_with_other_weights_is_refused_then_restart_starts_afresh(
     assert len(err.splitlines()) == 1, err
     assert "another model or other options" in err and "--restart" in err
     assert f"weights sha256 {_sha256(tiny_ckpt)[:8]} -> {_sha256(other)[:8]}" in err
+    assert "filters" not in err, "the options did not change: run.json's lists equal this run's values"
     assert part_path(out, 0).read_bytes() == journal_before, "a refused run writes nothing"
     assert not (out / "predictions.csv").exists()
 

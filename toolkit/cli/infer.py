@@ -167,6 +167,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE",
     )
     _add_pacs_options(parser)
+    watch = parser.add_argument_group(
+        "watch options",
+        "--watch: classify files as they arrive in the --input folder, until SIGTERM or Ctrl-C (exit 0); "
+        "a file is read once its size and mtime stay the same for --settle-seconds",
+    )
+    watch.add_argument("--watch", action="store_true", help="watch --input (a folder) for new files")
+    watch.add_argument("--poll-seconds", type=float, default=2.0, help="how often the folder is listed")
+    watch.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=5.0,
+        help="how long a file must stay unchanged before it is read",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -219,6 +232,21 @@ def _pacs_options(args: argparse.Namespace):
     )
 
 
+def _watch(options, args: argparse.Namespace, pacs) -> int:
+    """`cit infer --watch` (a local folder; no DICOM SR, whose studies keep growing while watched)."""
+    from toolkit.inference.runner import EXIT_USAGE
+    from toolkit.inference.watch import WatchOptions, watch_folder
+
+    if pacs is not None or options.dicom_sr:
+        print("cit infer: --watch takes a local folder and writes no DICOM SR (no --dicom-sr, "
+              "--store-sr or PACS --input)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    if not (args.poll_seconds > 0 and args.settle_seconds >= 0):
+        print("cit infer: --poll-seconds must be > 0 and --settle-seconds >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    return watch_folder(options, WatchOptions(args.poll_seconds, args.settle_seconds))
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `cit infer`; returns the exit code documented in the epilog."""
     from toolkit.inference.discovery import DicomFilters
@@ -262,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         pacs = _pacs_options(args)
+        if args.watch:
+            return _watch(options, args, pacs)
         if pacs is not None:
             from toolkit.inference.pacs.run import run_with_pacs
 

@@ -417,7 +417,7 @@ def discover_inputs(
     known_roots = [(os.path.abspath(base), "<input>"), (os.path.realpath(base), "<input>")]
     items: list[InputItem] = []
     for problem in problems:
-        rel = _relative(problem.path, base)
+        rel = relative_path(problem.path, base)
         if problem.kind == "folder":
             rel["path"] += "/"
         items.append(
@@ -430,7 +430,7 @@ def discover_inputs(
             )
         )
     for path in paths:
-        item = InputItem(**_relative(path, base), abs_path=os.path.abspath(path), kind="unknown")
+        item = InputItem(**relative_path(path, base), abs_path=os.path.abspath(path), kind="unknown")
         _inspect(item, path, filters, limits)
         if not series_mode:
             _expand_frames_check(item, frames, limits)
@@ -447,7 +447,7 @@ def discover_inputs(
     return items, ignored
 
 
-def _relative(path: Path, base: Path) -> dict:
+def relative_path(path: Path, base: Path) -> dict:
     """``path`` and ``raw_path_digest`` of an :class:`InputItem` for ``path`` below ``base``."""
     rel = Path(os.path.relpath(path, base) if path != base else ".").as_posix()
     shown = display_path(rel)

@@ -84,7 +84,8 @@ def run_identity(bundle: InferenceBundle, options) -> dict:
             "gradcam": bool(options.gradcam),
             "include_patient_info": bool(options.include_patient_info),
             "pseudonymise_paths": bool(options.pseudonymise_paths),
-            "filters": dataclasses.asdict(options.filters),
+            # as run.json reads back (lists, not tuples), so a refusal names only real changes
+            "filters": json.loads(json.dumps(dataclasses.asdict(options.filters))),
             "backend": options.backend,
             "precision": options.precision,
         },

@@ -164,7 +164,7 @@ def _dist_env() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
+def resolve_device(device: str, local_rank: int) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -202,7 +202,7 @@ class InferenceDataset(torch.utils.data.Dataset):
         record = {"index": index, "image": None, "error": None}
         try:
             with quiet_dicom_warnings():
-                record["image"] = self._load(item)
+                record["image"] = self.load_bundle_for_run(item)
         except BaseException as exc:  # noqa: BLE001
             # THE per-file boundary of a run. Reading and preprocessing parse whatever bytes the user's
             # files hold, through pydicom, Pillow, nibabel, native decoders and the bundle's own
@@ -219,7 +219,7 @@ class InferenceDataset(torch.utils.data.Dataset):
                 record["error"] = f"the image decoder crashed on this file ({record['error']})"[:400]
         return record
 
-    def _load(self, item: InputItem) -> torch.Tensor:
+    def load_bundle_for_run(self, item: InputItem) -> torch.Tensor:
         source = item.files if item.files else item.abs_path
         if item.frame is None:
             out = self.preprocessing({"image": source})
@@ -296,7 +296,7 @@ def _collate(records: list[dict]) -> list[dict]:
 # rows
 
 
-def _columns(bundle: InferenceBundle, options: InferenceOptions) -> list[str]:
+def output_columns(bundle: InferenceBundle, options: InferenceOptions) -> list[str]:
     columns = list(BASE_COLUMNS) + [f"prob_{c}" for c in bundle.class_names] + MODEL_COLUMNS
     if options.gradcam:
         columns.append("gradcam")
@@ -340,7 +340,7 @@ def run_inference(options: InferenceOptions) -> RunSummary:
     """Run `cit infer` with ``options`` (in one process, or as one rank under torchrun)."""
     started = time.perf_counter()
     world, rank, local_rank = _dist_env()
-    device = _resolve_device(options.device, local_rank)
+    device = resolve_device(options.device, local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -356,7 +356,7 @@ def _run(
     options: InferenceOptions, started: float, world: int, rank: int, device: torch.device
 ) -> RunSummary:
     output = Path(options.output)
-    _check_paths(options)  # before the lock: a wrong --input must not leave a folder behind
+    check_paths(options)  # before the lock: a wrong --input must not leave a folder behind
 
     lock = OutputLock(output)
     status = None
@@ -377,7 +377,7 @@ def _run(
         return RunSummary({}, 0, 0, Ignored(), EXIT_LOCKED if "locked" in status else EXIT_RUN_FAILED)
 
     try:
-        bundle = _load(options, device)
+        bundle = load_bundle_for_run(options, device)
         backend = resolve_backend(options.backend, bundle.ckpt_path, device, options.precision)
         options = dataclasses.replace(
             options, backend=backend, precision=run_precision(backend, options.precision, device)
@@ -400,7 +400,7 @@ def _run(
         items: list[InputItem] = plan["items"]
         mine = [items[i] for i in plan["pending"][rank::world]]
         t_process = time.perf_counter()
-        processed = _process(
+        processed = process_items(
             mine, bundle, options, device, part_path(output, rank), lock, rank, world, plan["stamp"]
         )
         t_process = time.perf_counter() - t_process
@@ -427,7 +427,7 @@ def _run(
             lock.release()  # removes the lock file (and the folders this run created, when empty)
 
 
-def _check_paths(options: InferenceOptions) -> None:
+def check_paths(options: InferenceOptions) -> None:
     """Refuse an --input that does not exist or that lies among the output's own files."""
     if not os.path.exists(options.input):
         raise FileNotFoundError(f"--input {options.input} does not exist")
@@ -441,7 +441,7 @@ def _check_paths(options: InferenceOptions) -> None:
             raise ValueError(f"--input lies inside the output's own '{entry}' folder; choose another --input")
 
 
-def _load(options: InferenceOptions, device: torch.device) -> InferenceBundle:
+def load_bundle_for_run(options: InferenceOptions, device: torch.device) -> InferenceBundle:
     return load_bundle(
         options.bundle,
         ckpt_path=options.ckpt_path,
@@ -474,13 +474,13 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
     identity = run_identity(bundle, options)
     done = read_journals(all_part_paths(output))
     if options.restart:
-        _discard_results(output)
+        discard_results(output)
         done = {}
     elif done:
         fingerprints = {r.get("fingerprint") for r in done.values()}
         if fingerprints != {identity["fingerprint"]}:
-            return {"stop": _refusal(output, identity), "code": EXIT_RESUME_REFUSED, "ignored": ignored}
-    _write_run_file(output, identity)
+            return {"stop": resume_refusal(output, identity), "code": EXIT_RESUME_REFUSED, "ignored": ignored}
+    write_run_file(output, identity)
     if options.pseudonymise_paths:
         pseudonym = Pseudonymiser.for_output(output)
         for item in items:
@@ -495,7 +495,7 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
     return {"items": items, "pending": pending, "ignored": ignored, "stamp": stamp}
 
 
-def _refusal(output: Path, identity: dict) -> str:
+def resume_refusal(output: Path, identity: dict) -> str:
     """One line: why the results in ``output`` are not resumed, and what to do."""
     try:
         old = json.loads((output / RUN_FILE).read_text())
@@ -509,7 +509,7 @@ def _refusal(output: Path, identity: dict) -> str:
     )
 
 
-def _write_run_file(output: Path, identity: dict) -> None:
+def write_run_file(output: Path, identity: dict) -> None:
     """``run.json``: the fingerprint's parts (no absolute paths), rewritten only when they change."""
     path = output / RUN_FILE
     try:
@@ -524,7 +524,7 @@ _OVERLAY_NAME = re.compile(r"[0-9a-f]{16}(_[A-Za-z0-9._-]*)?\.png")
 _SR_NAME = re.compile(r"([0-9]+(\.[0-9]+)*|uid-[0-9a-f]{16})\.dcm")
 
 
-def _discard_results(output: Path) -> None:
+def discard_results(output: Path) -> None:
     """``--restart``: remove what earlier runs wrote to ``output`` (journals, final files, overlays, SRs),
     only files named as this tool names them."""
     for path in all_part_paths(output):
@@ -540,7 +540,7 @@ def _discard_results(output: Path) -> None:
                 folder.rmdir()
 
 
-def _process(
+def process_items(
     items: list[InputItem],
     bundle: InferenceBundle,
     options: InferenceOptions,
@@ -751,7 +751,7 @@ def _finish(
         for study, reason in sr_failures.items():  # ``study``: the report's file stem, safe to print
             print(f"cit infer: no DICOM SR for study {study}: {reason}", file=sys.stderr)
         rows = _note_missing_reports(rows, by_key, sr_failures)
-    write_final_outputs(rows, _columns(bundle, options), csv_path, output / "predictions.jsonl")
+    write_final_outputs(rows, output_columns(bundle, options), csv_path, output / "predictions.jsonl")
     counts = Counter(r["status"] for r in rows)
     if missing:
         counts["missing"] = missing
