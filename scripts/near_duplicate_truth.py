@@ -19,27 +19,31 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def named_pairs(report: dict) -> set[tuple[str, str]]:
+def named_pairs(report: dict, min_inliers: int = 0) -> set[tuple[str, str]]:
+    """Every pair the audit named; embedding-stage pairs only with at least ``min_inliers``."""
     pairs = set()
     for record in (
         report["within_split_pairs"]
         + report["leakage"]["exact_duplicates"]
         + report["leakage"]["near_duplicates"]
     ):
+        if record.get("stage") == "embedding" and record["keypoint_inliers"] < min_inliers:
+            continue
         pairs.add(tuple(sorted((record["a"]["image"], record["b"]["image"]))))
     return pairs
 
 
-def score(report: dict, root: Path, truth: dict[str, str]) -> dict:
+def score(report: dict, root: Path, truth: dict[str, str], min_inliers: int = 0) -> dict:
     groups = defaultdict(list)
     for name, group in truth.items():
         groups[group].append(str(root / name))
     true = {tuple(sorted(p)) for members in groups.values() for p in itertools.combinations(members, 2)}
-    named = named_pairs(report)
+    named = named_pairs(report, min_inliers)
     hit = named & true
     stages = defaultdict(int)
     for record in report["within_split_pairs"]:
-        stages[record.get("stage", record["kind"])] += 1
+        if record.get("stage") != "embedding" or record["keypoint_inliers"] >= min_inliers:
+            stages[record.get("stage", record["kind"])] += 1
     return {
         "true_pairs": len(true),
         "named_pairs": len(named),
@@ -54,6 +58,7 @@ def score(report: dict, root: Path, truth: dict[str, str]) -> dict:
 def main() -> None:
     from toolkit.cli.audit import read_image
     from toolkit.data.audit import audit_datalist
+    from toolkit.data.audit.embeddings import DEFAULT_MIN_INLIERS
     from toolkit.data.files import find_image_files
     from toolkit.networks.embeddings import ImageEmbedder
 
@@ -63,6 +68,11 @@ def main() -> None:
     parser.add_argument("--group-column", default="source_tile")
     parser.add_argument("--embedding-cache", default=None)
     parser.add_argument("--no-embeddings", action="store_true")
+    parser.add_argument("--min-inliers", type=int, default=DEFAULT_MIN_INLIERS)
+    parser.add_argument(
+        "--also-at", default="", help="more keypoint thresholds to score, e.g. 4,5 (>= --min-inliers)"
+    )
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     root = Path(args.folder).resolve()
     with open(args.truth, newline="") as f:
@@ -71,8 +81,13 @@ def main() -> None:
     doc = {"labels": ["x"], "all": [{"image": p, "label": 0} for p in files]}
     started = time.perf_counter()
     report = audit_datalist(doc, read_image, embedder=None if args.no_embeddings else ImageEmbedder(),
-                            embedding_cache=args.embedding_cache)  # fmt: skip
-    result = score(report, root, truth)
+                            embedding_cache=args.embedding_cache, min_inliers=args.min_inliers,
+                            workers=args.workers)  # fmt: skip
+    result = score(report, root, truth, args.min_inliers)
+    for extra in (int(t) for t in args.also_at.split(",") if t.strip()):
+        scored = score(report, root, truth, extra)
+        result[f"at_min_inliers_{extra}"] = {k: scored[k] for k in ("named_pairs", "true_pairs_named", "recall",
+                                                                    "precision")}  # fmt: skip
     result.update(images=len(files), seconds=round(time.perf_counter() - started, 1),
                   embedding_stage=report["settings"]["embedding_stage"])  # fmt: skip
     print(json.dumps(result, indent=1))

@@ -159,7 +159,8 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="also run the second near-duplicate stage (ImageNet EfficientNet-Lite0 embeddings, nearest neighbours, "
         "confirmed on ORB keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
-        "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores",
+        "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores (--workers N helps). "
+        "For histology-like images only: on chest radiographs it pairs different patients (docs/data-audit.md)",
     )
     a.add_argument(
         "--neighbours",

@@ -119,7 +119,7 @@ def colour_modes(doc: dict) -> Counter:
 def _datalist(args: argparse.Namespace) -> int:
     try:
         path = build_datalist(args.source, args.out, ratios=args.ratios, val_fraction=args.val_fraction,
-                              seed=args.seed, **source_options(args))  # fmt: skip
+                              seed=args.seed, group_column=args.group_column, **source_options(args))  # fmt: skip
         doc = load_datalist(path)
     except BAD_INPUT as err:
         return fail("datalist", err)
@@ -176,6 +176,13 @@ def add_parser(subparsers) -> None:
         "--val-fraction", type=float, default=0.15, help="validation carved from a published training split"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--group-column",
+        default=None,
+        metavar="COLUMN",
+        help="label-file column whose value the split keeps in one part, like a patient id and as well as it "
+             "(e.g. source_tile: the original image that augmented copies were made from)",
+    )  # fmt: skip
     add_source_options(p)
     p.set_defaults(func=_datalist)
 

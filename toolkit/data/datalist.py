@@ -34,13 +34,15 @@ from toolkit.data.sources import (
 from toolkit.data.sources.base import SHOW
 from toolkit.data.sources.chestxray14 import is_chestxray14
 from toolkit.data.sources.class_folders import tree_classes
-from toolkit.data.sources.csv_manifest import TABLE_SUFFIXES, csv_header
+from toolkit.data.sources.csv_manifest import TABLE_SUFFIXES, csv_header, resolve_column
 from toolkit.data.sources.dicom_folder import dicom_label_csv
 from toolkit.data.splits import (
+    COLUMN_GROUP,
     SPLIT_GROUP,
     SPLIT_NAMES,
     check_no_leakage,
     class_counts,
+    combine_groups,
     near_duplicate_groups,
     parse_ratios,
     split_items,
@@ -331,6 +333,7 @@ def build_datalist(
     group_near_duplicates: bool | Mapping = False,
     read_image=None,
     embedder=None,
+    group_column: str | None = None,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
 
@@ -342,7 +345,9 @@ def build_datalist(
     Label files: ``image_column``, ``label_column`` (several = one 0/1 column per class,
     multi-label), ``patient_column``, ``split_column`` name the columns (default: found by name,
     see ``sources.csv_manifest``); ``image_pattern`` (``"head_ct/{id:03d}.png"``) builds the image
-    path from a row; ``skip_missing`` skips rows whose image is missing (default: an error).
+    path from a row; ``group_column`` names a column (LC25000's ``source_tile``) whose value a split
+    keeps in one part, like and as well as a patient id (item key ``group``); ``skip_missing`` skips
+    rows whose image is missing (default: an error).
     ``allow_single_class``: a source whose images all get one class is accepted (default: an
     error, unless ``classes`` is given).
 
@@ -367,7 +372,7 @@ def build_datalist(
     if not source.exists():
         raise FileNotFoundError(f"dataset source not found: {source}")
     if source.is_file() and source.suffix.lower() == ".json":
-        given = sorted(k for k, v in table.items() if v)
+        given = sorted(k for k, v in {**table, "group_column": group_column}.items() if v)
         if given:
             raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
         load_datalist(source)
@@ -376,8 +381,9 @@ def build_datalist(
                            "writes a regrouped copy of it)", source)  # fmt: skip
         return source
 
-    found = read_source(source, out_path, classes, label_from_name, patient_from_name,
-                        allow_single_class=allow_single_class, skip_missing=skip_missing, **table)  # fmt: skip
+    read_source_args = dict(classes=classes, label_from_name=label_from_name, patient_from_name=patient_from_name,
+                            allow_single_class=allow_single_class, skip_missing=skip_missing, **table)  # fmt: skip
+    found = read_source(source, out_path, **read_source_args)
     items, labels, multi = found.items, found.labels, found.multi_label
     published = {item["split"] for item in items if item.get("split")}
     meta = {
@@ -397,6 +403,11 @@ def build_datalist(
                     grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],
                     grouping["exact_duplicate_pairs"], grouping["near_duplicate_pairs"], grouping["groups"])  # fmt: skip
         meta["near_duplicate_grouping"] = grouping
+        group_key = SPLIT_GROUP
+    if group_column:
+        _add_column_groups(source, out_path, items, group_column, read_source_args)
+        meta["group_column"] = group_column
+        meta["column_groups"] = combine_groups(items, (group_key, COLUMN_GROUP), SPLIT_GROUP)
         group_key = SPLIT_GROUP
     if published:
         splits = {
@@ -438,6 +449,27 @@ def build_datalist(
                 "published splits" if published else f"ratios {meta['ratios']}",
                 summarize({"labels": labels, "multi_label": multi, **splits}))  # fmt: skip
     return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
+
+
+def _add_column_groups(
+    source: Path, out_path: Path, items: Sequence[dict], column: str, read_args: dict
+) -> None:
+    """Set ``COLUMN_GROUP`` of each item to its row's value in the label file's ``column``.
+
+    The source readers keep only the columns they know, so the label file is read a second time
+    with ``column`` in the place of the patient column: the same reader finds the same image for
+    each row, however the image is named (column, id, pattern)."""
+    tables = [source] if source.is_file() else label_tables(source)
+    if len(tables) != 1 or tables[0].suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"{source}: a group column ({column!r}) needs a label file (CSV / TSV), or a folder "
+                         "holding one; pass the label file itself as the source")  # fmt: skip
+    resolved = resolve_column(tables[0], csv_header(tables[0]), column, "group")
+    again = read_source(source, out_path, **{**read_args, "patient_column": resolved})
+    values = {str(item["image"]): item.get("patient_id") for item in again.items}
+    for item in items:
+        value = values.get(str(item["image"]))
+        if value not in (None, ""):
+            item[COLUMN_GROUP] = value
 
 
 def _shared_groups(splits: Mapping[str, Sequence[dict]], group_key: str) -> list[str]:

@@ -199,6 +199,32 @@ def split_items(
 NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels", "embeddings", "neighbours",
                           "min_similarity", "min_inliers")  # fmt: skip
 SPLIT_GROUP = "split_group"  # item key: the patient + near-duplicate cluster an item belongs to
+COLUMN_GROUP = "group"  # item key: the value of a label file's group column (e.g. LC25000's source tile)
+
+
+def combine_groups(items: Sequence[dict], keys: Sequence[str], out_key: str = SPLIT_GROUP) -> int:
+    """Give every item ``out_key`` = ``"g<n>"``: items sharing a value of any of ``keys`` (a patient
+    id, a source tile, a near-duplicate cluster) share it, also through a chain of items, so a split
+    grouped by ``out_key`` keeps each of them in one part. An item with none of the keys is its own
+    group. Returns the number of groups. The groups are the connected components (scipy) of the
+    graph joining each item to each of its values."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    value_node: dict[tuple[str, str], int] = {}
+    edges = []
+    for index, item in enumerate(items):
+        for key in keys:
+            value = item.get(key)
+            if value not in (None, ""):
+                edges.append((index, value_node.setdefault((key, str(value)), len(items) + len(value_node))))
+    size = len(items) + len(value_node)
+    rows, cols = zip(*edges, strict=True) if edges else ((), ())
+    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(size, size))
+    component = connected_components(graph, directed=False)[1][: len(items)]
+    for item, group in zip(items, component.tolist(), strict=True):
+        item[out_key] = f"g{group}"
+    return len(set(component.tolist()))
 
 
 def near_duplicate_groups(

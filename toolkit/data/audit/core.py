@@ -21,8 +21,8 @@ from toolkit.data.audit.embeddings import (
     Embedder,
     EmbeddingCache,
     candidate_pairs,
-    confirm_candidates,
     default_cache_dir,
+    verify_candidates,
 )
 from toolkit.data.audit.images import (
     DEFAULT_CONFIRM,
@@ -157,24 +157,27 @@ def audit_datalist(
     if batches is not None:
         embedded = [i for i in ok if i in batches.features and described[i].get("reg_thumb") is not None]
         found = exact_set | {(p["a"], p["b"]) for p in near_pairs}
-        candidates = (
-            [
-                (embedded[x], embedded[y], sim)
-                for x, y, sim in candidate_pairs(
-                    np.stack([batches.features[i] for i in embedded]), neighbours, min_similarity
-                )  # fmt: skip
-                if (embedded[x], embedded[y]) not in found
-            ]
-            if len(embedded) > 1
-            else []
-        )
+        candidates = []
+        if len(embedded) > 1:
+            searched = (
+                (lambda d, t: logger.info("audit: nearest embeddings of %d / %d images", d, t))
+                if progress
+                else None
+            )
+            features = np.stack([batches.features[i] for i in embedded])
+            for x, y, sim in candidate_pairs(features, neighbours, min_similarity, progress=searched):
+                if (embedded[x], embedded[y]) not in found:
+                    candidates.append((embedded[x], embedded[y], sim))
         if progress and candidates:
-            logger.info("audit: registering %d embedding candidates", len(candidates))
+            logger.info("audit: keypoints of the %d images in %d embedding candidate pairs",
+                        len({i for pair in candidates for i in pair[:2]}), len(candidates))  # fmt: skip
         thumbs = {i: described[i]["reg_thumb"] for i in embedded}
-        confirmed = confirm_candidates(
+        verified = verify_candidates(
             candidates, thumbs, min_inliers,
             progress=(lambda d, t: logger.info("audit: %d / %d candidates registered", d, t)) if progress else None,
+            workers=workers,
         )  # fmt: skip
+        confirmed = [match for match in verified if match["inliers"] >= min_inliers]
         for match in confirmed:
             a, b = match["i"], match["j"]
             transform = ("flip+" if match["flip"] else "") + f"rot{match['angle']:g} scale{match['scale']:g}"

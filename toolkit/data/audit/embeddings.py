@@ -5,10 +5,11 @@ The hash stage finds exact copies and copies turned by multiples of 90 degrees o
 misses copies rotated by a few degrees, zoomed or cropped (LC25000). Here every image gets an
 embedding from the caller's ``Embedder`` (``toolkit.networks.embeddings.ImageEmbedder``: pooled
 ImageNet EfficientNet-Lite0 features; it lives in a higher layer, so the audit takes the callable,
-as it takes ``read_image``). Each image's ``k`` nearest neighbours by cosine similarity, at or above
-``min_similarity``, are candidates; a candidate is confirmed when ``registration.verify`` finds at
-least ``min_inliers`` keypoints of the two grey thumbnails that one similarity transform (rotation,
-zoom, shift, maybe a mirror) maps onto each other.
+as it takes ``read_image``). Each image's ``k`` nearest neighbours by cosine similarity (faiss: exact
+up to ``EXACT_MAX`` images, a graph index above), at or above ``min_similarity``, are candidates; a
+candidate is confirmed when ``registration.verify`` finds at least ``min_inliers`` keypoints of the
+two grey thumbnails that one similarity transform (rotation, zoom, shift, maybe a mirror) maps onto
+each other.
 """
 
 from __future__ import annotations
@@ -21,15 +22,26 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from toolkit.data.audit.registration import DEFAULT_MIN_INLIERS
 from toolkit.io import atomic_write_bytes
 
 # Thresholds chosen on LC25000 (source_tiles.csv gives the truth) and checked on brain MRI, Kermany
-# and ChestX-ray14 (docs/data-audit.md, tests/data/test_embedding_stage_real.py).
+# and ChestX-ray14 (docs/data-audit.md; scripts/near_duplicate_truth.py, scripts/embedding_pair_check.py).
 DEFAULT_NEIGHBOURS = 15
 DEFAULT_MIN_SIMILARITY = 0.55
+
+# The nearest-neighbour search (faiss): exact up to EXACT_MAX vectors, a graph index (HNSW) above.
+# Measured on 25,000 random 1280-d vectors (a shared 2-core machine): exact 79 s, HNSW 327 s. Exact is
+# faster there, but grows as N^2 (about 16x that at 100,000); random vectors are the graph's worst case.
+EXACT_MAX = 20_000
+HNSW_LINKS = 32  # graph neighbours per vector (faiss's M)
+HNSW_BUILD_DEPTH = 200  # candidate list while building (efConstruction): fewer neighbours missed
+HNSW_SEARCH_DEPTH = 128  # candidate list while searching (efSearch)
+QUERY_BLOCK = 10_000  # queries per search call (memory) and per progress report
+
+ProgressFn = Callable[[int, int], None]
+PROGRESS_EVERY = 500  # candidates per progress report (and per task of a worker process)
 
 
 class Embedder(Protocol):
@@ -117,56 +129,109 @@ def embedding_thumb(arr: np.ndarray, size: int) -> np.ndarray | None:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
+def neighbour_index(x: np.ndarray):
+    """A faiss inner-product index over unit vectors ``x`` (cosine similarity): exact (``IndexFlatIP``,
+    O(N^2 D) in all) up to ``EXACT_MAX`` vectors, else a graph index (HNSW: ``IndexHNSWFlat``,
+    build and queries O(N log N) in all, approximate: a true neighbour may be missed, rarely)."""
+    import faiss  # noqa: PLC0415  (imported with the embedding stage only)
+
+    if len(x) <= EXACT_MAX:
+        index = faiss.IndexFlatIP(x.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(x.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_BUILD_DEPTH
+    index.add(x)
+    return index
+
+
 def candidate_pairs(
-    features: np.ndarray, k: int = DEFAULT_NEIGHBOURS, min_similarity: float = DEFAULT_MIN_SIMILARITY
+    features: np.ndarray,
+    k: int = DEFAULT_NEIGHBOURS,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
+    progress: ProgressFn | None = None,
 ) -> list[tuple[int, int, float]]:
     """Pairs ``(i < j, cosine similarity)`` where j is among i's ``k`` nearest neighbours (or i among
-    j's) with similarity >= ``min_similarity``. scikit-learn's ``NearestNeighbors`` (brute force in
-    memory-bounded chunks: exact, O(N^2 D) time, O(N k) memory) on the L2-normalised features."""
+    j's) with similarity >= ``min_similarity``, from ``neighbour_index`` over the L2-normalised
+    features, queried in blocks of ``QUERY_BLOCK`` (memory O(N k)); ``progress(done, total)`` after
+    each block when there are several."""
     x = np.asarray(features, dtype=np.float32)
     n = len(x)
     if n < 2:
         return []
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    index = NearestNeighbors(n_neighbors=min(k + 1, n), metric="euclidean", algorithm="brute").fit(x)
-    distances, neighbours = index.kneighbors(x)
+    x = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    index = neighbour_index(x)
+    depth = min(k + 1, n)
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, 2 * depth)
     pairs: dict[tuple[int, int], float] = {}
-    for i in range(n):
-        for d, j in zip(distances[i].tolist(), neighbours[i].tolist(), strict=True):
-            similarity = 1.0 - d * d / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
-            if j != i and similarity >= min_similarity:
-                pairs[(min(i, j), max(i, j))] = round(similarity, 4)
+    for start in range(0, n, QUERY_BLOCK):
+        similarities, neighbours = index.search(x[start : start + QUERY_BLOCK], depth)
+        for row, (sims, ids) in enumerate(zip(similarities.tolist(), neighbours.tolist(), strict=True)):
+            i = start + row
+            for similarity, j in zip(sims, ids, strict=True):
+                if j >= 0 and j != i and similarity >= min_similarity:
+                    pairs[(min(i, j), max(i, j))] = round(similarity, 4)
+        if progress and n > QUERY_BLOCK:
+            progress(min(start + QUERY_BLOCK, n), n)
     return [(i, j, s) for (i, j), s in sorted(pairs.items())]
 
 
-ProgressFn = Callable[[int, int], None]
+# Worker processes inherit the keypoints by fork (copy-on-write) instead of receiving them per task.
+_SHARED_POINTS: dict[int, tuple] = {}
 
 
-def confirm_candidates(
+def _verify_chunk(chunk: Sequence[tuple[int, int, float]], min_inliers: int) -> list[dict]:
+    from toolkit.data.audit.registration import verify  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RANSAC's "No inliers found": a pair that does not match
+        return [{"i": i, "j": j, "similarity": s, **verify(_SHARED_POINTS[i], _SHARED_POINTS[j], min_inliers)}
+                for i, j, s in chunk]  # fmt: skip
+
+
+def verify_candidates(
     candidates: Sequence[tuple[int, int, float]],
     thumbs: Mapping[int, np.ndarray],
     min_inliers: int = DEFAULT_MIN_INLIERS,
     progress: ProgressFn | None = None,
+    workers: int = 1,
 ) -> list[dict]:
-    """Each candidate verified on its keypoints (``registration.verify``); the confirmed ones as
-    ``{"i", "j", "similarity", "inliers", "flip", "angle", "scale", "matches"}``. Keypoints are
-    computed once per image, only for images in a candidate pair."""
-    from toolkit.data.audit.registration import image_keypoints, verify  # noqa: PLC0415
+    """Every candidate verified on its keypoints (``registration.verify``), in order, as ``{"i", "j",
+    "similarity", "inliers", "flip", "angle", "scale", "matches"}``. Keypoints are computed once per
+    image, only for images in a candidate pair; with ``workers`` > 1, keypoints and verification run
+    in that many processes (fork start method, where the platform has it; else in this process).
+    ``progress(done, total)`` is called every ``PROGRESS_EVERY`` candidates."""
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
 
-    points: dict[int, tuple] = {}
+    from toolkit.data.audit.registration import image_keypoints  # noqa: PLC0415
 
-    def of(i: int) -> tuple:
-        if i not in points:
-            points[i] = image_keypoints(thumbs[i])
-        return points[i]
-
-    confirmed = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RANSAC's "No inliers found": a pair that does not match
-        for n, (i, j, similarity) in enumerate(candidates):
-            match = verify(of(i), of(j), min_inliers)
-            if match["inliers"] >= min_inliers:
-                confirmed.append({"i": i, "j": j, "similarity": similarity, **match})
-            if progress and (n + 1) % 500 == 0:
-                progress(n + 1, len(candidates))
-    return confirmed
+    needed = sorted({i for i, j, _ in candidates} | {j for i, j, _ in candidates})
+    fork = workers > 1 and "fork" in multiprocessing.get_all_start_methods()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if fork else None
+    try:
+        mapper = pool.map if pool else map
+        kwargs = {"chunksize": 16} if pool else {}
+        _SHARED_POINTS.clear()
+        _SHARED_POINTS.update(
+            zip(needed, mapper(image_keypoints, (thumbs[i] for i in needed), **kwargs), strict=True)
+        )
+        if pool:  # the keypoint workers were forked before _SHARED_POINTS was filled: fresh ones
+            pool.shutdown()
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        chunks = [candidates[n : n + PROGRESS_EVERY] for n in range(0, len(candidates), PROGRESS_EVERY)]
+        results: list[dict] = []
+        chunk_results = (
+            pool.map(_verify_chunk, chunks, [min_inliers] * len(chunks))
+            if pool
+            else (_verify_chunk(c, min_inliers) for c in chunks)
+        )
+        for verified in chunk_results:
+            results += verified
+            if progress:
+                progress(len(results), len(candidates))
+        return results
+    finally:
+        _SHARED_POINTS.clear()
+        if pool:
+            pool.shutdown()

@@ -33,7 +33,8 @@ DEFAULT_MIN_INLIERS = 6
 
 
 def keypoints(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """ORB keypoints (row, col) and binary descriptors of a grey thumbnail; None when it has too few
+    """ORB keypoints (row, col; float32) and binary descriptors (bits packed 8 per byte, so 32 bytes a
+    keypoint: small enough to pass between processes) of a grey thumbnail; None when it has too few
     corners (a flat image)."""
     from skimage.feature import ORB  # scikit-image: imported when the embedding stage runs
 
@@ -44,7 +45,7 @@ def keypoints(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if len(orb.keypoints) < 4:
         return None
-    return np.asarray(orb.keypoints), np.asarray(orb.descriptors)
+    return np.asarray(orb.keypoints, np.float32), np.packbits(np.asarray(orb.descriptors, bool), axis=1)
 
 
 def image_keypoints(thumb: np.ndarray) -> tuple:
@@ -52,18 +53,17 @@ def image_keypoints(thumb: np.ndarray) -> tuple:
     return keypoints(thumb), keypoints(np.ascontiguousarray(np.asarray(thumb)[:, ::-1]))
 
 
-def match_binary(a: np.ndarray, b: np.ndarray, max_ratio: float = MAX_RATIO) -> np.ndarray:
-    """Mutual nearest neighbours of two sets of binary descriptors (Hamming distance) passing Lowe's
-    ratio test: ``(k, 2)`` index pairs. What ``skimage.feature.match_descriptors(cross_check=True,
+def match_binary(pa: np.ndarray, pb: np.ndarray, max_ratio: float = MAX_RATIO) -> np.ndarray:
+    """Mutual nearest neighbours of two sets of packed binary descriptors (Hamming distance) passing
+    Lowe's ratio test: ``(k, 2)`` index pairs. What ``skimage.feature.match_descriptors(cross_check=True,
     max_ratio=...)`` returns, written here on packed bits with numpy's popcount because scipy's
     Hamming ``cdist`` on booleans, which it uses, took 60 ms a pair, most of the audit's time."""
-    pa, pb = np.packbits(a, axis=1), np.packbits(b, axis=1)
     dist = np.bitwise_count(pa[:, None, :] ^ pb[None, :, :]).sum(axis=2, dtype=np.int32)
     if dist.shape[1] < 2 or dist.shape[0] < 2:
         return np.empty((0, 2), np.intp)
     best_b = dist.argmin(axis=1)
     best_a = dist.argmin(axis=0)
-    rows = np.arange(len(a))
+    rows = np.arange(len(pa))
     mutual = best_a[best_b] == rows
     two = np.partition(dist, 1, axis=1)[:, :2].astype(np.float64)
     ratio_ok = two[:, 0] < max_ratio * np.maximum(two[:, 1], 1e-9)
