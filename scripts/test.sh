@@ -10,4 +10,6 @@ fi
 # style first (seconds): the formatter and the linter configured in pyproject.toml
 ruff format --check --quiet .
 ruff check --quiet .
-python -m pytest "$@"
+# Two workers (pytest-xdist; a test file stays on one worker, so its module fixtures are made once): the
+# tests run torch on one thread each, so two cores run two test files at a time. CIT_TEST_WORKERS=0: serial.
+python -m pytest -n "${CIT_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
