@@ -1,4 +1,5 @@
-"""A split that keeps near-duplicate clusters together (``group_near_duplicates``), as LC25000 needs:
+"""A split that keeps near-duplicate clusters together (a bundle's ``group_near_duplicates``, the
+``grouper`` of ``build_datalist``), as LC25000 needs:
 planted rotated / mirrored / re-windowed copies never span two splits, the grouping is reported,
 and it is part of the bundle's split spec and fingerprint."""
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from toolkit.bundle.datalists import datalist_for, fingerprint, read_pixels, split_spec
 from toolkit.data import build_datalist, load_datalist
+from toolkit.data.audit import near_duplicate_grouper
 
 CLASSES = ["lung_aca", "lung_n", "lung_scc"]
 CLUSTERS_PER_CLASS, COPIES, SINGLES_PER_CLASS = 4, 3, 8  # each cluster: an original + 2 altered copies
@@ -67,8 +69,10 @@ def test_grouped_split_keeps_every_planted_cluster_in_one_split(tree, tmp_path):
         "the plain split should put some copies of one image in two splits (else this test shows nothing)"
     )
 
-    grouped = load_datalist(build_datalist(root, tmp_path / "grouped.json", ratios=ratios, seed=0,
-                                           group_near_duplicates=True, read_image=read_pixels))  # fmt: skip
+    grouper = near_duplicate_grouper(read_pixels)
+    grouped = load_datalist(
+        build_datalist(root, tmp_path / "grouped.json", ratios=ratios, seed=0, grouper=grouper)
+    )
     clusters = _splits_of_clusters(grouped, cluster_of)
     assert len(clusters) == len(CLASSES) * CLUSTERS_PER_CLASS
     assert all(len(splits) == 1 for splits in clusters.values()), clusters
@@ -91,19 +95,19 @@ def test_grouped_split_keeps_every_planted_cluster_in_one_split(tree, tmp_path):
 
 def test_grouping_options_are_the_audits_and_bad_ones_are_named(tree, tmp_path):
     root, _ = tree
-    strict = build_datalist(root, tmp_path / "strict.json", seed=0, read_image=read_pixels,
-                            group_near_duplicates={"confirm_pixels": 0.0001})  # fmt: skip
+    strict = build_datalist(root, tmp_path / "strict.json", seed=0,
+                            grouper=near_duplicate_grouper(read_pixels, confirm_pixels=0.0001))  # fmt: skip
     report = load_datalist(strict)["near_duplicate_grouping"]
     assert report["settings"]["confirm_pixels"] == 0.0001
     assert (
         report["images_in_duplicate_clusters"] < 3 * len(CLASSES) * CLUSTERS_PER_CLASS
     )  # copies no longer confirmed
     with pytest.raises(TypeError, match=r"unknown near-duplicate option\(s\) \['hamming'\]"):
-        build_datalist(
-            root, tmp_path / "bad.json", read_image=read_pixels, group_near_duplicates={"hamming": 4}
-        )
-    with pytest.raises(ValueError, match="group_near_duplicates needs read_image"):
-        build_datalist(root, tmp_path / "bad.json", group_near_duplicates=True)
+        near_duplicate_grouper(read_pixels, hamming=4)
+    with pytest.raises(TypeError, match=r"unknown near-duplicate option\(s\) \['hamming'\]"):
+        datalist_for(root, tmp_path / "bad", seed=0, group_near_duplicates={"hamming": 4})
+    with pytest.raises(ValueError, match="grouping needs read_image"):
+        near_duplicate_grouper(None)
 
 
 def test_grouping_is_part_of_the_split_spec_and_fingerprint(tree, tmp_path):

@@ -169,8 +169,7 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
     built = Path(build_datalist(source, target, ratios=ratios, val_fraction=val_fraction, seed=seed,
                                 classes=classes, label_from_name=label_from_name,
                                 patient_from_name=patient_from_name, **source_opts,
-                                group_near_duplicates=group_near_duplicates, read_image=read_pixels,
-                                embedder=_embedder(group_near_duplicates)))  # fmt: skip
+                                grouper=_grouper(group_near_duplicates)))  # fmt: skip
     doc = load_datalist(built)  # a JSON source is returned as is: copy it, with absolute image paths
     meta = {k: v for k, v in doc.items() if k not in split_keys(doc) and k not in ("labels", "multi_label")}
     meta.update(split_spec=spec, split_fingerprint=fp)
@@ -251,14 +250,21 @@ def _embedder_wanted(group_near_duplicates) -> bool:
     return isinstance(group_near_duplicates, dict) and bool(group_near_duplicates.get("embeddings", False))
 
 
-def _embedder(group_near_duplicates):
-    """The audit's embedder for a grouped split whose bundle asks for the embedding stage
-    (``"group_near_duplicates": {"embeddings": true}``), else None."""
-    if not _embedder_wanted(group_near_duplicates):
+def _grouper(group_near_duplicates):
+    """The split's near-duplicate grouping (``toolkit.data.audit.near_duplicate_grouper``) for a bundle's
+    ``group_near_duplicates`` (True, or the audit's settings), with the audit's embedder when the
+    settings ask for its embedding stage (``{"embeddings": true}``); None when not asked for."""
+    if not group_near_duplicates:
         return None
-    from toolkit.networks.embeddings import ImageEmbedder  # torch + timm: only for a grouped split
+    from toolkit.data.audit import near_duplicate_grouper  # imagehash + Pillow: only for a grouped split
 
-    return ImageEmbedder()
+    options = dict(group_near_duplicates) if isinstance(group_near_duplicates, dict) else {}
+    embedder = None
+    if _embedder_wanted(group_near_duplicates):
+        from toolkit.networks.embeddings import ImageEmbedder  # torch + timm: only for the embedding stage
+
+        embedder = ImageEmbedder()
+    return near_duplicate_grouper(read_pixels, embedder=embedder, **options)
 
 
 def read_pixels(path: str):

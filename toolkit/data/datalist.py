@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ from toolkit.data.splits import (
     check_no_leakage,
     class_counts,
     combine_groups,
-    near_duplicate_groups,
     parse_ratios,
     split_items,
 )
@@ -330,9 +329,7 @@ def build_datalist(
     image_pattern: str | None = None,
     skip_missing: bool = False,
     allow_single_class: bool = False,
-    group_near_duplicates: bool | Mapping = False,
-    read_image=None,
-    embedder=None,
+    grouper: Callable[[list[dict], list[str]], dict] | None = None,
     group_column: str | None = None,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
@@ -357,13 +354,11 @@ def build_datalist(
     of the splits made here. Deterministic for a given ``seed``. The counts per split and class
     are logged.
 
-    ``group_near_duplicates`` (True, or a mapping of the audit's thresholds, see
-    ``splits.NEAR_DUPLICATE_OPTIONS``): before splitting, images are clustered by patient and by
-    duplicate / near-duplicate image as ``cit audit`` finds them (read with ``read_image``), and
-    whole clusters are split (item key ``split_group``), so no cluster spans two of the splits
-    made here; clusters spanning published splits are kept as published and counted. The summary
-    (clusters, images grouped) is logged and stored as ``near_duplicate_grouping``. With an
-    ``embedder`` (``toolkit.networks.embeddings.ImageEmbedder``) the audit's embedding stage runs too.
+    ``grouper(items, labels) -> summary`` (``toolkit.data.audit.near_duplicate_grouper``): before
+    splitting, it clusters the images by patient and by duplicate / near-duplicate image as ``cit
+    audit`` finds them, and whole clusters are split (item key ``split_group``), so no cluster spans
+    two of the splits made here; clusters spanning published splits are kept as published and
+    counted. The summary (clusters, images grouped) is logged and stored as ``near_duplicate_grouping``.
     """
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
@@ -376,8 +371,8 @@ def build_datalist(
         if given:
             raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
         load_datalist(source)
-        if group_near_duplicates:
-            logger.warning("%s is a datalist with its own split: group_near_duplicates is not applied (`cit audit` "
+        if grouper is not None:
+            logger.warning("%s is a datalist with its own split: near-duplicate grouping is not applied (`cit audit` "
                            "writes a regrouped copy of it)", source)  # fmt: skip
         return source
 
@@ -393,11 +388,8 @@ def build_datalist(
         "seed": seed,
         **found.meta,
     }
-    if group_near_duplicates:
-        if read_image is None:
-            raise ValueError("group_near_duplicates needs read_image (a function decoding one image file)")
-        options = dict(group_near_duplicates) if isinstance(group_near_duplicates, Mapping) else {}
-        grouping = near_duplicate_groups(items, labels, read_image, embedder=embedder, **options)
+    if grouper is not None:
+        grouping = grouper(items, labels)
         logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
                     "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
                     grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],

@@ -89,7 +89,7 @@ def _ratio_value(value, given) -> float:
         raise ValueError(f"ratios {given!r}: {value!r} is not a number") from None
 
 
-def _is_multi_label(items: Sequence[dict]) -> bool:
+def is_multi_label(items: Sequence[dict]) -> bool:
     return any(isinstance(item.get("label"), (list, tuple)) for item in items)
 
 
@@ -97,7 +97,7 @@ def _strata(items: Sequence[dict], stratify: bool) -> list:
     """One stratum per item: its class, the rarest positive label (multi-label), or one for all."""
     if not stratify:
         return [0] * len(items)
-    if not _is_multi_label(items):
+    if not is_multi_label(items):
         return [item.get("label") for item in items]
     positives = Counter()
     for item in items:
@@ -195,11 +195,28 @@ def split_items(
     return result
 
 
-# near-duplicate settings a split may set (``toolkit.data.audit.audit_datalist`` arguments)
-NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels", "embeddings", "neighbours",
-                          "min_similarity", "min_inliers")  # fmt: skip
 SPLIT_GROUP = "split_group"  # item key: the patient + near-duplicate cluster an item belongs to
 COLUMN_GROUP = "group"  # item key: the value of a label file's group column (e.g. LC25000's source tile)
+
+
+class UnionFind:
+    """Clusters of ``0..n-1`` joined pair by pair; ``find`` names a cluster by its smallest member, so
+    the names (and the splits grouped by them) do not depend on the order of the unions. Our own:
+    scipy's ``DisjointSet`` names a cluster by another member, which would change existing splits."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
 
 
 def combine_groups(items: Sequence[dict], keys: Sequence[str], out_key: str = SPLIT_GROUP) -> int:
@@ -225,67 +242,6 @@ def combine_groups(items: Sequence[dict], keys: Sequence[str], out_key: str = SP
     for item, group in zip(items, component.tolist(), strict=True):
         item[out_key] = f"g{group}"
     return len(set(component.tolist()))
-
-
-def near_duplicate_groups(
-    items: Sequence[dict], labels: Sequence[str], read_image, workers: int = 1, embedder=None, **options
-) -> dict:
-    """Cluster ``items`` by patient and by duplicate image, with the data-set audit's own rule.
-
-    Every item gets ``SPLIT_GROUP`` (``"g<n>"``): items sharing a ``patient_id``, identical pixels
-    or a confirmed near-duplicate (pHash + pixel check, also under rotations / flips; see
-    ``toolkit.data.audit``) share it, so a split grouped by it keeps each cluster in one part.
-    ``options``: ``NEAR_DUPLICATE_OPTIONS`` (the audit's thresholds; its defaults otherwise).
-    ``read_image``: see ``toolkit.data.audit.ReadImage``; ``embedder`` (``toolkit.networks.embeddings.
-    ImageEmbedder``, a higher layer, so the caller makes it) runs the audit's embedding stage too,
-    when ``options["embeddings"]`` is True (off by default, as in ``cit audit``). Returns a summary for the log and the
-    datalist: clusters of several images, the images in them, the largest, pairs found.
-    """
-    # the audit needs imagehash and Pillow: imported only when a grouped split is asked for
-    from toolkit.data.audit import audit_datalist
-    from toolkit.data.audit.duplicates import _UnionFind
-
-    unknown = set(options) - set(NEAR_DUPLICATE_OPTIONS)
-    if unknown:
-        raise TypeError(
-            f"unknown near-duplicate option(s) {sorted(unknown)}; known: {list(NEAR_DUPLICATE_OPTIONS)}"
-        )
-    multi = _is_multi_label(items)
-    if not options.pop("embeddings", False):
-        embedder = None
-    report = audit_datalist({"labels": list(labels), "multi_label": multi, "all": list(items)}, read_image,
-                            workers=workers, embedder=embedder, **options)  # fmt: skip
-    groups = report["_groups"]
-    for item, group in zip(items, groups, strict=True):
-        item[SPLIT_GROUP] = f"g{group}"
-    # clusters made by duplicate images alone (patients aside): what the grouping adds
-    index = {
-        (it["image"][0] if isinstance(it["image"], list) else it["image"]): n for n, it in enumerate(items)
-    }
-    linked = _UnionFind(len(items))
-    for pair in report["within_split_pairs"]:
-        linked.union(index[pair["a"]["image"]], index[pair["b"]["image"]])
-    clusters = [n for n in Counter(linked.find(i) for i in range(len(items))).values() if n > 1]
-    pairs = report["within_split"].get("all", {})
-    return {
-        "groups": len(set(groups)),
-        "duplicate_clusters": len(clusters),
-        "images_in_duplicate_clusters": sum(clusters),
-        "largest_duplicate_cluster": max(clusters, default=0),
-        "exact_duplicate_pairs": pairs.get("exact_duplicate_pairs", 0),
-        "near_duplicate_pairs": pairs.get("near_duplicate_pairs", 0),
-        "unreadable": len(report["unreadable"]),
-        "settings": {
-            k: report["settings"][v]
-            for k, v in (
-                ("threshold", "hamming_threshold"),
-                ("transforms", "rotations_and_flips"),
-                ("confirm", "confirm_hamming_256"),
-                ("confirm_pixels", "confirm_pixel_difference"),
-                ("embedding_stage", "embedding_stage"),
-            )
-        },  # fmt: skip
-    }
 
 
 def check_no_leakage(splits: Mapping[str, Sequence[dict]], group_key: str = "patient_id") -> None:
@@ -350,7 +306,7 @@ def sample_weights(items: Sequence[dict], num_classes: int):
     """
     import torch
 
-    multi = _is_multi_label(items)
+    multi = is_multi_label(items)
     class_counts(items, num_classes, multi)  # validates the labels against num_classes
     strata = _strata(items, stratify=True) if multi else [int(item["label"]) for item in items]
     frequency = Counter(strata)

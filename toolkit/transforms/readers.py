@@ -74,7 +74,7 @@ def is_decoder_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
+def first_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -252,13 +252,13 @@ class DicomReader(ImageReader):
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # anything pydicom / numpy / a plugin raises on bad input
-            raise DicomReadError(filename, f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise DicomReadError(filename, f"{type(exc).__name__}: {first_line(exc)}") from exc
         except BaseException as exc:
             # a Rust decoder (pylibjpeg-rle) panics on some corrupt streams: PyO3 raises its PanicException,
             # a BaseException, which would otherwise stop a whole training or evaluation run
             if not is_decoder_panic(exc):
                 raise
-            raise DicomReadError(filename, f"the decoder crashed on this file: {_first_line(exc)}") from exc
+            raise DicomReadError(filename, f"the decoder crashed on this file: {first_line(exc)}") from exc
 
     def _decode(self, filename: str) -> _Decoded:
         import pydicom
@@ -279,7 +279,7 @@ class DicomReader(ImageReader):
             raise
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
             raise DicomReadError(
-                filename, f"unreadable or truncated DICOM header: {_first_line(exc)}"
+                filename, f"unreadable or truncated DICOM header: {first_line(exc)}"
             ) from exc
 
         self._ensure_transfer_syntax(ds, filename)
@@ -441,7 +441,7 @@ class DicomReader(ImageReader):
                     return None
                 arr = np.array(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DicomLimitError(filename, f"JPEG 2000 frame refused by Pillow: {_first_line(exc)}") from exc
+            raise DicomLimitError(filename, f"JPEG 2000 frame refused by Pillow: {first_line(exc)}") from exc
         except Exception:  # Pillow rejects some valid streams: fall back to pydicom
             return None
         if im.mode == "I;16" and precision < 16:
@@ -463,7 +463,7 @@ class DicomReader(ImageReader):
             arr = pixel_array(ds, index=frame_index)
         except Exception as exc:
             raise DicomReadError(
-                filename, f"cannot decode pixel data (corrupt or truncated?): {_first_line(exc)}"
+                filename, f"cannot decode pixel data (corrupt or truncated?): {first_line(exc)}"
             ) from exc
         if arr.size == 0:
             raise DicomReadError(filename, "decoded pixel data is empty")
@@ -625,7 +625,7 @@ class NiftiReader(NibabelReader):
             raise
         except Exception as exc:
             raise ImageReadError(
-                names[0], f"cannot read NIfTI: {type(exc).__name__}: {_first_line(exc)}"
+                names[0], f"cannot read NIfTI: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
         finally:
             slicing, self._slicing = self._slicing, None
@@ -762,7 +762,7 @@ class RasterReader(ImageReader):
         except ImageReadError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ResourceLimitError(filename, f"refused by Pillow: {_first_line(exc)}") from exc
+            raise ResourceLimitError(filename, f"refused by Pillow: {first_line(exc)}") from exc
         except (
             UnidentifiedImageError,
             OSError,
@@ -770,7 +770,7 @@ class RasterReader(ImageReader):
             ValueError,
         ) as exc:
             raise ImageReadError(
-                filename, f"cannot read image: {type(exc).__name__}: {_first_line(exc)}"
+                filename, f"cannot read image: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
         if arr.size == 0:
             raise ImageReadError(filename, "image is empty")

@@ -39,7 +39,7 @@ from monai.utils import ensure_tuple
 from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
 from toolkit.transforms.dicom_io import read_dicom
 from toolkit.transforms.limits import ReadLimits, read_limits
-from toolkit.transforms.readers import DicomReadError, ImageReadError, NiftiReader, PathLike, _first_line
+from toolkit.transforms.readers import DicomReadError, ImageReadError, NiftiReader, PathLike, first_line
 
 __all__ = ["VolumeReader", "sort_series_files"]
 
@@ -70,7 +70,7 @@ def sort_series_files(files: Sequence[PathLike], limits: ReadLimits | None = Non
         except DicomReadError:
             raise
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, zlib.error) as exc:
-            raise DicomReadError(name, f"unreadable DICOM header: {_first_line(exc)}") from exc
+            raise DicomReadError(name, f"unreadable DICOM header: {first_line(exc)}") from exc
         entries.append((name, ds))
     first = entries[0][1]
     try:
@@ -241,7 +241,7 @@ class VolumeReader(ImageReader):
             shape = [int(io.GetDimensions(i)) for i in range(io.GetNumberOfDimensions())]
             components = int(io.GetNumberOfComponents())
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            raise ImageReadError(name, f"cannot read the volume header: {_first_line(exc)}") from exc
+            raise ImageReadError(name, f"cannot read the volume header: {first_line(exc)}") from exc
         limits.check_volume(name, shape + ([components] if components > 1 else []))
 
     def _read_itk(self, source: str | Sequence[str], name: str) -> tuple[np.ndarray, dict]:
@@ -255,7 +255,7 @@ class VolumeReader(ImageReader):
             image = itk.imread(list(source) if not isinstance(source, str) else source)
             arr, meta = reader.get_data(image)
         except (RuntimeError, ValueError, TypeError, OSError) as exc:  # ITK raises RuntimeError for bad files
-            raise ImageReadError(name, f"cannot read the volume: {_first_line(exc)}") from exc
+            raise ImageReadError(name, f"cannot read the volume: {first_line(exc)}") from exc
         meta = {
             k: v
             for k, v in meta.items()

@@ -29,14 +29,15 @@ The package, one module per concept (lower modules never import this one):
 
 * ``images``: one image described (header facts, hashes, thumbnail), the near-duplicate thresholds
   and the 256-bit pHash / pixel confirmation of a candidate pair;
-* ``duplicates``: candidate pairs of 64-bit pHashes and the union-find that clusters them;
+* ``duplicates``: candidate pairs of 64-bit pHashes;
 * ``embeddings``: the embedding stage (feature cache, nearest-neighbour candidates);
 * ``registration``: keypoint confirmation of a candidate (ORB + RANSAC, scikit-image);
 * ``items``: datalist items as the audit sees them (flattened with their split, class names);
 * ``confounding``: image properties that predict the label;
 * ``report``: audit.md and writing audit.json + audit.md;
 * ``unaudited``: files of a source folder that were not audited, with the reason;
-* ``core``: ``audit_datalist``, ``regroup`` and ``run_audit``.
+* ``core``: ``audit_datalist``, ``regroup`` and ``run_audit``;
+* ``grouping``: the audit's clusters as the groups of a split (``near_duplicate_grouper``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from toolkit.data.audit.confounding import (
 )
 from toolkit.data.audit.core import audit_datalist, regroup, run_audit
 from toolkit.data.audit.duplicates import near_duplicate_pairs
+from toolkit.data.audit.grouping import NEAR_DUPLICATE_OPTIONS, near_duplicate_grouper, near_duplicate_groups
 from toolkit.data.audit.images import (
     DEFAULT_CONFIRM,
     DEFAULT_HAMMING,
@@ -78,6 +80,7 @@ __all__ = [
     "DEFAULT_CONFIRM",
     "DEFAULT_HAMMING",
     "DEFAULT_PIXEL",
+    "NEAR_DUPLICATE_OPTIONS",
     "PIXEL_SIZE",
     "PROPERTIES",
     "SHORTCUT_MIN",
@@ -94,6 +97,8 @@ __all__ = [
     "cramers_v",
     "describe_image",
     "describe_images",
+    "near_duplicate_grouper",
+    "near_duplicate_groups",
     "near_duplicate_pairs",
     "not_audited",
     "phash256_distance",

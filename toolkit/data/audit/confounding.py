@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from toolkit.data.audit.items import _label_names
+from toolkit.data.audit.items import label_names_of
 
 # A property is flagged when it predicts the label far better than chance, in either of two ways:
 # * as a whole: bias-corrected Cramer's V (Bergsma 2013) of the property x class table >= CONFOUND_V
@@ -96,7 +96,7 @@ def confounds(items: Sequence[Mapping], described: Sequence[Mapping], labels: Se
     label (see ``CONFOUND_V`` / ``SHORTCUT_*``). ``items`` (with ``_split``) and ``described``
     (``describe_image`` results) are the readable images, in the same order. Multi-label sets are
     tested one class at a time (positive / negative)."""
-    names = [_label_names(item, labels) for item in items]
+    names = [label_names_of(item, labels) for item in items]
     targets = (
         {"label": [n[0] for n in names]}
         if not multi_label

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.audit.confounding import confounds
-from toolkit.data.audit.duplicates import _UnionFind, near_duplicate_pairs
+from toolkit.data.audit.duplicates import near_duplicate_pairs
 from toolkit.data.audit.embeddings import (
     DEFAULT_MIN_INLIERS,
     DEFAULT_MIN_SIMILARITY,
@@ -34,11 +34,11 @@ from toolkit.data.audit.images import (
     confirm_pair,
     describe_images,
 )
-from toolkit.data.audit.items import _common_folder, _flatten_items, _label_names, _split_pair
+from toolkit.data.audit.items import common_folder, flatten_items, label_names_of, split_pair
 from toolkit.data.audit.report import write_audit
-from toolkit.data.audit.unaudited import _without_path, not_audited
+from toolkit.data.audit.unaudited import not_audited, without_path
 from toolkit.data.datalist import build_datalist, load_datalist, save_datalist, split_keys
-from toolkit.data.splits import check_no_leakage
+from toolkit.data.splits import UnionFind, check_no_leakage
 
 logger = logging.getLogger(__package__)  # "toolkit.data.audit", the name of the module this was split from
 
@@ -78,7 +78,7 @@ def audit_datalist(
     started = time.perf_counter()
     labels = [str(x) for x in doc["labels"]]
     splits = split_keys(doc)
-    items = _flatten_items(doc)
+    items = flatten_items(doc)
     batches = None
     if embedder is not None:
         cache = (
@@ -103,7 +103,7 @@ def audit_datalist(
 
     balance = {s: Counter() for s in splits}
     for item in items:
-        balance[item["_split"]].update(_label_names(item, labels))
+        balance[item["_split"]].update(label_names_of(item, labels))
     stats = {key: Counter() for key in ("format", "modality", "manufacturer", "photometric", "content", "bit_depth",
                                         "size", "channels")}  # fmt: skip
     unreadable, ok = [], []
@@ -120,7 +120,7 @@ def audit_datalist(
         return {
             "image": items[i]["image"],
             "split": items[i]["_split"],
-            "label": _label_names(items[i], labels),
+            "label": label_names_of(items[i], labels),
         }
 
     # exact duplicates: items sharing decoded pixels (identical files are a subset)
@@ -216,7 +216,7 @@ def audit_datalist(
             within[sa]["exact_duplicate_pairs"] += 1
             within_pairs.append(record)
         else:
-            by_pair[_split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
+            by_pair[split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
             cross_exact.append(record)
     for pair in near_pairs:
         a, b = pair["a"], pair["b"]
@@ -231,13 +231,13 @@ def audit_datalist(
             within[sa]["near_duplicate_pairs"] += 1
             within_pairs.append(record)
         else:
-            by_pair[_split_pair(sa, sb, splits)]["near_duplicate_pairs"] += 1
+            by_pair[split_pair(sa, sb, splits)]["near_duplicate_pairs"] += 1
             cross_near.append(record)
     for entry in shared_patients:
         names = sorted(entry["splits"], key=lambda s: splits.index(s) if s in splits else len(splits))
         for x in range(len(names)):
             for y in range(x + 1, len(names)):
-                by_pair[_split_pair(names[x], names[y], splits)]["shared_patients"] += 1
+                by_pair[split_pair(names[x], names[y], splits)]["shared_patients"] += 1
 
     # images in the test split with a copy elsewhere: the count that inflates test accuracy
     leaked_images: dict[str, set] = defaultdict(set)
@@ -246,7 +246,7 @@ def audit_datalist(
             leaked_images[pair[side]["split"]].add(pair[side]["image"])
 
     # clusters: patients + duplicate links
-    uf = _UnionFind(len(items))
+    uf = UnionFind(len(items))
     for a, b in links:
         uf.union(a, b)
     for members in patient_items.values():
@@ -259,7 +259,7 @@ def audit_datalist(
         "name": doc.get("name"),
         "labels": labels,
         "num_items": len(items),
-        "image_root": _common_folder([it["image"] for it in items]),
+        "image_root": common_folder([it["image"] for it in items]),
         "splits": {s: len(doc[s]) for s in splits},
         "class_balance": {s: {name: balance[s].get(name, 0) for name in labels} for s in splits},
         "image_stats": {k: dict(v.most_common()) for k, v in stats.items()},
@@ -395,7 +395,7 @@ def run_audit(
         neighbours=neighbours, min_similarity=min_similarity, min_inliers=min_inliers, embedding_cache=embedding_cache,
     )  # fmt: skip
     for entry in report["unreadable"]:  # reasons name the file, not its full path (that is its own field)
-        entry["error"] = _without_path(entry["error"], entry["image"])
+        entry["error"] = without_path(entry["error"], entry["image"])
     if source.is_dir():  # every file of the folder that was not audited, with its reason
         report["unreadable"] += not_audited(
             source,

@@ -1,4 +1,4 @@
-"""Near-duplicate pairs of pHashes (numpy popcounts in blocks) and the union-find that clusters them."""
+"""Near-duplicate pairs of pHashes (numpy popcounts in blocks)."""
 
 from __future__ import annotations
 
@@ -33,19 +33,3 @@ def near_duplicate_pairs(
             if c > i:
                 pairs.append((i, c, int(best_dist[r, c]), int(best[r, c])))
     return pairs
-
-
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)

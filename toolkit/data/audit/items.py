@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from toolkit.data.datalist import split_keys
 
 
-def _flatten_items(doc: Mapping) -> list[dict]:
+def flatten_items(doc: Mapping) -> list[dict]:
     items = []
     for split in split_keys(doc):
         for item in doc[split]:
@@ -17,7 +17,7 @@ def _flatten_items(doc: Mapping) -> list[dict]:
     return items
 
 
-def _common_folder(paths: Sequence[str]) -> str | None:
+def common_folder(paths: Sequence[str]) -> str | None:
     """The deepest folder holding all ``paths`` (file names in the report are shown relative to it)."""
     try:
         return os.path.dirname(os.path.commonpath(paths)) if len(paths) == 1 else os.path.commonpath(paths)
@@ -25,7 +25,7 @@ def _common_folder(paths: Sequence[str]) -> str | None:
         return None
 
 
-def _label_names(item: Mapping, labels: Sequence[str]) -> list[str]:
+def label_names_of(item: Mapping, labels: Sequence[str]) -> list[str]:
     label = item.get("label")
     if isinstance(label, (list, tuple)):
         return [labels[k] for k, v in enumerate(label) if v] or ["(none)"]
@@ -35,6 +35,6 @@ def _label_names(item: Mapping, labels: Sequence[str]) -> list[str]:
         return [str(label)]
 
 
-def _split_pair(a: str, b: str, order: Sequence[str]) -> str:
+def split_pair(a: str, b: str, order: Sequence[str]) -> str:
     a, b = sorted((a, b), key=lambda s: (order.index(s) if s in order else len(order), s))
     return f"{a}|{b}"

@@ -84,11 +84,11 @@ def _why_not_audited(path: Path) -> str:
             warnings.simplefilter("ignore")
             check_image(path, kind)
     except UnreadableImage as err:
-        return _without_path(err.reason, str(path))
+        return without_path(err.reason, str(path))
     return "not in the datalist (no class or label found for it)"
 
 
-def _without_path(text: str, path: str) -> str:
+def without_path(text: str, path: str) -> str:
     """``text`` with the file's full path (as given or resolved) replaced by its name."""
     for form in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
         text = text.replace(form, os.path.basename(path))
