@@ -167,6 +167,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE",
     )
     _add_pacs_options(parser)
+    _add_watch_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_watch_options(parser: argparse.ArgumentParser) -> None:
     watch = parser.add_argument_group(
         "watch options",
         "--watch: classify files as they arrive in the --input folder, until SIGTERM or Ctrl-C (exit 0); "
@@ -180,8 +186,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=5.0,
         help="how long a file must stay unchanged before it is read",
     )
-    parser.set_defaults(func=run)
-    return parser
 
 
 def _add_pacs_options(parser: argparse.ArgumentParser) -> None:
