@@ -3,8 +3,8 @@ data-set scale. Prints one JSON object.
 
     python scripts/bench_audit.py [--folder DIR] [--images 300] [--pairs-n 6000] [--embeddings-n 20000]
 
-The embedding stage's candidate search (scikit-learn NearestNeighbors, exact brute force in
-memory-bounded chunks) is timed on random unit vectors: it grows as N^2 (time), N (memory).
+The embedding stage's candidate search (faiss: exact up to ``EXACT_MAX`` vectors, growing as N^2 in
+time; an HNSW graph above, about N log N) is timed on random unit vectors.
 """
 
 from __future__ import annotations
