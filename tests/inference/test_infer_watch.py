@@ -3,6 +3,7 @@ deleted before it is read, SIGTERM stops it cleanly, and a restart classifies on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ from infer_helpers import PYTHON, infer_args, png_bytes, read_csv, subprocess_en
 
 from toolkit.cli import main
 from toolkit.inference.locking import LOCK_NAME
+from toolkit.inference.operator_summary import SUMMARY_NAME
+from toolkit.inference.runner import EXIT_OK
 from toolkit.inference.writers import all_part_paths, read_journals
 
 SETTLE = 1.5  # seconds a file must stay unchanged; the slow copy below grows more often than that
@@ -87,7 +90,12 @@ def test_watch_settles_skips_deleted_stops_on_sigterm_and_resumes(bundle_dir, ti
             _stop(proc, log)
     text = log.read_text()
     assert "new: ok" in text and "stopped;" in text, text
+    assert not any(name in text for name in ("a.png", "b.png", "broken.png", "slow.png")), text
     assert not (out / LOCK_NAME).exists()
+    summary = json.loads((out / SUMMARY_NAME).read_text())  # the watch's totals, final once it stopped
+    assert summary["mode"] == "watch" and summary["exit_code"] == EXIT_OK and summary["finished"]
+    assert summary["rows"] == {"ok": 3, "error": 1} and summary["processed_now"] == 4
+    assert summary["inputs_per_second"] > 0
     journal = _journal(out)
     assert sorted(r["path"] for r in journal) == ["a.png", "broken.png", "slow.png", "sub/b.png"]
     status = {r["path"]: r["status"] for r in read_csv(out / "predictions.csv")}

@@ -62,6 +62,7 @@ OUTPUT_ENTRIES = frozenset(
         "predictions.csv",
         "predictions.jsonl",
         "run.json",
+        "summary.json",
         "parts",
         "sr",
         "gradcam",

@@ -68,6 +68,13 @@ from toolkit.inference.discovery import (
 from toolkit.inference.fingerprint import RUN_FILE, describe_change, run_identity
 from toolkit.inference.locking import LOCK_NAME, LockedError, OutputLinkError, OutputLock, refuse_links
 from toolkit.inference.naming import inside, overlay_file_name, uid_file_stem
+from toolkit.inference.operator_summary import (
+    SUMMARY_NAME,
+    OperatorSummary,
+    throughput,
+    utc_now,
+    write_summary,
+)
 from toolkit.inference.privacy import Pseudonymiser, scrub_paths
 from toolkit.inference.writers import (
     PARTS_DIR,
@@ -153,6 +160,8 @@ class RunSummary:
     sr_paths: list[Path] = field(default_factory=list)
     seconds: float = 0.0  # whole run
     processing_seconds: float = 0.0  # loading + predicting this process's share (rank 0 under torchrun)
+    inputs: int = 0  # rows the run stands for
+    operator: OperatorSummary | None = None  # what summary.json says (rank 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +348,7 @@ def _base_row(item: InputItem, bundle: InferenceBundle, options: InferenceOption
 def run_inference(options: InferenceOptions) -> RunSummary:
     """Run `cit infer` with ``options`` (in one process, or as one rank under torchrun)."""
     started = time.perf_counter()
+    started_at = utc_now()
     world, rank, local_rank = _dist_env()
     device = resolve_device(options.device, local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
@@ -346,15 +356,16 @@ def run_inference(options: InferenceOptions) -> RunSummary:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(hours=24))
     try:
-        return _run(options, started, world, rank, device)
+        return _run(options, (started, started_at), world, rank, device)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
 def _run(
-    options: InferenceOptions, started: float, world: int, rank: int, device: torch.device
+    options: InferenceOptions, started: tuple[float, str], world: int, rank: int, device: torch.device
 ) -> RunSummary:
+    """``started``: ``time.perf_counter()`` and the UTC time when the run began."""
     output = Path(options.output)
     check_paths(options)  # before the lock: a wrong --input must not leave a folder behind
 
@@ -416,8 +427,9 @@ def _run(
                 already_done=len(items) - len(plan["pending"]),
                 ignored=plan["ignored"],
             )
-            summary.seconds = time.perf_counter() - started
+            summary.seconds = time.perf_counter() - started[0]
             summary.processing_seconds = t_process
+            summary.operator = _report(summary, options, started[1])
         summary = _broadcast(summary, world)
         if rank != 0:
             summary.processed_now = processed
@@ -757,7 +769,7 @@ def _finish(
         counts["missing"] = missing
     code = EXIT_RUN_FAILED if missing else EXIT_INPUTS_FAILED if counts.get("error") else EXIT_OK
     summary = RunSummary(dict(counts), processed_now, already_done, ignored, code, csv_path, sr_paths)
-    _log_summary(summary, len(items))
+    summary.inputs = len(items)
     return summary
 
 
@@ -773,12 +785,31 @@ def _note_missing_reports(rows: list[dict], by_key: dict, failures: dict[str, st
     return noted
 
 
-def _log_summary(summary: RunSummary, total: int) -> None:
-    by_status = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "nothing to do"
-    lines = [
-        f"cit infer: {total} inputs: {by_status} "
-        f"({summary.processed_now} processed now, {summary.already_done} done by an earlier run)"
-    ]
+def _report(summary: RunSummary, options: InferenceOptions, started_at: str) -> OperatorSummary:
+    """Write ``summary.json`` and print the human summary (``toolkit.inference.operator_summary``)."""
+    ignored = summary.ignored
+    operator = OperatorSummary(
+        mode="folder",
+        started=started_at,
+        finished=utc_now(),
+        inputs=summary.inputs,
+        rows=dict(summary.counts),
+        processed_now=summary.processed_now,
+        done_earlier=summary.already_done,
+        ignored=ignored.other + ignored.hidden + len(ignored.earlier_output),
+        seconds=round(summary.seconds, 3),
+        inputs_per_second=throughput(summary.processed_now, summary.processing_seconds),
+        backend=options.backend,
+        precision=options.precision,
+        exit_code=summary.exit_code,
+    )
+    write_summary(options.output, operator)
+    _log_summary(summary, operator)
+    return operator
+
+
+def _log_summary(summary: RunSummary, operator: OperatorSummary) -> None:
+    lines = ["cit infer: " + operator.lines()[0]]
     if summary.ignored:
         lines.append(f"  {summary.ignored} ignored (no row)")
     if summary.counts.get("error"):
@@ -789,5 +820,7 @@ def _log_summary(summary: RunSummary, total: int) -> None:
         )
     if summary.sr_paths:
         lines.append(f"  {len(summary.sr_paths)} DICOM SR report(s) in {summary.sr_paths[0].parent}")
-    lines.append(f"  results: {summary.csv_path}")
+    lines.append(
+        f"  results: {summary.csv_path} (figures of the run: {summary.csv_path.parent / SUMMARY_NAME})"
+    )
     print("\n".join(lines), file=sys.stderr)

@@ -29,11 +29,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from toolkit.inference.backends import resolve_backend, run_precision
 from toolkit.inference.discovery import OUTPUT_ENTRIES, InputItem, discover_inputs, relative_path, walk_files
 from toolkit.inference.fingerprint import run_identity
 from toolkit.inference.locking import LOCK_NAME, LockedError, OutputLinkError, OutputLock, refuse_links
+from toolkit.inference.operator_summary import (
+    SUMMARY_NAME,
+    OperatorSummary,
+    throughput,
+    utc_now,
+    write_summary,
+)
 from toolkit.inference.privacy import Pseudonymiser
 from toolkit.inference.runner import (
     EXIT_LOCKED,
@@ -59,6 +67,16 @@ PREFIX = "cit infer --watch:"
 class WatchOptions:
     poll_seconds: float  # how often the folder is listed
     settle_seconds: float  # how long size and mtime must stay the same before a file is read
+
+
+class Source(Protocol):
+    """What fills the watched folder from elsewhere (``toolkit.inference.pacs.watch``: a PACS's new studies)."""
+
+    def fetch(self) -> None:
+        """Put what is new into the folder (called before each listing)."""
+
+    def processed(self, paths: list[Path]) -> None:
+        """``paths`` have their rows journalled (they may now be removed from the folder)."""
 
 
 def _say(text: str) -> None:
@@ -119,8 +137,10 @@ class _Settling:
 
 
 class _Watcher:
-    def __init__(self, options: InferenceOptions, watch: WatchOptions, stop: _StopFlag, lock: OutputLock):
-        self.options, self.watch, self.stop, self.lock = options, watch, stop, lock
+    def __init__(
+        self, options: InferenceOptions, watch: WatchOptions, stop: _StopFlag, lock: OutputLock, source=None
+    ):
+        self.options, self.watch, self.stop, self.lock, self.source = options, watch, stop, lock, source
         self.root = Path(options.input)
         self.output = Path(options.output)
         self.device = resolve_device(options.device, 0)
@@ -135,6 +155,11 @@ class _Watcher:
         self.handled: set[str] = set()  # keys processed by this process (--retry-errors retries once)
         self.root_missing = False
         self.known: set | None = None  # see _known
+        self.summary = OperatorSummary(
+            mode="watch", started=utc_now(), backend=self.options.backend, precision=self.options.precision
+        )
+        self.started = time.monotonic()
+        self.busy_seconds = 0.0  # spent classifying batches
 
     def start(self) -> str | None:
         """Check the journal against this run's fingerprint (a refusal's message, or None) and write run.json."""
@@ -175,11 +200,11 @@ class _Watcher:
         self.root_missing = False
         paths, _ = walk_files(self.root, exclude=self.output)
         known = self._known()
-        fresh = [
-            path
-            for path, st in self.settling.settled(paths, time.monotonic())
-            if (self._shown(path), st.st_size, st.st_mtime_ns) not in known
-        ]
+        fresh, done = [], []
+        for path, st in self.settling.settled(paths, time.monotonic()):
+            (done if (self._shown(path), st.st_size, st.st_mtime_ns) in known else fresh).append(path)
+        if done and self.source is not None:  # e.g. instances of a study retrieved again
+            self.source.processed(done)
         return fresh
 
     def items_of(self, paths: list[Path]) -> list[InputItem]:
@@ -211,8 +236,9 @@ class _Watcher:
         self.known = None
         return Counter(self.done[i.key]["status"] for i in items if i.key in self.done)
 
-    def write_outputs(self) -> int:
-        """predictions.csv / .jsonl from the journal: one row per input path, the newest version winning."""
+    def write_outputs(self) -> Counter:
+        """predictions.csv / .jsonl from the journal: one row per input path, the newest version winning.
+        Returns the rows' counts by status."""
         latest: dict[tuple, dict] = {}
         for record in self.done.values():  # journal order: a newer version of a file comes later
             latest[_version(record)[0]] = record
@@ -223,26 +249,51 @@ class _Watcher:
         write_final_outputs(
             rows, output_columns(self.bundle, self.options), csv_path, self.output / "predictions.jsonl"
         )
-        return len(rows)
+        return Counter(row["status"] for row in rows)
+
+    def record(self, rows: Counter, exit_code: int | None = None) -> None:
+        """Bring ``summary.json`` up to date: the watch's totals so far (``exit_code`` once it stops)."""
+        summary = self.summary
+        summary.rows, summary.inputs = dict(rows), sum(rows.values())
+        summary.done_earlier = max(0, summary.inputs - summary.processed_now)
+        summary.seconds = round(time.monotonic() - self.started, 3)
+        summary.inputs_per_second = throughput(summary.processed_now, self.busy_seconds)
+        if exit_code is not None:
+            summary.exit_code, summary.finished = exit_code, utc_now()
+        write_summary(self.output, summary)
 
     def loop(self) -> None:
         batch_size = max(1, self.options.batch_size)
         while not self.stop:
+            if self.source is not None:
+                self.source.fetch()
             fresh = self.poll()
             while fresh and not self.stop:
-                items = self.items_of(fresh[:batch_size])
-                fresh = fresh[batch_size:]
+                batch, fresh = fresh[:batch_size], fresh[batch_size:]
+                items = self.items_of(batch)
                 if not items:
                     continue
+                began = time.monotonic()
                 counts = self.run_batch(items)
-                total = self.write_outputs()
+                spent = time.monotonic() - began
+                self.busy_seconds += spent
+                self.summary.processed_now += len(items)
+                rows = self.write_outputs()
+                self.record(rows)
+                if self.source is not None:
+                    self.source.processed(batch)
                 by_status = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "error", "skipped"))
-                _say(f"{len(items)} new: {by_status}; {total} rows in {self.output / 'predictions.csv'}")
+                _say(
+                    f"{len(items)} new: {by_status} in {spent:.1f} s; {sum(rows.values())} rows in "
+                    f"{self.output / 'predictions.csv'}"
+                )
             self.stop.event.wait(self.watch.poll_seconds)
 
 
-def watch_folder(options: InferenceOptions, watch: WatchOptions) -> int:
-    """Run `cit infer --watch` until SIGTERM / SIGINT; returns the exit code (0 on a clean stop)."""
+def watch_folder(options: InferenceOptions, watch: WatchOptions, source: Source | None = None) -> int:
+    """Run `cit infer --watch` until SIGTERM / SIGINT; returns the exit code (0 on a clean stop).
+
+    ``source``: fills ``options.input`` before each listing (a PACS's new studies), told what was processed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--watch runs in one process, not under torchrun")
     check_paths(options)
@@ -265,7 +316,7 @@ def watch_folder(options: InferenceOptions, watch: WatchOptions) -> int:
         _say(str(exc))
         return EXIT_RUN_FAILED
     try:
-        watcher = _Watcher(options, watch, stop, lock)
+        watcher = _Watcher(options, watch, stop, lock, source)
         if watcher.bundle.spatial_dims == 3:
             raise ValueError(
                 "--watch classifies files one by one: a 3D model's DICOM series are not supported"
@@ -279,8 +330,11 @@ def watch_folder(options: InferenceOptions, watch: WatchOptions) -> int:
             f"{watch.settle_seconds:g} s); stop with SIGTERM or Ctrl-C"
         )
         watcher.loop()
-        total = watcher.write_outputs()
-        _say(f"stopped; {total} rows in {Path(options.output) / 'predictions.csv'}")
+        watcher.record(watcher.write_outputs(), EXIT_OK)
+        _say("stopped; " + "; ".join(watcher.summary.lines()))
+        _say(
+            f"results: {Path(options.output) / 'predictions.csv'} (figures: {Path(options.output) / SUMMARY_NAME})"
+        )
         return EXIT_OK
     finally:
         lock.release()
