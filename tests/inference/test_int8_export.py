@@ -166,3 +166,20 @@ def test_int8_calibrated_on_one_black_image_is_refused_in_one_line(exported, tmp
     assert result.returncode == 0 and run["options"]["backend"] == "onnxruntime"
     refused, _ = _infer(models, root / "images" / "val", tmp_path / "int8", "--backend", "onnxruntime-int8")
     assert refused.returncode == 1 and "did not pass its accuracy check" in refused.stderr
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_every_calibration_method_quantizes_past_one_batch(exported, tmp_path, method):
+    """More calibration images than one batch of the fp32 check (a smaller last batch broke ONNX Runtime's
+    histogram calibrators, which stack all batches' outputs)."""
+    root, _ = exported
+    models, output = tmp_path / "models", tmp_path / "output"
+    shutil.copytree(root / "models", models)
+    output.mkdir()
+    datalist = json.loads((root / "output" / "datalist.json").read_text())
+    datalist["training"] = datalist["training"] * 2  # 48 images
+    (output / "datalist.json").write_text(json.dumps(datalist))
+    result = quantize_onnx(models / "model.onnx", models, output, method=method, max_auroc_drop=1.0,
+                           min_agreement=0.0, n_resamples=50)  # fmt: skip
+    assert result.record["quantization"]["calibration_method"] == method
+    assert result.record["calibration"]["num_images"] == 48 and result.record["usable"]

@@ -172,10 +172,13 @@ def quantize_onnx(
 
 
 class _Batches:
-    """ONNX Runtime's calibration reader protocol (``get_next`` -> feed dict, None at the end) over an array."""
+    """ONNX Runtime's calibration reader protocol (``get_next`` -> feed dict, None at the end) over an array.
+
+    One image per batch: the histogram calibrators (entropy, percentile) stack every batch's outputs into
+    one array, which fails when the last batch is smaller than the others."""
 
     def __init__(self, images: np.ndarray):
-        self.batches = iter([{"image": images[i : i + BATCH]} for i in range(0, len(images), BATCH)])
+        self.batches = iter([{"image": images[i : i + 1]} for i in range(len(images))])
 
     def get_next(self):
         return next(self.batches, None)
