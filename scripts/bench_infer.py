@@ -13,7 +13,8 @@ then measures, in one process on the same files:
   (a_int8, c_int8)    the same with the int8 export (`cit export --format onnx --int8`: ONNX Runtime static
                       quantization, calibrated on half of the files; its accuracy guard is loosened here, the
                       weights being random: this measures speed only)
-  (a_bf16, c_bf16)    the PyTorch backend with `--precision bf16`, where the CPU has native bf16
+  (a_bf16, c_bf16)    the PyTorch backend with `--precision bf16`, where the CPU has native bf16 (its bf16
+                      check, `cit export --format bf16-check`, loosened like the int8 guard)
   (jpeg_c_*)          `cit infer` end to end per backend on --jpeg 224 px JPEG files (decoding is cheap there)
 
 and prints JSON with the ratios against the targets: (c) >= 0.9 * 1/(1/a + 1/b) (both stages share
@@ -254,9 +255,10 @@ def main(argv=None) -> int:
             overrides[key] = value
     torch.set_num_threads(args.threads)
     from toolkit.bundle import load_bundle, write_model_info
+    from toolkit.bundle.bf16_check import check_bf16, cpu_has_native_bf16
     from toolkit.bundle.export import export_model
     from toolkit.engines import prepare_network
-    from toolkit.inference.backends import Bf16Network, OnnxRuntimeNetwork, cpu_has_native_bf16
+    from toolkit.inference.backends import Bf16Network, OnnxRuntimeNetwork
 
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         tmp = Path(tmp)
@@ -279,6 +281,8 @@ def main(argv=None) -> int:
         onnx_network = OnnxRuntimeNetwork(onnx.path, threads=args.threads)
         int8_network = OnnxRuntimeNetwork(prepare_int8(tmp, paths, onnx.path), threads=args.threads)
         bf16 = cpu_has_native_bf16()
+        if bf16:  # `cit infer --precision bf16` runs only checked weights (speed only here: guard loosened)
+            check_bf16(tmp / "models", tmp / "output", max_auroc_drop=1.0, min_agreement=0.0, n_resamples=100)
         write_jpegs(tmp / "jpeg", args.jpeg)
         # (backend, precision) of the end-to-end runs
         variants = {"pytorch": ("pytorch", "fp32"), "onnx": ("onnxruntime", "fp32"),

@@ -6,7 +6,8 @@ saved split), this script
 
   1. ``--candidate int8`` (default): runs ``cit export --format onnx --int8`` (the fp32 ONNX export, then
      ONNX Runtime static quantization calibrated on the training split, and the export's own accuracy
-     guard on the validation split);
+     guard on the validation split); ``--candidate bf16``: ``cit export --format bf16-check`` (the same
+     guard for the PyTorch model under bf16 autocast);
   2. runs ``cit infer`` over the folder of the test split's images twice: ``--backend onnxruntime`` and
      ``--backend onnxruntime-int8`` (``--candidate bf16``: ``--backend pytorch`` with ``--precision fp32``
      and ``bf16``, on a CPU with native bf16);
@@ -59,15 +60,25 @@ def _cit(args: list[str], check: bool = True) -> float:
     return time.perf_counter() - started
 
 
-def export_int8(args, ckpt_dir: Path, output_dir: Path) -> tuple[dict | None, float]:
-    """`cit export --format onnx --int8`; returns its record (None when it failed before quantizing), seconds."""
-    record_path = ckpt_dir / "model.int8.onnx.json"
+def check_candidate(args, ckpt_dir: Path, output_dir: Path) -> tuple[dict | None, float]:
+    """The candidate's own check, as a user makes it: `cit export --format onnx --int8` or `cit export
+    --format bf16-check`. Returns its record (None when the command failed before writing one), seconds."""
+    if args.candidate == "int8":
+        record_path, how = ckpt_dir / "model.int8.onnx.json", ["--format", "onnx", "--int8"]
+        how += [
+            "--calibration-method",
+            args.calibration_method,
+            "--calibration-images",
+            str(args.calibration_images),
+        ]
+    else:
+        record_path, how = ckpt_dir / "model.bf16.json", ["--format", "bf16-check"]
     record_path.unlink(missing_ok=True)  # only this run's record is read
     guard = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in GUARD and v is not None]
     seconds = _cit(
-        ["export", "--bundle", args.bundle, "--format", "onnx", "--int8", "--ckpt-dir", str(ckpt_dir)]
-        + ["--output-dir", str(output_dir), "--calibration-method", args.calibration_method]
-        + ["--calibration-images", str(args.calibration_images), *guard],
+        ["export", "--bundle", args.bundle, "--ckpt-dir", str(ckpt_dir), "--output-dir", str(output_dir)]
+        + how
+        + guard,
         check=False,
     )
     return (json.loads(record_path.read_text()) if record_path.is_file() else None), seconds
@@ -160,15 +171,14 @@ def main(argv=None) -> int:
     if not items:
         raise SystemExit(f"{output_dir / 'datalist.json'} has no {args.split!r} split")
     said, seconds = {"candidate": args.candidate}, {}
-    if args.candidate == "int8":
-        record, seconds["export_and_guard"] = export_int8(args, ckpt_dir, output_dir)
-        if record is None:
-            raise SystemExit("cit export failed before quantizing (see its message above)")
-        said.update({key: record[key] for key in ("usable", "calibration", "quantization")})
-        said["guard_on_validation"] = {k: record["validation"][k] for k in ("summary", "criteria", "refusal")}
-        if not record["usable"]:
-            print(json.dumps(said, indent=1))
-            return 1
+    record, seconds["check_on_validation"] = check_candidate(args, ckpt_dir, output_dir)
+    if record is None:
+        raise SystemExit("cit export failed before its check (see its message above)")
+    said.update({key: record[key] for key in ("usable", "calibration", "quantization") if key in record})
+    said["guard_on_validation"] = {k: record["validation"][k] for k in ("summary", "criteria", "refusal")}
+    if not record["usable"]:
+        print(json.dumps(said, indent=1))
+        return 1
     root = os.path.commonpath([os.path.dirname(item["image"]) for item in items])
     runs = infer_both(args, ckpt_dir, root, Path(args.work or output_dir / args.candidate).resolve())
     probs = {

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
+from infer_helpers import BUNDLE
 from PIL import Image
 
 from tests.bundles.test_model_info import _cit
@@ -50,11 +53,36 @@ def test_bf16_is_refused_in_one_line_on_a_cpu_without_native_bf16(bundle_dir, ti
     assert result.returncode == 1 and "a precision of the pytorch backend" in result.stderr
 
 
-def test_bf16_runs_where_the_cpu_has_it_and_rows_name_it(bundle_dir, tiny_ckpt, images, tmp_path):
+def _checked_model(tiny_ckpt, images, tmp_path, *guard: str, classes: int = 3):
+    """A copy of the tiny model with a recorded split (the test images as validation, labels cycling through
+    ``classes``) and its bf16 check."""
+    models, output = tmp_path / "models", tmp_path / "output"
+    shutil.copytree(tiny_ckpt.parent, models)
+    output.mkdir()
+    paths = sorted(images.glob("*.png"))
+    validation = [{"image": str(path), "label": i % classes} for i, path in enumerate(paths)]
+    datalist = {"labels": ["glioma", "meningioma", "pituitary"], "multi_label": False, "training": validation,
+                "validation": validation, "test": []}  # fmt: skip
+    (output / "datalist.json").write_text(json.dumps(datalist))
+    check = _cit("export", "--bundle", str(BUNDLE), "--format", "bf16-check", "--ckpt-dir", str(models),
+                 "--output-dir", str(output), *guard)  # fmt: skip
+    return models / tiny_ckpt.name, check
+
+
+def test_bf16_runs_only_after_its_check_and_rows_name_it(bundle_dir, tiny_ckpt, images, tmp_path):
     if not backends.cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (oneDNN); the refusal is tested above")
+    unchecked = _infer(bundle_dir, tiny_ckpt, images, tmp_path / "unchecked", "--precision", "bf16")
+    assert unchecked.returncode == 1 and "cit export --format bf16-check" in unchecked.stderr, (
+        unchecked.stderr
+    )
+    # the guard is loosened: a random tiny model's arg-max flips easily; the check itself is what is tested
+    ckpt, check = _checked_model(tiny_ckpt, images, tmp_path, "--max-auroc-drop", "1", "--min-agreement", "0")
+    assert check.returncode == 0 and check.stdout.startswith("bf16: usable"), check.stderr[-3000:]
+    record = json.loads((ckpt.parent / "model.bf16.json").read_text())
+    assert record["usable"] and record["validation"]["num_images"] == 6 and "bf16" in record["validation"]
     for precision in ("bf16", "fp32"):
-        result = _infer(bundle_dir, tiny_ckpt, images, tmp_path / precision, "--precision", precision)
+        result = _infer(bundle_dir, ckpt, images, tmp_path / precision, "--precision", precision)
         assert result.returncode == 0, result.stderr[-3000:]
         options = json.loads((tmp_path / precision / "run.json").read_text())["options"]
         assert options["backend"] == "pytorch" and options["precision"] == precision
@@ -64,3 +92,19 @@ def test_bf16_runs_where_the_cpu_has_it_and_rows_name_it(bundle_dir, tiny_ckpt, 
         probs = [float(row[k]) for k in row if k.startswith("prob_")]
         reference = [float(fp32[path][k]) for k in row if k.startswith("prob_")]
         np.testing.assert_allclose(probs, reference, atol=0.05, err_msg=path)
+    # other weights under the same name: the check is stale
+    torch.save({k: v + 0.01 for k, v in torch.load(ckpt).items()}, ckpt)
+    stale = _infer(bundle_dir, ckpt, images, tmp_path / "stale", "--precision", "bf16")
+    assert stale.returncode == 1 and "checked other weights" in stale.stderr, stale.stderr
+
+
+def test_a_bf16_check_the_guard_fails_is_refused_in_one_line(bundle_dir, tiny_ckpt, images, tmp_path):
+    if not backends.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (oneDNN)")
+    # one class only in validation: no AUROC is defined, so the guard cannot pass bf16
+    ckpt, check = _checked_model(tiny_ckpt, images, tmp_path, classes=1)
+    lines = [line for line in check.stderr.splitlines() if line.startswith("cit export")]
+    assert check.returncode == 1 and len(lines) == 1 and "refused: bf16 not usable" in lines[0], check.stderr
+    assert "AUROC cannot be checked" in lines[0]
+    refused = _infer(bundle_dir, ckpt, images, tmp_path / "out", "--precision", "bf16")
+    assert refused.returncode == 1 and "did not pass its accuracy check" in refused.stderr, refused.stderr

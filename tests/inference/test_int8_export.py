@@ -18,7 +18,8 @@ from infer_helpers import BUNDLE, write_tiny_checkpoint
 from PIL import Image
 
 from tests.bundles.test_model_info import _cit
-from toolkit.bundle.quantize import QuantizationRefused, quantize_onnx
+from toolkit.bundle.precision_guard import GuardRefused
+from toolkit.bundle.quantize import quantize_onnx
 
 pytest.importorskip("onnxruntime")
 
@@ -154,7 +155,7 @@ def test_int8_calibrated_on_one_black_image_is_refused_in_one_line(exported, tmp
     datalist["training"] = [{"image": str(black), "label": 0, "patient_id": "B"}]
     (output / "datalist.json").write_text(json.dumps(datalist))
     # the quantizer itself, on the fp32 export the fixture made (`cit export` prints this message as it is)
-    with pytest.raises(QuantizationRefused) as refused:
+    with pytest.raises(GuardRefused) as refused:
         quantize_onnx(models / "model.onnx", models, output, max_auroc_drop=0.05, n_resamples=200)
     refusal = str(refused.value)
     print(refusal)

@@ -34,6 +34,8 @@ def _export(args: argparse.Namespace) -> int:
             )
             print(f"bundle: {out}")
             return 0
+        if args.format == "bf16-check":
+            return _bf16(args)
         if args.int8 and args.format != "onnx":
             raise ValueError("--int8 quantizes the ONNX export: pass --format onnx")
         result = export.export_model(args.bundle, args.format, out_path=args.out, ckpt_dir=args.ckpt_dir,
@@ -48,30 +50,45 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The trained model's folder and its training run's output folder (the recorded split)."""
+    bundle = Path(args.bundle).resolve()
+    ckpt_dir = Path(args.ckpt_dir).resolve() if args.ckpt_dir else bundle / "models"
+    return ckpt_dir, Path(args.output_dir) if args.output_dir else bundle / "output"
+
+
+def _guard_options(args: argparse.Namespace, *names: str) -> dict:
+    """The guard's options given on the command line (their defaults live in toolkit.bundle.precision_guard)."""
+    given = {"max_auroc_drop": args.max_auroc_drop, "min_agreement": args.min_agreement,
+             "calibration_images": args.calibration_images, "method": args.calibration_method}  # fmt: skip
+    return {key: given[key] for key in names if given[key] is not None}
+
+
 def _int8(args: argparse.Namespace, onnx_path: Path) -> int:
     from toolkit.bundle import quantize
+    from toolkit.bundle.precision_guard import GuardRefused
 
-    bundle = Path(args.bundle).resolve()
+    options = _guard_options(args, "calibration_images", "method", "max_auroc_drop", "min_agreement")
     try:
-        result = quantize.quantize_onnx(
-            onnx_path,
-            Path(args.ckpt_dir).resolve() if args.ckpt_dir else bundle / "models",
-            Path(args.output_dir) if args.output_dir else bundle / "output",
-            **{
-                key: value
-                for key, value in (
-                    ("calibration_images", args.calibration_images),
-                    ("method", args.calibration_method),
-                    ("max_auroc_drop", args.max_auroc_drop),
-                    ("min_agreement", args.min_agreement),
-                )
-                if value is not None
-            },
-        )
-    except quantize.QuantizationRefused as err:
+        result = quantize.quantize_onnx(onnx_path, *_run_dirs(args), **options)
+    except GuardRefused as err:
         print(f"cit export: refused: {err}", file=sys.stderr)
         return 1
     print(f"int8: {result.path} ({result.record['validation']['summary']})")
+    return 0
+
+
+def _bf16(args: argparse.Namespace) -> int:
+    from toolkit.bundle.bf16_check import BF16_RECORD, check_bf16
+    from toolkit.bundle.precision_guard import GuardRefused
+
+    ckpt_dir, output_dir = _run_dirs(args)
+    try:
+        record = check_bf16(ckpt_dir, output_dir, **_guard_options(args, "max_auroc_drop", "min_agreement"))
+    except GuardRefused as err:
+        print(f"cit export: refused: {err}", file=sys.stderr)
+        return 1
+    print(f"bf16: usable, {ckpt_dir / BF16_RECORD} ({record['validation']['summary']})")
     return 0
 
 
@@ -90,7 +107,9 @@ def add_parser(subparsers) -> None:
         ),
     )
     p.add_argument("--bundle", required=True, help="bundle folder (e.g. bundles/resnet18_brain_ct)")
-    p.add_argument("--format", required=True, choices=("bundle", "torchscript", "export", "onnx"))
+    p.add_argument("--format", required=True, choices=("bundle", "torchscript", "export", "onnx", "bf16-check"),
+                   help="bf16-check writes no model: it compares the weights under CPU bf16 autocast with fp32 on "
+                        "the validation split (model.bf16.json), which `cit infer --precision bf16` requires")  # fmt: skip
     p.add_argument(
         "--ckpt-dir",
         default=None,
@@ -110,17 +129,17 @@ def add_parser(subparsers) -> None:
                         "and compare it with the fp32 model on the validation split (model.int8.onnx.json); it is "
                         "marked usable, and used by `cit infer`, only when it passes --max-auroc-drop and "
                         "--min-agreement")  # fmt: skip
-    # defaults (None here) live in toolkit.bundle.quantize, imported only when --int8 is given
+    # defaults (None here) live in toolkit.bundle.quantize / precision_guard, imported only when used
     p.add_argument("--calibration-images", type=int, default=None,
                    help="training images the int8 ranges are calibrated on (default 200)")  # fmt: skip
     p.add_argument("--calibration-method", default=None, choices=("minmax", "entropy", "percentile"),
                    help="ONNX Runtime's calibration method (default minmax)")  # fmt: skip
     p.add_argument("--max-auroc-drop", type=float, default=None,
-                   help="largest AUROC loss of any class / finding on validation for a usable int8 model "
+                   help="largest AUROC loss of any class / finding on validation for a usable int8 (or bf16) model "
                         "(default 0.005)")  # fmt: skip
     p.add_argument("--min-agreement", type=float, default=None,
                    help="smallest top-1 agreement with fp32 on validation (multi-label: decision agreement of "
-                        "each finding at its stored threshold) for a usable int8 model (default 0.99)")  # fmt: skip
+                        "each finding at its stored threshold) for a usable int8 (or bf16) model (default 0.99)")  # fmt: skip
     p.add_argument("--base-url", default=None,
                    help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
                         "(URL + SHA-256 of each weight file) for `cit fetch-weights`")  # fmt: skip

@@ -13,7 +13,9 @@ when its record (``model.int8.onnx.json``) names these very weights, hashes this
 usable (it passed the accuracy check); otherwise the fp32 export, otherwise PyTorch.
 
 ``--precision bf16`` runs the PyTorch backend under CPU bf16 autocast, only where oneDNN reports native
-bf16 support (AVX512-BF16 / AMX): elsewhere bf16 is emulated and several times slower, so it is refused.
+bf16 support (AVX512-BF16 / AMX): elsewhere bf16 is emulated and several times slower, so it is refused;
+and only for weights whose bf16 check against fp32 on the validation split (`cit export --format
+bf16-check`, ``toolkit.bundle.bf16_check``) is current and passed, as for the int8 export.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from toolkit.bundle.bf16_check import bf16_record_path, cpu_has_native_bf16
 from toolkit.bundle.export import FORMATS, export_record_path
-from toolkit.bundle.quantize import INT8_NAME, checked_with
+from toolkit.bundle.precision_guard import checked_with
+from toolkit.bundle.quantize import INT8_NAME
 from toolkit.io import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -145,9 +149,10 @@ def resolve_backend(
     return "pytorch"
 
 
-def run_precision(backend: str, precision: str, device: torch.device) -> str:
+def run_precision(backend: str, precision: str, device: torch.device, ckpt_path: str | Path) -> str:
     """The precision the network runs in: ``int8`` for the int8 export, else ``precision`` once checked
-    (bf16 only on a CPU whose oneDNN has native bf16; ValueError in one line otherwise)."""
+    (bf16 only on a CPU whose oneDNN has native bf16, and only for weights whose bf16 check passed;
+    ValueError in one line otherwise)."""
     if backend == "onnxruntime-int8":
         return "int8"
     if precision == "bf16":
@@ -160,17 +165,31 @@ def run_precision(backend: str, precision: str, device: torch.device) -> str:
                 "--precision bf16 refused: this CPU has no native bf16 (oneDNN reports no AVX512-BF16 / AMX "
                 "support), where bf16 would be emulated and slower than fp32; run without --precision"
             )
+        why_not = bf16_refusal(ckpt_path)
+        if why_not:
+            raise ValueError(f"--precision bf16 refused: {why_not}")
     return precision
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN, as torch ships it, runs bf16 natively on this CPU (asked of torch, not the CPU's name)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
+def bf16_refusal(ckpt_path: str | Path) -> str:
+    """Why the weights ``ckpt_path`` may not run in bf16 ('' when their bf16 check is current and passed)."""
+    record_path = bf16_record_path(ckpt_path)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # what torch's own bf16 tests ask
-    except (AttributeError, RuntimeError):  # a torch build without the query
-        return False
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return (
+            f"no accuracy check of bf16 against fp32 for {Path(ckpt_path).name} ({record_path.name} is missing "
+            "or unreadable); make it with `cit export --format bf16-check`"
+        )
+    if not isinstance(record, dict) or record.get("source_weights_sha256") != sha256_file(ckpt_path):
+        return (
+            f"{record_path} checked other weights than {Path(ckpt_path).name}: check again with `cit export`"
+        )
+    if record.get("checked_with") != checked_with(Path(ckpt_path).parent):
+        return f"{record_path} was made with another temperature / other thresholds: check again"
+    if record.get("usable") is not True:
+        return f"bf16 did not pass its accuracy check against fp32: {(record.get('validation') or {}).get('refusal')}"
+    return ""
 
 
 class Bf16Network:

@@ -391,7 +391,9 @@ def _run(
         bundle = load_bundle_for_run(options, device)
         backend = resolve_backend(options.backend, bundle.ckpt_path, device, options.precision)
         options = dataclasses.replace(
-            options, backend=backend, precision=run_precision(backend, options.precision, device)
+            options,
+            backend=backend,
+            precision=run_precision(backend, options.precision, device, bundle.ckpt_path),
         )
         plan, failure = None, None
         if rank == 0:

@@ -147,7 +147,9 @@ class _Watcher:
         self.bundle = load_bundle_for_run(options, self.device)
         backend = resolve_backend(options.backend, self.bundle.ckpt_path, self.device, options.precision)
         self.options = dataclasses.replace(
-            options, backend=backend, precision=run_precision(backend, options.precision, self.device)
+            options,
+            backend=backend,
+            precision=run_precision(backend, options.precision, self.device, self.bundle.ckpt_path),
         )
         self.pseudonym = Pseudonymiser.for_output(self.output) if options.pseudonymise_paths else None
         self.settling = _Settling(watch.settle_seconds)
