@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.data.audit.confounding import confounds
-from toolkit.data.audit.duplicates import near_duplicate_pairs
 from toolkit.data.audit.embeddings import (
     DEFAULT_MIN_INLIERS,
     DEFAULT_MIN_SIMILARITY,
@@ -20,21 +19,18 @@ from toolkit.data.audit.embeddings import (
     BatchEmbedding,
     Embedder,
     EmbeddingCache,
-    candidate_pairs,
     default_cache_dir,
-    verify_candidates,
 )
 from toolkit.data.audit.images import (
     DEFAULT_CONFIRM,
     DEFAULT_HAMMING,
     DEFAULT_PIXEL,
     PIXEL_SIZE,
-    TRANSFORMS,
     ReadImage,
-    confirm_pair,
     describe_images,
 )
 from toolkit.data.audit.items import common_folder, flatten_items, label_names_of, split_pair
+from toolkit.data.audit.pairs import embedding_pairs, exact_pairs, hash_pairs
 from toolkit.data.audit.report import write_audit
 from toolkit.data.audit.unaudited import not_audited, without_path
 from toolkit.data.datalist import build_datalist, load_datalist, save_datalist, split_keys
@@ -79,33 +75,126 @@ def audit_datalist(
     labels = [str(x) for x in doc["labels"]]
     splits = split_keys(doc)
     items = flatten_items(doc)
-    batches = None
-    if embedder is not None:
-        cache = (
-            None
-            if embedding_cache is False
-            else EmbeddingCache(
-                default_cache_dir() if embedding_cache in (None, True) else embedding_cache, embedder.name
-            )
+    batches = _embedding_batches(embedder, embedding_cache)
+    described = _describe(items, read_image, workers, progress, embedder, batches)
+    tally = _tally(items, described, labels, splits)
+    ok = tally["ok"]
+
+    exact = exact_pairs(described, ok)
+    near = hash_pairs(
+        described, ok, {(a, b) for a, b, _ in exact}, threshold, transforms, confirm, confirm_pixels
+    )
+    embedding_summary = None
+    embedding_settings = {
+        "neighbours": neighbours,
+        "min_similarity": min_similarity,
+        "min_inliers": min_inliers,
+    }
+    if batches is not None:
+        found = {(a, b) for a, b, _ in exact} | {(p["a"], p["b"]) for p in near}
+        more, embedding_summary = embedding_pairs(
+            described, ok, batches, found, embedding_settings, workers, progress
         )
-        batches = BatchEmbedding(embedder, cache)
+        near += more
+    for info in described:
+        info.pop("reg_thumb", None)
+
+    patients = _patients(items)
+    leakage, within, within_pairs = _leakage(items, labels, splits, exact, near, patients["shared"])
+    groups = _groups(
+        len(items), [(a, b) for a, b, _ in exact] + [(p["a"], p["b"]) for p in near], patients["items"]
+    )
+    cluster_sizes = Counter(groups)
+    settings = {
+        "hash": "imagehash.phash of a min-max scaled 64x64 grey thumbnail: 64 bits to find, 256 to confirm",
+        "hamming_threshold": threshold,
+        "rotations_and_flips": transforms,
+        "confirm_hamming_256": confirm,
+        "confirm_pixel_difference": confirm_pixels,
+        "pixel_difference": f"mean absolute difference of the {PIXEL_SIZE}x{PIXEL_SIZE} grey thumbnails under "
+        "the matched rotation / flip, each scaled to mean 0 and SD 1",
+        "exact": "sha256 of file bytes and of decoded pixels",
+        "volumes_checked_for_exact_duplicates_only": sum(1 for i in ok if described[i]["phash"] is None),
+        "embedding_stage": None
+        if embedder is None
+        else {
+            "embedder": embedder.name,
+            **embedding_settings,
+            **(embedding_summary or {}),
+            "rule": EMBEDDING_RULE,
+        },
+    }
+    return {
+        "datalist": doc.get("_path"),
+        "name": doc.get("name"),
+        "labels": labels,
+        "num_items": len(items),
+        "image_root": common_folder([it["image"] for it in items]),
+        "splits": {s: len(doc[s]) for s in splits},
+        "class_balance": {s: {name: tally["balance"][s].get(name, 0) for name in labels} for s in splits},
+        "image_stats": {k: dict(v.most_common()) for k, v in tally["stats"].items()},
+        "confounds": confounds(
+            [items[i] for i in ok], [described[i] for i in ok], labels, splits, bool(doc.get("multi_label"))
+        ),
+        "unreadable": tally["unreadable"],
+        "leakage": leakage,
+        "within_split": {s: dict(within[s]) for s in splits if within[s]},
+        "within_split_pairs": within_pairs,
+        "clusters": {
+            "count": len(cluster_sizes),
+            "largest": max(cluster_sizes.values(), default=0),
+            "multi_item": sum(1 for v in cluster_sizes.values() if v > 1),
+        },
+        "settings": settings,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "_groups": groups,
+    }
+
+
+EMBEDDING_RULE = (
+    "among each image's k nearest embeddings, cosine similarity >= min_similarity; confirmed when >= min_inliers "
+    "ORB keypoints of the 224 px grey thumbnails fit one similarity transform (RANSAC, 2 px; the second image "
+    "also mirrored)"
+)
+
+
+def _embedding_batches(embedder: Embedder | None, embedding_cache) -> BatchEmbedding | None:
+    if embedder is None:
+        return None
+    if embedding_cache is False:
+        return BatchEmbedding(embedder, None)
+    folder = default_cache_dir() if embedding_cache in (None, True) else embedding_cache
+    return BatchEmbedding(embedder, EmbeddingCache(folder, embedder.name))
+
+
+def _describe(items, read_image, workers, progress, embedder, batches) -> list[dict]:
+    """Each item's description (``describe_images``), its embedding thumbnail handed to ``batches``."""
 
     def consume(index: int, info: dict) -> None:
         thumb = info.pop("embed_thumb", None)
         if batches is not None and thumb is not None:
             batches.add(index, info["file_sha256"], thumb)
 
-    described = describe_images([it["image"] for it in items], read_image, workers, progress,
-                                embed_size=embedder.size if embedder is not None else None,
-                                consume=consume)  # fmt: skip
+    described = describe_images(
+        [it["image"] for it in items],
+        read_image,
+        workers,
+        progress,
+        embed_size=embedder.size if embedder is not None else None,
+        consume=consume,
+    )
     if batches is not None:
         batches.flush()
+    return described
 
+
+def _tally(items: list[dict], described: list[dict], labels: list[str], splits: list[str]) -> dict:
+    """Class balance per split, image properties, the unreadable items and the indices of the readable."""
     balance = {s: Counter() for s in splits}
     for item in items:
         balance[item["_split"]].update(label_names_of(item, labels))
-    stats = {key: Counter() for key in ("format", "modality", "manufacturer", "photometric", "content", "bit_depth",
-                                        "size", "channels")}  # fmt: skip
+    keys = ("format", "modality", "manufacturer", "photometric", "content", "bit_depth", "size", "channels")
+    stats = {key: Counter() for key in keys}
     unreadable, ok = [], []
     for index, (item, info) in enumerate(zip(items, described, strict=True)):
         if "error" in info:
@@ -115,6 +204,29 @@ def audit_datalist(
         for key in stats:
             if key != "manufacturer" or info.get("format") == "DICOM":
                 stats[key][str(info.get(key))] += 1
+    return {"balance": balance, "stats": stats, "unreadable": unreadable, "ok": ok}
+
+
+def _patients(items: list[dict]) -> dict:
+    """``shared``: the patients in more than one split (with their count per split); ``items``: each
+    patient's item indices."""
+    patient_splits: dict[str, Counter] = defaultdict(Counter)
+    patient_items: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(items):
+        pid = item.get("patient_id")
+        if pid not in (None, ""):
+            patient_splits[str(pid)][item["_split"]] += 1
+            patient_items[str(pid)].append(i)
+    shared = [
+        {"patient_id": pid, "splits": dict(counts)}
+        for pid, counts in sorted(patient_splits.items())
+        if len(counts) > 1
+    ]
+    return {"shared": shared, "items": patient_items}
+
+
+def _leakage(items, labels, splits, exact: list[tuple], near: list[dict], shared_patients: list[dict]):
+    """The leakage section of the report, the duplicate counts within each split and those pairs."""
 
     def ref(i: int) -> dict:
         return {
@@ -123,191 +235,59 @@ def audit_datalist(
             "label": label_names_of(items[i], labels),
         }
 
-    # exact duplicates: items sharing decoded pixels (identical files are a subset)
-    links: list[tuple[int, int]] = []
-    exact_pairs, near_pairs = [], []
-    by_pixels: dict[str, list[int]] = defaultdict(list)
-    for i in ok:
-        by_pixels[described[i]["pixel_sha256"]].append(i)
-    exact_set = set()
-    for members in by_pixels.values():
-        for a_pos, a in enumerate(members):
-            for b in members[a_pos + 1 :]:
-                same_file = described[a]["file_sha256"] == described[b]["file_sha256"]
-                exact_pairs.append((a, b, "identical file" if same_file else "identical pixels"))
-                exact_set.add((a, b))
-                links.append((a, b))
-    # near duplicates
-    hashed = [i for i in ok if described[i]["phash"] is not None]  # 2D images
-    if hashed:
-        hashes = np.array([described[i]["phash"] for i in hashed], dtype=np.uint64)
-        for pa, pb, dist, t in near_duplicate_pairs(hashes, threshold, transforms):
-            a, b = hashed[pa], hashed[pb]
-            if (a, b) in exact_set:
-                continue
-            fine, pixels, ok_pair = confirm_pair(described[a]["thumb"], described[b]["thumb"], t, confirm,
-                                                 confirm_pixels)  # fmt: skip
-            if not ok_pair:
-                continue
-            near_pairs.append({"a": a, "b": b, "stage": "hash", "hamming": dist, "transform": TRANSFORMS[t],
-                               "hamming_256": fine, "pixel_difference": pixels})  # fmt: skip
-            links.append((a, b))
-    # near duplicates, stage 2: embeddings + registration (small rotations, zooms, crops)
-    embedding_summary = None
-    if batches is not None:
-        embedded = [i for i in ok if i in batches.features and described[i].get("reg_thumb") is not None]
-        found = exact_set | {(p["a"], p["b"]) for p in near_pairs}
-        candidates = []
-        if len(embedded) > 1:
-            searched = (
-                (lambda d, t: logger.info("audit: nearest embeddings of %d / %d images", d, t))
-                if progress
-                else None
-            )
-            features = np.stack([batches.features[i] for i in embedded])
-            for x, y, sim in candidate_pairs(features, neighbours, min_similarity, progress=searched):
-                if (embedded[x], embedded[y]) not in found:
-                    candidates.append((embedded[x], embedded[y], sim))
-        if progress and candidates:
-            logger.info("audit: keypoints of the %d images in %d embedding candidate pairs",
-                        len({i for pair in candidates for i in pair[:2]}), len(candidates))  # fmt: skip
-        thumbs = {i: described[i]["reg_thumb"] for i in embedded}
-        verified = verify_candidates(
-            candidates, thumbs, min_inliers,
-            progress=(lambda d, t: logger.info("audit: %d / %d candidates registered", d, t)) if progress else None,
-            workers=workers,
-        )  # fmt: skip
-        confirmed = [match for match in verified if match["inliers"] >= min_inliers]
-        for match in confirmed:
-            a, b = match["i"], match["j"]
-            transform = ("flip+" if match["flip"] else "") + f"rot{match['angle']:g} scale{match['scale']:g}"
-            near_pairs.append({"a": a, "b": b, "stage": "embedding", "hamming": None, "transform": transform,
-                               "hamming_256": None, "pixel_difference": None,
-                               "embedding_similarity": match["similarity"], "keypoint_inliers": match["inliers"],
-                               "keypoint_matches": match["matches"]})  # fmt: skip
-            links.append((a, b))
-        embedding_summary = {"embedded": len(embedded), "computed": batches.embedded,
-                             "from_cache": len(embedded) - batches.embedded, "candidates": len(candidates),
-                             "confirmed": len(confirmed)}  # fmt: skip
-    for info in described:
-        info.pop("reg_thumb", None)
-
-    # patients in more than one split
-    patient_splits: dict[str, Counter] = defaultdict(Counter)
-    patient_items: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        pid = item.get("patient_id")
-        if pid not in (None, ""):
-            patient_splits[str(pid)][item["_split"]] += 1
-            patient_items[str(pid)].append(i)
-    shared_patients = [
-        {"patient_id": pid, "splits": dict(counts)}
-        for pid, counts in sorted(patient_splits.items())
-        if len(counts) > 1
-    ]
-
     by_pair: dict[str, Counter] = defaultdict(Counter)
     within: dict[str, Counter] = defaultdict(Counter)
-    cross_exact, cross_near, within_pairs = [], [], []
-    for a, b, kind in exact_pairs:
-        record = {"a": ref(a), "b": ref(b), "kind": kind}
+    cross = {"exact_duplicate_pairs": [], "near_duplicate_pairs": []}
+    within_pairs = []
+    records = [(a, b, "exact_duplicate_pairs", {"kind": kind}) for a, b, kind in exact]
+    records += [
+        (
+            p["a"],
+            p["b"],
+            "near_duplicate_pairs",
+            {"kind": "near", **{k: v for k, v in p.items() if k not in ("a", "b")}},
+        )
+        for p in near
+    ]
+    for a, b, counter, extra in records:
+        record = {"a": ref(a), "b": ref(b), **extra}
         sa, sb = items[a]["_split"], items[b]["_split"]
         if sa == sb:
-            within[sa]["exact_duplicate_pairs"] += 1
+            within[sa][counter] += 1
             within_pairs.append(record)
         else:
-            by_pair[split_pair(sa, sb, splits)]["exact_duplicate_pairs"] += 1
-            cross_exact.append(record)
-    for pair in near_pairs:
-        a, b = pair["a"], pair["b"]
-        record = {
-            "a": ref(a),
-            "b": ref(b),
-            "kind": "near",
-            **{k: v for k, v in pair.items() if k not in ("a", "b")},
-        }
-        sa, sb = items[a]["_split"], items[b]["_split"]
-        if sa == sb:
-            within[sa]["near_duplicate_pairs"] += 1
-            within_pairs.append(record)
-        else:
-            by_pair[split_pair(sa, sb, splits)]["near_duplicate_pairs"] += 1
-            cross_near.append(record)
+            by_pair[split_pair(sa, sb, splits)][counter] += 1
+            cross[counter].append(record)
     for entry in shared_patients:
         names = sorted(entry["splits"], key=lambda s: splits.index(s) if s in splits else len(splits))
         for x in range(len(names)):
             for y in range(x + 1, len(names)):
                 by_pair[split_pair(names[x], names[y], splits)]["shared_patients"] += 1
-
     # images in the test split with a copy elsewhere: the count that inflates test accuracy
     leaked_images: dict[str, set] = defaultdict(set)
-    for pair in cross_exact + cross_near:
+    for pair in cross["exact_duplicate_pairs"] + cross["near_duplicate_pairs"]:
         for side in ("a", "b"):
             leaked_images[pair[side]["split"]].add(pair[side]["image"])
+    leakage = {
+        "found": bool(shared_patients or cross["exact_duplicate_pairs"] or cross["near_duplicate_pairs"]),
+        "shared_patients": shared_patients,
+        "exact_duplicates": cross["exact_duplicate_pairs"],
+        "near_duplicates": cross["near_duplicate_pairs"],
+        "counts_by_split_pair": {k: dict(v) for k, v in sorted(by_pair.items())},
+        "images_with_a_copy_in_another_split": {s: len(v) for s, v in leaked_images.items()},
+    }
+    return leakage, within, within_pairs
 
-    # clusters: patients + duplicate links
-    uf = UnionFind(len(items))
+
+def _groups(n: int, links: list[tuple[int, int]], patient_items: dict[str, list[int]]) -> list[int]:
+    """Each item's cluster: items linked as duplicates, or of one patient, share one."""
+    uf = UnionFind(n)
     for a, b in links:
         uf.union(a, b)
     for members in patient_items.values():
         for other in members[1:]:
             uf.union(members[0], other)
-    cluster_sizes = Counter(uf.find(i) for i in range(len(items)))
-
-    return {
-        "datalist": doc.get("_path"),
-        "name": doc.get("name"),
-        "labels": labels,
-        "num_items": len(items),
-        "image_root": common_folder([it["image"] for it in items]),
-        "splits": {s: len(doc[s]) for s in splits},
-        "class_balance": {s: {name: balance[s].get(name, 0) for name in labels} for s in splits},
-        "image_stats": {k: dict(v.most_common()) for k, v in stats.items()},
-        "confounds": confounds(
-            [items[i] for i in ok], [described[i] for i in ok], labels, splits, bool(doc.get("multi_label"))
-        ),
-        "unreadable": unreadable,
-        "leakage": {
-            "found": bool(shared_patients or cross_exact or cross_near),
-            "shared_patients": shared_patients,
-            "exact_duplicates": cross_exact,
-            "near_duplicates": cross_near,
-            "counts_by_split_pair": {k: dict(v) for k, v in sorted(by_pair.items())},
-            "images_with_a_copy_in_another_split": {s: len(v) for s, v in leaked_images.items()},
-        },
-        "within_split": {s: dict(within[s]) for s in splits if within[s]},
-        "within_split_pairs": within_pairs,
-        "clusters": {
-            "count": len(cluster_sizes),
-            "largest": max(cluster_sizes.values(), default=0),
-            "multi_item": sum(1 for v in cluster_sizes.values() if v > 1),
-        },
-        "settings": {
-            "hash": "imagehash.phash of a min-max scaled 64x64 grey thumbnail: 64 bits to find, 256 to confirm",
-            "hamming_threshold": threshold,
-            "rotations_and_flips": transforms,
-            "confirm_hamming_256": confirm,
-            "confirm_pixel_difference": confirm_pixels,
-            "pixel_difference": f"mean absolute difference of the {PIXEL_SIZE}x{PIXEL_SIZE} grey thumbnails under "
-            "the matched rotation / flip, each scaled to mean 0 and SD 1",
-            "exact": "sha256 of file bytes and of decoded pixels",
-            "volumes_checked_for_exact_duplicates_only": len(ok) - len(hashed),
-            "embedding_stage": None
-            if embedder is None
-            else {
-                "embedder": embedder.name,
-                "neighbours": neighbours,
-                "min_similarity": min_similarity,
-                "min_inliers": min_inliers,
-                **(embedding_summary or {}),
-                "rule": "among each image's k nearest embeddings, cosine similarity >= min_similarity; confirmed "
-                "when >= min_inliers ORB keypoints of the 224 px grey thumbnails fit one similarity "
-                "transform (RANSAC, 2 px; the second image also mirrored)",
-            },
-        },
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-        "_groups": [uf.find(i) for i in range(len(items))],
-    }
+    return [uf.find(i) for i in range(n)]
 
 
 def regroup(doc: Mapping, report: Mapping, seed: int = 0) -> dict[str, list[dict]]:
