@@ -4,9 +4,10 @@ summary on stderr, the exit code of README's table, and no patient data in eithe
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 
-from infer_helpers import infer_args, make_dicom, png_bytes, read_csv
+from infer_helpers import PYTHON, infer_args, make_dicom, png_bytes, read_csv, subprocess_env
 
 from toolkit.cli import main
 from toolkit.inference.operator_summary import SUMMARY_NAME
@@ -60,3 +61,21 @@ def test_a_clean_run_records_exit_code_zero(bundle_dir, tiny_ckpt, tmp_path, cap
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out)) == EXIT_OK
     _, summary = _logged_and_recorded(capsys, out)
     assert summary["exit_code"] == EXIT_OK and summary["rows"] == {"ok": 1}
+
+
+def test_the_log_of_a_plain_run_has_no_info_lines(bundle_dir, tiny_ckpt, tmp_path):
+    """As a scheduler runs it (a fresh process): without --verbose only warnings and the summary, so no
+    library logs a line per input (dicomweb-client logs each request's UIDs at INFO)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _tree(inputs)
+    args = infer_args(bundle_dir, tiny_ckpt, inputs, out)
+    result = subprocess.run(
+        [PYTHON, "-m", "toolkit", *args], env=subprocess_env(), capture_output=True, text=True
+    )
+    assert result.returncode == EXIT_INPUTS_FAILED, result.stderr[-2000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("INFO", "DEBUG"))], (
+        result.stderr
+    )
+    verbose = subprocess.run([PYTHON, "-m", "toolkit", *args, "--verbose", "--restart"], env=subprocess_env(),
+                             capture_output=True, text=True)  # fmt: skip
+    assert any(line.startswith("INFO") for line in verbose.stderr.splitlines()), verbose.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # command modules, in the order `cit --help` lists them
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # one logging set-up for every command (once the command line parsed, not while the parser is built):
+    # INFO, except `cit infer`, whose log holds no line per input unless --verbose (paths and UIDs may
+    # identify patients; libraries such as dicomweb-client log each request at INFO)
+    quiet = args.command == "infer" and not args.verbose
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args) or 0)
 
 

@@ -111,7 +111,6 @@ def _audit(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``audit`` sub-command."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     a = subparsers.add_parser(
         "audit",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 from pathlib import Path
@@ -105,7 +104,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``compare`` sub-command."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = subparsers.add_parser(
         "compare",
         help="train / evaluate several bundles on one split; table with 95%% CIs and paired tests",

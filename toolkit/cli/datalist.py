@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections import Counter
 
@@ -151,7 +150,6 @@ def _synth(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``datalist`` and ``synth`` sub-commands."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     p = subparsers.add_parser(
         "datalist",

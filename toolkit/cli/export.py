@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import re
 import sys
 import urllib.parse
@@ -94,7 +93,6 @@ def _bf16(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``export`` sub-command."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = subparsers.add_parser(
         "export",
         help="export a trained bundle: portable bundle folder, TorchScript, torch.export or ONNX",

@@ -84,7 +84,6 @@ def _report(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Add the ``report`` sub-command."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     r = subparsers.add_parser(
         "report",
