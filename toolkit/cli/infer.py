@@ -176,15 +176,19 @@ def _add_watch_options(parser: argparse.ArgumentParser) -> None:
     watch = parser.add_argument_group(
         "watch options",
         "--watch: classify files as they arrive in the --input folder, until SIGTERM or Ctrl-C (exit 0); "
-        "a file is read once its size and mtime stay the same for --settle-seconds",
+        "a file is read once its size and mtime stay the same for --settle-seconds. With a DICOMweb --input, "
+        "QIDO-RS is polled for the query's studies, each retrieved once its instance count stays the same "
+        "for --settle-seconds",
     )
-    watch.add_argument("--watch", action="store_true", help="watch --input (a folder) for new files")
+    watch.add_argument(
+        "--watch", action="store_true", help="watch --input (a folder or a DICOMweb PACS) for new inputs"
+    )
     watch.add_argument("--poll-seconds", type=float, default=2.0, help="how often the folder is listed")
     watch.add_argument(
         "--settle-seconds",
         type=float,
         default=5.0,
-        help="how long a file must stay unchanged before it is read",
+        help="how long a file (a PACS study: its instance count) must stay unchanged before it is read",
     )
 
 
@@ -237,18 +241,27 @@ def _pacs_options(args: argparse.Namespace):
 
 
 def _watch(options, args: argparse.Namespace, pacs) -> int:
-    """`cit infer --watch` (a local folder; no DICOM SR, whose studies keep growing while watched)."""
+    """`cit infer --watch`: a local folder or a DICOMweb PACS; no DICOM SR (a watched study keeps growing)."""
+    from toolkit.inference.pacs.common import is_dicomweb_url, is_dimse_url
     from toolkit.inference.runner import EXIT_USAGE
     from toolkit.inference.watch import WatchOptions, watch_folder
 
-    if pacs is not None or options.dicom_sr:
-        print("cit infer: --watch takes a local folder and writes no DICOM SR (no --dicom-sr, "
-              "--store-sr or PACS --input)", file=sys.stderr)  # fmt: skip
+    if options.dicom_sr or args.store_sr or is_dimse_url(options.input):
+        print(
+            "cit infer: --watch takes a local folder or a DICOMweb PACS (not DIMSE) and writes no DICOM SR "
+            "(no --dicom-sr or --store-sr)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if not (args.poll_seconds > 0 and args.settle_seconds >= 0):
         print("cit infer: --poll-seconds must be > 0 and --settle-seconds >= 0", file=sys.stderr)
         return EXIT_USAGE
-    return watch_folder(options, WatchOptions(args.poll_seconds, args.settle_seconds))
+    watch = WatchOptions(args.poll_seconds, args.settle_seconds)
+    if is_dicomweb_url(options.input):
+        from toolkit.inference.pacs.watch import watch_pacs
+
+        return watch_pacs(options, pacs, watch)
+    return watch_folder(options, watch)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -262,9 +275,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
     if args.verbose:  # also each failed input's traceback (toolkit.inference logs them at debug level)
         logging.getLogger("toolkit.inference").setLevel(logging.DEBUG)
     options = InferenceOptions(

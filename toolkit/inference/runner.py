@@ -145,6 +145,9 @@ class InferenceOptions:
     backend: str = "auto"  # auto | pytorch | onnxruntime | onnxruntime-int8 (see toolkit.inference.backends)
     precision: str = "fp32"  # fp32 | bf16 (pytorch backend); resolved to what the network runs in (int8...)
     trust_bundle: bool = False  # run a foreign bundle's code (toolkit.bundle.trust)
+    # inputs decided before the run, one row each as they are (status "error" and reason set), e.g. the
+    # instances a PACS did not deliver (toolkit.inference.pacs.run); one replaces a discovered input of its path
+    decided_inputs: list[InputItem] = field(default_factory=list)
 
 
 @dataclass
@@ -478,6 +481,8 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
         series_mode=bundle.spatial_dims == 3,
         exclude=options.output,
     )
+    decided = {item.path for item in options.decided_inputs}
+    items = [item for item in items if item.path not in decided] + list(options.decided_inputs)
     if not items:
         return {
             "stop": f"no input found below --input {options.input} ({ignored} ignored): "

@@ -70,10 +70,19 @@ class PacsOptions:
 class Retrieval:
     """What a retrieval put in the cache, and what it could not."""
 
+    studies: int = 0  # found by the query
     instances: int = 0
     bytes: int = 0
     left_out: int = 0  # instances of other modalities, and structured reports (Modality SR)
     failures: list[str] = field(default_factory=list)  # one line each, UIDs only (no patient data)
+    # listed instances the PACS did not deliver: ((study, series, SOP instance), one-line reason); each
+    # becomes an error row of the run (see run.py), so a failed retrieval is never silently missing
+    not_retrieved: list[tuple[tuple[str, str, str], str]] = field(default_factory=list)
+
+    def instance_failed(self, uids: tuple[str, str, str], reason: str) -> None:
+        """Record that the instance ``uids`` (valid UIDs) could not be retrieved, and why (one line)."""
+        self.failures.append(f"study {uids[0]}: instance {uids[2]} not retrieved: {reason}")
+        self.not_retrieved.append((uids, reason))
 
 
 def is_dicomweb_url(text: str | None) -> bool:
@@ -113,6 +122,8 @@ def cache_instance(
 def short_reason(exc: BaseException) -> str:
     """One line about a PACS or parse error: type and status, no URL query (it may hold filters)."""
     response = getattr(exc, "response", None)
-    if response is not None:
+    if response is None:  # retrying.RetryError (dicomweb-client's retries): the last answer
+        response = getattr(getattr(exc, "last_attempt", None), "value", None)
+    if hasattr(response, "status_code"):
         return f"HTTP {response.status_code} {response.reason}"
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from toolkit.inference.discovery import DICOM_PARSE_ERRORS
+from toolkit.inference.discovery import DICOM_PARSE_ERRORS, InputItem
 from toolkit.inference.locking import LockedError, OutputLock
 from toolkit.inference.naming import inside
+from toolkit.inference.operator_summary import write_summary
 from toolkit.inference.pacs.common import (
     CACHE_FOLDER,
     EXIT_NOT_STORED,
@@ -22,6 +23,7 @@ from toolkit.inference.pacs.common import (
     STORE_LEDGER,
     PacsError,
     PacsOptions,
+    Retrieval,
     is_dimse_url,
     is_pacs_url,
     short_reason,
@@ -89,6 +91,62 @@ def connect(url: str, options: PacsOptions):
 # the run
 
 
+def retrieve_input(options, pacs: PacsOptions):
+    """Query the PACS ``options.input`` and retrieve the studies into ``--output/pacs/cache``.
+
+    Returns ``(options, retrieval, None)``: the options to run (the cache as input, one error row per
+    instance not retrieved), or ``(options, retrieval or None, exit code)`` when there is nothing to run."""
+    from toolkit.inference.runner import EXIT_INPUTS_FAILED, EXIT_NO_INPUTS
+
+    source = connect(options.input, pacs)
+    studies = source.find_studies(pacs.query)
+    if not studies:
+        print("cit infer: no study in the PACS matches the query; nothing to do", file=sys.stderr)
+        return options, None, EXIT_NO_INPUTS
+    cache = inside(Path(options.output), CACHE_FOLDER)
+    retrieval = source.retrieve(studies, cache, pacs.cache_max_bytes, pacs.query.modalities)
+    retrieval.studies = len(studies)
+    for line in retrieval.failures:
+        print(f"cit infer: {line}", file=sys.stderr)
+    print(
+        f"cit infer: {len(studies)} studies, {retrieval.instances} instances retrieved "
+        f"({retrieval.bytes / 2**20:.1f} MiB; {len(retrieval.not_retrieved)} not retrieved, error rows; "
+        f"{retrieval.left_out} reports or other modalities left out)",
+        file=sys.stderr,
+    )
+    if not retrieval.instances and not retrieval.not_retrieved:
+        print("cit infer: no instance of these studies passes the filters; nothing to do", file=sys.stderr)
+        return options, retrieval, EXIT_NO_INPUTS if not retrieval.failures else EXIT_INPUTS_FAILED
+    cache.mkdir(parents=True, exist_ok=True)  # the input of the run, even when no instance came
+    failed = not_retrieved_inputs(retrieval, cache)
+    return dataclasses.replace(options, input=str(cache), decided_inputs=failed), retrieval, None
+
+
+def not_retrieved_inputs(retrieval: Retrieval, cache: Path) -> list[InputItem]:
+    """One error input per instance the PACS did not deliver, at the path it would have in ``cache``.
+    Size and mtime 0: the retrieved file (mtime from its bytes, size > 0) never shares its resume key,
+    so a rerun that retrieves it classifies it, and its row replaces this one."""
+    items = []
+    for (study, series, sop), reason in retrieval.not_retrieved:
+        path = f"{study}/{series}/{sop}.dcm"
+        items.append(
+            InputItem(
+                path=path, abs_path=str(cache / path), kind="dicom", study_instance_uid=study,
+                series_instance_uid=series, sop_instance_uid=sop, status="error",
+                reason=f"not retrieved from the PACS: {reason}",
+            )
+        )  # fmt: skip
+    return items
+
+
+def _record(output: Path, operator, figures: dict, code: int) -> None:
+    """summary.json of the run (``operator``: its ``OperatorSummary``) with the PACS figures and the final
+    exit code."""
+    if operator is not None:
+        operator.mode, operator.pacs, operator.exit_code = "pacs", figures, code
+        write_summary(output, operator)
+
+
 def run_with_pacs(options, pacs: PacsOptions) -> int:
     """`cit infer` with a PACS as ``options.input`` and / or ``pacs.store_sr``; returns the exit code.
 
@@ -97,7 +155,6 @@ def run_with_pacs(options, pacs: PacsOptions) -> int:
     from toolkit.inference.runner import (
         EXIT_INPUTS_FAILED,
         EXIT_LOCKED,
-        EXIT_NO_INPUTS,
         EXIT_OK,
         run_inference,
     )
@@ -117,43 +174,33 @@ def run_with_pacs(options, pacs: PacsOptions) -> int:
     try:
         retrieval = None
         if is_pacs_url(options.input):
-            source = connect(options.input, pacs)
-            studies = source.find_studies(pacs.query)
-            if not studies:
-                print("cit infer: no study in the PACS matches the query; nothing to do", file=sys.stderr)
-                return EXIT_NO_INPUTS
-            cache = inside(output, CACHE_FOLDER)
-            retrieval = source.retrieve(studies, cache, pacs.cache_max_bytes, pacs.query.modalities)
-            for line in retrieval.failures:
-                print(f"cit infer: {line}", file=sys.stderr)
-            print(
-                f"cit infer: {len(studies)} studies, {retrieval.instances} instances retrieved "
-                f"({retrieval.bytes / 2**20:.1f} MiB; {retrieval.left_out} reports or other modalities left out)",
-                file=sys.stderr,
-            )
-            if not retrieval.instances:
-                print(
-                    "cit infer: no instance of these studies passes the filters; nothing to do",
-                    file=sys.stderr,
-                )
-                return EXIT_NO_INPUTS if not retrieval.failures else EXIT_INPUTS_FAILED
-            options = dataclasses.replace(options, input=str(cache))
+            options, retrieval, code = retrieve_input(options, pacs)
+            if code is not None:
+                return code
         summary = run_inference(options)
         code = summary.exit_code
         if code not in (EXIT_OK, EXIT_INPUTS_FAILED):  # rows missing, locked, refused: nothing more to do
             return code
         if retrieval is not None and retrieval.failures:
             code = EXIT_INPUTS_FAILED
+        figures = {}
+        if retrieval is not None:
+            figures.update(studies=retrieval.studies, instances_retrieved=retrieval.instances,
+                           instances_not_retrieved=len(retrieval.not_retrieved), left_out=retrieval.left_out)  # fmt: skip
         if store is not None:
             sent, failures = store_reports(store, summary.sr_paths, inside(output, STORE_LEDGER))
             for line in failures:
                 print(f"cit infer: {line} (kept in sr/; the next run sends it again)", file=sys.stderr)
             already = len(summary.sr_paths) - sent - len(failures)
             print(f"cit infer: DICOM SR: {sent} sent, {already} already in the PACS", file=sys.stderr)
+            figures.update(
+                reports_sent=sent, reports_already_stored=already, reports_not_stored=len(failures)
+            )
             if failures and code == EXIT_OK:
                 code = EXIT_NOT_STORED
         if retrieval is not None and not pacs.keep_cache:
             shutil.rmtree(inside(output, CACHE_FOLDER), ignore_errors=True)
+        _record(output, summary.operator, figures, code)
         return code
     finally:
         lock.release()
