@@ -9,7 +9,8 @@ Arguments are the SDK's: ``-i`` DICOM folder, ``-o`` output folder, ``-m`` model
 folder, a ``model.ts`` with ``model_info.json`` beside it, or a folder holding one), ``-l`` log level;
 in a MAP they come from ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` / ``HOLOSCAN_MODEL_PATH``.
 Environment: ``CIT_DEPLOY_RULES`` (rules file or JSON text), ``CIT_DEPLOY_DEVICE`` (cpu, cuda; default
-the GPU when there is one).
+the GPU when there is one), ``CIT_DEPLOY_BACKEND`` (auto, pytorch, onnxruntime, onnxruntime-int8: what
+``cit infer --backend`` takes; default auto).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators import DICOMSeriesSelectorOperator
 
-from deploy.model import load_model, resolve_device
+from deploy.model import load_model, resolve_device, select_backend
 from deploy.operators import ClassifierOperator, ReportWriterOperator, StudyLoaderOperator, load_rules
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class ClassificationApp(Application):
         output_path.mkdir(parents=True, exist_ok=True)
         device = resolve_device()
         bundle = load_model(context.model_path, device)
-        logger.info("model %s %s (%s) on %s", bundle.name, bundle.version, bundle.ckpt_path, device)
+        backend, precision = select_backend(bundle, device)
+        logger.info("model %s %s (%s) on %s, backend %s (%s)", bundle.name, bundle.version, bundle.ckpt_path,
+                    device, backend, precision)  # fmt: skip
 
         loader = StudyLoaderOperator(
             self, CountCondition(self, 1), input_folder=input_path, name="study_loader"
@@ -52,7 +55,8 @@ class ClassificationApp(Application):
             self, rules=load_rules(os.environ.get("CIT_DEPLOY_RULES")), all_matched=True, name="selector"
         )
         classifier = ClassifierOperator(self, bundle=bundle, device=device, name="classifier")
-        writer = ReportWriterOperator(self, bundle=bundle, output_folder=output_path, name="report_writer")
+        writer = ReportWriterOperator(self, bundle=bundle, output_folder=output_path, name="report_writer",
+                                      model_run={"backend": backend, "precision": precision})  # fmt: skip
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, classifier, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(classifier, writer, {("study_results", "study_results")})

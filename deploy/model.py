@@ -13,6 +13,8 @@ names) so that the app computes what ``cit infer`` computes:
 ``-m`` may also name a folder holding one of these (the MAP's ``/opt/holoscan/models``).
 Either way the configs are code: one holding anything this toolkit's own bundles do not is refused
 unless ``CIT_TRUST_BUNDLE=1`` (:mod:`toolkit.bundle.trust`).
+
+What runs the network is chosen as ``cit infer --backend`` chooses it (:func:`select_backend`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from toolkit.bundle import InferenceBundle, load_bundle
 from toolkit.bundle.description import load_model_info
 from toolkit.bundle.loading import assemble_bundle
 from toolkit.bundle.trust import check_config, trusted_by_environment
+from toolkit.inference.backends import OnnxRuntimeNetwork, exported_model, resolve_backend, run_precision
+
+BACKEND_ENV = "CIT_DEPLOY_BACKEND"
 
 
 def resolve_device(requested: str | None = None) -> torch.device:
@@ -65,6 +70,31 @@ def load_model(path: str | os.PathLike, device: torch.device) -> InferenceBundle
     if model.is_dir():
         return load_bundle(model, device=device)
     return _load_torchscript(model, device)
+
+
+def select_backend(
+    bundle: InferenceBundle, device: torch.device, requested: str | None = None
+) -> tuple[str, str]:
+    """``(backend, precision)`` for ``bundle`` on ``device``, as ``cit infer --backend`` chooses: ``requested``
+    (default ``$CIT_DEPLOY_BACKEND``, else ``auto``: on a CPU the checked int8 ONNX export of these very
+    weights, else their fp32 export, else PyTorch). For an ONNX backend ``bundle.network`` becomes ONNX
+    Runtime on that export. A ``.ts`` model is TorchScript, with no export of its own: PyTorch."""
+    requested = requested or os.environ.get(BACKEND_ENV) or "auto"
+    if Path(bundle.ckpt_path).suffix == ".ts":
+        if requested not in ("auto", "pytorch"):
+            raise ValueError(
+                f"{BACKEND_ENV}={requested}: {bundle.ckpt_path} is TorchScript, run by PyTorch; the ONNX "
+                "backends run the exports beside a bundle folder's models/model.pt"
+            )
+        backend = "pytorch"
+    else:
+        try:
+            backend = resolve_backend(requested, bundle.ckpt_path, device)
+        except (ValueError, FileNotFoundError) as exc:  # a wrong value, or no usable export of that kind
+            raise type(exc)(f"{BACKEND_ENV}={requested}: {exc}") from exc
+    if backend != "pytorch":
+        bundle.network = OnnxRuntimeNetwork(exported_model(bundle.ckpt_path, backend))
+    return backend, run_precision(backend, "fp32", device, bundle.ckpt_path)
 
 
 def _load_torchscript(path: Path, device: torch.device) -> InferenceBundle:

@@ -197,7 +197,8 @@ class ClassifierOperator(Operator):
 
 class ReportWriterOperator(Operator):
     """Per study: ``<out>/sr/<StudyInstanceUID>.dcm`` (Comprehensive 3D SR, TID 1500) and
-    ``<out>/json/<StudyInstanceUID>.json`` (identifiers, probabilities, predicted class names).
+    ``<out>/json/<StudyInstanceUID>.json`` (identifiers, probabilities, predicted class names; the model
+    section also names the ``backend`` and ``precision`` the network ran in).
 
     Replaces DICOMTextSRWriterOperator, which writes one free-text string (the bundle operator's
     class name, wrong as said above) with no per-class probability as a coded measurement. The SR
@@ -206,9 +207,11 @@ class ReportWriterOperator(Operator):
     with the Patient and Study modules of the images carried over.
     """
 
-    def __init__(self, fragment: Fragment, *args, bundle: InferenceBundle, output_folder: Path, **kwargs):
+    def __init__(self, fragment: Fragment, *args, bundle: InferenceBundle, output_folder: Path,
+                 model_run: dict | None = None, **kwargs):  # fmt: skip
         self.bundle = bundle
         self.output_folder = Path(output_folder)
+        self.model_run = model_run or {"backend": "pytorch", "precision": "fp32"}
         self.input_name = "study_results"
         super().__init__(fragment, *args, **kwargs)
 
@@ -239,7 +242,12 @@ class ReportWriterOperator(Operator):
                 logger.warning("no DICOM SR for study %s: %s", stem, sr_problem)
         bundle = self.bundle
         doc = {
-            "model": {"name": bundle.name, "version": bundle.version, "class_names": bundle.class_names},
+            "model": {
+                "name": bundle.name,
+                "version": bundle.version,
+                "class_names": bundle.class_names,
+                **self.model_run,
+            },
             "identifiers": {k: str(first_ds.get(k, "") or "") for k in IDENTIFIERS},
             "sr": str(sr_path.relative_to(self.output_folder)) if sr_path else None,
             "sr_problem": sr_problem,

@@ -13,7 +13,12 @@ is wrong for our 2D classification models:
   warning when keys differ, which serves a randomly initialised network; here a mismatch is an error.
 - **result**: the stock ``ClassificationWriter`` needs a ``MetaTensor`` (``.array``) and reports a
   score per class only; here any tensor is accepted and the result also names the predicted class and
-  says whether the scores are softmax probabilities or independent (multi-label) sigmoids.
+  says whether the scores are softmax probabilities or independent (multi-label) sigmoids, and the
+  ``backend`` / ``precision`` the network ran in.
+- **backend**: on a CPU the network is chosen as ``cit infer --backend`` chooses it
+  (``toolkit.inference.backends``; ``$CIT_LABEL_BACKEND``, default ``auto``): ONNX Runtime on the bundle's
+  checked int8 export of these very weights, else on their fp32 export, else PyTorch (MONAI Label's own
+  network, as on a GPU).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,11 +34,25 @@ from monai.transforms import SaveImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
+from toolkit.inference.backends import (
+    BACKENDS,
+    OnnxRuntimeNetwork,
+    exported_model,
+    resolve_backend,
+    run_precision,
+)
+
 logger = logging.getLogger(__name__)
+
+BACKEND_ENV = "CIT_LABEL_BACKEND"
 
 
 class ClassificationBundleInferTask(BundleInferTask):
     def __init__(self, path: str, conf: dict[str, str], **kwargs):
+        self.requested_backend = os.environ.get(BACKEND_ENV) or "auto"
+        if self.requested_backend not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={self.requested_backend}: choose one of {', '.join(BACKENDS)}")
+        self._backend_choice: dict = {}  # before super().__init__, which may preload the network
         super().__init__(
             path,
             conf,
@@ -77,6 +97,36 @@ class ClassificationBundleInferTask(BundleInferTask):
         self._reparse_if_retrained()
         return super().pre_transforms(data)
 
+    def _get_network(self, device, data):
+        """On a CPU the backend ``cit infer`` would choose (module docstring); its name goes into ``data`` for
+        the result. PyTorch: MONAI Label's own network (``super()``). ``run_inferer`` only tests the network
+        for truth and calls it (through the bundle's ``SimpleInferer``, under ``no_grad``), which
+        :class:`OnnxRuntimeNetwork` supports."""
+        backend, precision, network = self._choose_backend(torch.device(device))
+        if data is not None:
+            data.update(backend=backend, precision=precision)
+        return network if network is not None else super()._get_network(device, data)
+
+    def _choose_backend(self, device: torch.device) -> tuple[str, str, OnnxRuntimeNetwork | None]:
+        """``(backend, precision, ONNX Runtime network or None for PyTorch)``. Choosing hashes the weights and
+        the exports, so the choice is kept, as MONAI Label keeps its networks, while no file of ``models/``
+        changes (a train task replacing ``model.pt`` makes the exports stale: PyTorch again)."""
+        weights = self.get_path()
+        if device.type != "cpu" or not weights or not weights.endswith(".pt"):
+            return "pytorch", "fp32", None  # a GPU, or a TorchScript-only bundle: nothing exported beside it
+        key = (str(device), _folder_state(Path(weights).parent))
+        if key not in self._backend_choice:
+            backend = resolve_backend(self.requested_backend, weights, device)
+            network = OnnxRuntimeNetwork(exported_model(weights, backend)) if backend != "pytorch" else None
+            logger.info("%s: backend %s on %s", os.path.basename(self.bundle_path), backend, device)
+            precision = run_precision(backend, "fp32", device, weights)
+            self._backend_choice = {key: (backend, precision, network)}  # only the current files' choice
+        return self._backend_choice[key]
+
+    def clear_cache(self):
+        super().clear_cache()
+        self._backend_choice = {}
+
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["class_names"] = self.class_names
@@ -104,5 +154,19 @@ class ClassificationBundleInferTask(BundleInferTask):
             "predicted": self.class_names[best],
             "predicted_idx": best,
             "multi_label": self.multi_label,
+            "backend": data.get("backend", "pytorch"),
+            "precision": data.get("precision", "fp32"),
         }
         return None, result
+
+
+def _folder_state(folder: Path) -> tuple:
+    """(name, mtime, size) of each file in ``folder``; one removed while it is listed is left out."""
+    state = []
+    for entry in os.scandir(folder):
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue
+        state.append((entry.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(sorted(state))

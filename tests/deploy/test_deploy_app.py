@@ -34,19 +34,25 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CIT_DEPLOY_DEVICE": "cpu"}
 
 
-def _run(args: list[str], timeout: int = 600, codes=(0,)) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(
+    args: list[str], timeout: int = 600, codes=(0,), env: dict | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=REPO_ROOT, env={**_env(), **(env or {})}, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
     assert result.returncode in codes, f"{' '.join(args)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A model trained for one epoch on 4 synthetic classes, exported as a bundle folder and as model.ts."""
+    """A model trained for one epoch on 4 synthetic classes, exported as a bundle folder and as model.ts.
+    Its training run's output (the recorded split, datalist.json) is ``model.parent / "output"``."""
     from toolkit.data import make_synthetic_dataset
 
     tmp = tmp_path_factory.mktemp("deploy_model")
-    datalist = make_synthetic_dataset(tmp / "data", n_patients=8, images_per_patient=2, image_size=48, seed=9,
+    # one image per patient: 16 patients split 12 / 2 / 2, whose 2 validation images are of two classes (the
+    # int8 export's guard needs a class with both outcomes there)
+    datalist = make_synthetic_dataset(tmp / "data", n_patients=16, images_per_patient=1, image_size=48, seed=9,
                                       classes=CLASSES)  # fmt: skip
     run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, image_size=32,
                batch_size=4, pretrained=None)  # fmt: skip
@@ -117,8 +123,9 @@ def _cit_infer(model: Path, inputs: Path, out: Path, codes=(0,)) -> dict[str, di
     return {r["sop_instance_uid"]: r for r in rows if r["status"] == "ok"}
 
 
-def _run_app(inputs: Path, out: Path, model: Path) -> None:
-    _run([str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(out), "-m", str(model)])
+def _run_app(inputs: Path, out: Path, model: Path, backend: str = "auto") -> None:
+    _run([str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(out), "-m", str(model)],
+         env={"CIT_DEPLOY_BACKEND": backend})  # fmt: skip
 
 
 def _sr_groups(path: Path) -> tuple:
@@ -189,6 +196,30 @@ def test_app_on_written_study_equals_cit_infer(model, written_study, tmp_path):
         assert str(sr[key].value) == value
     doc = json.loads((tmp_path / "app" / "json" / f"{study}.json").read_text())
     assert {k: doc["identifiers"][k] for k in PATIENT} == PATIENT
+    assert (doc["model"]["backend"], doc["model"]["precision"]) == ("pytorch", "fp32")  # no ONNX export there
+
+
+@pytest.mark.slow
+def test_app_runs_the_int8_export_that_cit_infer_runs(model, written_study, tmp_path):
+    """A bundle folder with a checked int8 export of its weights: on the CPU the app, like `cit infer --backend
+    auto`, runs it (the study's JSON says so) and gives `cit infer`'s int8 probabilities; with
+    CIT_DEPLOY_BACKEND=pytorch it runs PyTorch."""
+    import shutil
+
+    bundle = shutil.copytree(model, tmp_path / "int8", ignore=shutil.ignore_patterns("model.ts"))
+    # the guard is not what is tested here: a 1-epoch model on a few validation images passes any bound
+    _run([sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}", "--format", "onnx", "--int8",
+          "--ckpt-dir", str(bundle / "models"), "--output-dir", str(model.parent / "output"),
+          "--max-auroc-drop", "1", "--min-agreement", "0"])  # fmt: skip
+    folder, uids, study = written_study
+    expected = _cit_infer(bundle, folder, tmp_path / "cit")
+    assert {(row["backend"], row["precision"]) for row in expected.values()} == {("onnxruntime-int8", "int8")}
+    selected = {uids[n] for n in ("cr_mono1.dcm", "dx.dcm", "ct_slice")}
+    for backend, ran in (("auto", ("onnxruntime-int8", "int8")), ("pytorch", ("pytorch", "fp32"))):
+        _run_app(folder, tmp_path / backend, bundle, backend=backend)
+        doc = json.loads((tmp_path / backend / "json" / f"{study}.json").read_text())
+        assert (doc["model"]["backend"], doc["model"]["precision"]) == ran, backend
+    _check_against_cit(tmp_path / "auto", expected, selected)
 
 
 @pytest.mark.slow

@@ -184,3 +184,15 @@ def test_every_calibration_method_quantizes_past_one_batch(exported, tmp_path, m
                            min_agreement=0.0, n_resamples=50)  # fmt: skip
     assert result.record["quantization"]["calibration_method"] == method
     assert result.record["calibration"]["num_images"] == 48 and result.record["usable"]
+
+
+def test_an_export_without_its_weights_file_is_never_used(exported, tmp_path):
+    """torch's exporter keeps the fp32 weights in model.onnx.data: without it the export is not chosen."""
+    root, _ = exported
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    (models / "model.onnx.data").unlink()  # the int8 model holds its weights itself
+    refused, _ = _infer(models, root / "images" / "val", tmp_path / "fp32", "--backend", "onnxruntime")
+    assert refused.returncode == 1 and "lacks its weights file model.onnx.data" in refused.stderr
+    result, run = _infer(models, root / "images" / "val", tmp_path / "auto")
+    assert result.returncode == 0 and run["options"]["backend"] == "onnxruntime-int8"

@@ -35,6 +35,7 @@ if not MONAILABEL.is_file():
     )
 
 BUNDLE = "resnet18_brain_ct"
+INT8 = f"{BUNDLE}_int8"  # the same exported bundle with a checked int8 ONNX export of its weights
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 # |MONAI Label score - cit infer probability| (predictions.jsonl, unrounded): the same weights,
 # preprocessing and float32 CPU arithmetic in two processes and two virtualenvs with the same torch,
@@ -80,7 +81,8 @@ def _save_label(base: str, image_id: str, class_name: str):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, shared_data):
-    """A bundle trained for one epoch on 4 real brain-MRI classes, exported as MONAI Label loads it."""
+    """A bundle trained for one epoch on 4 real brain-MRI classes, exported as MONAI Label loads it, and a
+    copy of it (INT8) with an int8 ONNX export of the same weights."""
     tmp = tmp_path_factory.mktemp("label")
     source = shared_data / "brain_tumor_mri_224"
     data = tmp / "data"
@@ -97,6 +99,15 @@ def exported(tmp_path_factory, shared_data):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
+    shutil.copytree(bundles / BUNDLE, bundles / INT8)
+    # the guard is not what is tested here: a 1-epoch model on a few validation images passes any bound
+    int8 = subprocess.run(
+        [sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}", "--format", "onnx", "--int8",
+         "--ckpt-dir", str(bundles / INT8 / "models"), "--output-dir", str(tmp / "output"),
+         "--max-auroc-drop", "1", "--min-agreement", "0"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert int8.returncode == 0, int8.stderr[-3000:]
     studies = tmp / "studies"  # MONAI Label writes its datastore index here: a folder of its own
     studies.mkdir()
     queries = tmp / "queries"  # the images /infer is asked about, alone in a folder for `cit infer`
@@ -119,8 +130,8 @@ def server(exported):
     # the README's command, in an environment with no virtualenv on PATH (as in a fresh shell)
     command = [str(LABEL_VENV / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app",
                str(REPO_ROOT / "label"), "--studies", str(studies),
-               "--conf", "models", BUNDLE, "--conf", "bundles_dir", str(bundles), "--conf", "train", "true",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+               "--conf", "models", f"{BUNDLE},{INT8}", "--conf", "bundles_dir", str(bundles),
+               "--conf", "train", "true", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed below)
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp)), "MONAI_LABEL_TASKS_SCORING": "false",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -155,15 +166,20 @@ def server(exported):
         log.close()
 
 
-def _cit_infer(bundle: Path, images: Path, out: Path) -> dict[str, list[float]]:
+def _cit_infer(bundle: Path, images: Path, out: Path) -> dict[str, tuple[str, list[float]]]:
+    """`cit infer --backend auto` on the CPU: {file name: (backend, probabilities)}."""
     result = subprocess.run(
         [sys.executable, "-m", "toolkit", "infer", "--bundle", str(bundle), "--input", str(images),
-         "--output", str(out), "--device", "cpu", "--backend", "pytorch", "--workers", "0", "--no-progress"],
+         "--output", str(out), "--device", "cpu", "--backend", "auto", "--workers", "0", "--no-progress"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    return {Path(r["path"]).name: [r[f"prob_{c}"] for c in CLASSES] for r in rows if r["status"] == "ok"}
+    return {
+        Path(r["path"]).name: (r["backend"], [r[f"prob_{c}"] for c in CLASSES])
+        for r in rows
+        if r["status"] == "ok"
+    }
 
 
 def test_info_lists_the_bundle_with_its_trained_classes(server):
@@ -181,20 +197,33 @@ def test_infer_returns_the_scores_of_cit_infer(server, exported, tmp_path):
     _infer_equals_cit_infer(base, bundles / BUNDLE, queries, tmp_path / "cit")
 
 
-def _infer_equals_cit_infer(base: str, bundle: Path, queries: Path, out: Path):
+def _infer_equals_cit_infer(base: str, bundle: Path, queries: Path, out: Path, backend: str = "pytorch",
+                            params: dict | None = None):  # fmt: skip
+    """`/infer` of the bundle served as ``bundle.name`` runs the ``backend`` that `cit infer --backend auto`
+    runs, gives its scores and names that backend."""
     expected = _cit_infer(bundle, queries, out)
     assert len(expected) == 2
-    for name, probs in expected.items():
+    for name, (cit_backend, probs) in expected.items():
         image_id = Path(
             name
         ).stem  # MONAI Label's local datastore names an image by its file name without extension
         query = urllib.parse.urlencode({"image": image_id, "output": "json"})
-        result = _request(f"{base}/infer/{BUNDLE}?{query}", data=b"params=%7B%7D")
+        body = urllib.parse.urlencode({"params": json.dumps(params or {})}).encode()
+        result = _request(f"{base}/infer/{bundle.name}?{query}", data=body)
         scores = [p["score"] for p in sorted(result["prediction"], key=lambda p: p["idx"])]
         assert [p["label"] for p in sorted(result["prediction"], key=lambda p: p["idx"])] == list(CLASSES)
         np.testing.assert_allclose(scores, probs, rtol=0, atol=TOLERANCE, err_msg=name)
         assert result["predicted"] == CLASSES[int(np.argmax(probs))]
         assert abs(sum(scores) - 1) < 1e-5
+        assert result["backend"] == cit_backend == backend
+
+
+def test_infer_on_the_cpu_runs_the_checked_int8_export(server, exported, tmp_path):
+    """On a CPU the task runs the bundle's checked int8 export, as `cit infer --backend auto` does: the same
+    scores, and the result names the backend."""
+    base, _, queries = server
+    bundle = exported[1] / INT8
+    _infer_equals_cit_infer(base, bundle, queries, tmp_path / "cit", "onnxruntime-int8", {"device": "cpu"})
 
 
 def test_train_on_datastore_labels_then_infer_serves_the_new_weights(server, exported, tmp_path):

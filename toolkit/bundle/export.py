@@ -3,10 +3,10 @@
 :func:`pack_bundle` writes a self-contained bundle folder as the MONAI model zoo lays one out:
 configs with the shared base expanded (no macro into this repository), ``bundle_root`` ``"."``
 (MONAI Label, MONAI Deploy and ``--bundle_root`` set it, as for zoo bundles), the trained weights
-with their ``model_info.json``, and ``metadata.json`` whose ``network_data_format`` states the
-trained model's classes, channels and input size, so that ``verify_net_in_out`` and every
-consumer see the model that is there. The copy still needs this package installed
-(``required_packages_version`` says so), since its configs name ``toolkit`` functions.
+with their ``model_info.json`` (and the ONNX exports made from them), and ``metadata.json`` whose
+``network_data_format`` states the trained model's classes, channels and input size, so that
+``verify_net_in_out`` and every consumer see the model that is there. The copy still needs this
+package installed (``required_packages_version`` says so), since its configs name ``toolkit`` functions.
 
 :func:`export_model` writes TorchScript (with the bundle's metadata and inference config inside,
 what MONAI Deploy reads), ``torch.export`` (``.pt2``) or ONNX, and checks the exported model
@@ -29,6 +29,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from toolkit.bundle.backbone import ADOPTED_NAME
+from toolkit.bundle.bf16_check import BF16_RECORD
 from toolkit.bundle.configs import read_config
 from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import ModelInfo, info_path, load_model_info
@@ -101,13 +102,55 @@ def pack_bundle(
         shutil.copytree(bundle_dir / "docs", out_dir / "docs", dirs_exist_ok=True)
     (out_dir / "models").mkdir(exist_ok=True)
     # the adopted backbone record goes along so the exported bundle keeps the evaluation's leakage guard
-    for name in ("model.pt", info_path(ckpt_dir).name, "temperature.json", THRESHOLDS_FILE, ADOPTED_NAME):
+    names = (
+        "model.pt",
+        info_path(ckpt_dir).name,
+        "temperature.json",
+        THRESHOLDS_FILE,
+        ADOPTED_NAME,
+        BF16_RECORD,
+    )
+    for name in names:
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / "models" / name)
+    _copy_current_exports(ckpt_dir, out_dir / "models")
     if base_url:
         write_large_files(out_dir, base_url)
     logger.info("packed %s with the model in %s into %s", bundle_dir.name, ckpt_dir, out_dir)
     return out_dir
+
+
+def _copy_current_exports(ckpt_dir: Path, models_dir: Path) -> None:
+    """The ONNX exports beside the weights (``model.onnx`` with its weights file, ``model.int8.onnx``) and
+    their records, so that the copy's consumers run what ``cit infer`` runs; only those whose record names
+    these very weights: a stale export stays behind (inference would refuse it)."""
+    weights = sha256_file(ckpt_dir / "model.pt")
+    for export in sorted(ckpt_dir.glob("*.onnx")):
+        record = export_record_path(export)
+        try:
+            current = json.loads(record.read_text()).get("source_weights_sha256") == weights
+        except (OSError, ValueError, AttributeError):  # no record, unreadable, or not a JSON object
+            current = False
+        if not current:
+            logger.warning(
+                "%s not packed: its record %s does not name these weights", export.name, record.name
+            )
+            continue
+        for path in (export, record, *onnx_weight_files(export)):
+            shutil.copy2(path, models_dir / path.name)
+
+
+def onnx_weight_files(model_path: Path) -> list[Path]:
+    """The files beside the ONNX model ``model_path`` that hold its weights (torch's exporter writes
+    ``model.onnx.data``), as its tensors name them."""
+    import onnx  # installed wherever an ONNX export was made (extra "export")
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    if any(Path(name).name != name for name in names):
+        raise ValueError(f"{model_path} keeps weights outside its folder ({sorted(names)}): export it again")
+    return [model_path.with_name(name) for name in sorted(names)]
 
 
 def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
@@ -119,7 +162,7 @@ def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
     bundle_dir = Path(bundle_dir)
     entries = []
     for path in sorted((bundle_dir / "models").iterdir()):
-        if path.suffix in (".pt", ".ts", ".pt2", ".onnx"):
+        if path.suffix in (".pt", ".ts", ".pt2", ".onnx", ".data"):  # .data: an ONNX export's weights
             entries.append({
                 "path": f"models/{path.name}",
                 "url": f"{base_url.rstrip('/')}/models/{path.name}",

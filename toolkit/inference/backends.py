@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from toolkit.bundle.bf16_check import bf16_record_path, cpu_has_native_bf16
-from toolkit.bundle.export import FORMATS, export_record_path
+from toolkit.bundle.export import FORMATS, export_record_path, onnx_weight_files
 from toolkit.bundle.precision_guard import checked_with
 from toolkit.bundle.quantize import INT8_NAME
 from toolkit.io import sha256_file
@@ -58,7 +58,8 @@ class OnnxRuntimeNetwork:
 def current_onnx_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
     """(``model.onnx`` beside ``ckpt_path`` when it was exported from these weights, else None; why not)."""
     onnx, record, why_not = _export_of(ckpt_path, FORMATS["onnx"])
-    return (onnx if record else None), why_not
+    why_not = why_not or _missing_weights(onnx)
+    return (None if why_not else onnx), why_not
 
 
 def current_int8_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
@@ -77,7 +78,8 @@ def current_int8_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
     if record.get("usable") is not True:
         refusal = (record.get("validation") or {}).get("refusal") or "no accuracy check recorded"
         return None, f"{int8} did not pass its accuracy check against fp32: {refusal}"
-    return int8, ""
+    why_not = _missing_weights(int8)
+    return (None if why_not else int8), why_not
 
 
 def _export_of(ckpt_path: str | Path, name: str) -> tuple[Path, dict | None, str]:
@@ -102,6 +104,12 @@ def _export_of(ckpt_path: str | Path, name: str) -> tuple[Path, dict | None, str
             f"{path} was exported from other weights than {Path(ckpt_path).name}: export it again",
         )
     return path, record, ""
+
+
+def _missing_weights(path: Path) -> str:
+    """Why the export ``path`` cannot run: a weights file its graph names is missing ('' when none)."""
+    missing = [f.name for f in onnx_weight_files(path) if not f.is_file()]
+    return f"{path} lacks its weights file {', '.join(missing)}: export it again" if missing else ""
 
 
 def exported_model(ckpt_path: str | Path, backend: str) -> Path | None:
