@@ -108,7 +108,11 @@ def _export_of(ckpt_path: str | Path, name: str) -> tuple[Path, dict | None, str
 
 def _missing_weights(path: Path) -> str:
     """Why the export ``path`` cannot run: a weights file its graph names is missing ('' when none)."""
-    missing = [f.name for f in onnx_weight_files(path) if not f.is_file()]
+    try:
+        files = onnx_weight_files(path)
+    except ImportError:  # no `onnx` package where only ONNX Runtime is installed (Deploy, Label): it says it
+        return ""
+    missing = [f.name for f in files if not f.is_file()]
     return f"{path} lacks its weights file {', '.join(missing)}: export it again" if missing else ""
 
 
