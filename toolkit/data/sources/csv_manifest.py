@@ -299,6 +299,146 @@ class _Pattern:
 # rows -> items
 
 
+class _LabelColumns:
+    """How a label file's rows name their classes: one column (a class name or index, or names joined by
+    ``multi_label_sep``) or one 0/1 column per class. Problems go to ``problems`` ("line N: ..." entries)."""
+
+    def __init__(self, csv_path: Path, columns: list[str], multi_label_sep, negative_labels, problems: dict):
+        self.csv_path, self.columns, self.sep, self.problems = csv_path, columns, multi_label_sep, problems
+        self.by_columns = len(columns) > 1
+        self.multi = multi_label_sep is not None or self.by_columns
+        self.negatives = {n.lower() for n in negative_labels}
+        self.where = (
+            f"{csv_path}: column {columns[0]!r}" if not self.by_columns else f"{csv_path}: label columns"
+        )
+        self.what = f"column {columns[0]!r}" if not self.by_columns else f"label columns {columns}"
+
+    def names_of(self, line: int, row: dict):
+        """The row's class names (a list for multi-label), or None (the problem is recorded)."""
+        if self.by_columns:
+            cells = {c: row.get(c, "") for c in self.columns}
+            if not any(cells.values()):
+                self.problems["unlabelled"].append(f"line {line}")
+                return None
+            odd = [f"{c} = {v!r}" for c, v in cells.items() if v.lower() not in (*TRUE_VALUES, *FALSE_VALUES)]
+            if odd:
+                self.problems["label"].append(f"line {line}: {', '.join(odd)}")
+                return None
+            return [c for c, v in cells.items() if v.lower() in TRUE_VALUES]
+        value = row.get(self.columns[0], "")
+        if self.multi:
+            return [
+                n.strip()
+                for n in value.split(self.sep)
+                if n.strip() and n.strip().lower() not in self.negatives
+            ]
+        if not value:
+            self.problems["unlabelled"].append(f"line {line}")
+            return None
+        return value
+
+    def classes(self, numbered: list, all_names: list, classes) -> list[str]:
+        """The class names in label order: ``classes`` if given, else found in the rows (integer labels are
+        class indices)."""
+        labelled = [n for n in all_names if n is not None]
+        if self.by_columns:
+            if classes is None:
+                return self.columns
+            lowered = {c.lower(): c for c in self.columns}
+            if sorted(c.lower() for c in classes) != sorted(lowered):
+                raise ValueError(
+                    f"{self.csv_path}: classes {list(classes)} must be the label columns {self.columns}"
+                )
+            return [lowered[c.lower()] for c in classes]
+        if classes is not None:
+            return [str(c) for c in classes]
+        if self.multi:
+            return sorted({n for names in labelled for n in names})
+        if labelled and all(_INT.fullmatch(n) for n in labelled):
+            values = [int(float(n)) for n in labelled]
+            if min(values) < 0:
+                negative = [
+                    f"line {ln}: {n}"
+                    for (ln, _), n in zip(numbered, all_names, strict=True)
+                    if n and int(float(n)) < 0
+                ]
+                raise ValueError(
+                    f"{self.where} has negative integer labels: {_shown(negative)}; integer labels are class "
+                    "indices 0, 1, ..."
+                )
+            return integer_classes(values, self.where)
+        return sorted(set(labelled))
+
+
+def _class_index(labels: list[str]) -> Callable[[str], int | None]:
+    """A class name's index in ``labels``: exact, then case-insensitive, then as an integer index."""
+    index = {n: i for i, n in enumerate(labels)}
+    lowered = {n.lower(): i for i, n in enumerate(labels)}
+
+    def index_of(name: str) -> int | None:
+        if name in index:
+            return index[name]
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+        if _INT.fullmatch(name) and 0 <= int(float(name)) < len(labels):
+            return int(float(name))
+        return None
+
+    return index_of
+
+
+def _image_path(rel: str, line: int, base: Path, image_lookup, finder, problems: dict) -> Path | None:
+    """The image a row names, or None (the problem is recorded); one outside ``base`` is kept and noted."""
+    path = image_lookup(rel) if image_lookup else None
+    if path is None and finder is not None:
+        path = finder.find(rel)
+        if isinstance(path, list):
+            problems["ambiguous"].append(f"{rel} ({len(path)} files, e.g. {path[0]})")
+            return None
+    if path is None:
+        path = Path(rel) if os.path.isabs(rel) else base / rel
+    if not path.is_file():
+        problems["missing"].append(rel)
+        return None
+    if not is_image_file(path):
+        problems["not an image"].append(f"line {line}: {rel}")
+        return None
+    if not path.resolve().is_relative_to(base):
+        problems["outside"].append(f"line {line}: {rel}")
+    return path
+
+
+def _labelled(item: dict, names, line: int, labels: list[str], index_of, unknown_kind: str, problems) -> bool:
+    """Put the class of ``names`` (a list: multi-label) into ``item`` (``label``, ``label_name``); False when
+    a name is no class (recorded as ``unknown_kind``; multi-label: "unknown")."""
+    if isinstance(names, list):
+        unknown = [n for n in names if index_of(n) is None]
+        if unknown:
+            problems["unknown"].append(f"line {line}: {unknown}")
+            return False
+        hot = [0] * len(labels)
+        for n in names:
+            hot[index_of(n)] = 1
+        item["label"], item["label_name"] = hot, [labels[i] for i, v in enumerate(hot) if v]
+        return True
+    i = index_of(names)
+    if i is None:
+        problems[unknown_kind].append(f"line {line}: {names!r}")
+        return False
+    item["label"], item["label_name"] = i, labels[i]
+    return True
+
+
+def _report_problems(csv_path: Path, problems: dict, messages: dict, strict: bool, errors: list[str]) -> None:
+    """Raise on the first kind of problem in ``errors`` (``strict``); warn about every kind otherwise."""
+    for kind in errors if strict else ():
+        if problems[kind]:
+            raise ValueError(f"{csv_path}: {messages[kind]}: {_shown(problems[kind])}")
+    for kind, message in messages.items():
+        skipped = f"{csv_path}: skipping {message.split(': ', 1)[1]}"
+        warn_list(skipped if kind != "split" else f"{csv_path}: {message} (no split)", problems[kind])
+
+
 def csv_items(
     csv_path,
     image_column="image",
@@ -341,77 +481,13 @@ def csv_items(
         image_column = resolve_column(csv_path, columns, image_column, "image")
     patient_column = resolve_column(csv_path, columns, patient_column, "patient") if patient_column else None
     split_column = resolve_column(csv_path, columns, split_column, "split") if split_column else None
-    by_columns = len(label_columns) > 1
-    multi = multi_label_sep is not None or by_columns
-    negatives = {n.lower() for n in negative_labels}
-    where = f"{csv_path}: column {label_columns[0]!r}" if not by_columns else f"{csv_path}: label columns"
-
     problems: dict[str, list[str]] = defaultdict(list)  # kind of problem -> "line N: ..." entries
-
-    def names_of(line: int, row: dict):
-        """The row's class names (a list for multi-label), or None (the problem is recorded)."""
-        if by_columns:
-            cells = {c: row.get(c, "") for c in label_columns}
-            if not any(cells.values()):
-                problems["unlabelled"].append(f"line {line}")
-                return None
-            odd = [f"{c} = {v!r}" for c, v in cells.items() if v.lower() not in (*TRUE_VALUES, *FALSE_VALUES)]
-            if odd:
-                problems["label"].append(f"line {line}: {', '.join(odd)}")
-                return None
-            return [c for c, v in cells.items() if v.lower() in TRUE_VALUES]
-        value = row.get(label_columns[0], "")
-        if multi:
-            return [
-                n.strip()
-                for n in value.split(multi_label_sep)
-                if n.strip() and n.strip().lower() not in negatives
-            ]
-        if not value:
-            problems["unlabelled"].append(f"line {line}")
-            return None
-        return value
-
-    all_names = [names_of(line, row) for line, row in numbered]
-    labelled = [n for n in all_names if n is not None]
-    if by_columns:
-        labels = label_columns
-        if classes is not None:
-            lowered = {c.lower(): c for c in label_columns}
-            if sorted(c.lower() for c in classes) != sorted(lowered):
-                raise ValueError(
-                    f"{csv_path}: classes {list(classes)} must be the label columns {label_columns}"
-                )
-            labels = [lowered[c.lower()] for c in classes]
-    elif classes is not None:
-        labels = [str(c) for c in classes]
-    elif multi:
-        labels = sorted({n for names in labelled for n in names})
-    elif labelled and all(_INT.fullmatch(n) for n in labelled):
-        values = [int(float(n)) for n in labelled]
-        if min(values) < 0:
-            negative = [
-                f"line {ln}: {n}"
-                for (ln, _), n in zip(numbered, all_names, strict=True)
-                if n and int(float(n)) < 0
-            ]
-            raise ValueError(
-                f"{where} has negative integer labels: {_shown(negative)}; integer labels are class indices 0, 1, ..."
-            )
-        labels = integer_classes(values, where)
-    else:
-        labels = sorted(set(labelled))
-    index = {n: i for i, n in enumerate(labels)}
-    lowered = {n.lower(): i for i, n in enumerate(labels)}
-
-    def index_of(name: str) -> int | None:
-        if name in index:
-            return index[name]
-        if name.lower() in lowered:
-            return lowered[name.lower()]
-        if _INT.fullmatch(name) and 0 <= int(float(name)) < len(labels):
-            return int(float(name))
-        return None
+    label_reader = _LabelColumns(csv_path, label_columns, multi_label_sep, negative_labels, problems)
+    multi = label_reader.multi
+    all_names = [label_reader.names_of(line, row) for line, row in numbered]
+    labels = label_reader.classes(numbered, all_names, classes)
+    index_of = _class_index(labels)
+    unknown_kind = "other class" if classes is not None else "unknown"
 
     finder = ImageIndex(base) if strict and image_lookup is None else None
     items, first_line = [], {}
@@ -427,42 +503,12 @@ def csv_items(
         if not rel:
             problems["no image"].append(f"line {line}")
             continue
-        path = image_lookup(rel) if image_lookup else None
-        if path is None and finder is not None:
-            path = finder.find(rel)
-            if isinstance(path, list):
-                problems["ambiguous"].append(f"{rel} ({len(path)} files, e.g. {path[0]})")
-                continue
-        if path is None:
-            path = Path(rel) if os.path.isabs(rel) else base / rel
-        if not path.is_file():
-            problems["missing"].append(rel)
-            continue
-        if not is_image_file(path):
-            problems["not an image"].append(f"line {line}: {rel}")
-            continue
-        if not path.resolve().is_relative_to(base):
-            problems["outside"].append(f"line {line}: {rel}")
-        if names is None:  # no label, or an unusable one: recorded by names_of
+        path = _image_path(rel, line, base, image_lookup, finder, problems)
+        if path is None or names is None:  # no label, or an unusable one: recorded by names_of
             continue
         item = {"image": str(path.resolve())}
-        if multi:
-            unknown = [n for n in names if index_of(n) is None]
-            if unknown:
-                problems["unknown"].append(f"line {line}: {unknown}")
-                continue
-            hot = [0] * len(labels)
-            for n in names:
-                hot[index_of(n)] = 1
-            item["label"], item["label_name"] = hot, [labels[i] for i, v in enumerate(hot) if v]
-        else:
-            i = index_of(names)
-            if i is None:
-                problems["other class" if classes is not None else "unknown"].append(
-                    f"line {line}: {names!r}"
-                )
-                continue
-            item["label"], item["label_name"] = i, labels[i]
+        if not _labelled(item, names, line, labels, index_of, unknown_kind, problems):
+            continue
         if patient_column and row.get(patient_column):
             item["patient_id"] = row[patient_column]
         if split_column and row.get(split_column):
@@ -478,13 +524,14 @@ def csv_items(
         items.append(item)
 
     image_what = f"image pattern {image_pattern!r}" if pattern is not None else f"column {image_column!r}"
-    label_what = f"column {label_columns[0]!r}" if not by_columns else f"label columns {label_columns}"
+    label_what = label_reader.what
     messages = {
         "pattern": f"{image_what}: rows whose values do not fit the pattern",
         "no image": f"{image_what}: rows without an image",
         "ambiguous": f"{image_what}: rows matching several image files (name the file with a path)",
         "missing": f"{image_what}: rows whose image file is missing under {base}",
-        "not an image": f"{image_what}: rows naming a file that is not an image (DICOM, NIfTI, PNG, JPEG, BMP, TIFF, MHA, NRRD)",
+        "not an image": f"{image_what}: rows naming a file that is not an image (DICOM, NIfTI, PNG, JPEG, BMP, "
+        "TIFF, MHA, NRRD)",
         "unlabelled": f"{label_what}: rows without a label",
         "label": f"{label_what}: values that are neither 0/1 nor yes/no",
         "unknown": f"{label_what}: labels that are not classes {labels}",
@@ -501,16 +548,8 @@ def csv_items(
         "unknown",
         "duplicate",
     ]
-    if not skip_missing:
-        errors.append("missing")
-    if known_splits_only:
-        errors.append("split")
-    for kind in errors if strict else ():
-        if problems[kind]:
-            raise ValueError(f"{csv_path}: {messages[kind]}: {_shown(problems[kind])}")
-    for kind, message in messages.items():
-        warn_list(f"{csv_path}: skipping {message.split(': ', 1)[1]}" if kind != "split" else f"{csv_path}: {message} (no split)",
-                  problems[kind])  # fmt: skip
+    errors += [kind for kind, on in (("missing", not skip_missing), ("split", known_splits_only)) if on]
+    _report_problems(csv_path, problems, messages, strict, errors)
     warn_list(f"{csv_path}: leaving out rows of a class not in {labels}", problems["other class"])
     warn_list(
         f"{csv_path}: {image_what}: rows whose image lies outside the image root {base} (kept; check that the "
@@ -521,7 +560,7 @@ def csv_items(
         raise ValueError(f"{csv_path}: no usable rows (images resolved against {base})")
     meta = {"label_file": str(csv_path), "image_root": str(base),
             "columns": {"image": image_column if pattern is None else None, "image_pattern": image_pattern,
-                        "label": label_columns if by_columns else label_columns[0],
+                        "label": label_columns if label_reader.by_columns else label_columns[0],
                         "patient": patient_column, "split": split_column}}  # fmt: skip
     return SourceItems(items, labels, multi_label=multi, kind="csv", meta=meta)
 
