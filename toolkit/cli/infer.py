@@ -72,22 +72,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "dimse://AET@HOST:PORT (see PACS options)",
     )
     parser.add_argument("--output", required=True, help="folder for predictions.csv and the other outputs")
-    parser.add_argument(
+    _add_model_options(parser)
+    _add_filter_options(parser)
+    _add_output_options(parser)
+    _add_pacs_options(parser)
+    _add_watch_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model options", "what runs the bundle's network, and where")
+    model.add_argument(
         "--ckpt-path", default=None, help="model weights to use instead of the bundle's ckpt_path"
     )
-    parser.add_argument(
+    model.add_argument(
         "--trust-bundle",
         action="store_true",
         help="run a bundle folder from elsewhere even if its configs hold code this toolkit's bundles do "
         "not (a bundle folder is code: give this only for a source you would run a program from)",
     )
-    parser.add_argument(
+    model.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="auto: the GPU when there is one (default)",
     )
-    parser.add_argument(
+    model.add_argument(
         "--backend",
         choices=["auto", "pytorch", "onnxruntime", "onnxruntime-int8"],
         default="auto",
@@ -95,69 +106,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--format onnx --int8` made it from these very weights and it passed its accuracy check against fp32, "
         "else on model.onnx when exported from these weights (1.3-2.4x faster here), else PyTorch",
     )
-    parser.add_argument(
+    model.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
         help="of the pytorch backend: bf16 runs it under CPU bf16 autocast, only on a CPU with native bf16 "
-        "(oneDNN: AVX512-BF16 / AMX); refused elsewhere",
+        "(oneDNN: AVX512-BF16 / AMX) and for weights whose `cit export --format bf16-check` passed",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
+    model.add_argument("--batch-size", type=int, default=16)
+    model.add_argument(
         "--workers", type=int, default=2, help="data loader processes (0: load in the main process)"
     )
-    parser.add_argument(
+    model.add_argument(
         "--threads",
         type=int,
         default=0,
         help="torch threads for the network on CPU (0: torch's default); on a busy or small "
         "machine 1 thread beside the loader workers can be much faster",
     )
-    parser.add_argument(
-        "--modality", type=_csv_list, default=(), help="only these DICOM modalities, e.g. CR,DX"
-    )
-    parser.add_argument(
-        "--sop-class",
-        type=_csv_list,
-        default=(),
-        help="only these SOP classes (UIDs or keywords such as CTImageStorage)",
-    )
-    parser.add_argument("--body-part", type=_csv_list, default=(), help="only these BodyPartExamined values")
-    parser.add_argument(
-        "--frames",
-        choices=["reject", "each"],
-        default="reject",
-        help="multi-frame DICOM with a 2D model: one error row (reject, default) or every frame",
-    )
-    parser.add_argument(
-        "--include-patient-info",
-        action="store_true",
-        help="add patient_id and patient_name columns (never written to logs)",
-    )
-    parser.add_argument("--dicom-sr", action="store_true", help="also write a DICOM SR per study")
-    parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM overlays as PNG")
-    parser.add_argument("--retry-errors", action="store_true", help="on rerun, process failed inputs again")
-    parser.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard the results already in --output (e.g. of another model) and start afresh",
-    )
-    parser.add_argument(
-        "--pseudonymise-paths",
-        action="store_true",
-        help="write a keyed hash (HMAC-SHA256, key in --output/pseudonym.key) of each input's "
-        "relative path instead of the path, in every output",
-    )
-    parser.add_argument(
-        "--sr-anonymise",
-        action="store_true",
-        help="DICOM SR without patient / study attributes (name, ID, birth date, accession ...)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--verbose", action="store_true", help="log each failed input (paths may identify patients)"
-    )
-    parser.add_argument(
+    model.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -166,10 +133,60 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="ID=VALUE",
         help="override a bundle config id (JSON value), like monai.bundle run --ID VALUE",
     )
-    _add_pacs_options(parser)
-    _add_watch_options(parser)
-    parser.set_defaults(func=run)
-    return parser
+
+
+def _add_filter_options(parser: argparse.ArgumentParser) -> None:
+    filters = parser.add_argument_group(
+        "input filters", "which DICOM inputs are classified (others: skipped rows)"
+    )
+    filters.add_argument(
+        "--modality", type=_csv_list, default=(), help="only these DICOM modalities, e.g. CR,DX"
+    )
+    filters.add_argument(
+        "--sop-class",
+        type=_csv_list,
+        default=(),
+        help="only these SOP classes (UIDs or keywords such as CTImageStorage)",
+    )
+    filters.add_argument("--body-part", type=_csv_list, default=(), help="only these BodyPartExamined values")
+    filters.add_argument(
+        "--frames",
+        choices=["reject", "each"],
+        default="reject",
+        help="multi-frame DICOM with a 2D model: one error row (reject, default) or every frame",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    outputs = parser.add_argument_group("output options", "what is written besides predictions.csv / .jsonl")
+    outputs.add_argument(
+        "--include-patient-info",
+        action="store_true",
+        help="add patient_id and patient_name columns (never written to logs)",
+    )
+    outputs.add_argument("--dicom-sr", action="store_true", help="also write a DICOM SR per study")
+    outputs.add_argument("--gradcam", action="store_true", help="also write Grad-CAM overlays as PNG")
+    outputs.add_argument("--retry-errors", action="store_true", help="on rerun, process failed inputs again")
+    outputs.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the results already in --output (e.g. of another model) and start afresh",
+    )
+    outputs.add_argument(
+        "--pseudonymise-paths",
+        action="store_true",
+        help="write a keyed hash (HMAC-SHA256, key in --output/pseudonym.key) of each input's "
+        "relative path instead of the path, in every output",
+    )
+    outputs.add_argument(
+        "--sr-anonymise",
+        action="store_true",
+        help="DICOM SR without patient / study attributes (name, ID, birth date, accession ...)",
+    )
+    outputs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    outputs.add_argument(
+        "--verbose", action="store_true", help="log each failed input (paths may identify patients)"
+    )
 
 
 def _add_watch_options(parser: argparse.ArgumentParser) -> None:
