@@ -32,6 +32,17 @@ def _dash(value) -> str:
 
 def audit_markdown(report: Mapping) -> str:
     """A readable summary of an audit report."""
+    lines = _verdict_markdown(report)
+    lines += _balance_markdown(report)
+    lines += _images_markdown(report)
+    lines += _confound_markdown(report)
+    lines += _pairs_markdown(report)
+    lines += _fix_markdown(report)
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_markdown(report: Mapping) -> list[str]:
+    """The title, the verdict with the leakage per split pair, and the rules the audit applied."""
     root = report.get("image_root")
     leak = report["leakage"]
     lines = [f"# Data audit: {report.get('name') or report.get('datalist')}", ""]
@@ -77,12 +88,22 @@ def audit_markdown(report: Mapping) -> str:
         lines.append(f"{s['volumes_checked_for_exact_duplicates_only']} volumes were checked for exact duplicates "
                      "only (perceptual hashes of volumes matched different patients).")  # fmt: skip
 
+    return lines
+
+
+def _balance_markdown(report: Mapping) -> list[str]:
+    lines = []
     lines += ["", "## Class balance", ""]
     splits = list(report["splits"])
     rows = [[name, *(report["class_balance"][sp].get(name, 0) for sp in splits)] for name in report["labels"]]
     rows.append(["**total**", *(report["splits"][sp] for sp in splits)])
     lines += _table(rows, ["class", *splits])
 
+    return lines
+
+
+def _images_markdown(report: Mapping) -> list[str]:
+    lines = []
     lines += ["", "## Images", ""]
     for key, title in (("format", "format"), ("modality", "modality"), ("manufacturer", "manufacturer (DICOM)"),
                        ("photometric", "colour mode (DICOM photometric interpretation / Pillow mode)"),
@@ -95,7 +116,14 @@ def audit_markdown(report: Mapping) -> str:
         shown = ", ".join(f"{k}: {v}" for k, v in list(values.items())[:12])
         more = f" (+{len(values) - 12} more)" if len(values) > 12 else ""
         lines.append(f"- {title}: {shown or '-'}{more}")
-    lines += _confound_markdown(report)
+    return lines
+
+
+def _pairs_markdown(report: Mapping) -> list[str]:
+    """Unreadable files, duplicates inside one split, and what leaks across splits (first rows of each)."""
+    root = report.get("image_root")
+    leak = report["leakage"]
+    lines = []
     if report["unreadable"]:
         lines += ["", "## Unreadable files", ""]
         lines += _table([[_short(u["image"], root), u["split"], u["error"]] for u in report["unreadable"][:_SHOW]],
@@ -141,6 +169,11 @@ def audit_markdown(report: Mapping) -> str:
     listed = max(len(leak["exact_duplicates"]), len(leak["near_duplicates"]), len(leak["shared_patients"]))
     if listed > _SHOW:
         lines += ["", f"(first {_SHOW} rows per table; audit.json lists all)"]
+    return lines
+
+
+def _fix_markdown(report: Mapping) -> list[str]:
+    lines = []
     c = report["clusters"]
     lines += ["", "## Fix", "",
               f"Linking patients and duplicates gives {c['count']} groups ({c['multi_item']} with more than one "
@@ -154,7 +187,7 @@ def audit_markdown(report: Mapping) -> str:
         summary = report.get("regrouped_splits")
         if summary:
             lines.append("Its split sizes: " + ", ".join(f"{k} {v}" for k, v in summary.items()) + ".")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _confound_markdown(report: Mapping) -> list[str]:
