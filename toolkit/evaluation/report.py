@@ -389,27 +389,22 @@ def build_report(
         raise ValueError("saving a temperature needs validation predictions to fit it on")
     history_path = Path(history) if history else eval_dir.parent / "train" / "training_history.csv"
     rng = np.random.default_rng(seed)
-    figures: list[tuple[Path, str, bool]] = []
     warnings: list[str] = list(notes)
 
-    # metrics + bootstrap intervals
     # multi-label: the per-class thresholds the evaluation used (chosen on validation), else 0.5
     threshold = thresholds.evaluation_threshold(eval_dir, pred.class_names) if pred.multi_label else 0.5
-    if pred.multi_label:
-        metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names, threshold)
-    else:
-        metrics = classification_metrics(pred.y_true, pred.probs, pred.class_names)
-    bootstrap.add_intervals(metrics, bootstrap.metric_intervals(
-        pred.y_true, pred.probs, pred.class_names, groups=pred.groups, multi_label=pred.multi_label,
-        threshold=threshold, n_resamples=n_resamples, seed=seed))  # fmt: skip
+    metrics = _metrics_with_intervals(pred, threshold, n_resamples, seed)
     metric_files = write_metrics(metrics, out_dir)
 
     temperature_file = Path(temperature_file) if temperature_file is not None else None
     cal, diagrams = _calibrate(pred, val, temperature_file, n_bins, n_resamples, seed)
     what = "predicted probability" if pred.multi_label else "top-class confidence"
     atomic_write_json(out_dir / "calibration.json", {**cal, "reliability": diagrams})
-    figures.append((plot_reliability(diagrams, out_dir / "reliability.png", what),
-                    "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; calibrated bars meet the diagonal.", True))  # fmt: skip
+    figures: list[tuple[Path, str, bool]] = [
+        (plot_reliability(diagrams, out_dir / "reliability.png", what),
+         "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; "
+         "calibrated bars meet the diagonal.", True)
+    ]  # fmt: skip
 
     # operating points (binary and multi-label tasks)
     points = None
@@ -419,7 +414,43 @@ def build_report(
                                   n_resamples=n_resamples, seed=seed)  # fmt: skip
         atomic_write_json(out_dir / "operating_points.json", points)
 
-    # figures
+    figures = _plots(pred, metrics, threshold, history_path, out_dir, figures, warnings)
+    figures += _sample_grid(pred, rng, n_grid, out_dir)
+    figures += _gradcam_figure(pred, model, rng, n_cam, cam_method, out_dir, warnings)
+
+    title = title or f"Evaluation report: {eval_dir.parent.name}"
+    page = _page(pred, metrics, cal, points, target_sensitivity, figures, warnings, audit, title)
+    html_path = atomic_write_text(out_dir / "report.html", page)
+    summary = {
+        "html": str(html_path),
+        "figures": [str(f[0]) for f in figures],
+        "metrics": {k: str(v) for k, v in metric_files.items()},
+        "calibration": dict(cal),
+        "operating_points": points,
+        "warnings": warnings,
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_json(out_dir / "report.json", summary)
+    return summary
+
+
+def _metrics_with_intervals(pred, threshold, n_resamples: int, seed: int) -> dict:
+    """The test metrics (scikit-learn) with their bootstrap intervals (by patient where ids exist)."""
+    if pred.multi_label:
+        metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names, threshold)
+    else:
+        metrics = classification_metrics(pred.y_true, pred.probs, pred.class_names)
+    bootstrap.add_intervals(metrics, bootstrap.metric_intervals(
+        pred.y_true, pred.probs, pred.class_names, groups=pred.groups, multi_label=pred.multi_label,
+        threshold=threshold, n_resamples=n_resamples, seed=seed))  # fmt: skip
+    return metrics
+
+
+def _plots(
+    pred, metrics, threshold, history_path: Path, out_dir: Path, figures: list, warnings: list
+) -> list:
+    """The learning curves (first), then ``figures``, the confusion matrix, ROC and precision-recall curves."""
+    figures = list(figures)
     if history_path.is_file():
         try:
             curves = plot_training_history(history_path, out_dir / "training_curves.png")
@@ -437,37 +468,47 @@ def build_report(
                           out_dir / "precision_recall.png", multi_label=pred.multi_label)  # fmt: skip
     figures += [(roc, "ROC curves, one class against the rest.", False),
                 (pr, "Precision-recall curves; the baseline of each is its prevalence.", False)]  # fmt: skip
-    if n_grid > 0:
-        grid = sorted(
-            rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist()
-        )
-        samples = plot_sample_grid([pred.images[i] for i in grid], pred.y_true[grid], pred.y_pred[grid],
-                                   pred.class_names, out_dir / "samples.png")  # fmt: skip
-        figures.append((samples, f"{len(grid)} random test images; title green when the prediction is right, "
-                                 "red when wrong.", True))  # fmt: skip
+    return figures
 
-    if model is not None and n_cam > 0:
-        right = [i for i in range(len(pred.images)) if np.array_equal(pred.y_true[i], pred.y_pred[i])]
-        wrong = [i for i in range(len(pred.images)) if not np.array_equal(pred.y_true[i], pred.y_pred[i])]
-        chosen = [int(i) for group in (right, wrong) if group
-                  for i in rng.choice(group, size=min(n_cam, len(group)), replace=False)]  # fmt: skip
-        try:
-            panels, layer, skipped = gradcam_panels(model, pred, chosen, cam_method)
-            warnings += skipped
-            figures.append((plot_gradcam(panels, out_dir / "gradcam.png", cam_method, layer),
-                            f"Heat maps for {sum(p['right'] for p in panels)} right and "
-                            f"{sum(not p['right'] for p in panels)} wrong predictions: where the network looked.", True))  # fmt: skip
-        except (
-            OSError,
-            ValueError,
-            RuntimeError,
-        ) as e:  # a report without heat maps beats no report; say why
-            logger.debug("Grad-CAM failed", exc_info=True)
-            warnings.append(f"Grad-CAM overlays could not be made: {type(e).__name__}: {e}")
-    elif n_cam > 0:
+
+def _sample_grid(pred, rng, n_grid: int, out_dir: Path) -> list:
+    if n_grid <= 0:
+        return []
+    grid = sorted(rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist())
+    samples = plot_sample_grid([pred.images[i] for i in grid], pred.y_true[grid], pred.y_pred[grid],
+                               pred.class_names, out_dir / "samples.png")  # fmt: skip
+    return [(samples, f"{len(grid)} random test images; title green when the prediction is right, red when wrong.",
+             True)]  # fmt: skip
+
+
+def _gradcam_figure(pred, model, rng, n_cam: int, cam_method: str, out_dir: Path, warnings: list) -> list:
+    """Heat maps of ``n_cam`` right and ``n_cam`` wrong predictions; a failure is a warning on the page."""
+    if n_cam <= 0:
+        return []
+    if model is None:
         warnings.append("Grad-CAM overlays need the model (cit report --bundle).")
+        return []
+    right = [i for i in range(len(pred.images)) if np.array_equal(pred.y_true[i], pred.y_pred[i])]
+    wrong = [i for i in range(len(pred.images)) if not np.array_equal(pred.y_true[i], pred.y_pred[i])]
+    chosen = [int(i) for group in (right, wrong) if group
+              for i in rng.choice(group, size=min(n_cam, len(group)), replace=False)]  # fmt: skip
+    try:
+        panels, layer, skipped = gradcam_panels(model, pred, chosen, cam_method)
+        warnings += skipped
+        figure = plot_gradcam(panels, out_dir / "gradcam.png", cam_method, layer)
+    except (OSError, ValueError, RuntimeError) as e:  # a report without heat maps beats no report; say why
+        logger.debug("Grad-CAM failed", exc_info=True)
+        warnings.append(f"Grad-CAM overlays could not be made: {type(e).__name__}: {e}")
+        return []
+    caption = (
+        f"Heat maps for {sum(p['right'] for p in panels)} right and {sum(not p['right'] for p in panels)} "
+        "wrong predictions: where the network looked."
+    )
+    return [(figure, caption, True)]
 
-    # page
+
+def _page(pred, metrics, cal, points, target_sensitivity, figures, warnings, audit, title: str) -> str:
+    """The HTML page: warnings, metrics, the data audit, calibration, operating points, figures."""
     sections = []
     if warnings:
         sections.append("".join(f'<div class="warn">{html.escape(w)}</div>' for w in warnings))
@@ -490,22 +531,9 @@ def build_report(
     )
     report_text = html.escape(metrics.get("classification_report", ""))
     sections.append(_section("scikit-learn classification report", f"<pre>{report_text}</pre>"))
-    title = title or f"Evaluation report: {eval_dir.parent.name}"
     subtitle = (f"<p>Predictions: {html.escape(str(pred.path))}</p>"
                 f"<p>{metrics['num_samples']} test images, classes: {html.escape(', '.join(pred.class_names))}; "
                 f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")  # fmt: skip
-    page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
+    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=html.escape(title), subtitle=subtitle, sections="\n".join(sections)
     )
-    html_path = atomic_write_text(out_dir / "report.html", page)
-    summary = {
-        "html": str(html_path),
-        "figures": [str(f[0]) for f in figures],
-        "metrics": {k: str(v) for k, v in metric_files.items()},
-        "calibration": dict(cal),
-        "operating_points": points,
-        "warnings": warnings,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-    }
-    atomic_write_json(out_dir / "report.json", summary)
-    return summary
