@@ -282,8 +282,9 @@ class _Watcher:
                 self.summary.processed_now += len(items)
                 rows = self.write_outputs()
                 self.record(rows)
-                if self.source is not None:
-                    self.source.processed(batch)
+                if self.source is not None:  # only files whose rows are journalled (a batch may be abandoned)
+                    journalled = {item.abs_path for item in items if item.key in self.done}
+                    self.source.processed([path for path in batch if os.path.abspath(path) in journalled])
                 by_status = ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "error", "skipped"))
                 _say(
                     f"{len(items)} new: {by_status} in {spent:.1f} s; {sum(rows.values())} rows in "

@@ -38,13 +38,8 @@ def _say(text: str) -> None:
 class StudyFeeder:
     """The watch's :class:`~toolkit.inference.watch.Source` for a DICOMweb PACS (module docstring)."""
 
-    def __init__(self, pacs, options: PacsOptions, output: Path, settle_seconds: float, keep_cache: bool):
-        self.pacs, self.options, self.settle_seconds, self.keep_cache = (
-            pacs,
-            options,
-            settle_seconds,
-            keep_cache,
-        )
+    def __init__(self, pacs, options: PacsOptions, output: Path, settle_seconds: float):
+        self.pacs, self.options, self.settle_seconds = pacs, options, settle_seconds
         self.cache = inside(output, CACHE_FOLDER)
         self.ledger_path = inside(output, LEDGER)
         self.retrieved: dict[str, int] = self._read_ledger()
@@ -61,7 +56,7 @@ class StudyFeeder:
 
     def settled(self, counts: dict[str, int | None], now: float) -> list[str]:
         """Studies to retrieve: their instance count unchanged for ``settle_seconds`` and not the count
-        retrieved (a server that gives no count: each study once, as soon as it is listed)."""
+        retrieved (a server that gives no count: each study once, after it was listed for ``settle_seconds``)."""
         ready, seen = [], {}
         for study, count in counts.items():
             previous = self.seen.get(study)
@@ -108,7 +103,7 @@ class StudyFeeder:
         _say(f"study {study}: {done.instances} instances retrieved")
 
     def processed(self, paths: list[Path]) -> None:
-        if self.keep_cache:
+        if self.options.keep_cache:
             return
         for path in paths:
             try:
@@ -124,7 +119,7 @@ def watch_pacs(options, pacs: PacsOptions, watch) -> int:
     from toolkit.inference.watch import WatchOptions, watch_folder
 
     output = Path(options.output)
-    feeder = StudyFeeder(connect(options.input, pacs), pacs, output, watch.settle_seconds, pacs.keep_cache)
+    feeder = StudyFeeder(connect(options.input, pacs), pacs, output, watch.settle_seconds)
     feeder.cache.mkdir(parents=True, exist_ok=True)
     files = WatchOptions(
         watch.poll_seconds, settle_seconds=0.0
