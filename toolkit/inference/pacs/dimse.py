@@ -121,8 +121,8 @@ class DimsePacs:
             except PacsError as exc:
                 over_limit.append(exc)
                 return _OUT_OF_RESOURCES
-            except (ValueError, *DICOM_PARSE_ERRORS) as exc:
-                done.failures.append(f"instance {uids[2]} not retrieved: {type(exc).__name__}")
+            except (ValueError, *DICOM_PARSE_ERRORS) as exc:  # received, but not a DICOM file we can write
+                done.instance_failed(uids, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
             return 0x0000
 
         assoc = self._associate(
