@@ -367,14 +367,7 @@ def build_datalist(
     if not source.exists():
         raise FileNotFoundError(f"dataset source not found: {source}")
     if source.is_file() and source.suffix.lower() == ".json":
-        given = sorted(k for k, v in {**table, "group_column": group_column}.items() if v)
-        if given:
-            raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
-        load_datalist(source)
-        if grouper is not None:
-            logger.warning("%s is a datalist with its own split: near-duplicate grouping is not applied (`cit audit` "
-                           "writes a regrouped copy of it)", source)  # fmt: skip
-        return source
+        return _existing_datalist(source, {**table, "group_column": group_column}, grouper)
 
     read_source_args = dict(classes=classes, label_from_name=label_from_name, patient_from_name=patient_from_name,
                             allow_single_class=allow_single_class, skip_missing=skip_missing, **table)  # fmt: skip
@@ -389,12 +382,7 @@ def build_datalist(
         **found.meta,
     }
     if grouper is not None:
-        grouping = grouper(items, labels)
-        logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
-                    "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
-                    grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],
-                    grouping["exact_duplicate_pairs"], grouping["near_duplicate_pairs"], grouping["groups"])  # fmt: skip
-        meta["near_duplicate_grouping"] = grouping
+        meta["near_duplicate_grouping"] = _near_duplicate_groups(source, items, labels, grouper)
         group_key = SPLIT_GROUP
     if group_column:
         _add_column_groups(source, out_path, items, group_column, read_source_args)
@@ -402,32 +390,7 @@ def build_datalist(
         meta["column_groups"] = combine_groups(items, (group_key, COLUMN_GROUP), SPLIT_GROUP)
         group_key = SPLIT_GROUP
     if published:
-        splits = {
-            name: [i for i in items if i.get("split") == name] for name in SPLIT_NAMES if name in published
-        }
-        unsplit = [i for i in items if not i.get("split")]
-        if unsplit:
-            logger.warning("%d item(s) outside any split folder/column are added to training", len(unsplit))
-            splits.setdefault("training", []).extend(unsplit)
-        shared = _shared_groups(splits, group_key)
-        if shared:
-            logger.warning(
-                "%d %s value(s) appear in more than one published split (kept as published): %s",
-                len(shared), group_key, ", ".join(shared[:SHOW]),
-            )  # fmt: skip
-            meta["published_split_shared_groups"] = len(shared)
-        if "validation" not in splits and "training" in splits and val_fraction:
-            carved = split_items(
-                splits["training"],
-                {"training": 1 - val_fraction, "validation": val_fraction},
-                seed,
-                group_key,
-            )
-            check_no_leakage(carved, group_key)
-            splits.update(carved)
-            splits = {k: splits[k] for k in SPLIT_NAMES if k in splits}
-            meta["val_fraction"] = val_fraction
-        meta["ratios"] = "published"
+        splits = _published_splits(items, published, group_key, val_fraction, seed, meta)
     else:
         fractions = parse_ratios(ratios)
         splits = split_items(items, fractions, seed, group_key)
@@ -441,6 +404,55 @@ def build_datalist(
                 "published splits" if published else f"ratios {meta['ratios']}",
                 summarize({"labels": labels, "multi_label": multi, **splits}))  # fmt: skip
     return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
+
+
+def _existing_datalist(source: Path, label_file_options: dict, grouper) -> Path:
+    """A datalist ``.json`` given as the source: validated and used as it is."""
+    given = sorted(k for k, v in label_file_options.items() if v)
+    if given:
+        raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
+    load_datalist(source)
+    if grouper is not None:
+        logger.warning("%s is a datalist with its own split: near-duplicate grouping is not applied (`cit audit` "
+                       "writes a regrouped copy of it)", source)  # fmt: skip
+    return source
+
+
+def _near_duplicate_groups(source: Path, items: list[dict], labels: list[str], grouper) -> dict:
+    """Cluster ``items`` by patient and (near-)duplicate image (``grouper``; item key ``split_group``)."""
+    grouping = grouper(items, labels)
+    logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
+                "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
+                grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],
+                grouping["exact_duplicate_pairs"], grouping["near_duplicate_pairs"], grouping["groups"])  # fmt: skip
+    return grouping
+
+
+def _published_splits(items, published: set, group_key: str, val_fraction, seed, meta: dict) -> dict:
+    """The published splits (items outside any go to training), validation carved from training by
+    ``group_key`` when none is published; what it did goes into ``meta``."""
+    splits = {name: [i for i in items if i.get("split") == name] for name in SPLIT_NAMES if name in published}
+    unsplit = [i for i in items if not i.get("split")]
+    if unsplit:
+        logger.warning("%d item(s) outside any split folder/column are added to training", len(unsplit))
+        splits.setdefault("training", []).extend(unsplit)
+    shared = _shared_groups(splits, group_key)
+    if shared:
+        logger.warning(
+            "%d %s value(s) appear in more than one published split (kept as published): %s",
+            len(shared), group_key, ", ".join(shared[:SHOW]),
+        )  # fmt: skip
+        meta["published_split_shared_groups"] = len(shared)
+    if "validation" not in splits and "training" in splits and val_fraction:
+        carved = split_items(
+            splits["training"], {"training": 1 - val_fraction, "validation": val_fraction}, seed, group_key
+        )
+        check_no_leakage(carved, group_key)
+        splits.update(carved)
+        splits = {k: splits[k] for k in SPLIT_NAMES if k in splits}
+        meta["val_fraction"] = val_fraction
+    meta["ratios"] = "published"
+    return splits
 
 
 def _add_column_groups(
