@@ -241,6 +241,66 @@ def _write_png(path: Path, tissue: np.ndarray, variant: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _patient_classes(seed: int, n_patients: int, classes: list[str], multi_label: bool) -> list[tuple]:
+    """``(label, label name, lesion patterns)`` of each patient: classes balanced and shuffled, or (multi-label)
+    each pattern present with probability 0.4."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_patients) % len(classes)
+    rng.shuffle(labels)
+    if not multi_label:
+        return [(int(c), classes[int(c)], (PATTERNS[int(c)],)) for c in labels]
+    present = rng.random((n_patients, len(classes))) < 0.4
+    found = []
+    for row in present:
+        label = row.astype(int).tolist()
+        chosen = [k for k in range(len(classes)) if label[k]]
+        found.append((label, [classes[k] for k in chosen], tuple(PATTERNS[k] for k in chosen)))
+    return found
+
+
+def _write_patient(
+    images: Path, p: int, seed: int, classes: tuple, count: int, image_size: int
+) -> list[dict]:
+    """The ``count`` images of patient number ``p`` (DICOM CT / MR and PNG, cycling through ``VARIANTS``) in
+    ``images/P<p+1>/``, seeded by ``(seed, p)``; ``classes``: its label, label name and lesion patterns."""
+    from pydicom.uid import generate_uid  # pydicom ~0.3 s: see _write_dicom
+
+    label, name, patterns = classes
+    patient = f"P{p + 1:03d}"
+    prng = np.random.default_rng([seed, p])
+    head = _head(prng, image_size)
+    folder = images / patient
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def uid(*parts):
+        return generate_uid(entropy_srcs=["cit-synthetic", str(seed), str(p), *map(str, parts)])
+
+    study = {"CT": uid("study", "CT"), "MR": uid("study", "MR")}
+    items = []
+    for k in range(count):
+        variant = VARIANTS[(p * count + k) % len(VARIANTS)]
+        tissue, bone = _render(prng, head, patterns, image_size)
+        item = {"label": label, "label_name": name, "patient_id": patient, "format": variant}
+        if variant.startswith("png"):
+            path = folder / f"{patient}_{k:02d}.png"
+            _write_png(path, tissue, variant)
+        else:
+            path = folder / f"{patient}_{k:02d}.dcm"
+            modality = "CT" if variant.startswith("ct") else "MR"
+            uids = {
+                "study": study[modality],
+                "series": uid("series", variant),
+                "frame": uid("frame", variant),
+                "sop": uid("sop", k),
+                "accession": f"SYN{p + 1:04d}{modality}",
+            }
+            _write_dicom(path, tissue, bone, variant, patient, uids, k, image_size, prng)
+            item.update(study_uid=uids["study"], series_uid=uids["series"], sop_instance_uid=uids["sop"])
+        item["image"] = str(path)
+        items.append(item)
+    return items
+
+
 def make_synthetic_dataset(
     out_dir,
     n_patients: int = 30,
@@ -267,8 +327,6 @@ def make_synthetic_dataset(
         return make_synthetic_volumes(out_dir, n_patients, images_per_patient, image_size, seed, classes)
     if spatial_dims != 2:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    from pydicom.uid import generate_uid  # pydicom ~0.3 s: see _write_dicom
-
     classes = [str(c) for c in classes]
     if not 2 <= len(classes) <= len(PATTERNS) - multi_label:  # "none" is no class of its own when multi-label
         raise ValueError(f"synthetic data supports 2 to {len(PATTERNS) - multi_label} classes, got {classes}")
@@ -288,53 +346,11 @@ def make_synthetic_dataset(
     if is_current(datalist, params, out_dir / "images"):
         return datalist
 
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n_patients) % len(classes)
-    rng.shuffle(labels)
-    if multi_label:
-        present = rng.random((n_patients, len(classes))) < 0.4
     items = []
-    count = 0
-    for p in range(n_patients):
-        patient = f"P{p + 1:03d}"
-        if multi_label:
-            label = present[p].astype(int).tolist()
-            patterns = tuple(PATTERNS[k] for k in range(len(classes)) if label[k])
-            name = [classes[k] for k in range(len(classes)) if label[k]]
-        else:
-            label, name = int(labels[p]), classes[int(labels[p])]
-            patterns = (PATTERNS[label],)
-        prng = np.random.default_rng([seed, p])
-        head = _head(prng, image_size)
-        folder = out_dir / "images" / patient
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def uid(*parts, _p=p):
-            return generate_uid(entropy_srcs=["cit-synthetic", str(seed), str(_p), *map(str, parts)])
-
-        study = {"CT": uid("study", "CT"), "MR": uid("study", "MR")}
-        for k in range(images_per_patient):
-            variant = VARIANTS[count % len(VARIANTS)]
-            count += 1
-            tissue, bone = _render(prng, head, patterns, image_size)
-            item = {"label": label, "label_name": name, "patient_id": patient, "format": variant}
-            if variant.startswith("png"):
-                path = folder / f"{patient}_{k:02d}.png"
-                _write_png(path, tissue, variant)
-            else:
-                path = folder / f"{patient}_{k:02d}.dcm"
-                modality = "CT" if variant.startswith("ct") else "MR"
-                uids = {
-                    "study": study[modality],
-                    "series": uid("series", variant),
-                    "frame": uid("frame", variant),
-                    "sop": uid("sop", k),
-                    "accession": f"SYN{p + 1:04d}{modality}",
-                }
-                _write_dicom(path, tissue, bone, variant, patient, uids, k, image_size, prng)
-                item.update(study_uid=uids["study"], series_uid=uids["series"], sop_instance_uid=uids["sop"])
-            item["image"] = str(path)
-            items.append(item)
+    for p, (label, name, patterns) in enumerate(_patient_classes(seed, n_patients, classes, multi_label)):
+        items += _write_patient(
+            out_dir / "images", p, seed, (label, name, patterns), images_per_patient, image_size
+        )
 
     splits = split_items(items, RATIOS, seed=seed, group_key="patient_id")
     check_no_leakage(splits)
