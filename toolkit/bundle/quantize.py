@@ -70,13 +70,9 @@ def quantize_onnx(
 
     ``output_dir``: the training run's output folder, whose ``datalist.json`` holds the recorded split.
     Writes ``model.int8.onnx`` and its record beside ``onnx_path`` in every case (a refused model stays
-    for inspection, marked unusable) and raises :class:`~toolkit.bundle.precision_guard.GuardRefused` when the guard fails.
+    for inspection, marked unusable) and raises :class:`~toolkit.bundle.precision_guard.GuardRefused` when
+    the guard fails.
     """
-    import onnx
-    import onnxruntime
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}")
     if calibration_images < 1:
@@ -98,23 +94,7 @@ def quantize_onnx(
     if not len(calib):
         raise ValueError("none of the chosen training images could be read for calibration")
 
-    out = int8_path(onnx_path)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(Path(tmp) / INT8_NAME),
-            _Batches(calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
-        )
-        os.replace(Path(tmp) / INT8_NAME, out)
-    opset = next((o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")), None)
-
+    out = _quantized(onnx_path, calib, method)
     context = checked_with(ckpt_dir)
     runners = tuple(_onnx_runner(path) for path in (onnx_path, out))
     guard = compare_on_validation(
@@ -125,15 +105,7 @@ def quantize_onnx(
         "source_weights_sha256": sha256_file(ckpt_dir / "model.pt"),
         "source_onnx_sha256": sha256_file(onnx_path),
         "sha256": sha256_file(out),
-        "onnx_opset": opset,
-        "quantization": {
-            "tool": f"onnxruntime.quantization {onnxruntime.__version__} (quant_pre_process + quantize_static)",
-            "format": "QDQ",
-            "per_channel": True,
-            "weights": "int8",
-            "activations": "uint8",
-            "calibration_method": method,
-        },
+        **_quantization_record(out, method),
         "calibration": {
             "split": "training",
             "split_fingerprint": split.get("split_fingerprint"),
@@ -152,6 +124,48 @@ def quantize_onnx(
         raise GuardRefused(f"{out.name} not usable: {guard['refusal']}")
     logger.info("int8 model written to %s: %s", out, guard["summary"])
     return QuantizeResult(out, record)
+
+
+def _quantized(onnx_path: Path, calib: np.ndarray, method: str) -> Path:
+    """``model.int8.onnx`` beside ``onnx_path``: ONNX Runtime's pre-processing, then static quantization
+    calibrated on the images ``calib`` (written whole: temp file + rename)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = int8_path(onnx_path)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(Path(tmp) / INT8_NAME),
+            _Batches(calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
+        )
+        os.replace(Path(tmp) / INT8_NAME, out)
+    return out
+
+
+def _quantization_record(out: Path, method: str) -> dict:
+    import onnx
+    import onnxruntime
+
+    opset = next((o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "onnx_opset": opset,
+        "quantization": {
+            "tool": f"onnxruntime.quantization {onnxruntime.__version__} (quant_pre_process + quantize_static)",
+            "format": "QDQ",
+            "per_channel": True,
+            "weights": "int8",
+            "activations": "uint8",
+            "calibration_method": method,
+        },
+    }
 
 
 class _Batches:
