@@ -92,6 +92,26 @@ def _fmt(value) -> str:
     return "undefined" if value is None else f"{value:.4f}"
 
 
+def _verdict(
+    per_class: list[dict], candidate: str, agreement: float, multi: bool, max_auroc_drop, min_agreement
+):
+    """Why the candidate is not usable (empty: it is), from every class / finding whose AUROC the validation
+    split defines and the agreement; and the largest AUROC drop (None when no AUROC is defined)."""
+    key = f"auroc_{candidate}"
+    reasons = []
+    defined = [c for c in per_class if c["auroc_fp32"] is not None and c[key] is not None]
+    worst = max(defined, key=lambda c: c["auroc_fp32"] - c[key], default=None)
+    worst_drop = worst["auroc_fp32"] - worst[key] if worst else None
+    if worst is None:
+        reasons.append("no class has both outcomes in the validation split, so AUROC cannot be checked")
+    elif worst_drop > max_auroc_drop:
+        reasons.append(f"AUROC of {worst['class']} drops by {worst_drop:.4f} (> {max_auroc_drop:g})")
+    if agreement < min_agreement:
+        what = "lowest per-finding decision agreement" if multi else "top-1 agreement"
+        reasons.append(f"{what} {agreement:.2%} (< {min_agreement:.0%})")
+    return reasons, worst_drop
+
+
 def compare_on_validation(
     info: ModelInfo,
     context: dict,
@@ -135,19 +155,7 @@ def compare_on_validation(
     test = ComparisonSet([str(i) for i in range(len(kept))], groups, y_true, classes, multi)
     paired = paired_bootstrap(test, p32, p_c, threshold, n_resamples=n_resamples, seed=SEED)
 
-    # the verdict: every class / finding whose AUROC the validation split defines, and the agreement
-    key = f"auroc_{candidate}"
-    reasons = []
-    defined = [c for c in per_class if c["auroc_fp32"] is not None and c[key] is not None]
-    worst = max(defined, key=lambda c: c["auroc_fp32"] - c[key], default=None)
-    worst_drop = worst["auroc_fp32"] - worst[key] if worst else None
-    if worst is None:
-        reasons.append("no class has both outcomes in the validation split, so AUROC cannot be checked")
-    elif worst_drop > max_auroc_drop:
-        reasons.append(f"AUROC of {worst['class']} drops by {worst_drop:.4f} (> {max_auroc_drop:g})")
-    if agreement < min_agreement:
-        what = "lowest per-finding decision agreement" if multi else "top-1 agreement"
-        reasons.append(f"{what} {agreement:.2%} (< {min_agreement:.0%})")
+    reasons, worst_drop = _verdict(per_class, candidate, agreement, multi, max_auroc_drop, min_agreement)
     auroc_fp32, auroc_c = scores[0][macro], scores[1][macro]
     summary = (
         f"{len(kept)} validation images, agreement {agreement:.2%}, accuracy {scores[0][('accuracy',)]:.4f} -> "
