@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # one logging set-up for every command (once the command line parsed, not while the parser is built):
-    # INFO, except `cit infer`, whose log holds no line per input unless --verbose (paths and UIDs may
-    # identify patients; libraries such as dicomweb-client log each request at INFO)
-    quiet = args.command == "infer" and not args.verbose
+    # INFO, except for a command whose parser sets ``quiet_log`` (`cit infer`: paths and UIDs may identify
+    # patients, and libraries such as dicomweb-client log each request at INFO), unless --verbose
+    quiet = getattr(args, "quiet_log", False) and not getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

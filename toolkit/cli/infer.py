@@ -77,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _add_output_options(parser)
     _add_pacs_options(parser)
     _add_watch_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, quiet_log=True)  # WARNING unless --verbose: no line per input
     return parser
 
 
