@@ -109,6 +109,69 @@ def _audit(args: argparse.Namespace) -> int:
     return 1 if args.strict and leak["found"] else 0
 
 
+def _add_phash_options(parser) -> None:
+    """The first near-duplicate stage: perceptual hashes, confirmed on the pixels."""
+    group = parser.add_argument_group("near duplicates: perceptual hashes (exact, flipped, turned copies)")
+    group.add_argument(
+        "--hamming",
+        type=int,
+        default=DEFAULT_HAMMING,
+        help=f"max 64-bit pHash distance of near-duplicate candidates (default {DEFAULT_HAMMING})",
+    )
+    group.add_argument(
+        "--confirm-hamming",
+        type=int,
+        default=DEFAULT_CONFIRM,
+        help=f"max 256-bit pHash distance confirming a candidate (default {DEFAULT_CONFIRM}; -1: none)",
+    )
+    group.add_argument(
+        "--confirm-pixels",
+        type=float,
+        default=DEFAULT_PIXEL,
+        help="max pixel difference confirming a candidate: mean absolute difference of the 32 px grey "
+             "thumbnails, each scaled to mean 0 / SD 1, under the matched rotation / flip "
+             f"(default {DEFAULT_PIXEL}; -1: none)",
+    )  # fmt: skip
+    group.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
+
+
+def _add_embedding_options(parser) -> None:
+    """The second, opt-in near-duplicate stage: embeddings, nearest neighbours, keypoints."""
+    group = parser.add_argument_group(
+        "near duplicates: embeddings (slightly rotated, zoomed, cropped copies)"
+    )
+    group.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also run the second near-duplicate stage (ImageNet EfficientNet-Lite0 embeddings, nearest neighbours, "
+        "confirmed on ORB keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
+        "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores (--workers N helps). "
+        "For histology-like images only: on chest radiographs it pairs different patients (docs/data-audit.md)",
+    )
+    group.add_argument(
+        "--neighbours",
+        type=int,
+        default=DEFAULT_NEIGHBOURS,
+        help=f"embedding stage: nearest neighbours per image (default {DEFAULT_NEIGHBOURS})",
+    )
+    group.add_argument(
+        "--min-similarity",
+        type=float,
+        default=DEFAULT_MIN_SIMILARITY,
+        help=f"embedding stage: min cosine similarity of a candidate (default {DEFAULT_MIN_SIMILARITY})",
+    )
+    group.add_argument(
+        "--min-inliers",
+        type=int,
+        default=DEFAULT_MIN_INLIERS,
+        help="embedding stage: min ORB keypoints of the two grey thumbnails that one rotation / zoom / "
+        f"shift (maybe mirrored) maps onto each other, confirming a candidate (default {DEFAULT_MIN_INLIERS})",
+    )
+    group.add_argument("--embedding-cache", default=None,
+                   help="folder caching embeddings by file SHA-256 (default $CIT_EMBEDDING_CACHE or "
+                        "~/.cache/cit/embeddings)")  # fmt: skip
+
+
 def add_parser(subparsers) -> None:
     """Add the ``audit`` sub-command."""
 
@@ -132,57 +195,8 @@ def add_parser(subparsers) -> None:
         default=None,
         help="output folder (default: <datalist folder>/audit for a .json, else ./audit_<source name>)",
     )
-    a.add_argument(
-        "--hamming",
-        type=int,
-        default=DEFAULT_HAMMING,
-        help=f"max 64-bit pHash distance of near-duplicate candidates (default {DEFAULT_HAMMING})",
-    )
-    a.add_argument(
-        "--confirm-hamming",
-        type=int,
-        default=DEFAULT_CONFIRM,
-        help=f"max 256-bit pHash distance confirming a candidate (default {DEFAULT_CONFIRM}; -1: none)",
-    )
-    a.add_argument(
-        "--confirm-pixels",
-        type=float,
-        default=DEFAULT_PIXEL,
-        help="max pixel difference confirming a candidate: mean absolute difference of the 32 px grey "
-             "thumbnails, each scaled to mean 0 / SD 1, under the matched rotation / flip "
-             f"(default {DEFAULT_PIXEL}; -1: none)",
-    )  # fmt: skip
-    a.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
-    a.add_argument(
-        "--embeddings",
-        action="store_true",
-        help="also run the second near-duplicate stage (ImageNet EfficientNet-Lite0 embeddings, nearest neighbours, "
-        "confirmed on ORB keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
-        "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores (--workers N helps). "
-        "For histology-like images only: on chest radiographs it pairs different patients (docs/data-audit.md)",
-    )
-    a.add_argument(
-        "--neighbours",
-        type=int,
-        default=DEFAULT_NEIGHBOURS,
-        help=f"embedding stage: nearest neighbours per image (default {DEFAULT_NEIGHBOURS})",
-    )
-    a.add_argument(
-        "--min-similarity",
-        type=float,
-        default=DEFAULT_MIN_SIMILARITY,
-        help=f"embedding stage: min cosine similarity of a candidate (default {DEFAULT_MIN_SIMILARITY})",
-    )
-    a.add_argument(
-        "--min-inliers",
-        type=int,
-        default=DEFAULT_MIN_INLIERS,
-        help="embedding stage: min ORB keypoints of the two grey thumbnails that one rotation / zoom / "
-        f"shift (maybe mirrored) maps onto each other, confirming a candidate (default {DEFAULT_MIN_INLIERS})",
-    )
-    a.add_argument("--embedding-cache", default=None,
-                   help="folder caching embeddings by file SHA-256 (default $CIT_EMBEDDING_CACHE or "
-                        "~/.cache/cit/embeddings)")  # fmt: skip
+    _add_phash_options(a)
+    _add_embedding_options(a)
     a.add_argument("--workers", type=int, default=1, help="processes reading images (default 1)")
     a.add_argument("--no-regroup", action="store_true", help="do not write datalist_regrouped.json")
     a.add_argument("--seed", type=int, default=0, help="breaks ties when the regrouped split moves a cluster")

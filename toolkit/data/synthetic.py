@@ -146,7 +146,20 @@ def _hounsfield(tissue: np.ndarray, bone: np.ndarray) -> np.ndarray:
 
 def _write_dicom(path: Path, tissue, bone, variant, patient, uids, number, size, rng) -> None:
     # pydicom ~0.3 s: imported when the demo data is written, not by `import toolkit.data`
-    from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+    from pydicom.dataset import validate_file_meta
+
+    ds = _dicom_header(variant, patient, uids, number, size)
+    ds.PixelData = _store_pixels(ds, variant, tissue, bone, rng).tobytes()
+    ds.BurnedInAnnotation = "NO"
+    validate_file_meta(ds.file_meta, enforce_standard=True)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _dicom_header(variant: str, patient: str, uids: dict, number: int, size: int):
+    """The synthetic slice's header: patient, study / series / instance, geometry."""
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
     ct = variant.startswith("ct")
@@ -191,7 +204,12 @@ def _write_dicom(path: Path, tissue, bone, variant, patient, uids, number, size,
     ds.SamplesPerPixel = 1
     ds.Rows = ds.Columns = size
     ds.BitsAllocated = 16
+    return ds
 
+
+def _store_pixels(ds, variant: str, tissue: np.ndarray, bone: np.ndarray, rng) -> np.ndarray:
+    """Set the pixel encoding (and display / acquisition details) of ``variant`` on ``ds``; returns the stored
+    values."""
     if variant == "ct12":  # unsigned 12-bit stored values, HU = stored - 1024
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
@@ -214,18 +232,13 @@ def _write_dicom(path: Path, tissue, bone, variant, patient, uids, number, size,
         pixels = (4095 - np.clip(np.round(tissue * gain), 0, 4095)).astype(np.uint16)
     else:
         raise ValueError(f"not a DICOM variant: {variant}")
-    if ct:
+    if variant.startswith("ct"):
         ds.WindowCenter, ds.WindowWidth = 40, 80  # brain window
         ds.KVP, ds.ConvolutionKernel = 120, "STANDARD"
     else:
         ds.MagneticFieldStrength, ds.RepetitionTime, ds.EchoTime = 1.5, 500, 15
         ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
-    ds.PixelData = pixels.tobytes()
-    ds.BurnedInAnnotation = "NO"
-    validate_file_meta(ds.file_meta, enforce_standard=True)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    return pixels
 
 
 def _write_png(path: Path, tissue: np.ndarray, variant: str) -> None:

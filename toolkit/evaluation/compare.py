@@ -289,6 +289,33 @@ def per_class_delong(test: ComparisonSet, probs_reference: np.ndarray, probs_oth
 # The comparison
 
 
+def _compare_pair(test: ComparisonSet, probs: Mapping[str, np.ndarray], own: Mapping[str, Threshold],
+                  reference: str, name: str, binary_independent: bool, n_resamples: int, seed: int,
+                  confidence: float) -> dict:  # fmt: skip
+    """The paired tests of model ``name`` against the ``reference``: accuracy by McNemar, AUROC by DeLong
+    (binary, images independent) or by the paired bootstrap, and DeLong per class."""
+    boot = paired_bootstrap(test, probs[reference], probs[name], own[reference], n_resamples, seed,
+                            confidence, other_threshold=own[name])  # fmt: skip
+    right = correct(test, probs[reference], own[reference]), correct(test, probs[name], own[name])
+    accuracy = {"difference": boot["accuracy"]["difference"], "test": "McNemar exact",
+                "mcnemar": mcnemar(*right), "bootstrap": boot["accuracy"]}  # fmt: skip
+    accuracy["p_value"] = accuracy["mcnemar"]["p_value"]
+    auroc = {"difference": boot["auroc"]["difference"], "bootstrap": boot["auroc"]}
+    if binary_independent:
+        auroc["delong"] = delong(test.y_true == 1, probs[reference][:, 1], probs[name][:, 1])
+        auroc.update(test="DeLong", p_value=auroc["delong"]["p_value"])
+    else:
+        auroc.update(
+            test="paired bootstrap", p_value=boot["auroc"]["p_value"], p_is_bound=boot["auroc"]["p_is_bound"]
+        )
+    return {
+        "accuracy": accuracy,
+        "auroc": auroc,
+        "bootstrap": boot,
+        "per_class_delong": per_class_delong(test, probs[reference], probs[name]),
+    }
+
+
 def compare_predictions(
     test: ComparisonSet,
     probs: Mapping[str, np.ndarray],
@@ -325,32 +352,13 @@ def compare_predictions(
         not test.multi_label and len(test.class_names) == 2 and test.unit == "image"
         and min(positives, len(test.y_true) - positives) >= 2  # else DeLong's variance is unknown
     )  # fmt: skip
-    right = {name: correct(test, p, own[name]) for name, p in probs.items()}
-    comparisons = {}
-    for name in models:
-        if name == reference:
-            continue
-        boot = paired_bootstrap(test, probs[reference], probs[name], own[reference], n_resamples, seed,
-                                confidence, other_threshold=own[name])  # fmt: skip
-        accuracy = {"difference": boot["accuracy"]["difference"], "test": "McNemar exact",
-                    "mcnemar": mcnemar(right[reference], right[name]), "bootstrap": boot["accuracy"]}  # fmt: skip
-        accuracy["p_value"] = accuracy["mcnemar"]["p_value"]
-        auroc = {"difference": boot["auroc"]["difference"], "bootstrap": boot["auroc"]}
-        if binary_independent:
-            auroc["delong"] = delong(test.y_true == 1, probs[reference][:, 1], probs[name][:, 1])
-            auroc.update(test="DeLong", p_value=auroc["delong"]["p_value"])
-        else:
-            auroc.update(
-                test="paired bootstrap",
-                p_value=boot["auroc"]["p_value"],
-                p_is_bound=boot["auroc"]["p_is_bound"],
-            )
-        comparisons[name] = {
-            "accuracy": accuracy,
-            "auroc": auroc,
-            "bootstrap": boot,
-            "per_class_delong": per_class_delong(test, probs[reference], probs[name]),
-        }
+    comparisons = {
+        name: _compare_pair(
+            test, probs, own, reference, name, binary_independent, n_resamples, seed, confidence
+        )
+        for name in models
+        if name != reference
+    }
     for metric in ("accuracy", "auroc"):
         names = list(comparisons)
         for name, adjusted in zip(

@@ -195,70 +195,77 @@ def _valid(ds, keyword: str) -> bool:
         return False
 
 
+def _evidence_header(file: str, anonymise: bool) -> pydicom.Dataset:
+    """The header of one source image as the SR may reference it; ValueError for one it may not."""
+    ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
+    missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
+    if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
+        raise ValueError(f"a source image lacks {', '.join(missing)}")
+    invalid = [
+        k
+        for k in _REQUIRED_IN_SOURCE
+        if not (safe_uid(str(ds[k].value)) if ds[k].VR == "UI" else _valid(ds, k))
+    ]
+    if invalid:  # e.g. a UID with a line break, or of 200 characters: never copied into a report
+        raise ValueError(f"a source image has an invalid {', '.join(invalid)}")
+    if anonymise:
+        ds = _references_only(ds)
+    for keyword in _TYPE2_FROM_EVIDENCE:
+        # often absent or invalid in real (e.g. anonymised) files; empty is valid for Type 2
+        if keyword not in ds or not _valid(ds, keyword):
+            setattr(ds, keyword, "")
+    _single_character_set(ds)
+    return ds
+
+
+def _measurement_group(
+    number: int, item, row: dict, bundle, algorithm, seed: list[str], sources: list
+) -> MeasurementsAndQualitativeEvaluations:
+    """One input's classification: the class (or findings) called, and every class's probability."""
+    # the predicted class, or every finding a multi-label model called present ("0|1|1")
+    if bundle.model_info.multi_label:
+        positives = [i for i, f in enumerate(str(row["pred"]).split("|")) if f == "1"]
+    else:
+        positives = [int(row["pred"])]
+    measurements = [
+        Measurement(
+            name=CodedConcept(f"prob-{i}", CODING_SCHEME, f"Probability of {name}"[:64]),
+            value=float(row[f"prob_{name}"]),
+            unit=CodedConcept("1", "UCUM", "no units"),
+            algorithm_id=algorithm,
+        )
+        for i, name in enumerate(bundle.class_names)
+    ]
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[*seed, item.key]), identifier=f"Classification {number}"
+        ),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            QualitativeEvaluation(name=codes.DCM.Finding, value=_class_code(i, bundle.class_names[i]))
+            for i in positives
+        ]
+        or None,
+        measurements=measurements,
+        source_images=sources,
+    )
+
+
 def write_report(entries: Sequence[tuple], path: str | os.PathLike, bundle, anonymise: bool = False) -> None:
     """Build the SR of one study from ``(InputItem, row)`` pairs and write it atomically to ``path``."""
-    headers: dict[str, pydicom.Dataset] = {}
-
-    def header(file: str) -> pydicom.Dataset:
-        if file not in headers:
-            ds = pydicom.dcmread(file, stop_before_pixels=True, force=True)
-            missing = [k for k in _REQUIRED_IN_SOURCE if k not in ds]
-            if missing:  # highdicom would raise AttributeError, the type of a bug, not of a bad file
-                raise ValueError(f"a source image lacks {', '.join(missing)}")
-            invalid = [
-                k
-                for k in _REQUIRED_IN_SOURCE
-                if not (safe_uid(str(ds[k].value)) if ds[k].VR == "UI" else _valid(ds, k))
-            ]
-            if invalid:  # e.g. a UID with a line break, or of 200 characters: never copied into a report
-                raise ValueError(f"a source image has an invalid {', '.join(invalid)}")
-            if anonymise:
-                ds = _references_only(ds)
-            for keyword in _TYPE2_FROM_EVIDENCE:
-                # often absent or invalid in real (e.g. anonymised) files; empty is valid for Type 2
-                if keyword not in ds or not _valid(ds, keyword):
-                    setattr(ds, keyword, "")
-            _single_character_set(ds)
-            headers[file] = ds
-        return headers[file]
-
+    headers: dict[str, pydicom.Dataset] = {}  # source file -> its header, read once
     study_uid = entries[0][0].study_instance_uid
     seed = [study_uid, bundle.name, bundle.version]
     algorithm = AlgorithmIdentification(name=bundle.name, version=bundle.version or "unversioned")
     groups = []
     for number, (item, row) in enumerate(entries, start=1):
-        files = item.files or [item.abs_path]
         frames = [item.frame + 1] if item.frame is not None else None
-        sources = [_source_image(SourceImageForMeasurementGroup, header(f), frames) for f in files]
-        # the predicted class, or every finding a multi-label model called present ("0|1|1")
-        if bundle.model_info.multi_label:
-            positives = [i for i, f in enumerate(str(row["pred"]).split("|")) if f == "1"]
-        else:
-            positives = [int(row["pred"])]
-        measurements = [
-            Measurement(
-                name=CodedConcept(f"prob-{i}", CODING_SCHEME, f"Probability of {name}"[:64]),
-                value=float(row[f"prob_{name}"]),
-                unit=CodedConcept("1", "UCUM", "no units"),
-                algorithm_id=algorithm,
-            )
-            for i, name in enumerate(bundle.class_names)
-        ]
-        groups.append(
-            MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=TrackingIdentifier(
-                    uid=generate_uid(entropy_srcs=[*seed, item.key]), identifier=f"Classification {number}"
-                ),
-                algorithm_id=algorithm,
-                qualitative_evaluations=[
-                    QualitativeEvaluation(name=codes.DCM.Finding, value=_class_code(i, bundle.class_names[i]))
-                    for i in positives
-                ]
-                or None,
-                measurements=measurements,
-                source_images=sources,
-            )
-        )
+        sources = []
+        for file in item.files or [item.abs_path]:
+            if file not in headers:
+                headers[file] = _evidence_header(file, anonymise)
+            sources.append(_source_image(SourceImageForMeasurementGroup, headers[file], frames))
+        groups.append(_measurement_group(number, item, row, bundle, algorithm, seed, sources))
     observer = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
