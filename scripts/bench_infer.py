@@ -102,21 +102,22 @@ def bench_model(bundle, batch_size: int, repeats: int, network=None) -> float:
 
 def bench_loader(bundle, paths: list[Path], batch_size: int, workers: int) -> float:
     from toolkit.inference.discovery import InputItem
-    from toolkit.inference.runner import InferenceDataset, _collate
+    from toolkit.inference.runner import InferenceDataset, collate_by_shape
 
     items = [InputItem(path=p.name, abs_path=str(p), kind="dicom") for p in paths]
     loader = torch.utils.data.DataLoader(
         InferenceDataset(items, bundle.preprocessing, bundle.image_size),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_by_shape,
         prefetch_factor=4 if workers else None,
     )
     start = time.perf_counter()
     n = 0
-    for records in loader:
-        assert all(r["error"] is None for r in records), [r["error"] for r in records if r["error"]]
-        n += len(records)
+    for batch in loader:
+        errors = [r["error"] for r in batch.records if r["error"]]
+        assert not errors, errors
+        n += len(batch.records)
     return n / (time.perf_counter() - start)
 
 

@@ -10,6 +10,7 @@ This module imports nothing from the toolkit, so every layer may use it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "csv_text",
     "neutralise_formula",
+    "remembered_digests",
     "sha256_file",
 ]
 
@@ -94,12 +96,35 @@ def atomic_write_csv(
     return atomic_write_text(path, csv_text([header, *rows]), mode)
 
 
+_DIGESTS: dict[tuple, str] | None = None  # while remembered_digests() is active, see sha256_file
+
+
+@contextlib.contextmanager
+def remembered_digests():
+    """Within the block, a file hashed before and unchanged since (same device, inode, size, modification
+    and change times) is not read again: one `cit infer` run checks the same weights and exports several
+    times. Only for a block in which the files are not rewritten on purpose (timestamps are coarse)."""
+    global _DIGESTS
+    outer, _DIGESTS = _DIGESTS, {} if _DIGESTS is None else _DIGESTS
+    try:
+        yield
+    finally:
+        _DIGESTS = outer
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes, read in chunks (remembered inside :func:`remembered_digests`)."""
+    memo = _DIGESTS
     with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if memo is not None and version in memo:
+            return memo[version]
+        digest = hashlib.sha256()
         while block := f.read(chunk):
             digest.update(block)
+    if memo is not None:
+        memo[version] = digest.hexdigest()
     return digest.hexdigest()
 
 

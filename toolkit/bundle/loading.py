@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,26 @@ class InferenceBundle:
     version: str
     class_names: list[str]
     preprocessing: Any  # callable: {"image": path} -> {"image": tensor, ...}
-    network: torch.nn.Module
     postprocessing: Any  # callable: {"pred": logits} -> {"pred": probabilities}
     image_size: tuple[int, ...] | None
     spatial_dims: int
     ckpt_path: str
     model_info: ModelInfo
     thresholds: Any = 0.5  # multi-label: per-class decision thresholds (models/thresholds.json), else 0.5
+    build_network: Callable[[], torch.nn.Module] | None = field(default=None, repr=False)
+    _network: Any = field(default=None, repr=False)
+
+    @property
+    def network(self) -> Any:
+        """The network with the trained weights (built by ``build_network`` on first use, so that a run
+        on an ONNX export does not build it), or what replaced it (ONNX Runtime, in the Deploy app)."""
+        if self._network is None:
+            self._network = self.build_network()
+        return self._network
+
+    @network.setter
+    def network(self, value: Any) -> None:
+        self._network = value
 
     def decide(self, probs: torch.Tensor) -> tuple[int | str, str]:
         """``(pred, pred_name)`` of one item: the arg-max class, or for a multi-label model the 0/1 flag
@@ -116,16 +130,27 @@ def load_bundle(
     # reported as itself and not wrapped in MONAI's "Failed to evaluate" error
     info = load_model_info(ckpt, **{k: (overrides or {}).get(k) for k in OVERRIDABLE})
     parser["model_info"] = info
-    network = parser.get_parsed_content("network")
-    load_weights(network, ckpt)
-    network.eval()
-    return assemble_bundle(parser, info, network, root, str(meta.get("name", root.name)), meta, ckpt)
+
+    def trained_network() -> torch.nn.Module:
+        network = parser.get_parsed_content("network")
+        load_weights(network, ckpt)
+        return network.eval()
+
+    return assemble_bundle(parser, info, trained_network, root, str(meta.get("name", root.name)), meta, ckpt)
 
 
-def assemble_bundle(parser: ConfigParser, info: ModelInfo, network: torch.nn.Module, root: Path, name: str,
-                    meta: dict, ckpt_path: str | os.PathLike) -> InferenceBundle:  # fmt: skip
+def assemble_bundle(
+    parser: ConfigParser,
+    info: ModelInfo,
+    network: torch.nn.Module | Callable[[], torch.nn.Module],
+    root: Path,
+    name: str,
+    meta: dict,
+    ckpt_path: str | os.PathLike,
+) -> InferenceBundle:
     """The :class:`InferenceBundle` of a parsed inference config (its ``model_info`` set to ``info``)
-    and a network holding the trained weights; also used by the MONAI Deploy app for ``model.ts``."""
+    and a network holding the trained weights, or a function that builds it when first used; also used
+    by the MONAI Deploy app for ``model.ts``."""
     spatial_dims = int(info.network.get("spatial_dims", 2))
     size = info.preprocessing.get("image_size")
     image_size = (
@@ -139,13 +164,13 @@ def assemble_bundle(parser: ConfigParser, info: ModelInfo, network: torch.nn.Mod
         version=str(meta.get("version", "")),
         class_names=list(info.class_names),
         preprocessing=parser.get_parsed_content("preprocessing"),
-        network=network,
         postprocessing=parser.get_parsed_content("postprocessing") if "postprocessing" in parser else None,
         image_size=image_size,
         spatial_dims=spatial_dims,
         ckpt_path=str(ckpt_path),
         model_info=info,
         thresholds=_thresholds(info, ckpt_path),
+        **({"_network": network} if isinstance(network, torch.nn.Module) else {"build_network": network}),
     )
 
 

@@ -47,6 +47,9 @@ class OnnxRuntimeNetwork:
         options = onnxruntime.SessionOptions()
         if threads > 0:
             options.intra_op_num_threads = threads
+        # No busy-waiting between runs: the loader workers decoding the next batch need those cores
+        # (ONNX Runtime's threads spin after each run by default, which suits back-to-back runs only).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 

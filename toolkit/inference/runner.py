@@ -84,7 +84,7 @@ from toolkit.inference.writers import (
     read_journals,
     write_final_outputs,
 )
-from toolkit.io import atomic_write_bytes, atomic_write_json
+from toolkit.io import atomic_write_bytes, atomic_write_json, remembered_digests
 from toolkit.transforms.readers import DicomReader, is_decoder_panic
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class InferenceDataset(torch.utils.data.Dataset):
         record = {"index": index, "image": None, "error": None}
         try:
             with quiet_dicom_warnings():
-                record["image"] = self.load_bundle_for_run(item)
+                record["image"] = self.load_image(item)
         except BaseException as exc:  # noqa: BLE001
             # THE per-file boundary of a run. Reading and preprocessing parse whatever bytes the user's
             # files hold, through pydicom, Pillow, nibabel, native decoders and the bundle's own
@@ -231,7 +231,7 @@ class InferenceDataset(torch.utils.data.Dataset):
                 record["error"] = f"the image decoder crashed on this file ({record['error']})"[:400]
         return record
 
-    def load_bundle_for_run(self, item: InputItem) -> torch.Tensor:
+    def load_image(self, item: InputItem) -> torch.Tensor:
         source = item.files if item.files else item.abs_path
         if item.frame is None:
             out = self.preprocessing({"image": source})
@@ -300,8 +300,31 @@ def _reason(exc: BaseException, path: str | None = None) -> str:
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:400]
 
 
-def _collate(records: list[dict]) -> list[dict]:
-    return records  # stacking happens in the main process, after bad records are set aside
+@dataclass
+class LoadedBatch:
+    """One loader batch: every item's record (``index``, ``error``) and the good images stacked per shape.
+
+    The stacking happens in the loader worker, so one shared-memory tensor per shape crosses to the main
+    process instead of one per image (each crossing hands over a file descriptor: about 1 ms, as much as
+    an int8 network needs for an image)."""
+
+    records: list[dict]
+    groups: list[tuple[torch.Tensor, list[int]]]  # (images (B, C, ...), their records' positions)
+
+
+def collate_by_shape(records: list[dict]) -> LoadedBatch:
+    """The DataLoader's ``collate_fn``: records whose image failed keep their error and no image."""
+    by_shape: dict[tuple, list[int]] = {}
+    for position, rec in enumerate(records):
+        if rec["image"] is not None:
+            by_shape.setdefault(tuple(rec["image"].shape), []).append(position)
+    groups = [
+        (torch.stack([records[p].pop("image") for p in positions]), positions)
+        for positions in by_shape.values()
+    ]
+    for rec in records:
+        rec.pop("image", None)
+    return LoadedBatch(records, groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +382,8 @@ def run_inference(options: InferenceOptions) -> RunSummary:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(hours=24))
     try:
-        return _run(options, (started, started_at), world, rank, device)
+        with remembered_digests():  # the weights and exports are hashed by several checks
+            return _run(options, (started, started_at), world, rank, device)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
@@ -398,6 +422,8 @@ def _run(
             backend=backend,
             precision=run_precision(backend, options.precision, device, bundle.ckpt_path),
         )
+        if backend == "pytorch" or options.gradcam:
+            _ = bundle.network  # built now: weights that do not fit stop the run before any input is read
         plan, failure = None, None
         if rank == 0:
             try:
@@ -616,13 +642,13 @@ def process_items(
             batch_size=max(1, options.batch_size),
             shuffle=False,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate_by_shape,
             worker_init_fn=_WorkerInit(lock) if workers else None,
             persistent_workers=False,
             prefetch_factor=4 if workers else None,
         )
-        for records in loader:
-            rows = _predict_batch(records, todo, network, bundle, options, device, use_amp, cam, stamp)
+        for batch in loader:
+            rows = _predict_batch(batch, todo, network, bundle, options, device, use_amp, cam, stamp)
             journal.append(rows)
             written += len(rows)
             bar.update(len(rows))
@@ -648,42 +674,39 @@ def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return prepare_network(network, device).eval()
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-
-
-def _forward(network, x: torch.Tensor, use_amp: bool) -> torch.Tensor:
+def _forward(network, x: torch.Tensor, device: torch.device, use_amp: bool) -> torch.Tensor:
+    if not isinstance(network, OnnxRuntimeNetwork):  # ONNX Runtime takes the plain (NCHW) layout
+        x = x.to(device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
         return network(x).float().cpu()
 
 
-def _predict_batch(records, items, network, bundle, options, device, use_amp, cam, stamp) -> list[dict]:
+def _predict_batch(
+    batch: LoadedBatch, items, network, bundle, options, device, use_amp, cam, stamp
+) -> list[dict]:
     """Rows for one loader batch: errors as recorded, the rest through the network (per item on failure)."""
     rows = {}
-    good = []
-    for rec in records:
-        item = items[rec["index"]]
-        row = _base_row(item, bundle, options, stamp)
+    for rec in batch.records:
+        row = _base_row(items[rec["index"]], bundle, options, stamp)
         if rec["error"] is not None:
             row["status"], row["reason"] = "error", rec["error"]
-        else:
-            good.append(rec)
         rows[rec["index"]] = row
-    logits = {}
-    # items with the same shape go through the network together; a failing group is retried one by one
-    by_shape: dict[tuple, list[dict]] = {}
-    for rec in good:
-        by_shape.setdefault(tuple(rec["image"].shape), []).append(rec)
-    for group in by_shape.values():
+    good, logits = [], {}
+    # each shape's images go through the network together; a failing group is retried one by one
+    for images, positions in batch.groups:
+        group = [batch.records[p] for p in positions]
+        for i, rec in enumerate(group):
+            rec["image"] = images[i]  # a view, for Grad-CAM
+        good += group
         try:
-            out = _forward(network, _to_device(torch.stack([r["image"] for r in group]), device), use_amp)
+            out = _forward(network, images, device, use_amp)
             logits.update({r["index"]: out[i] for i, r in enumerate(group)})
         except NETWORK_ERRORS:  # isolate the item the network cannot take
             logger.debug("batch of %d failed; retrying one by one", len(group), exc_info=True)
             for r in group:
                 try:
-                    logits[r["index"]] = _forward(network, _to_device(r["image"][None], device), use_amp)[0]
+                    logits[r["index"]] = _forward(network, r["image"][None], device, use_amp)[0]
                 except NETWORK_ERRORS as exc:
                     rows[r["index"]]["status"] = "error"
                     rows[r["index"]]["reason"] = f"network failed on this input: {_reason(exc)}"
@@ -712,7 +735,7 @@ def _predict_batch(records, items, network, bundle, options, device, use_amp, ca
             except (OSError, *NETWORK_ERRORS) as exc:  # the prediction stands; say why the overlay is missing
                 logger.debug("Grad-CAM of %s failed", row["path"], exc_info=True)
                 row["gradcam"], row["reason"] = "", f"no Grad-CAM overlay: {_reason(exc)}"
-    return [rows[rec["index"]] for rec in records]
+    return [rows[rec["index"]] for rec in batch.records]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,6 +151,8 @@ class _Watcher:
             backend=backend,
             precision=run_precision(backend, options.precision, self.device, self.bundle.ckpt_path),
         )
+        if backend == "pytorch" or options.gradcam:
+            _ = self.bundle.network  # built now, as in a plain run
         self.pseudonym = Pseudonymiser.for_output(self.output) if options.pseudonymise_paths else None
         self.settling = _Settling(watch.settle_seconds)
         self.done: dict[str, dict] = {}
