@@ -170,18 +170,22 @@ def test_strict_exit_code(leaky, tmp_path, capsys):
     assert saved["leakage"]["found"] and "regrouped_datalist" not in saved
 
 
-def test_near_duplicate_pairs_vectorised_matches_brute_force():
+@pytest.mark.parametrize("threshold", [0, 4, 6, 12, 30])
+def test_near_duplicate_pairs_match_brute_force(threshold):
     rng = np.random.default_rng(3)
-    hashes = rng.integers(0, 2**63, size=(300, 8), dtype=np.uint64)
+    hashes = rng.integers(0, 2**64 - 1, size=(300, 8), dtype=np.uint64)
     hashes[::7, 0] = hashes[0, 0]  # plant clusters of equal and 1-bit-apart hashes
     hashes[1::7, 0] = hashes[1, 0] ^ np.uint64(1)
-    found = {(i, j) for i, j, _, _ in near_duplicate_pairs(hashes, threshold=4, block=37)}
-    expected = {
-        (i, j)
-        for i in range(300)
-        for j in range(i + 1, 300)
-        if min(bin(int(hashes[i, 0]) ^ int(h)).count("1") for h in hashes[j]) <= 4
-    }
+    for k in range(60):  # and copies a few bits away under some transform
+        noise = sum(1 << int(b) for b in rng.choice(64, size=k % (threshold + 3), replace=False))
+        hashes[(k * 5 + 3) % 300, k % 8] = hashes[(k * 11 + 2) % 300, 0] ^ np.uint64(noise)
+    found = near_duplicate_pairs(hashes, threshold=threshold)
+    expected = []
+    for i in range(300):
+        for j in range(i + 1, 300):
+            distances = [bin(int(hashes[i, 0]) ^ int(h)).count("1") for h in hashes[j]]
+            if min(distances) <= threshold:
+                expected.append((i, j, min(distances), distances.index(min(distances))))
     assert found == expected and len(found) > 100
 
 
