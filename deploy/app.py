@@ -45,8 +45,15 @@ class ClassificationApp(Application):
         device = resolve_device()
         bundle = load_model(context.model_path, device)
         backend, precision = select_backend(bundle, device)
-        logger.info("model %s %s (%s) on %s, backend %s (%s)", bundle.name, bundle.version, bundle.ckpt_path,
-                    device, backend, precision)  # fmt: skip
+        logger.info(
+            "model %s %s (%s) on %s, backend %s (%s)",
+            bundle.name,
+            bundle.version,
+            bundle.ckpt_path,
+            device,
+            backend,
+            precision,
+        )
 
         loader = StudyLoaderOperator(
             self, CountCondition(self, 1), input_folder=input_path, name="study_loader"
@@ -55,8 +62,13 @@ class ClassificationApp(Application):
             self, rules=load_rules(os.environ.get("CIT_DEPLOY_RULES")), all_matched=True, name="selector"
         )
         classifier = ClassifierOperator(self, bundle=bundle, device=device, name="classifier")
-        writer = ReportWriterOperator(self, bundle=bundle, output_folder=output_path, name="report_writer",
-                                      model_run={"backend": backend, "precision": precision})  # fmt: skip
+        writer = ReportWriterOperator(
+            self,
+            bundle=bundle,
+            output_folder=output_path,
+            name="report_writer",
+            model_run={"backend": backend, "precision": precision},
+        )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, classifier, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(classifier, writer, {("study_results", "study_results")})

@@ -207,8 +207,15 @@ class ReportWriterOperator(Operator):
     with the Patient and Study modules of the images carried over.
     """
 
-    def __init__(self, fragment: Fragment, *args, bundle: InferenceBundle, output_folder: Path,
-                 model_run: dict | None = None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        bundle: InferenceBundle,
+        output_folder: Path,
+        model_run: dict | None = None,
+        **kwargs,
+    ):
         self.bundle = bundle
         self.output_folder = Path(output_folder)
         self.model_run = model_run or {"backend": "pytorch", "precision": "fp32"}

@@ -76,8 +76,10 @@ class ToolkitWheelBuilder(PythonAppBuilder):
         path = Path(super()._write_dockerfile(platform_parameters))
         text = path.read_text()
         if REQUIREMENTS_COPY not in text:
-            raise RuntimeError(f"the packager's Dockerfile has no '{REQUIREMENTS_COPY}' line: is holoscan-cli "
-                               "the version deploy/requirements.txt pins?")  # fmt: skip
+            raise RuntimeError(
+                f"the packager's Dockerfile has no '{REQUIREMENTS_COPY}' line: is holoscan-cli "
+                "the version deploy/requirements.txt pins?"
+            )
         path.write_text(
             text.replace(REQUIREMENTS_COPY, f"COPY ./wheels {IMAGE_WHEELS}\n{REQUIREMENTS_COPY}", 1)
         )
@@ -124,8 +126,19 @@ def build_toolkit_wheel(dest: Path) -> Path:
         shutil.copytree(
             REPO / "toolkit", src / "toolkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-               "--quiet", str(src), "-w", str(dest)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            str(src),
+            "-w",
+            str(dest),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(
@@ -155,8 +168,10 @@ def stage_models(dest: Path, bundle: Path) -> str:
     """``dest/<bundle name>`` linking to the bundle folder: one model for the packager, copied as it is."""
     bundle = bundle.resolve()
     if not (bundle / "configs" / "inference.json").is_file():
-        raise SystemExit(f"{bundle}: not an exported bundle folder (no configs/inference.json); "
-                         "make one with `cit export --format bundle`")  # fmt: skip
+        raise SystemExit(
+            f"{bundle}: not an exported bundle folder (no configs/inference.json); "
+            "make one with `cit export --format bundle`"
+        )
     links = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_symlink())
     if links:  # the packager copies what a link points to: a file from anywhere on this machine
         raise SystemExit(
@@ -177,9 +192,26 @@ def package(bundle: Path, tag: str, out: Path, platform: str, log_level: str | N
     stage_app(out / "app", wheel)
     context = out / "context"
     context.mkdir()
-    args = parse_args(["monai-deploy", "package", str(out / "app"), "--config", str(DEPLOY / "app.yaml"),
-                       "--tag", tag, "--platform", platform, "--models", str(out / "models"),
-                       "--source", str(MANIFEST), "--sdk", "monai-deploy", *extra])  # fmt: skip
+    args = parse_args(
+        [
+            "monai-deploy",
+            "package",
+            str(out / "app"),
+            "--config",
+            str(DEPLOY / "app.yaml"),
+            "--tag",
+            tag,
+            "--platform",
+            platform,
+            "--models",
+            str(out / "models"),
+            "--source",
+            str(MANIFEST),
+            "--sdk",
+            "monai-deploy",
+            *extra,
+        ]
+    )
     packaging = PackagingArguments(args, str(context))
     _create_app_manifest(packaging.application_manifest, str(context))
     _create_package_manifest(packaging.package_manifest, str(context))
@@ -187,11 +219,16 @@ def package(bundle: Path, tag: str, out: Path, platform: str, log_level: str | N
     try:
         for parameters in packaging.platforms:
             result = builder.build(parameters)
-            print(f"built {result.docker_tag or tag} for {parameters.platform.value}"
-                  + (f"; tarball {result.tarball_filename}" if result.tarball_filename else ""))  # fmt: skip
+            print(
+                f"built {result.docker_tag or tag} for {parameters.platform.value}"
+                + (f"; tarball {result.tarball_filename}" if result.tarball_filename else "")
+            )
     except DockerStepError as ex:
-        print(f"Build context complete in {context} (model '{model}', toolkit {wheel.name}); "
-              f"stopped at the Docker step: {ex}", file=sys.stderr)  # fmt: skip
+        print(
+            f"Build context complete in {context} (model '{model}', toolkit {wheel.name}); "
+            f"stopped at the Docker step: {ex}",
+            file=sys.stderr,
+        )
         return DOCKER_STEP_FAILED
     return 0
 

@@ -100,8 +100,19 @@ def synthetic_audit(n: int, workers: int) -> dict:
         datalist, planted = write_synthetic_set(Path(tmp) / "images", n)
         write_s = time.perf_counter() - start
         out = Path(tmp) / "audit"
-        command = [sys.executable, "-m", "toolkit", "audit", "--datalist", str(datalist), "--out-dir", str(out),
-                   "--workers", str(workers), "--no-regroup"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "audit",
+            "--datalist",
+            str(datalist),
+            "--out-dir",
+            str(out),
+            "--workers",
+            str(workers),
+            "--no-regroup",
+        ]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -130,8 +141,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default=str(here.parent / "shared" / "data" / "kermany_cxr_224"))
     parser.add_argument("--images", type=int, default=300, help="images to read and hash")
-    parser.add_argument("--pairs-n", type=int, nargs="+", default=[25000, 50000, 100000],
-                        help="sizes of the pHash range search")  # fmt: skip
+    parser.add_argument(
+        "--pairs-n",
+        type=int,
+        nargs="+",
+        default=[25000, 50000, 100000],
+        help="sizes of the pHash range search",
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--embeddings-n", type=int, default=20000, help="random 1280-d embeddings to search")
     parser.add_argument("--synthetic", type=int, default=0, help="images of the whole-audit run (0: none)")

@@ -178,8 +178,11 @@ def cpu_flags() -> dict:
     fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = set(fields.get("Flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
-    return {"model_name": fields.get("Model name", "").strip(), "model": fields.get("Model", "").strip(),
-            "flags": {flag: flag in flags for flag in wanted}}  # fmt: skip
+    return {
+        "model_name": fields.get("Model name", "").strip(),
+        "model": fields.get("Model", "").strip(),
+        "flags": {flag: flag in flags for flag in wanted},
+    }
 
 
 def prepare_int8(tmp: Path, paths: list[Path], onnx_path: Path) -> Path:
@@ -196,10 +199,11 @@ def prepare_int8(tmp: Path, paths: list[Path], onnx_path: Path) -> Path:
                 "validation": items[1::2],
                 "test": [],
             }
-        )  # fmt: skip
+        )
     )
-    result = quantize_onnx(onnx_path, tmp / "models", tmp / "output", max_auroc_drop=1.0, min_agreement=0.0,
-                           n_resamples=100)  # fmt: skip
+    result = quantize_onnx(
+        onnx_path, tmp / "models", tmp / "output", max_auroc_drop=1.0, min_agreement=0.0, n_resamples=100
+    )
     return result.path
 
 
@@ -272,9 +276,14 @@ def main(argv=None) -> int:
             tmp / "models",
             network={"name": train["model_name"], "num_classes": 3, "in_channels": train["channels"]},
             class_names=["glioma", "meningioma", "pituitary"],
-            preprocessing={"image_size": train["image_size"], "reader_max_size": train["image_size"],
-                           "channels": train["channels"], "colour": train["colour"], "intensity": train["intensity"]},
-        )  # fmt: skip
+            preprocessing={
+                "image_size": train["image_size"],
+                "reader_max_size": train["image_size"],
+                "channels": train["channels"],
+                "colour": train["colour"],
+                "intensity": train["intensity"],
+            },
+        )
         ckpt = tmp / "models" / "model.pt"
         torch.save(info.create_network().state_dict(), ckpt)
         bundle = load_bundle(BUNDLE, ckpt_path=ckpt, device="cpu", overrides=overrides)
@@ -286,11 +295,26 @@ def main(argv=None) -> int:
             check_bf16(tmp / "models", tmp / "output", max_auroc_drop=1.0, min_agreement=0.0, n_resamples=100)
         write_jpegs(tmp / "jpeg", args.jpeg)
         # (backend, precision) of the end-to-end runs
-        variants = {"pytorch": ("pytorch", "fp32"), "onnx": ("onnxruntime", "fp32"),
-                    "int8": ("onnxruntime-int8", "fp32"), **({"bf16": ("pytorch", "bf16")} if bf16 else {})}  # fmt: skip
+        variants = {
+            "pytorch": ("pytorch", "fp32"),
+            "onnx": ("onnxruntime", "fp32"),
+            "int8": ("onnxruntime-int8", "fp32"),
+            **({"bf16": ("pytorch", "bf16")} if bf16 else {}),
+        }
 
-        runs = {"a": [], "a_onnx": [], "a_int8": [], "b": [], "c": [], "c_proc": [], "c_onnx": [], "c_int8": [],
-                "d": [], **{f"jpeg_c_{v}": [] for v in variants}, **({"a_bf16": [], "c_bf16": []} if bf16 else {})}  # fmt: skip
+        runs = {
+            "a": [],
+            "a_onnx": [],
+            "a_int8": [],
+            "b": [],
+            "c": [],
+            "c_proc": [],
+            "c_onnx": [],
+            "c_int8": [],
+            "d": [],
+            **{f"jpeg_c_{v}": [] for v in variants},
+            **({"a_bf16": [], "c_bf16": []} if bf16 else {}),
+        }
         for r in range(args.repeats):  # interleaved repeats: the machine's load changes from minute to minute
             runs["a"].append(bench_model(bundle, args.batch_size, args.model_repeats))
             runs["a_onnx"].append(bench_model(bundle, args.batch_size, args.model_repeats, onnx_network))
@@ -299,18 +323,43 @@ def main(argv=None) -> int:
                 net = Bf16Network(prepare_network(bundle.network, "cpu").eval())
                 runs["a_bf16"].append(bench_model(bundle, args.batch_size, args.model_repeats, net))
                 runs["c_bf16"].append(
-                    bench_cit_infer(tmp / "in", ckpt, tmp / f"bf16{r}", args.batch_size, args.workers, len(paths),
-                                    overrides, precision="bf16")[0]
-                )  # fmt: skip
+                    bench_cit_infer(
+                        tmp / "in",
+                        ckpt,
+                        tmp / f"bf16{r}",
+                        args.batch_size,
+                        args.workers,
+                        len(paths),
+                        overrides,
+                        precision="bf16",
+                    )[0]
+                )
             runs["c_int8"].append(
-                bench_cit_infer(tmp / "in", ckpt, tmp / f"int8{r}", args.batch_size, args.workers, len(paths),
-                                overrides, backend="onnxruntime-int8")[0]
-            )  # fmt: skip
+                bench_cit_infer(
+                    tmp / "in",
+                    ckpt,
+                    tmp / f"int8{r}",
+                    args.batch_size,
+                    args.workers,
+                    len(paths),
+                    overrides,
+                    backend="onnxruntime-int8",
+                )[0]
+            )
             for name, (backend, precision) in variants.items():
                 runs[f"jpeg_c_{name}"].append(
-                    bench_cit_infer(tmp / "jpeg", ckpt, tmp / f"jpeg_{name}{r}", args.batch_size, args.workers,
-                                    args.jpeg, overrides, backend=backend, precision=precision)[0]
-                )  # fmt: skip
+                    bench_cit_infer(
+                        tmp / "jpeg",
+                        ckpt,
+                        tmp / f"jpeg_{name}{r}",
+                        args.batch_size,
+                        args.workers,
+                        args.jpeg,
+                        overrides,
+                        backend=backend,
+                        precision=precision,
+                    )[0]
+                )
             runs["b"].append(bench_loader(bundle, paths, args.batch_size, args.workers))
             c_run, c_proc_run = bench_cit_infer(
                 tmp / "in", ckpt, tmp / f"out{r}", args.batch_size, args.workers, len(paths), overrides
@@ -318,9 +367,17 @@ def main(argv=None) -> int:
             runs["c"].append(c_run)
             runs["c_proc"].append(c_proc_run)
             runs["c_onnx"].append(
-                bench_cit_infer(tmp / "in", ckpt, tmp / f"onnx{r}", args.batch_size, args.workers, len(paths),
-                                overrides, backend="onnxruntime")[0]
-            )  # fmt: skip
+                bench_cit_infer(
+                    tmp / "in",
+                    ckpt,
+                    tmp / f"onnx{r}",
+                    args.batch_size,
+                    args.workers,
+                    len(paths),
+                    overrides,
+                    backend="onnxruntime",
+                )[0]
+            )
             runs["d"].append(bench_per_file_monai(bundle, paths))
         a, b, c, c_steady, d = (max(runs[k]) for k in ("a", "b", "c", "c_proc", "d"))
         per_kind = {}
@@ -376,7 +433,7 @@ def main(argv=None) -> int:
                 "model_only_over_onnx_fp32": 2.0,
                 "jpeg_cit_infer_over_onnx_fp32": 1.8,
                 "dicom_cit_infer_over_stage_bound": 0.9,
-            },  # fmt: skip
+            },
         },
         **({"bf16_model_only_over_fp32": round(best["a_bf16"] / a, 2)} if bf16 else {}),
         "note": "best of the repeats; c includes bundle loading and discovery; shared 2-core machine, "

@@ -85,11 +85,28 @@ def main(argv=None) -> int:
         ckpt = write_tiny_checkpoint(BUNDLE, tmp / "ckpt")
         for i in range(args.n):
             study = i % args.studies
-            make_dicom(tmp / "in" / f"study{study}" / f"IM{i:04d}", study=f"bench{study}", series="s",
-                       index=i, seed=i, size=args.size)  # fmt: skip
+            make_dicom(
+                tmp / "in" / f"study{study}" / f"IM{i:04d}",
+                study=f"bench{study}",
+                series="s",
+                index=i,
+                seed=i,
+                size=args.size,
+            )
         files = sorted((tmp / "in").rglob("IM*"))
-        common = ["--bundle", str(BUNDLE), "--ckpt-path", str(ckpt), "--device", "cpu", "--no-progress",
-                  "--batch-size", str(args.batch_size), "--workers", str(args.workers)]  # fmt: skip
+        common = [
+            "--bundle",
+            str(BUNDLE),
+            "--ckpt-path",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--batch-size",
+            str(args.batch_size),
+            "--workers",
+            str(args.workers),
+        ]
         runs = {"folder": [], "pacs": [], "retrieval": []}
         with running_orthanc(tmp / "orthanc") as orthanc:
             start = time.perf_counter()

@@ -63,18 +63,30 @@ def main() -> None:
     by_image = {it["image"]: it for it in items}
     doc = {"labels": ["x"], "all": [{"image": it["image"], "label": 0} for it in items]}
     started = time.perf_counter()
-    report = audit_datalist(doc, read_image, embedder=ImageEmbedder(), min_inliers=args.min_inliers,
-                            workers=args.workers, embedding_cache=args.embedding_cache)  # fmt: skip
+    report = audit_datalist(
+        doc,
+        read_image,
+        embedder=ImageEmbedder(),
+        min_inliers=args.min_inliers,
+        workers=args.workers,
+        embedding_cache=args.embedding_cache,
+    )
     named = report["within_split_pairs"]
     stage_pairs = [r for r in named if r.get("stage") == "embedding"]
     pairs = []
     for r in sorted(stage_pairs, key=lambda r: -r["keypoint_inliers"]):
         a, b = by_image[r["a"]["image"]], by_image[r["b"]["image"]]
-        pairs.append({
-            "a": str(Path(a["image"]).relative_to(root)), "b": str(Path(b["image"]).relative_to(root)),
-            "same_patient": a["patient"] == b["patient"], "same_label": a["finding"] == b["finding"],
-            "inliers": r["keypoint_inliers"], "similarity": r["embedding_similarity"], "transform": r["transform"],
-        })  # fmt: skip
+        pairs.append(
+            {
+                "a": str(Path(a["image"]).relative_to(root)),
+                "b": str(Path(b["image"]).relative_to(root)),
+                "same_patient": a["patient"] == b["patient"],
+                "same_label": a["finding"] == b["finding"],
+                "inliers": r["keypoint_inliers"],
+                "similarity": r["embedding_similarity"],
+                "transform": r["transform"],
+            }
+        )
     thresholds = sorted({args.min_inliers, 4, 5, 6, 8, 10, 15, 20})
     result = {
         "labels": args.labels,

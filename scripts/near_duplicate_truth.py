@@ -80,16 +80,25 @@ def main() -> None:
     files = [str(p) for p in find_image_files(root)]
     doc = {"labels": ["x"], "all": [{"image": p, "label": 0} for p in files]}
     started = time.perf_counter()
-    report = audit_datalist(doc, read_image, embedder=None if args.no_embeddings else ImageEmbedder(),
-                            embedding_cache=args.embedding_cache, min_inliers=args.min_inliers,
-                            workers=args.workers)  # fmt: skip
+    report = audit_datalist(
+        doc,
+        read_image,
+        embedder=None if args.no_embeddings else ImageEmbedder(),
+        embedding_cache=args.embedding_cache,
+        min_inliers=args.min_inliers,
+        workers=args.workers,
+    )
     result = score(report, root, truth, args.min_inliers)
     for extra in (int(t) for t in args.also_at.split(",") if t.strip()):
         scored = score(report, root, truth, extra)
-        result[f"at_min_inliers_{extra}"] = {k: scored[k] for k in ("named_pairs", "true_pairs_named", "recall",
-                                                                    "precision")}  # fmt: skip
-    result.update(images=len(files), seconds=round(time.perf_counter() - started, 1),
-                  embedding_stage=report["settings"]["embedding_stage"])  # fmt: skip
+        result[f"at_min_inliers_{extra}"] = {
+            k: scored[k] for k in ("named_pairs", "true_pairs_named", "recall", "precision")
+        }
+    result.update(
+        images=len(files),
+        seconds=round(time.perf_counter() - started, 1),
+        embedding_stage=report["settings"]["embedding_stage"],
+    )
     print(json.dumps(result, indent=1))
 
 

@@ -37,8 +37,10 @@ def stale_runs(name: str, spec: dict, out_dir: Path) -> tuple[int, int]:
     if spec["kind"] == "pretrain":
         records = [read_json_object(out_dir / name / "run.json")]
     else:
-        records = [read_json_object(r).get("training") or {}
-                   for r in (out_dir / name).glob("labels*_seed*/runs/*/run.json")]  # fmt: skip
+        records = [
+            read_json_object(r).get("training") or {}
+            for r in (out_dir / name).glob("labels*_seed*/runs/*/run.json")
+        ]
     return sum(r.get("recipe") != current for r in records), len(records)
 
 
@@ -49,16 +51,21 @@ def _stale_line(name: str, counts: tuple[int, int]) -> list[str]:
     which = {1: "its run", 2: "both its runs"}.get(total, f"all {total} of its runs")
     if stale < total:
         which = f"{stale} of its {total} runs"
-    return [f"- **{which} made with other configs or toolkit code than this checkout**: the figures are "
-            f"those of that earlier recipe; `--only {name}` re-makes them"]  # fmt: skip
+    return [
+        f"- **{which} made with other configs or toolkit code than this checkout**: the figures are "
+        f"those of that earlier recipe; `--only {name}` re-makes them"
+    ]
 
 
 def _stale_summary(stale: dict[str, tuple[int, int]]) -> list[str]:
     names = [n for n, (count, _) in stale.items() if count]
     if not names:
         return []
-    return [f"**Made with an earlier recipe than this checkout** (configs or toolkit code changed since; "
-            f"marked under The experiments): {', '.join(f'`{n}`' for n in names)}.", ""]  # fmt: skip
+    return [
+        f"**Made with an earlier recipe than this checkout** (configs or toolkit code changed since; "
+        f"marked under The experiments): {', '.join(f'`{n}`' for n in names)}.",
+        "",
+    ]
 
 
 def render(specs: dict[str, dict], out_dir: Path) -> str:
@@ -123,21 +130,34 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         lines += ["Paired tests per run:", "", *results_doc.paired_lines(summary), ""]
     for summary in summaries:
         if any(r.get("time_to_accuracy") for r in summary["runs"]):
-            lines += [f"## Time to accuracy: {summary['spec']['title']}", "", TIME_NOTE, "",
-                      *results_doc.time_to_accuracy_lines(summary), ""]  # fmt: skip
+            lines += [
+                f"## Time to accuracy: {summary['spec']['title']}",
+                "",
+                TIME_NOTE,
+                "",
+                *results_doc.time_to_accuracy_lines(summary),
+                "",
+            ]
     lines += ["## The experiments", ""]
     for name, spec in specs.items():
         lines += [f"### `{name}`: {spec['title']}", ""]
         if spec["kind"] == "pretrain":
             record = read_json_object(out_dir / name / "run.json")
-            lines += [f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
-                      f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
-                      f"- wall time: {results_doc.minutes(record.get('seconds'))} min", f"- {spec['note']}",
-                      *_stale_line(name, stale[name]), ""]  # fmt: skip
+            lines += [
+                f"- pools: {', '.join(spec['sources'])} (under the shared data folder)",
+                f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
+                f"- wall time: {results_doc.minutes(record.get('seconds'))} min",
+                f"- {spec['note']}",
+                *_stale_line(name, stale[name]),
+                "",
+            ]
             continue
-        lines += [f"- split: {spec['split_note']}", f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
-                  "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
-                  f"- label fractions {spec.get('label_fractions', [1.0])}, seeds {spec.get('seeds', [0])}"]  # fmt: skip
+        lines += [
+            f"- split: {spec['split_note']}",
+            f"- bundle `{spec['bundle']}`, overrides `{spec['overrides']}`",
+            "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
+            f"- label fractions {spec.get('label_fractions', [1.0])}, seeds {spec.get('seeds', [0])}",
+        ]
         if spec.get("discussion"):
             lines += [f"- {spec['discussion']}"]
         if name in missing:
@@ -166,9 +186,13 @@ def update_performance(doc: Path, summaries: list[dict]) -> None:
     body = []
     for summary in summaries:
         if any(r.get("time_to_accuracy") for r in summary["runs"]):
-            body += [f"{summary['spec']['title']}: bundle `{summary['spec']['bundle']}`, "
-                     f"overrides `{summary['spec']['overrides']}`; see docs/results.md.", "",
-                     *results_doc.time_to_accuracy_lines(summary), ""]  # fmt: skip
+            body += [
+                f"{summary['spec']['title']}: bundle `{summary['spec']['bundle']}`, "
+                f"overrides `{summary['spec']['overrides']}`; see docs/results.md.",
+                "",
+                *results_doc.time_to_accuracy_lines(summary),
+                "",
+            ]
     if not body:
         return
     block = "\n".join([PERF_START, "## Time to accuracy", "", TIME_NOTE, "", *body, PERF_END])

@@ -131,8 +131,15 @@ class ClassificationBundleTrainTask(TrainTask):
                 overrides[key] = prep[key]
         if req.get("pretrained"):
             overrides["pretrained"] = req["pretrained"]
-        command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-                   str(self.bundle / "configs" / "train.json")]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            str(self.bundle / "configs" / "train.json"),
+        ]
         for key, value in overrides.items():
             command += [f"--{key}", str(value)]
         logger.info(

@@ -28,8 +28,16 @@ def _rows(path):
 def multiscale(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multiscale")
     csv_path = write_chestxray14(tmp / "cxr", image_size=40)
-    run_bundle("multiscale_resnet_cxr14", "training", "train", tmp, dataset_dir=csv_path,
-               model_name="multiscale_resnet18", image_size=32, **TINY)  # fmt: skip
+    run_bundle(
+        "multiscale_resnet_cxr14",
+        "training",
+        "train",
+        tmp,
+        dataset_dir=csv_path,
+        model_name="multiscale_resnet18",
+        image_size=32,
+        **TINY,
+    )
     run_bundle("multiscale_resnet_cxr14", "evaluating", "evaluate", tmp)
     return tmp
 
@@ -69,9 +77,19 @@ def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path, cap
     """No override: the model's description and thresholds travel with its weights."""
     doc = load_datalist(multiscale / "output" / "datalist.json")
     chosen = json.loads((multiscale / "models" / "thresholds.json").read_text())["thresholds"]
-    code = main(["infer", "--bundle", str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"), "--ckpt-path",
-          str(multiscale / "models" / "model.pt"), "--input", str(multiscale / "cxr" / "images"),
-          "--output", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "infer",
+            "--bundle",
+            str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"),
+            "--ckpt-path",
+            str(multiscale / "models" / "model.pt"),
+            "--input",
+            str(multiscale / "cxr" / "images"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     rows = _rows(tmp_path / "out" / "predictions.csv")
     assert len(rows) == sum(len(doc[k]) for k in ("training", "validation", "test"))
@@ -85,8 +103,19 @@ def test_cit_infer_calls_each_finding_at_its_threshold(multiscale, tmp_path, cap
     thresholds = json.loads((models / "thresholds.json").read_text())
     thresholds["thresholds"] = {f: 0.123 for f in thresholds["thresholds"]}
     (models / "thresholds.json").write_text(json.dumps(thresholds))
-    code = main(["infer", "--bundle", str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"), "--ckpt-path",
-          str(models / "model.pt"), "--input", str(multiscale / "cxr" / "images"), "--output", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "infer",
+            "--bundle",
+            str(REPO_ROOT / "bundles" / "multiscale_resnet_cxr14"),
+            "--ckpt-path",
+            str(models / "model.pt"),
+            "--input",
+            str(multiscale / "cxr" / "images"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 5 and "thresholds [" in capsys.readouterr().err
 
 
@@ -101,8 +130,16 @@ MODEL_KWARGS = {"vgg16_cls": {"mlp_ratio": 0.01}}
 @pytest.mark.parametrize("bundle", list(BASELINES))
 def test_baseline_bundle_trains_and_verifies(tmp_path, bundle):
     csv_path = write_chestxray14(tmp_path / "cxr", image_size=BASELINES[bundle])
-    run_bundle(bundle, "training", "train", tmp_path, dataset_dir=csv_path, image_size=BASELINES[bundle],
-               model_kwargs=MODEL_KWARGS.get(bundle, {}), **{**TINY, "max_epochs": 1})  # fmt: skip
+    run_bundle(
+        bundle,
+        "training",
+        "train",
+        tmp_path,
+        dataset_dir=csv_path,
+        image_size=BASELINES[bundle],
+        model_kwargs=MODEL_KWARGS.get(bundle, {}),
+        **{**TINY, "max_epochs": 1},
+    )
     info = json.loads((tmp_path / "models" / "model_info.json").read_text())
     assert info["network"]["name"] == bundle.removesuffix("_cls") and info["multi_label"] is True
     assert MODEL_KWARGS.get(bundle, {}).items() <= info["network"].items()  # consumers rebuild this net

@@ -19,8 +19,18 @@ from toolkit.bundle import datalist_for, write_model_info
 from toolkit.cli import main
 
 RATIOS = "training=0.5,validation=0.1,test=0.4"
-TINY = ["--max_epochs", "2", "--image_size", "32", "--batch_size", "8", "--pretrained", "None",
-        "--learning_rate", "0.001"]  # fmt: skip
+TINY = [
+    "--max_epochs",
+    "2",
+    "--image_size",
+    "32",
+    "--batch_size",
+    "8",
+    "--pretrained",
+    "None",
+    "--learning_rate",
+    "0.001",
+]
 BUNDLE = "resnet18_brain_ct"
 
 
@@ -52,10 +62,16 @@ def _constant_model(folder, split_source):
         folder / "models",
         network={"name": "resnet18", "num_classes": 2, "in_channels": 3},
         class_names=["horizontal", "vertical"],
-        preprocessing={"image_size": 32, "reader_max_size": 32, "channels": 3, "colour": "grey", "intensity": "imagenet"},
+        preprocessing={
+            "image_size": 32,
+            "reader_max_size": 32,
+            "channels": 3,
+            "colour": "grey",
+            "intensity": "imagenet",
+        },
         datalist_file=datalist,
         bundle_name=BUNDLE,
-    )  # fmt: skip
+    )
     network = info.create_network()
     with torch.no_grad():
         network.fc.weight.zero_()
@@ -65,8 +81,23 @@ def _constant_model(folder, split_source):
 
 
 def _compare(out, labels, models, *extra):
-    return main(["compare", "--dataset-dir", str(labels), "--out", str(out), "--ratios", RATIOS,
-                 "--n-resamples", "300", *models, *extra, "--", *TINY])  # fmt: skip
+    return main(
+        [
+            "compare",
+            "--dataset-dir",
+            str(labels),
+            "--out",
+            str(out),
+            "--ratios",
+            RATIOS,
+            "--n-resamples",
+            "300",
+            *models,
+            *extra,
+            "--",
+            *TINY,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +112,18 @@ def compared(tmp_path_factory):
     constant = _constant_model(tmp / "constant", shared)
     other = datalist_for(labels, tmp / "other_split", seed=1, ratios=RATIOS)
     elsewhere = _constant_model(tmp / "elsewhere", other)
-    models = ["--model", BUNDLE, "--model", f"broken={BUNDLE}", "--set", "broken:model_name=no_such_net",
-              "--trained", f"constant={constant}", "--trained", f"elsewhere={elsewhere}"]  # fmt: skip
+    models = [
+        "--model",
+        BUNDLE,
+        "--model",
+        f"broken={BUNDLE}",
+        "--set",
+        "broken:model_name=no_such_net",
+        "--trained",
+        f"constant={constant}",
+        "--trained",
+        f"elsewhere={elsewhere}",
+    ]
     code = _compare(out, labels, models)
     yield {"tmp": tmp, "out": out, "labels": labels, "constant": constant, "code": code}
     mp.undo()
@@ -142,8 +183,12 @@ def test_rerun_with_reuse_trains_and_evaluates_nothing_again(compared):
     out = compared["out"]
     before = json.loads((out / "comparison.json").read_text())["comparison"]["models"][BUNDLE]["metrics"]
     logs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*.log")}
-    code = _compare(out, compared["labels"], ["--model", BUNDLE, "--trained", f"constant={compared['constant']}"],
-                    "--reuse")  # fmt: skip
+    code = _compare(
+        out,
+        compared["labels"],
+        ["--model", BUNDLE, "--trained", f"constant={compared['constant']}"],
+        "--reuse",
+    )
     assert code == 0
     doc = json.loads((out / "comparison.json").read_text())
     assert [m["reused"] for m in doc["models"]] == [["training", "evaluation"], ["evaluation"]]
@@ -167,8 +212,13 @@ def test_bad_command_lines_stop_before_any_run(tmp_path, capsys):
 
 def test_a_trained_model_whose_split_cannot_be_checked_is_a_row_not_a_crash(tmp_path):
     labels = _stripes(tmp_path / "data", n_patients=10, per_patient=1)
-    write_model_info(tmp_path / "lonely" / "models", {"name": "resnet18", "num_classes": 2, "in_channels": 3},
-                     ["horizontal", "vertical"], {"image_size": 32}, bundle_name=BUNDLE)  # fmt: skip
+    write_model_info(
+        tmp_path / "lonely" / "models",
+        {"name": "resnet18", "num_classes": 2, "in_channels": 3},
+        ["horizontal", "vertical"],
+        {"image_size": 32},
+        bundle_name=BUNDLE,
+    )
     out = tmp_path / "out"
     code = _compare(out, labels, ["--trained", f"lonely={tmp_path / 'lonely' / 'models'}"])
     assert code == 1  # no model could be scored

@@ -61,12 +61,37 @@ def runs(tmp_path_factory):
     data = tmp / "lc25000_lung"
     clusters = write_lc25000_tree(data)
     teacher, student = tmp / "teacher", tmp / "student"
-    teacher_run = run_bundle(BUNDLE, "training", "train", teacher, dataset_dir=data, model_name="resnet18",
-                             learning_rate=0.001, **SMALL)  # fmt: skip
-    student_run = run_bundle(BUNDLE, "training", "train", student, dataset_dir=data, model_name=STUDENT,
-                             teacher_ckpt=teacher / "models" / "model.pt", distill_mode="soft", **SMALL)  # fmt: skip
-    return {"data": data, "clusters": clusters, "teacher": teacher, "student": student,
-            "logs": {"teacher": teacher_run.stdout + teacher_run.stderr, "student": student_run.stdout + student_run.stderr}}  # fmt: skip
+    teacher_run = run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        teacher,
+        dataset_dir=data,
+        model_name="resnet18",
+        learning_rate=0.001,
+        **SMALL,
+    )
+    student_run = run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        student,
+        dataset_dir=data,
+        model_name=STUDENT,
+        teacher_ckpt=teacher / "models" / "model.pt",
+        distill_mode="soft",
+        **SMALL,
+    )
+    return {
+        "data": data,
+        "clusters": clusters,
+        "teacher": teacher,
+        "student": student,
+        "logs": {
+            "teacher": teacher_run.stdout + teacher_run.stderr,
+            "student": student_run.stdout + student_run.stderr,
+        },
+    }
 
 
 @pytest.mark.slow
@@ -113,15 +138,32 @@ def test_evaluation_and_network_check_of_the_distilled_student(runs, monkeypatch
     verify_metadata(
         meta_file=meta, filepath=str(REPO_ROOT / "toolkit" / "resources" / "bundle_metadata_schema.json")
     )
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=bundle_config(BUNDLE, "inference"), device="cpu",
-                      **{"ckpt_dir": str(student / "models"), "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})  # fmt: skip
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=meta,
+        config_file=bundle_config(BUNDLE, "inference"),
+        device="cpu",
+        **{
+            "ckpt_dir": str(student / "models"),
+            "_meta_#network_data_format#inputs#image#spatial_shape": [32, 32],
+        },
+    )
 
 
 @pytest.mark.slow
 def test_a_missing_teacher_says_what_to_run(runs, tmp_path):
     missing = tmp_path / "no_teacher" / "model.pt"
-    result = run_bundle(BUNDLE, "training", "train", tmp_path, check=False, dataset_dir=runs["data"],
-                        model_name=STUDENT, teacher_ckpt=missing, **SMALL)  # fmt: skip
+    result = run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        tmp_path,
+        check=False,
+        dataset_dir=runs["data"],
+        model_name=STUDENT,
+        teacher_ckpt=missing,
+        **SMALL,
+    )
     text = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"teacher not found: {missing}" in text
@@ -167,8 +209,14 @@ def test_teacher_at_another_size_gets_the_student_batch_resized(runs):
     teacher = load_teacher(ckpt, student_prep, CLASSES)
     assert isinstance(teacher.input_adapter, TeacherInput) and teacher.input_adapter.size == (32, 32)
     batch = torch.randn(2, 3, 48, 48)
-    assert torch.equal(teacher(batch), teacher.network(torch.nn.functional.interpolate(
-        batch, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)))  # fmt: skip
+    assert torch.equal(
+        teacher(batch),
+        teacher.network(
+            torch.nn.functional.interpolate(
+                batch, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
+            )
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,17 +91,27 @@ def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monke
     for run in summary["runs"]:
         assert set(run["arms"]) == {"scratch", "fast"} and run["paired"]["reference"] in run["arms"]
         for name, arm in run["arms"].items():
-            with open(out / "stripes" / f"labels{round(run['fraction'] * 100)}_seed0" / "runs" / name / "eval" /
-                      "predictions.csv", newline="") as f:  # fmt: skip
+            with open(
+                out
+                / "stripes"
+                / f"labels{round(run['fraction'] * 100)}_seed0"
+                / "runs"
+                / name
+                / "eval"
+                / "predictions.csv",
+                newline="",
+            ) as f:
                 preds = list(csv.DictReader(f))
             assert arm["accuracy"] == pytest.approx(np.mean([p["label"] == p["pred"] for p in preds]))
             assert arm["accuracy_ci"][0] <= arm["accuracy"] <= arm["accuracy_ci"][1]
             assert arm["sensitivity"] == pytest.approx(
-                np.mean([p["pred"] == p["label"] for p in preds if p["label_name"] == "vertical"]))  # fmt: skip
+                np.mean([p["pred"] == p["label"] for p in preds if p["label_name"] == "vertical"])
+            )
             unflagged = [p for p in preds if not any(p["image"].endswith(i) for i in flagged)]
             assert run["subsets"]["unflagged"]["images"] == len(unflagged) < len(preds)
             assert run["subsets"]["unflagged"]["arms"][name]["accuracy"] == pytest.approx(
-                np.mean([p["label"] == p["pred"] for p in unflagged]))  # fmt: skip
+                np.mean([p["label"] == p["pred"] for p in unflagged])
+            )
 
     for name, epochs in full["time_to_accuracy"].items():  # each epoch's checkpoint, tested after training
         models = out / "stripes" / "labels100_seed0" / "runs" / name / "models"
@@ -142,9 +152,15 @@ def test_a_tiny_experiment_runs_each_fraction_and_writes_the_doc(tmp_path, monke
 
 
 def _npz(path, train, train_labels, val=(), test=()):
-    np.savez(path, train_images=np.array(train, dtype=np.uint8), train_labels=np.array(train_labels),
-             val_images=np.array(val or [np.zeros((2, 2))], dtype=np.uint8), val_labels=np.array([0] * len(val or [0])),
-             test_images=np.array(test or [np.ones((2, 2))], dtype=np.uint8), test_labels=np.array([1] * len(test or [0])))  # fmt: skip
+    np.savez(
+        path,
+        train_images=np.array(train, dtype=np.uint8),
+        train_labels=np.array(train_labels),
+        val_images=np.array(val or [np.zeros((2, 2))], dtype=np.uint8),
+        val_labels=np.array([0] * len(val or [0])),
+        test_images=np.array(test or [np.ones((2, 2))], dtype=np.uint8),
+        test_labels=np.array([1] * len(test or [0])),
+    )
 
 
 def test_pneumoniamnist_rebuild_is_the_union_of_the_training_sets_and_keeps_the_second_copys_eval(tmp_path):
@@ -185,14 +201,26 @@ def _arm(accuracy, low, high, auroc=0.5):
 
 def test_the_verdict_compares_the_difference_of_seed_means_with_the_scratch_ci_width():
     runs = [
-        {"fraction": 0.1, "seed": s, "images": {"training": 10}, "subsets": {}, "paired": None,
-         "arms": {"scratch": _arm(0.5, 0.45, 0.55), "simclr": _arm(acc, acc - 0.05, acc + 0.05)}}
+        {
+            "fraction": 0.1,
+            "seed": s,
+            "images": {"training": 10},
+            "subsets": {},
+            "paired": None,
+            "arms": {"scratch": _arm(0.5, 0.45, 0.55), "simclr": _arm(acc, acc - 0.05, acc + 0.05)},
+        }
         for s, acc in ((0, 0.62), (1, 0.64))
     ] + [
-        {"fraction": 1.0, "seed": s, "images": {"training": 100}, "subsets": {}, "paired": None,
-         "arms": {"scratch": _arm(0.8, 0.7, 0.9), "simclr": _arm(0.85, 0.8, 0.9)}}
+        {
+            "fraction": 1.0,
+            "seed": s,
+            "images": {"training": 100},
+            "subsets": {},
+            "paired": None,
+            "arms": {"scratch": _arm(0.8, 0.7, 0.9), "simclr": _arm(0.85, 0.8, 0.9)},
+        }
         for s in (0, 1)
-    ]  # fmt: skip
+    ]
     summary = {"spec": {"arms": {"scratch": {}, "simclr": {}}}, "runs": runs}
     low, full = results_doc.efficiency(summary)
     assert low["versus"]["simclr"]["difference"] == pytest.approx(0.13)

@@ -25,10 +25,21 @@ CLASSES = ("glioma", "meningioma", "notumor", "pituitary")  # the bundle's metad
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("described")
-    datalist = make_synthetic_dataset(tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=4,
-                                      classes=CLASSES)  # fmt: skip
-    run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, image_size=40,
-               model_name="resnet34d", batch_size=4, pretrained=None)  # fmt: skip
+    datalist = make_synthetic_dataset(
+        tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=4, classes=CLASSES
+    )
+    run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        tmp,
+        dataset_dir=datalist,
+        max_epochs=1,
+        image_size=40,
+        model_name="resnet34d",
+        batch_size=4,
+        pretrained=None,
+    )
     inputs = tmp / "inputs"
     for n, item in enumerate(load_datalist(datalist)["test"]):
         inputs.mkdir(exist_ok=True)
@@ -66,8 +77,20 @@ def _probs(path, key):
 def test_cit_infer_needs_no_override_and_equals_the_bundle(trained, tmp_path):
     tmp, inputs = trained
     ckpt = tmp / "models" / "model.pt"
-    result = _cit("infer", "--bundle", str(BUNDLE_DIR), "--ckpt-path", str(ckpt), "--input", str(inputs),
-                  "--output", str(tmp_path / "cit"), "--device", "cpu", "--no-progress")  # fmt: skip
+    result = _cit(
+        "infer",
+        "--bundle",
+        str(BUNDLE_DIR),
+        "--ckpt-path",
+        str(ckpt),
+        "--input",
+        str(inputs),
+        "--output",
+        str(tmp_path / "cit"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_bundle(BUNDLE, "inference", "inference", tmp, dataset_dir=inputs, inference_dir=tmp_path / "bundle")
     ours, theirs = (
@@ -109,8 +132,19 @@ def test_model_exports_reproduce_the_eager_model(trained, tmp_path, fmt):
 
     tmp, _ = trained
     out = tmp_path / FORMATS[fmt]
-    result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"),
-                  "--output-dir", str(tmp / "output"), "--format", fmt, "--out", str(out))  # fmt: skip
+    result = _cit(
+        "export",
+        "--bundle",
+        str(BUNDLE_DIR),
+        "--ckpt-dir",
+        str(tmp / "models"),
+        "--output-dir",
+        str(tmp / "output"),
+        "--format",
+        fmt,
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert out.is_file() and f"tolerance {TOLERANCE:g}" in result.stdout
     if fmt == "torchscript":  # what MONAI Deploy reads: the metadata inside names the trained classes
@@ -131,8 +165,17 @@ def test_packed_bundle_loads_and_verifies_outside_the_repository(trained, tmp_pa
 
     tmp, inputs = trained
     packed = tmp_path / "elsewhere" / BUNDLE
-    result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"), "--format", "bundle",
-                  "--out", str(packed))  # fmt: skip
+    result = _cit(
+        "export",
+        "--bundle",
+        str(BUNDLE_DIR),
+        "--ckpt-dir",
+        str(tmp / "models"),
+        "--format",
+        "bundle",
+        "--out",
+        str(packed),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     configs = "".join(p.read_text() for p in (packed / "configs").glob("*.json"))
     assert "%configs/base" not in configs, "the copy still points into this repository"
@@ -147,14 +190,43 @@ def test_packed_bundle_loads_and_verifies_outside_the_repository(trained, tmp_pa
     state = torch.load(tmp / "models" / "model.pt", weights_only=True)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
     outside = dict(cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
-                             "--meta_file", str(packed / "configs" / "metadata.json"),
-                             "--config_file", str(packed / "configs" / "inference.json"),
-                             "--bundle_root", str(packed), "--device", "cpu"], **outside)  # fmt: skip
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            str(packed / "configs" / "metadata.json"),
+            "--config_file",
+            str(packed / "configs" / "inference.json"),
+            "--bundle_root",
+            str(packed),
+            "--device",
+            "cpu",
+        ],
+        **outside,
+    )
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]
-    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference",
-                          "--config_file", str(packed / "configs" / "inference.json"), "--bundle_root", str(packed),
-                          "--dataset_dir", str(inputs), "--inference_dir", str(tmp_path / "pred")], **outside)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            str(packed / "configs" / "inference.json"),
+            "--bundle_root",
+            str(packed),
+            "--dataset_dir",
+            str(inputs),
+            "--inference_dir",
+            str(tmp_path / "pred"),
+        ],
+        **outside,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     names = {r.split(",")[2] for r in (tmp_path / "pred" / "predictions.csv").read_text().splitlines()[1:]}
     assert names <= set(CLASSES) and names
@@ -176,8 +248,19 @@ def test_published_bundle_fetches_its_weights_from_a_server(trained, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(tmp / "models"), "--format",
-                      "bundle", "--out", str(published), "--base-url", url)  # fmt: skip
+        result = _cit(
+            "export",
+            "--bundle",
+            str(BUNDLE_DIR),
+            "--ckpt-dir",
+            str(tmp / "models"),
+            "--format",
+            "bundle",
+            "--out",
+            str(published),
+            "--base-url",
+            url,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert url in (published / "large_files.yml").read_text()
         site = tmp_path / "hospital" / BUNDLE
@@ -207,11 +290,30 @@ def test_onnxruntime_backend_equals_pytorch_and_never_uses_a_stale_export(traine
     tmp, inputs = trained
     models = tmp_path / "models"
     shutil.copytree(tmp / "models", models)
-    exported = _cit("export", "--bundle", str(BUNDLE_DIR), "--ckpt-dir", str(models), "--output-dir",
-                    str(tmp / "output"), "--format", "onnx")  # fmt: skip
+    exported = _cit(
+        "export",
+        "--bundle",
+        str(BUNDLE_DIR),
+        "--ckpt-dir",
+        str(models),
+        "--output-dir",
+        str(tmp / "output"),
+        "--format",
+        "onnx",
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    base = ["infer", "--bundle", str(BUNDLE_DIR), "--ckpt-path", str(models / "model.pt"), "--input", str(inputs),
-            "--device", "cpu", "--no-progress"]  # fmt: skip
+    base = [
+        "infer",
+        "--bundle",
+        str(BUNDLE_DIR),
+        "--ckpt-path",
+        str(models / "model.pt"),
+        "--input",
+        str(inputs),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     for backend in ("auto", "pytorch"):
         result = _cit(*base, "--output", str(tmp_path / backend), "--backend", backend)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -259,8 +361,12 @@ def test_fetch_weights_refuses_entries_it_cannot_verify_before_any_download(tmp_
 
     site = tmp_path / "hospital" / BUNDLE
     site.mkdir(parents=True)
-    good = {"path": "models/model.pt", "url": "https://models.example.org/models/model.pt",
-            "hash_val": "a" * 64, "hash_type": "sha256"}  # fmt: skip
+    good = {
+        "path": "models/model.pt",
+        "url": "https://models.example.org/models/model.pt",
+        "hash_val": "a" * 64,
+        "hash_type": "sha256",
+    }
     listed = {**good, **entry}
     (site / "large_files.yml").write_text(json.dumps({"large_files": [listed]}))
     assert main(["fetch-weights", "--bundle", str(site)]) == 1

@@ -55,8 +55,16 @@ def finetuned(data, backbone):
     """resnet18_brain_ct trained for one epoch from the backbone."""
     tmp, datalist, _ = data
     out = tmp / "finetune"
-    run_bundle("resnet18_brain_ct", "training", "train", out, dataset_dir=datalist, pretrained=backbone,
-               batch_size=4, **TINY)  # fmt: skip
+    run_bundle(
+        "resnet18_brain_ct",
+        "training",
+        "train",
+        out,
+        dataset_dir=datalist,
+        pretrained=backbone,
+        batch_size=4,
+        **TINY,
+    )
     return out
 
 
@@ -188,8 +196,16 @@ def test_distill_method_writes_a_resnet_trunk_taught_by_the_imagenet_lite0(data,
     """method=distill as a user runs it: the record names the teacher and its temperature, and the
     backbone is the ResNet-18 trunk alone (no teacher weight, no 1,000-class head)."""
     _, datalist, doc = data
-    run_bundle("pretrain_ssl", "training", "train", tmp_path, dataset_dir=f"['{datalist}']", method="distill",
-               batch_size=8, **TINY)  # fmt: skip
+    run_bundle(
+        "pretrain_ssl",
+        "training",
+        "train",
+        tmp_path,
+        dataset_dir=f"['{datalist}']",
+        method="distill",
+        batch_size=8,
+        **TINY,
+    )
     backbone = tmp_path / "models" / "backbone.pt"
     record = read_backbone_record(backbone)
     assert (record["method"], record["teacher"], record["temperature"]) == (

@@ -18,10 +18,23 @@ BUNDLE = "resnet18_brain_ct"
 
 def _torchrun(run_id: str, config: str, tmp_path, **overrides) -> subprocess.CompletedProcess:
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "monai.bundle", "run", run_id, "--config_file", config_arg(BUNDLE, config),
-        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "output"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        config_arg(BUNDLE, config),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "output"),
+    ]
     for key, value in overrides.items():
         args += [f"--{key}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CIT_WEIGHTS_DIR": str(tmp_path / "weights")}
@@ -41,8 +54,16 @@ def test_two_process_training_then_evaluation_equal_to_one_process(tmp_path):
     datalist = make_synthetic_dataset(
         tmp_path / "data", n_patients=10, images_per_patient=3, image_size=48, seed=2
     )
-    result = _torchrun("training", "multi_gpu_train", tmp_path, dataset_dir=datalist, max_epochs=1,
-                       image_size=32, batch_size=4, pretrained=None)  # fmt: skip
+    result = _torchrun(
+        "training",
+        "multi_gpu_train",
+        tmp_path,
+        dataset_dir=datalist,
+        max_epochs=1,
+        image_size=32,
+        batch_size=4,
+        pretrained=None,
+    )
 
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the saved weights"

@@ -61,9 +61,22 @@ def test_evaluation_and_cit_infer_give_the_same_probabilities(trained, shared_da
     shutil.copytree(shared_data / "dicom" / "ct_series_head_16x16", folder / "ct")
     out = tmp_path / "out"
     ckpt = trained / "models" / "model.pt"
-    args = ["infer", "--bundle", str(REPO_ROOT / "bundles" / BUNDLE), "--ckpt-path", str(ckpt),
-            "--input", str(folder), "--output", str(out), "--device", "cpu", "--workers", "0",
-            "--no-progress"]  # fmt: skip
+    args = [
+        "infer",
+        "--bundle",
+        str(REPO_ROOT / "bundles" / BUNDLE),
+        "--ckpt-path",
+        str(ckpt),
+        "--input",
+        str(folder),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(args) == 0
     rows = {r["path"]: r for r in _rows(out / "predictions.csv")}
     assert len(rows) == len(test_items) + 1 and all(r["status"] == "ok" for r in rows.values())
@@ -80,13 +93,43 @@ def test_metadata_and_network_io_verify(trained, tmp_path):
     verify_bundle(BUNDLE, trained / "models")
     # the packed copy describes a 3D input, and MONAI's check passes on it outside this repository
     packed = tmp_path / "elsewhere" / BUNDLE
-    assert main(["export", "--bundle", str(REPO_ROOT / "bundles" / BUNDLE), "--ckpt-dir", str(trained / "models"),
-                 "--format", "bundle", "--out", str(packed)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                "--bundle",
+                str(REPO_ROOT / "bundles" / BUNDLE),
+                "--ckpt-dir",
+                str(trained / "models"),
+                "--format",
+                "bundle",
+                "--out",
+                str(packed),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((packed / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [16, 16, 16]
-    verify = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
-                             "--meta_file", str(packed / "configs" / "metadata.json"),
-                             "--config_file", str(packed / "configs" / "inference.json"),
-                             "--bundle_root", str(packed), "--device", "cpu"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            str(packed / "configs" / "metadata.json"),
+            "--config_file",
+            str(packed / "configs" / "inference.json"),
+            "--bundle_root",
+            str(packed),
+            "--device",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-3000:]

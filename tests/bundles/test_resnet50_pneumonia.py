@@ -157,9 +157,17 @@ def test_imagenet_lite0_override_trains_frozen_and_infers_with_its_own_normalisa
     data = write_kermany_tree(tmp_path / "chest_xray", seed=3)
     overrides = {"model_name": "tf_efficientnet_lite0", "pretrained": "imagenet", "freeze": 4}
     result = run_bundle(
-        BUNDLE, "training", "train", tmp_path, dataset_dir=data, max_epochs=1, image_size=32, batch_size=5,
-        pretrained_fallback="error", **overrides,
-    )  # fmt: skip
+        BUNDLE,
+        "training",
+        "train",
+        tmp_path,
+        dataset_dir=data,
+        max_epochs=1,
+        image_size=32,
+        batch_size=5,
+        pretrained_fallback="error",
+        **overrides,
+    )
     assert "loaded 294/296 tensors" in result.stdout + result.stderr
     info = json.loads((tmp_path / "models" / "model_info.json").read_text())
     assert info["network"]["name"] == "tf_efficientnet_lite0"

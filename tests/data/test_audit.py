@@ -218,10 +218,18 @@ def test_real_dicoms_broken_ones_reported_and_skipped(shared_data, tmp_path):
     with open(shared_data / "dicom" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     broken = [r for r in rows if r["file"].startswith("broken/")]
-    good = [r for r in rows if r["pydicom_decode"].startswith("ok") and r["frames"] == "1"
-            and int(r["bytes"]) < 120_000 and not r["file"].startswith("broken/")][:6]  # fmt: skip
-    items = [{"image": str(shared_data / "dicom" / r["file"]), "label": n % 2, "patient_id": f"X{n}"}
-             for n, r in enumerate(broken + good)]  # fmt: skip
+    good = [
+        r
+        for r in rows
+        if r["pydicom_decode"].startswith("ok")
+        and r["frames"] == "1"
+        and int(r["bytes"]) < 120_000
+        and not r["file"].startswith("broken/")
+    ][:6]
+    items = [
+        {"image": str(shared_data / "dicom" / r["file"]), "label": n % 2, "patient_id": f"X{n}"}
+        for n, r in enumerate(broken + good)
+    ]
     datalist = save_datalist(tmp_path / "dicom.json", {"training": items[::2], "test": items[1::2]}, LABELS)
     report = run_audit(datalist, tmp_path / "audit", read_image, write_regrouped=False)
     unreadable = {Path(u["image"]).name: u["error"] for u in report["unreadable"]}

@@ -12,15 +12,33 @@ from toolkit.data.sources import CHESTXRAY14_FINDINGS
 
 # (findings, patient) per image: several images per patient, rows with no finding, multi-label rows
 ROWS = [
-    ("Cardiomegaly", 1), ("Cardiomegaly|Emphysema", 1), ("No Finding", 1),
-    ("Effusion|Infiltration", 2), ("Effusion", 2),
-    ("No Finding", 3), ("Hernia", 3),
-    ("Mass|Nodule", 4), ("No Finding", 4), ("No Finding", 4),
-    ("Pneumonia", 5), ("Atelectasis", 6), ("No Finding", 7), ("Edema|Effusion", 8),
-    ("Hernia", 9), ("No Finding", 10), ("Pneumothorax", 11), ("Fibrosis", 12),
-    ("No Finding", 13), ("Consolidation", 14), ("Pleural_Thickening", 15), ("No Finding", 16),
-    ("Infiltration", 17), ("No Finding", 18), ("Effusion", 19), ("No Finding", 20),
-]  # fmt: skip
+    ("Cardiomegaly", 1),
+    ("Cardiomegaly|Emphysema", 1),
+    ("No Finding", 1),
+    ("Effusion|Infiltration", 2),
+    ("Effusion", 2),
+    ("No Finding", 3),
+    ("Hernia", 3),
+    ("Mass|Nodule", 4),
+    ("No Finding", 4),
+    ("No Finding", 4),
+    ("Pneumonia", 5),
+    ("Atelectasis", 6),
+    ("No Finding", 7),
+    ("Edema|Effusion", 8),
+    ("Hernia", 9),
+    ("No Finding", 10),
+    ("Pneumothorax", 11),
+    ("Fibrosis", 12),
+    ("No Finding", 13),
+    ("Consolidation", 14),
+    ("Pleural_Thickening", 15),
+    ("No Finding", 16),
+    ("Infiltration", 17),
+    ("No Finding", 18),
+    ("Effusion", 19),
+    ("No Finding", 20),
+]
 
 
 def image_name(index: int, patient: int) -> str:

@@ -95,8 +95,12 @@ def test_grouped_split_keeps_every_planted_cluster_in_one_split(tree, tmp_path):
 
 def test_grouping_options_are_the_audits_and_bad_ones_are_named(tree, tmp_path):
     root, _ = tree
-    strict = build_datalist(root, tmp_path / "strict.json", seed=0,
-                            grouper=near_duplicate_grouper(read_pixels, confirm_pixels=0.0001))  # fmt: skip
+    strict = build_datalist(
+        root,
+        tmp_path / "strict.json",
+        seed=0,
+        grouper=near_duplicate_grouper(read_pixels, confirm_pixels=0.0001),
+    )
     report = load_datalist(strict)["near_duplicate_grouping"]
     assert report["settings"]["confirm_pixels"] == 0.0001
     assert (

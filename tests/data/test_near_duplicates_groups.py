@@ -26,8 +26,14 @@ def table(tmp_path_factory):
             name = f"t{tile}_{copy}.png"
             Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(root / name)
             patient = "p0" if tile in (0, 1) and copy == 0 else f"q{tile}_{copy}"
-            rows.append({"file": name, "label": "a" if tile % 2 else "b", "source_tile": f"tile{tile}",
-                         "patient_id": patient})  # fmt: skip
+            rows.append(
+                {
+                    "file": name,
+                    "label": "a" if tile % 2 else "b",
+                    "source_tile": f"tile{tile}",
+                    "patient_id": patient,
+                }
+            )
     path = root / "labels.csv"
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -73,8 +73,18 @@ def _judge(root, pairs, cache) -> list[tuple[bool, dict]]:
         distance, t = _stage_one(a, b)
         assert distance <= DEFAULT_HAMMING, (x, y, distance)  # a real first-stage candidate
         fine, pixels, ok = confirm_pair(a["thumb"], b["thumb"], t, DEFAULT_CONFIRM, DEFAULT_PIXEL)
-        out.append((ok, {"pair": (x, y), "hamming": distance, "transform": TRANSFORMS[t], "hamming_256": fine,
-                         "pixel_difference": pixels}))  # fmt: skip
+        out.append(
+            (
+                ok,
+                {
+                    "pair": (x, y),
+                    "hamming": distance,
+                    "transform": TRANSFORMS[t],
+                    "hamming_256": fine,
+                    "pixel_difference": pixels,
+                },
+            )
+        )
     return out
 
 

@@ -37,8 +37,9 @@ def _env() -> dict:
 def _run(
     args: list[str], timeout: int = 600, codes=(0,), env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=REPO_ROOT, env={**_env(), **(env or {})}, capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode in codes, f"{' '.join(args)}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -52,20 +53,48 @@ def model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy_model")
     # one image per patient: 16 patients split 12 / 2 / 2, whose 2 validation images are of two classes (the
     # int8 export's guard needs a class with both outcomes there)
-    datalist = make_synthetic_dataset(tmp / "data", n_patients=16, images_per_patient=1, image_size=48, seed=9,
-                                      classes=CLASSES)  # fmt: skip
-    run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=datalist, max_epochs=1, image_size=32,
-               batch_size=4, pretrained=None)  # fmt: skip
+    datalist = make_synthetic_dataset(
+        tmp / "data", n_patients=16, images_per_patient=1, image_size=48, seed=9, classes=CLASSES
+    )
+    run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        tmp,
+        dataset_dir=datalist,
+        max_epochs=1,
+        image_size=32,
+        batch_size=4,
+        pretrained=None,
+    )
     bundle = tmp / "bundle"
     cit = [sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}"]
     _run([*cit, "--format", "bundle", "--ckpt-dir", str(tmp / "models"), "--out", str(bundle)])
-    _run([*cit, "--format", "torchscript", "--ckpt-dir", str(bundle / "models"),
-          "--out", str(bundle / "models" / "model.ts"), "--output-dir", str(tmp / "output")])  # fmt: skip
+    _run(
+        [
+            *cit,
+            "--format",
+            "torchscript",
+            "--ckpt-dir",
+            str(bundle / "models"),
+            "--out",
+            str(bundle / "models" / "model.ts"),
+            "--output-dir",
+            str(tmp / "output"),
+        ]
+    )
     return bundle
 
 
-def _write_dicom(path: Path, modality: str, sop_class: str, pixels: np.ndarray, study: str, series: str,
-                 photometric: str = "MONOCHROME2") -> str:  # fmt: skip
+def _write_dicom(
+    path: Path,
+    modality: str,
+    sop_class: str,
+    pixels: np.ndarray,
+    study: str,
+    series: str,
+    photometric: str = "MONOCHROME2",
+) -> str:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -102,10 +131,20 @@ def written_study(tmp_path_factory):
     study = generate_uid()
     films = {
         "cr_mono1.dcm": ("CR", "1.2.840.10008.5.1.4.1.1.1", "MONOCHROME1", 4000 - 30 * xx),
-        "dx.dcm": ("DX", "1.2.840.10008.5.1.4.1.1.1.1", "MONOCHROME2", 40 * yy + rng.integers(0, 300, (96, 80))),
-        "ct_slice": ("CT", "1.2.840.10008.5.1.4.1.1.2", "MONOCHROME2", ((xx - 40) ** 2 + (yy - 48) ** 2) % 2000),
+        "dx.dcm": (
+            "DX",
+            "1.2.840.10008.5.1.4.1.1.1.1",
+            "MONOCHROME2",
+            40 * yy + rng.integers(0, 300, (96, 80)),
+        ),
+        "ct_slice": (
+            "CT",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "MONOCHROME2",
+            ((xx - 40) ** 2 + (yy - 48) ** 2) % 2000,
+        ),
         "us.dcm": ("US", "1.2.840.10008.5.1.4.1.1.6.1", "MONOCHROME2", rng.integers(0, 4000, (96, 80))),
-    }  # fmt: skip
+    }
     uids = {}
     for name, (modality, sop_class, photometric, pixels) in films.items():
         uids[name] = _write_dicom(
@@ -117,15 +156,33 @@ def written_study(tmp_path_factory):
 
 def _cit_infer(model: Path, inputs: Path, out: Path, codes=(0,)) -> dict[str, dict]:
     """`cit infer` on ``inputs``: {SOPInstanceUID: row} of predictions.jsonl (full precision)."""
-    _run([sys.executable, "-m", "toolkit", "infer", "--bundle", str(model), "--input", str(inputs),
-          "--output", str(out), "--device", "cpu", "--no-progress"], codes=codes)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "infer",
+            "--bundle",
+            str(model),
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        codes=codes,
+    )
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
     return {r["sop_instance_uid"]: r for r in rows if r["status"] == "ok"}
 
 
 def _run_app(inputs: Path, out: Path, model: Path, backend: str = "auto") -> None:
-    _run([str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(out), "-m", str(model)],
-         env={"CIT_DEPLOY_BACKEND": backend})  # fmt: skip
+    _run(
+        [str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(out), "-m", str(model)],
+        env={"CIT_DEPLOY_BACKEND": backend},
+    )
 
 
 def _sr_groups(path: Path) -> tuple:
@@ -176,8 +233,13 @@ def _check_against_cit(out: Path, expected: dict[str, dict], selected: set[str])
             np.testing.assert_allclose(
                 [probs[c] for c in CLASSES], cit_probs, atol=TOLERANCE, rtol=0, err_msg=uid
             )
-            np.testing.assert_allclose([json_rows[uid]["probabilities"][c] for c in CLASSES], cit_probs,
-                                       atol=TOLERANCE, rtol=0, err_msg=uid)  # fmt: skip
+            np.testing.assert_allclose(
+                [json_rows[uid]["probabilities"][c] for c in CLASSES],
+                cit_probs,
+                atol=TOLERANCE,
+                rtol=0,
+                err_msg=uid,
+            )
             found[uid] = report
             names.append(finding)
     assert set(found) == selected
@@ -208,9 +270,27 @@ def test_app_runs_the_int8_export_that_cit_infer_runs(model, written_study, tmp_
 
     bundle = shutil.copytree(model, tmp_path / "int8", ignore=shutil.ignore_patterns("model.ts"))
     # the guard is not what is tested here: a 1-epoch model on a few validation images passes any bound
-    _run([sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}", "--format", "onnx", "--int8",
-          "--ckpt-dir", str(bundle / "models"), "--output-dir", str(model.parent / "output"),
-          "--max-auroc-drop", "1", "--min-agreement", "0"])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "export",
+            "--bundle",
+            f"bundles/{BUNDLE}",
+            "--format",
+            "onnx",
+            "--int8",
+            "--ckpt-dir",
+            str(bundle / "models"),
+            "--output-dir",
+            str(model.parent / "output"),
+            "--max-auroc-drop",
+            "1",
+            "--min-agreement",
+            "0",
+        ]
+    )
     folder, uids, study = written_study
     expected = _cit_infer(bundle, folder, tmp_path / "cit")
     assert {(row["backend"], row["precision"]) for row in expected.values()} == {("onnxruntime-int8", "int8")}
@@ -245,8 +325,9 @@ def test_one_bad_file_never_stops_the_app(model, shared_data, written_study, tmp
     shutil.copytree(shared_data / "dicom", inputs / "shared")
     shutil.copytree(written_study[0], inputs / "written")
     expected = _cit_infer(model, inputs, tmp_path / "cit", codes=(3,))  # 3: some files are broken
-    result = _run([str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(tmp_path / "app"), "-m",
-                   str(model)])  # fmt: skip
+    result = _run(
+        [str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(inputs), "-o", str(tmp_path / "app"), "-m", str(model)]
+    )
     log = result.stdout + result.stderr
     assert "not classified: shared/broken/" in log, "the broken files are named with a reason"
     assert "--frames each classifies" not in log or "this app classifies single-frame images only" in log
@@ -275,11 +356,26 @@ def test_a_foreign_bundle_holding_other_code_is_refused_unless_trusted(model, wr
     marker = tmp_path / "ran"
     doc["network"] = f"$open({str(marker)!r}, 'w').close() or {doc['network'][1:]}"
     config.write_text(json.dumps(doc))
-    args = [str(DEPLOY_PYTHON), "-m", "deploy", "-i", str(written_study[0]), "-o", str(tmp_path / "app"), "-m",
-            str(foreign)]  # fmt: skip
+    args = [
+        str(DEPLOY_PYTHON),
+        "-m",
+        "deploy",
+        "-i",
+        str(written_study[0]),
+        "-o",
+        str(tmp_path / "app"),
+        "-m",
+        str(foreign),
+    ]
     refused = subprocess.run(args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0 and not marker.exists()
     assert "code this toolkit's bundles do not hold: network: $open(" in refused.stdout + refused.stderr
-    trusted = subprocess.run(args, cwd=REPO_ROOT, env={**_env(), "CIT_TRUST_BUNDLE": "1"}, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    trusted = subprocess.run(
+        args,
+        cwd=REPO_ROOT,
+        env={**_env(), "CIT_TRUST_BUNDLE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trusted.returncode == 0 and marker.exists(), trusted.stderr[-3000:]

@@ -34,8 +34,18 @@ def _pins() -> dict[str, str]:
 
 def _package(bundle: Path, out: Path, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp / 'no-docker-daemon.sock'}"}
-    cmd = [str(DEPLOY_PYTHON), str(DEPLOY / "package_map.py"), "--models", str(bundle), "--out", str(out),
-           "--tag", "cit-test:0.0.1", "--build-cache", str(tmp / "build-cache")]  # fmt: skip
+    cmd = [
+        str(DEPLOY_PYTHON),
+        str(DEPLOY / "package_map.py"),
+        "--models",
+        str(bundle),
+        "--out",
+        str(out),
+        "--tag",
+        "cit-test:0.0.1",
+        "--build-cache",
+        str(tmp / "build-cache"),
+    ]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -19,9 +19,12 @@ def _items(n: int = 24) -> list[dict]:
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
         torch.nn.Linear(3, 2),
-    )  # fmt: skip
+    )
 
 
 def _train(recalibrate: bool, epochs: int = 1) -> torch.nn.Module:

@@ -110,9 +110,14 @@ def _teacher() -> torch.nn.Module:
     """A tiny CNN with batch norm and dropout, whose training mode would change its output and statistics."""
     torch.manual_seed(1)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(4, 3),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(4, 3),
+    )
     with torch.no_grad():
         net[1].running_mean.uniform_(-0.5, 0.5)
     return net
@@ -237,9 +242,13 @@ def test_multi_label_batches_are_refused():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
     loader = [{"image": torch.randn(2, 3, 32, 32), "label": torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}]
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
-        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.BCEWithLogitsLoss(),
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        loss_function=torch.nn.BCEWithLogitsLoss(),
         iteration_update=iteration,
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match="multi-label training is not supported"):
         trainer.run()

@@ -45,7 +45,9 @@ def test_weighted_sampler_stays_weighted_under_ddp(process_group):
 def test_evaluation_sampler_pads_nothing_under_ddp(process_group):
     sampler = eval_sampler(list(range(7)))
     assert isinstance(sampler, DistributedSampler) and list(sampler) == list(range(7))
-    two_ranks = [list(DistributedSampler(list(range(7)), shuffle=False, even_divisible=False, num_replicas=2, rank=r))
-                 for r in (0, 1)]  # fmt: skip
+    two_ranks = [
+        list(DistributedSampler(list(range(7)), shuffle=False, even_divisible=False, num_replicas=2, rank=r))
+        for r in (0, 1)
+    ]
     assert sorted(two_ranks[0] + two_ranks[1]) == list(range(7))
     assert torch.distributed.get_world_size() == 1

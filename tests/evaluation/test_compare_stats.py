@@ -185,8 +185,17 @@ def test_align_reorders_rows_and_refuses_other_test_sets(tmp_path):
 def test_written_files_list_every_model_and_the_failure(tmp_path):
     test, probs = _binary_task(n_patients=30, per_patient=1)
     result = compare_predictions(test, probs, n_resamples=100)
-    rows = [{"name": "good", "status": "ok"}, {"name": "bad", "status": "ok"},
-            {"name": "broken", "status": "failed", "stage": "training", "error": "ValueError: x | y", "log": "b.log"}]  # fmt: skip
+    rows = [
+        {"name": "good", "status": "ok"},
+        {"name": "bad", "status": "ok"},
+        {
+            "name": "broken",
+            "status": "failed",
+            "stage": "training",
+            "error": "ValueError: x | y",
+            "log": "b.log",
+        },
+    ]
     files = write_comparison(result, rows, tmp_path, {"split": {"fingerprint": "abc", "seed": 0}})
     with open(files["csv"], newline="") as f:
         table = list(csv.DictReader(f))

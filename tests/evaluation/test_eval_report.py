@@ -20,9 +20,15 @@ from toolkit.evaluation.calibration import load_temperature
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CLASSES = ["normal", "pneumonia"]
 
 
@@ -65,9 +71,12 @@ def _write_bundle(bundle: Path) -> None:
     from toolkit.bundle import write_model_info
 
     (bundle / "configs").mkdir(parents=True)
-    info = write_model_info(bundle / "models", network={"name": "resnet18", "num_classes": 2, "in_channels": 3},
-                            class_names=CLASSES, preprocessing={"image_size": 64, "channels": 3,
-                                                                "intensity": "imagenet", "resize_mode": "bilinear"})  # fmt: skip
+    info = write_model_info(
+        bundle / "models",
+        network={"name": "resnet18", "num_classes": 2, "in_channels": 3},
+        class_names=CLASSES,
+        preprocessing={"image_size": 64, "channels": 3, "intensity": "imagenet", "resize_mode": "bilinear"},
+    )
     torch.manual_seed(0)
     torch.save(info.create_network().state_dict(), bundle / "models" / "model.pt")
     config = {
@@ -92,11 +101,21 @@ def run_dir(tmp_path_factory) -> tuple[Path, Path]:
 
     out = root / "output"
     test_labels = np.array([0, 1] * 20)
-    _write_predictions(out / "eval" / "predictions.csv", _images(root / "img_test", 40, rng), test_labels,
-                       _overconfident(test_labels, rng), [f"p{i // 2}" for i in range(40)])  # fmt: skip
+    _write_predictions(
+        out / "eval" / "predictions.csv",
+        _images(root / "img_test", 40, rng),
+        test_labels,
+        _overconfident(test_labels, rng),
+        [f"p{i // 2}" for i in range(40)],
+    )
     val_labels = np.array([0, 1] * 100)
-    _write_predictions(out / "eval_validation" / "predictions.csv", _images(root / "img_val", 200, rng), val_labels,
-                       _overconfident(val_labels, rng), [f"v{i}" for i in range(200)])  # fmt: skip
+    _write_predictions(
+        out / "eval_validation" / "predictions.csv",
+        _images(root / "img_val", 200, rng),
+        val_labels,
+        _overconfident(val_labels, rng),
+        [f"v{i}" for i in range(200)],
+    )
     (out / "train").mkdir()
     with open(out / "train" / "training_history.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -109,15 +128,35 @@ def run_dir(tmp_path_factory) -> tuple[Path, Path]:
 def test_report_end_to_end(run_dir):
     bundle, out = run_dir
     # a hand-written bundle is foreign code to the toolkit: trusted here explicitly
-    code = cit(["report", "--eval-dir", str(out / "eval"), "--bundle", str(bundle), "--n-resamples", "200",
-                "--save-temperature", "--n-cam", "2", "--trust-bundle"])  # fmt: skip
+    code = cit(
+        [
+            "report",
+            "--eval-dir",
+            str(out / "eval"),
+            "--bundle",
+            str(bundle),
+            "--n-resamples",
+            "200",
+            "--save-temperature",
+            "--n-cam",
+            "2",
+            "--trust-bundle",
+        ]
+    )
     assert code == 0
     report_dir = out / "eval" / "report"
     summary = json.loads((report_dir / "report.json").read_text())
     assert summary["warnings"] == []
     names = {Path(p).name for p in summary["figures"]}
-    assert names == {"training_curves.png", "reliability.png", "confusion_matrix.png", "roc.png",
-                     "precision_recall.png", "samples.png", "gradcam.png"}  # fmt: skip
+    assert names == {
+        "training_curves.png",
+        "reliability.png",
+        "confusion_matrix.png",
+        "roc.png",
+        "precision_recall.png",
+        "samples.png",
+        "gradcam.png",
+    }
     for p in summary["figures"]:
         assert Image.open(p).size[0] > 300
     # every figure is embedded; nothing is fetched from elsewhere
@@ -149,9 +188,17 @@ def test_report_without_bundle_or_validation_says_what_is_missing(run_dir, tmp_p
     eval_dir.mkdir()
     shutil.copy(out / "eval" / "predictions.csv", eval_dir)
     audit = tmp_path / "audit.json"  # the part of `cit audit`'s output the report shows
-    audit.write_text(json.dumps({"leakage": {
-        "found": True, "counts_by_split_pair": {"training|test": {"exact_duplicate_pairs": 3}},
-        "images_with_a_copy_in_another_split": {"training": 3, "test": 3}}}))  # fmt: skip
+    audit.write_text(
+        json.dumps(
+            {
+                "leakage": {
+                    "found": True,
+                    "counts_by_split_pair": {"training|test": {"exact_duplicate_pairs": 3}},
+                    "images_with_a_copy_in_another_split": {"training": 3, "test": 3},
+                }
+            }
+        )
+    )
     assert cit(["report", "--eval-dir", str(eval_dir), "--n-resamples", "50", "--audit", str(audit)]) == 0
     page = (eval_dir / "report" / "report.html").read_text()
     assert "leakage found" in page and "3 test images have an exact or near copy" in page
@@ -185,15 +232,20 @@ def test_html_renders_in_chromium(run_dir, tmp_path):
     if not html.exists():
         cit(["report", "--eval-dir", str(out / "eval"), "--n-resamples", "50", "--n-cam", "0"])
     flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    dom = subprocess.run(
+        [str(CHROMIUM), *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     n_figures = len(re.findall(r"<figure", html.read_text()))
     # the page's own check: every <img> decoded with a non-zero width
     assert f'data-figures="{n_figures}"' in dom.stdout and 'data-figures-broken="0"' in dom.stdout
     shot = tmp_path / "report.png"
-    run = subprocess.run([str(CHROMIUM), *flags, "--window-size=1280,6000", f"--screenshot={shot}", html.as_uri()],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [str(CHROMIUM), *flags, "--window-size=1280,6000", f"--screenshot={shot}", html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     # figures drawn: plenty of non-background pixels well down the page, not a blank or error page
@@ -242,8 +294,9 @@ def test_fitted_temperature_is_within_10_percent_of_the_true_one(tmp_path, true_
     assert abs(cal["temperature"] - true_temperature) / true_temperature < 0.10, cal["temperature"]
     assert cal["ece_after"] < cal["ece_before"]
     assert load_temperature(temperature_file) == pytest.approx(2.0 * cal["temperature"])  # composed
-    assert summary["warnings"] == [f"No training history at {tmp_path / 'train' / 'training_history.csv'}: "
-                                   "learning curves are left out."]  # fmt: skip
+    assert summary["warnings"] == [
+        f"No training history at {tmp_path / 'train' / 'training_history.csv'}: learning curves are left out."
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -296,8 +349,10 @@ def test_a_model_that_does_not_fit_is_a_warning_not_a_crash(run_dir, model, tmp_
     eval_dir, _ = _small_eval_dir(run_dir, tmp_path)
     other = ExplainableModel(model.network, model.preprocessing, ["cat", "dog"])
     summary = build_report(eval_dir, model=other, n_resamples=20, n_cam=2, n_grid=0)
-    assert any(w.startswith("Grad-CAM overlays could not be made: ValueError") and "differ" in w
-               for w in summary["warnings"])  # fmt: skip
+    assert any(
+        w.startswith("Grad-CAM overlays could not be made: ValueError") and "differ" in w
+        for w in summary["warnings"]
+    )
     assert (
         not (eval_dir / "report" / "gradcam.png").exists() and (eval_dir / "report" / "report.html").is_file()
     )
@@ -335,9 +390,22 @@ def test_report_reads_the_checkpoint_folder_it_is_given_and_strict_fails_on_warn
     shutil.copytree(bundle / "models", elsewhere)
     eval_dir = tmp_path / "eval"
     shutil.copytree(out / "eval", eval_dir, ignore=shutil.ignore_patterns("report"))
-    args = ["report", "--eval-dir", str(eval_dir), "--bundle", str(bundle), "--n-resamples", "50", "--n-cam", "1",
-            "--validation-predictions", str(out / "eval_validation" / "predictions.csv"),
-            "--history", str(out / "train" / "training_history.csv"), "--trust-bundle"]  # fmt: skip
+    args = [
+        "report",
+        "--eval-dir",
+        str(eval_dir),
+        "--bundle",
+        str(bundle),
+        "--n-resamples",
+        "50",
+        "--n-cam",
+        "1",
+        "--validation-predictions",
+        str(out / "eval_validation" / "predictions.csv"),
+        "--history",
+        str(out / "train" / "training_history.csv"),
+        "--trust-bundle",
+    ]
     assert cit([*args, "--ckpt-dir", str(elsewhere), "--strict"]) == 0
     assert (eval_dir / "report" / "gradcam.png").is_file()
     # a checkpoint folder without weights: the report is still written, the reason said, --strict fails

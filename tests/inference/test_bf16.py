@@ -28,8 +28,23 @@ def images(tmp_path_factory):
 
 
 def _infer(bundle_dir, ckpt, images, out, *options):
-    return _cit("infer", "--bundle", str(bundle_dir), "--ckpt-path", str(ckpt), "--input", str(images),
-                "--output", str(out), "--device", "cpu", "--workers", "0", "--no-progress", *options)  # fmt: skip
+    return _cit(
+        "infer",
+        "--bundle",
+        str(bundle_dir),
+        "--ckpt-path",
+        str(ckpt),
+        "--input",
+        str(images),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        *options,
+    )
 
 
 def _rows(out) -> dict[str, dict]:
@@ -37,8 +52,9 @@ def _rows(out) -> dict[str, dict]:
         return {row["path"]: row for row in csv.DictReader(f)}
 
 
-def test_bf16_is_refused_in_one_line_on_a_cpu_without_native_bf16(bundle_dir, tiny_ckpt, images, tmp_path,
-                                                                  monkeypatch):  # fmt: skip
+def test_bf16_is_refused_in_one_line_on_a_cpu_without_native_bf16(
+    bundle_dir, tiny_ckpt, images, tmp_path, monkeypatch
+):
     monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)  # this machine's answer, reversed
     result = _infer(bundle_dir, tiny_ckpt, images, tmp_path / "out", "--precision", "bf16")
     lines = [line for line in result.stderr.splitlines() if line.startswith("cit infer")]
@@ -48,8 +64,9 @@ def test_bf16_is_refused_in_one_line_on_a_cpu_without_native_bf16(bundle_dir, ti
     assert not (tmp_path / "out" / "predictions.csv").exists()
     # bf16 is a precision of the PyTorch backend: with an ONNX backend it is refused, whatever the CPU
     monkeypatch.undo()
-    result = _infer(bundle_dir, tiny_ckpt, images, tmp_path / "onnx", "--precision", "bf16", "--backend",
-                    "onnxruntime")  # fmt: skip
+    result = _infer(
+        bundle_dir, tiny_ckpt, images, tmp_path / "onnx", "--precision", "bf16", "--backend", "onnxruntime"
+    )
     assert result.returncode == 1 and "a precision of the pytorch backend" in result.stderr
 
 
@@ -61,11 +78,26 @@ def _checked_model(tiny_ckpt, images, tmp_path, *guard: str, classes: int = 3):
     output.mkdir()
     paths = sorted(images.glob("*.png"))
     validation = [{"image": str(path), "label": i % classes} for i, path in enumerate(paths)]
-    datalist = {"labels": ["glioma", "meningioma", "pituitary"], "multi_label": False, "training": validation,
-                "validation": validation, "test": []}  # fmt: skip
+    datalist = {
+        "labels": ["glioma", "meningioma", "pituitary"],
+        "multi_label": False,
+        "training": validation,
+        "validation": validation,
+        "test": [],
+    }
     (output / "datalist.json").write_text(json.dumps(datalist))
-    check = _cit("export", "--bundle", str(BUNDLE), "--format", "bf16-check", "--ckpt-dir", str(models),
-                 "--output-dir", str(output), *guard)  # fmt: skip
+    check = _cit(
+        "export",
+        "--bundle",
+        str(BUNDLE),
+        "--format",
+        "bf16-check",
+        "--ckpt-dir",
+        str(models),
+        "--output-dir",
+        str(output),
+        *guard,
+    )
     return models / tiny_ckpt.name, check
 
 

@@ -86,8 +86,11 @@ def test_output_folder_inside_the_input_is_not_an_input(tmp_path):
     items, ignored = discover_inputs(tmp_path, exclude=tmp_path / "out")
     assert [i.path for i in items] == ["IM1", "other/sr/x.dcm"]
     assert ignored.earlier_output == [
-        "earlier_run/.cit-infer.lock", "earlier_run/predictions.csv", "finished_run/pacs", "finished_run/sr",
+        "earlier_run/.cit-infer.lock",
+        "earlier_run/predictions.csv",
+        "finished_run/pacs",
+        "finished_run/sr",
         "finished_run/run.json",
-    ]  # fmt: skip
+    ]
     assert (ignored.other, ignored.hidden) == (1, 0)  # other/run.json: not an image, not ours
     assert "5 entries of an earlier `cit infer` output (earlier_run/.cit-infer.lock" in str(ignored)

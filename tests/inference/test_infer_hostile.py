@@ -238,8 +238,15 @@ def test_one_study_uid_naming_two_patients_gets_no_report(bundle_dir, tiny_ckpt,
     inputs, out = tmp_path / "in", tmp_path / "out"
     shared = "1.2.826.0.1.3680043.10.999.1"
     make_dicom(inputs / "a" / "IM1", study="x", series="a", index=0, study_uid=shared, patient_id="P-1")
-    make_dicom(inputs / "b" / "IM1", study="x", series="b", index=0, study_uid=shared, patient_id="P-2",
-               patient_name="Roe^Richard")  # fmt: skip
+    make_dicom(
+        inputs / "b" / "IM1",
+        study="x",
+        series="b",
+        index=0,
+        study_uid=shared,
+        patient_id="P-2",
+        patient_name="Roe^Richard",
+    )
     make_dicom(inputs / "c" / "IM1", study="y", series="c", index=0)  # an ordinary study beside them
     make_dicom(inputs / "d" / "IM1", study="z", series="d", index=0, study_uid="1.2.3\r\n4")
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr")) == EXIT_OK
@@ -260,8 +267,14 @@ def test_one_study_uid_naming_two_patients_gets_no_report(bundle_dir, tiny_ckpt,
 
 def test_patient_values_invalid_for_their_vr_are_left_empty_in_the_report(bundle_dir, tiny_ckpt, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
-    make_dicom(inputs / "IM1", study="n", series="n", index=0, patient_name="Doe^Jane\nINJECTED",
-               accession="A" * 5000)  # fmt: skip
+    make_dicom(
+        inputs / "IM1",
+        study="n",
+        series="n",
+        index=0,
+        patient_name="Doe^Jane\nINJECTED",
+        accession="A" * 5000,
+    )
     assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out, "--dicom-sr")) == EXIT_OK
     (report,) = [pydicom.dcmread(p) for p in (out / "sr").iterdir()]
     assert report.PatientName == "" and report.AccessionNumber == ""

@@ -44,9 +44,13 @@ def exported(tmp_path_factory):
     for folder in (models, output, images / "train", images / "val"):
         folder.mkdir(parents=True)
     write_tiny_checkpoint(BUNDLE, models)
-    datalist = {"labels": ["glioma", "meningioma", "pituitary"], "multi_label": False,
-                "training": _write_images(images / "train", 24, 1),
-                "validation": _write_images(images / "val", 12, 2), "test": []}  # fmt: skip
+    datalist = {
+        "labels": ["glioma", "meningioma", "pituitary"],
+        "multi_label": False,
+        "training": _write_images(images / "train", 24, 1),
+        "validation": _write_images(images / "val", 12, 2),
+        "test": [],
+    }
     datalist["test"] = datalist["validation"][:2]  # the fp32 export's own check images
     (output / "datalist.json").write_text(json.dumps(datalist))
     # 12 validation images: one swapped pair of a class moves its AUROC by 1/32, hence the wider bound
@@ -56,13 +60,39 @@ def exported(tmp_path_factory):
 
 
 def _export(models, output, *options):
-    return _cit("export", "--bundle", str(BUNDLE), "--ckpt-dir", str(models), "--output-dir", str(output),
-                "--format", "onnx", "--int8", *options)  # fmt: skip
+    return _cit(
+        "export",
+        "--bundle",
+        str(BUNDLE),
+        "--ckpt-dir",
+        str(models),
+        "--output-dir",
+        str(output),
+        "--format",
+        "onnx",
+        "--int8",
+        *options,
+    )
 
 
 def _infer(models, inputs, out, *options):
-    result = _cit("infer", "--bundle", str(BUNDLE), "--ckpt-path", str(models / "model.pt"), "--input", str(inputs),
-                  "--output", str(out), "--device", "cpu", "--workers", "0", "--no-progress", *options)  # fmt: skip
+    result = _cit(
+        "infer",
+        "--bundle",
+        str(BUNDLE),
+        "--ckpt-path",
+        str(models / "model.pt"),
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        *options,
+    )
     run = json.loads((out / "run.json").read_text()) if result.returncode == 0 else {}
     return result, run
 
@@ -180,8 +210,15 @@ def test_every_calibration_method_quantizes_past_one_batch(exported, tmp_path, m
     datalist = json.loads((root / "output" / "datalist.json").read_text())
     datalist["training"] = datalist["training"] * 2  # 48 images
     (output / "datalist.json").write_text(json.dumps(datalist))
-    result = quantize_onnx(models / "model.onnx", models, output, method=method, max_auroc_drop=1.0,
-                           min_agreement=0.0, n_resamples=50)  # fmt: skip
+    result = quantize_onnx(
+        models / "model.onnx",
+        models,
+        output,
+        method=method,
+        max_auroc_drop=1.0,
+        min_agreement=0.0,
+        n_resamples=50,
+    )
     assert result.record["quantization"]["calibration_method"] == method
     assert result.record["calibration"]["num_images"] == 48 and result.record["usable"]
 

@@ -76,6 +76,10 @@ def test_the_log_of_a_plain_run_has_no_info_lines(bundle_dir, tiny_ckpt, tmp_pat
     assert not [line for line in result.stderr.splitlines() if line.startswith(("INFO", "DEBUG"))], (
         result.stderr
     )
-    verbose = subprocess.run([PYTHON, "-m", "toolkit", *args, "--verbose", "--restart"], env=subprocess_env(),
-                             capture_output=True, text=True)  # fmt: skip
+    verbose = subprocess.run(
+        [PYTHON, "-m", "toolkit", *args, "--verbose", "--restart"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
     assert any(line.startswith("INFO") for line in verbose.stderr.splitlines()), verbose.stderr

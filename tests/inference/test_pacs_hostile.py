@@ -75,9 +75,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json([{"0020000D": _attribute("UI", s)} for s in page])
         if len(parts) == 3 and parts[2] == "instances":
             listed = [
-                {"0020000E": _attribute("UI", se), "00080018": _attribute("UI", sop), "00080060": _attribute("CS", "CT")}
+                {
+                    "0020000E": _attribute("UI", se),
+                    "00080018": _attribute("UI", sop),
+                    "00080060": _attribute("CS", "CT"),
+                }
                 for se, sop, _ in self.pacs.studies.get(parts[1], [])
-            ]  # fmt: skip
+            ]
             return self._json(self.pacs.qido(listed, query))
         if len(parts) == 6:
             found = [
@@ -98,8 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "slow":
             self.pacs.release.wait(60)
         body = b"".join(
-            [f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode(), data, f"\r\n--{BOUNDARY}--\r\n".encode()]
-        )  # fmt: skip
+            [
+                f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+                data,
+                f"\r\n--{BOUNDARY}--\r\n".encode(),
+            ]
+        )
         kind = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
         if (
             fault == "cut"

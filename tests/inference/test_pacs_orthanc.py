@@ -129,9 +129,15 @@ def test_query_retrieve_infer_and_store_report(
     assert PASSWORD not in capsys.readouterr().err
     summary = json.loads((out / SUMMARY_NAME).read_text())  # what an operator's monitoring reads
     assert summary["mode"] == "pacs" and summary["exit_code"] == 0 and summary["rows"] == {"ok": 3}
-    assert summary["pacs"] == {"studies": 1, "instances_retrieved": 3, "instances_not_retrieved": 0,
-                               "left_out": 0, "reports_sent": 1, "reports_already_stored": 0,
-                               "reports_not_stored": 0}  # fmt: skip
+    assert summary["pacs"] == {
+        "studies": 1,
+        "instances_retrieved": 3,
+        "instances_not_retrieved": 0,
+        "left_out": 0,
+        "reports_sent": 1,
+        "reports_already_stored": 0,
+        "reports_not_stored": 0,
+    }
 
     # rerun: nothing classified again, the report not sent again
     assert main(args) == 0

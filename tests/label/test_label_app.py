@@ -51,8 +51,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _request(url: str, data: bytes | None = None, timeout: float = 300, method: str | None = None,
-             content_type: str = "application/x-www-form-urlencoded"):  # fmt: skip
+def _request(
+    url: str,
+    data: bytes | None = None,
+    timeout: float = 300,
+    method: str | None = None,
+    content_type: str = "application/x-www-form-urlencoded",
+):
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))
     if data is not None:
         req.add_header("Content-Type", content_type)
@@ -71,12 +76,17 @@ def _save_label(base: str, image_id: str, class_name: str):
     body = b""
     for name, filename, ctype, value in parts:
         disposition = f'form-data; name="{name}"' + (f"; {filename}" if filename else "")
-        body += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n"
-                 f"{value}\r\n").encode()  # fmt: skip
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n{value}\r\n"
+        ).encode()
     body += f"--{boundary}--\r\n".encode()
     query = urllib.parse.urlencode({"image": image_id, "tag": "final"})
-    return _request(f"{base}/datastore/label?{query}", data=body, method="PUT",
-                    content_type=f"multipart/form-data; boundary={boundary}")  # fmt: skip
+    return _request(
+        f"{base}/datastore/label?{query}",
+        data=body,
+        method="PUT",
+        content_type=f"multipart/form-data; boundary={boundary}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +100,66 @@ def exported(tmp_path_factory, shared_data):
         (data / name).mkdir(parents=True)
         for path in sorted((source / "Training" / name).glob("*.jpg"))[:4]:
             (data / name / path.name).symlink_to(path)
-    run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=1, image_size=32, batch_size=4,
-               pretrained=None)  # fmt: skip
+    run_bundle(
+        BUNDLE,
+        "training",
+        "train",
+        tmp,
+        dataset_dir=data,
+        max_epochs=1,
+        image_size=32,
+        batch_size=4,
+        pretrained=None,
+    )
     bundles = tmp / "bundles"
     export = subprocess.run(
-        [sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}", "--ckpt-dir",
-         str(tmp / "models"), "--format", "bundle", "--out", str(bundles / BUNDLE)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "export",
+            "--bundle",
+            f"bundles/{BUNDLE}",
+            "--ckpt-dir",
+            str(tmp / "models"),
+            "--format",
+            "bundle",
+            "--out",
+            str(bundles / BUNDLE),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     shutil.copytree(bundles / BUNDLE, bundles / INT8)
     # the guard is not what is tested here: a 1-epoch model on a few validation images passes any bound
     int8 = subprocess.run(
-        [sys.executable, "-m", "toolkit", "export", "--bundle", f"bundles/{BUNDLE}", "--format", "onnx", "--int8",
-         "--ckpt-dir", str(bundles / INT8 / "models"), "--output-dir", str(tmp / "output"),
-         "--max-auroc-drop", "1", "--min-agreement", "0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "export",
+            "--bundle",
+            f"bundles/{BUNDLE}",
+            "--format",
+            "onnx",
+            "--int8",
+            "--ckpt-dir",
+            str(bundles / INT8 / "models"),
+            "--output-dir",
+            str(tmp / "output"),
+            "--max-auroc-drop",
+            "1",
+            "--min-agreement",
+            "0",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert int8.returncode == 0, int8.stderr[-3000:]
     studies = tmp / "studies"  # MONAI Label writes its datastore index here: a folder of its own
     studies.mkdir()
@@ -128,15 +181,39 @@ def server(exported):
     tmp, bundles, studies, queries = exported
     port = _free_port()
     # the README's command, in an environment with no virtualenv on PATH (as in a fresh shell)
-    command = [str(LABEL_VENV / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app",
-               str(REPO_ROOT / "label"), "--studies", str(studies),
-               "--conf", "models", f"{BUNDLE},{INT8}", "--conf", "bundles_dir", str(bundles),
-               "--conf", "train", "true", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    command = [
+        str(LABEL_VENV / "bin" / "python"),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(REPO_ROOT / "label"),
+        "--studies",
+        str(studies),
+        "--conf",
+        "models",
+        f"{BUNDLE},{INT8}",
+        "--conf",
+        "bundles_dir",
+        str(bundles),
+        "--conf",
+        "train",
+        "true",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed below)
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp)), "MONAI_LABEL_TASKS_SCORING": "false",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
-    process = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)  # fmt: skip
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", str(tmp)),
+        "MONAI_LABEL_TASKS_SCORING": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    process = subprocess.Popen(
+        command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -169,10 +246,30 @@ def server(exported):
 def _cit_infer(bundle: Path, images: Path, out: Path) -> dict[str, tuple[str, list[float]]]:
     """`cit infer --backend auto` on the CPU: {file name: (backend, probabilities)}."""
     result = subprocess.run(
-        [sys.executable, "-m", "toolkit", "infer", "--bundle", str(bundle), "--input", str(images),
-         "--output", str(out), "--device", "cpu", "--backend", "auto", "--workers", "0", "--no-progress"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "toolkit",
+            "infer",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--backend",
+            "auto",
+            "--workers",
+            "0",
+            "--no-progress",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
     return {
@@ -197,8 +294,9 @@ def test_infer_returns_the_scores_of_cit_infer(server, exported, tmp_path):
     _infer_equals_cit_infer(base, bundles / BUNDLE, queries, tmp_path / "cit")
 
 
-def _infer_equals_cit_infer(base: str, bundle: Path, queries: Path, out: Path, backend: str = "pytorch",
-                            params: dict | None = None):  # fmt: skip
+def _infer_equals_cit_infer(
+    base: str, bundle: Path, queries: Path, out: Path, backend: str = "pytorch", params: dict | None = None
+):
     """`/infer` of the bundle served as ``bundle.name`` runs the ``backend`` that `cit infer --backend auto`
     runs, gives its scores and names that backend."""
     expected = _cit_infer(bundle, queries, out)
@@ -235,8 +333,12 @@ def test_train_on_datastore_labels_then_infer_serves_the_new_weights(server, exp
         _save_label(base, image_id, class_name.upper() if class_name == "notumor" else class_name)  # any case
     assert _request(f"{base}/info/")["datastore"]["label_tags"] == {"final": len(TO_LABEL)}
     before = (bundle / "models" / "model.pt").read_bytes()
-    result = _request(f"{base}/train/{BUNDLE}?run_sync=true", data=json.dumps({"max_epochs": 1, "batch_size": 4}).encode(),
-                      content_type="application/json", timeout=900)  # fmt: skip
+    result = _request(
+        f"{base}/train/{BUNDLE}?run_sync=true",
+        data=json.dumps({"max_epochs": 1, "batch_size": 4}).encode(),
+        content_type="application/json",
+        timeout=900,
+    )
     assert result["images"] == len(TO_LABEL) == 16
     datalist = json.loads((Path(result["run"]) / "output" / "datalist.json").read_text())
     assert datalist["labels"] == list(CLASSES)

@@ -35,9 +35,12 @@ def test_lite0_imagenet_weights_name_grace_hopper_through_the_toolkit_chain(weig
     model = create_network("tf_efficientnet_lite0", 1000, pretrained="imagenet").eval()
     assert len(model.pretrained_report.loaded) == 296 and not model.pretrained_report.missing
     chain = classification_transforms(
-        "eval", image_size=224, intensity="imagenet", label_key=None,
+        "eval",
+        image_size=224,
+        intensity="imagenet",
+        label_key=None,
         intensity_kwargs=input_normalisation("tf_efficientnet_lite0"),
-    )  # fmt: skip
+    )
     image = chain({"image": str(GRACE_HOPPER)})["image"]
     assert image.min() < -0.9 and image.max() > 0.9, "not the model's own 0.5 / 0.5 normalisation"
     with torch.no_grad():

@@ -145,8 +145,11 @@ def pool_images(
         raise ValueError(f"no images left to pretrain on from {named} (excluded {excluded})")
     logger.info(
         "pretraining on %d images from %s (%d excluded as evaluation images, %d byte-identical duplicates dropped)",
-        len(items), "; ".join(named), excluded, duplicates,
-    )  # fmt: skip
+        len(items),
+        "; ".join(named),
+        excluded,
+        duplicates,
+    )
     return {
         "items": items,
         "image_sha256": hashes,
@@ -291,8 +294,12 @@ def check_evaluation(ckpt_path: str | os.PathLike, datalist: dict, split: str) -
     if not adopted.is_file():
         return
     record = _read_record(adopted)
-    _refuse(_overlap(record, datalist, [split]), record.get("weights_file", str(adopted)), [split],
-            "refusing to evaluate")  # fmt: skip
+    _refuse(
+        _overlap(record, datalist, [split]),
+        record.get("weights_file", str(adopted)),
+        [split],
+        "refusing to evaluate",
+    )
 
 
 def export_classifier_backbone(

@@ -163,12 +163,14 @@ def write_large_files(bundle_dir: str | os.PathLike, base_url: str) -> Path:
     entries = []
     for path in sorted((bundle_dir / "models").iterdir()):
         if path.suffix in (".pt", ".ts", ".pt2", ".onnx", ".data"):  # .data: an ONNX export's weights
-            entries.append({
-                "path": f"models/{path.name}",
-                "url": f"{base_url.rstrip('/')}/models/{path.name}",
-                "hash_val": sha256_file(path),
-                "hash_type": "sha256",
-            })  # fmt: skip
+            entries.append(
+                {
+                    "path": f"models/{path.name}",
+                    "url": f"{base_url.rstrip('/')}/models/{path.name}",
+                    "hash_val": sha256_file(path),
+                    "hash_type": "sha256",
+                }
+            )
     lines = ["large_files:"]
     for entry in entries:
         lines.append(f"  - path: {json.dumps(entry['path'])}")
@@ -269,9 +271,14 @@ class ExportResult:
     num_images: int
 
 
-def export_model(bundle_dir: str | os.PathLike, fmt: str, out_path: str | os.PathLike | None = None,
-                 ckpt_dir: str | os.PathLike | None = None, check_inputs: str | os.PathLike | None = None,
-                 output_dir: str | os.PathLike | None = None) -> ExportResult:  # fmt: skip
+def export_model(
+    bundle_dir: str | os.PathLike,
+    fmt: str,
+    out_path: str | os.PathLike | None = None,
+    ckpt_dir: str | os.PathLike | None = None,
+    check_inputs: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> ExportResult:
     """Export the trained model of ``bundle_dir`` as ``fmt`` (see :data:`FORMATS`) and check it.
 
     The check runs the exported and the eager model on up to :data:`CHECK_IMAGES` real images,
@@ -358,8 +365,13 @@ def _torchscript(network, images, out_path: Path, bundle_dir: Path, ckpt_dir: Pa
     config = parser.get()
     config["bundle_root"] = "."
     scripted = torch.jit.trace(network, images[:1])
-    save_net_with_metadata(scripted, str(out_path), include_config_vals=False, meta_values=metadata,
-                           more_extra_files={"inference.json": json.dumps(config).encode()})  # fmt: skip
+    save_net_with_metadata(
+        scripted,
+        str(out_path),
+        include_config_vals=False,
+        meta_values=metadata,
+        more_extra_files={"inference.json": json.dumps(config).encode()},
+    )
     loaded = torch.jit.load(str(out_path))
     with torch.no_grad():
         return loaded(images)

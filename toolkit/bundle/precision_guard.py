@@ -147,8 +147,12 @@ def compare_on_validation(
     per_class = []
     for k, name in enumerate(classes):
         auc32, auc8 = (s[("per_class", name, "roc_auc")] for s in scores)
-        entry = {"class": name, "auroc_fp32": auc32, f"auroc_{candidate}": auc8,
-                 "max_abs_probability_difference": float(np.abs(p32[:, k] - p_c[:, k]).max())}  # fmt: skip
+        entry = {
+            "class": name,
+            "auroc_fp32": auc32,
+            f"auroc_{candidate}": auc8,
+            "max_abs_probability_difference": float(np.abs(p32[:, k] - p_c[:, k]).max()),
+        }
         if multi:
             entry.update(threshold=float(threshold[k]), decision_agreement=float(agree_per_class[k]))
         per_class.append(entry)

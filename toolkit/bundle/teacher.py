@@ -59,8 +59,11 @@ def load_teacher(
     only warned about (``require_same_split=False``, for a teacher trained on independent data).
     """
     if not teacher:
-        logger.warning("no teacher (teacher_ckpt is null): training WITHOUT distillation, the distillation head "
-                       "learns the labels. %s", how_to_train)  # fmt: skip
+        logger.warning(
+            "no teacher (teacher_ckpt is null): training WITHOUT distillation, the distillation head "
+            "learns the labels. %s",
+            how_to_train,
+        )
         return None
     path = Path(teacher).expanduser()
     if path.is_dir() and (path / "configs" / "inference.json").is_file():

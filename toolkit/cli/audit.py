@@ -129,9 +129,9 @@ def _add_phash_options(parser) -> None:
         type=float,
         default=DEFAULT_PIXEL,
         help="max pixel difference confirming a candidate: mean absolute difference of the 32 px grey "
-             "thumbnails, each scaled to mean 0 / SD 1, under the matched rotation / flip "
-             f"(default {DEFAULT_PIXEL}; -1: none)",
-    )  # fmt: skip
+        "thumbnails, each scaled to mean 0 / SD 1, under the matched rotation / flip "
+        f"(default {DEFAULT_PIXEL}; -1: none)",
+    )
     group.add_argument("--no-transforms", action="store_true", help="do not match rotated / flipped copies")
 
 
@@ -167,9 +167,12 @@ def _add_embedding_options(parser) -> None:
         help="embedding stage: min ORB keypoints of the two grey thumbnails that one rotation / zoom / "
         f"shift (maybe mirrored) maps onto each other, confirming a candidate (default {DEFAULT_MIN_INLIERS})",
     )
-    group.add_argument("--embedding-cache", default=None,
-                   help="folder caching embeddings by file SHA-256 (default $CIT_EMBEDDING_CACHE or "
-                        "~/.cache/cit/embeddings)")  # fmt: skip
+    group.add_argument(
+        "--embedding-cache",
+        default=None,
+        help="folder caching embeddings by file SHA-256 (default $CIT_EMBEDDING_CACHE or "
+        "~/.cache/cit/embeddings)",
+    )
 
 
 def add_parser(subparsers) -> None:

@@ -61,8 +61,14 @@ def model_specs(args: argparse.Namespace) -> list:
         info = load_model_info(ckpt_dir)
         if not info.bundle_name:
             raise ValueError(f"{ckpt_dir}/model_info.json names no bundle to evaluate the model with")
-        specs.append(ModelSpec(name, bundle_folder(info.bundle_name), ckpt_dir,
-                               Path(output).expanduser().resolve() if output else None))  # fmt: skip
+        specs.append(
+            ModelSpec(
+                name,
+                bundle_folder(info.bundle_name),
+                ckpt_dir,
+                Path(output).expanduser().resolve() if output else None,
+            )
+        )
     by_name = {s.name: s for s in specs}
     for given in args.set or []:
         name, sep, assignment = given.partition(":")
@@ -87,10 +93,19 @@ def _compare(args: argparse.Namespace) -> int:
         specs = model_specs(args)
         options = {"ratios": args.ratios, "val_fraction": args.val_fraction, **source_options(args)}
         summary = compare_bundles(
-            specs, args.dataset_dir, args.out, seed=args.seed, split_options=options, overrides=args.overrides,
-            reuse=args.reuse, n_resamples=args.n_resamples, rank_by=args.rank_by, alpha=args.alpha,
-            threshold=args.threshold, command_line=_command_line(),
-        )  # fmt: skip
+            specs,
+            args.dataset_dir,
+            args.out,
+            seed=args.seed,
+            split_options=options,
+            overrides=args.overrides,
+            reuse=args.reuse,
+            n_resamples=args.n_resamples,
+            rank_by=args.rank_by,
+            alpha=args.alpha,
+            threshold=args.threshold,
+            command_line=_command_line(),
+        )
     except BAD_INPUT as err:
         return fail("compare", err)
     print(summary["files"]["markdown"].read_text(encoding="utf-8"))
@@ -117,26 +132,52 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset-dir", required=True,
-                   help="the data: folder, label file, DICOM folder, .npz or a datalist .json (see `cit datalist`)")  # fmt: skip
+    p.add_argument(
+        "--dataset-dir",
+        required=True,
+        help="the data: folder, label file, DICOM folder, .npz or a datalist .json (see `cit datalist`)",
+    )
     p.add_argument("--out", required=True, help="output folder (split, runs, comparison files)")
-    p.add_argument("--model", action="append", metavar="[NAME=]BUNDLE",
-                   help="a bundle (folder or name under bundles/) to train; repeat for each model")  # fmt: skip
-    p.add_argument("--trained", action="append", metavar="NAME=CKPT_DIR[,OUTPUT_DIR]",
-                   help="an already-trained model (its models/ folder; OUTPUT_DIR holds its training split, "
-                        "default CKPT_DIR/../output); evaluated only")  # fmt: skip
-    p.add_argument("--set", action="append", metavar="NAME:KEY=VALUE",
-                   help="a bundle override for one model only, e.g. r18:learning_rate=0.001")  # fmt: skip
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]BUNDLE",
+        help="a bundle (folder or name under bundles/) to train; repeat for each model",
+    )
+    p.add_argument(
+        "--trained",
+        action="append",
+        metavar="NAME=CKPT_DIR[,OUTPUT_DIR]",
+        help="an already-trained model (its models/ folder; OUTPUT_DIR holds its training split, "
+        "default CKPT_DIR/../output); evaluated only",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME:KEY=VALUE",
+        help="a bundle override for one model only, e.g. r18:learning_rate=0.001",
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed and bootstrap seed (default 0)")
     p.add_argument("--ratios", default=None, help="split ratios, e.g. training=0.7,validation=0.15,test=0.15")
-    p.add_argument("--val-fraction", type=float, default=0.15,
-                   help="validation carved from a published training split (default 0.15)")  # fmt: skip
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse a model / predictions of an earlier run into --out made by the same command, "
-                        "configs, toolkit code (below toolkit.inference) and weights")  # fmt: skip
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.15,
+        help="validation carved from a published training split (default 0.15)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a model / predictions of an earlier run into --out made by the same command, "
+        "configs, toolkit code (below toolkit.inference) and weights",
+    )
     p.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--rank-by", choices=("auroc", "accuracy", "f1"), default="auroc",
-                   help="the metric that picks the best model (default auroc)")  # fmt: skip
+    p.add_argument(
+        "--rank-by",
+        choices=("auroc", "accuracy", "f1"),
+        default="auroc",
+        help="the metric that picks the best model (default auroc)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm (default 0.05)")
     p.add_argument(
         "--threshold",
@@ -146,6 +187,10 @@ def add_parser(subparsers) -> None:
         "(recorded in its eval/metrics.json) (default 0.5)",
     )
     add_source_options(p)
-    p.add_argument("overrides", nargs="*", metavar="-- --KEY VALUE",
-                   help="bundle overrides for every model's run, after `--`")  # fmt: skip
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="-- --KEY VALUE",
+        help="bundle overrides for every model's run, after `--`",
+    )
     p.set_defaults(func=_compare)

@@ -37,10 +37,18 @@ def _export(args: argparse.Namespace) -> int:
             return _bf16(args)
         if args.int8 and args.format != "onnx":
             raise ValueError("--int8 quantizes the ONNX export: pass --format onnx")
-        result = export.export_model(args.bundle, args.format, out_path=args.out, ckpt_dir=args.ckpt_dir,
-                                     check_inputs=args.check_inputs, output_dir=args.output_dir)  # fmt: skip
-        print(f"{args.format}: {result.path} (max |difference| to the eager model {result.max_abs_difference:.1e} "
-              f"on {result.num_images} image(s), tolerance {export.TOLERANCE:g})")  # fmt: skip
+        result = export.export_model(
+            args.bundle,
+            args.format,
+            out_path=args.out,
+            ckpt_dir=args.ckpt_dir,
+            check_inputs=args.check_inputs,
+            output_dir=args.output_dir,
+        )
+        print(
+            f"{args.format}: {result.path} (max |difference| to the eager model {result.max_abs_difference:.1e} "
+            f"on {result.num_images} image(s), tolerance {export.TOLERANCE:g})"
+        )
         if args.int8:
             return _int8(args, result.path)
     except EXPORT_ERRORS as err:
@@ -58,8 +66,12 @@ def _run_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _guard_options(args: argparse.Namespace, *names: str) -> dict:
     """The guard's options given on the command line (their defaults live in toolkit.bundle.precision_guard)."""
-    given = {"max_auroc_drop": args.max_auroc_drop, "min_agreement": args.min_agreement,
-             "calibration_images": args.calibration_images, "method": args.calibration_method}  # fmt: skip
+    given = {
+        "max_auroc_drop": args.max_auroc_drop,
+        "min_agreement": args.min_agreement,
+        "calibration_images": args.calibration_images,
+        "method": args.calibration_method,
+    }
     return {key: given[key] for key in names if given[key] is not None}
 
 
@@ -105,9 +117,13 @@ def add_parser(subparsers) -> None:
         ),
     )
     p.add_argument("--bundle", required=True, help="bundle folder (e.g. bundles/resnet18_brain_ct)")
-    p.add_argument("--format", required=True, choices=("bundle", "torchscript", "export", "onnx", "bf16-check"),
-                   help="bf16-check writes no model: it compares the weights under CPU bf16 autocast with fp32 on "
-                        "the validation split (model.bf16.json), which `cit infer --precision bf16` requires")  # fmt: skip
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("bundle", "torchscript", "export", "onnx", "bf16-check"),
+        help="bf16-check writes no model: it compares the weights under CPU bf16 autocast with fp32 on "
+        "the validation split (model.bf16.json), which `cit infer --precision bf16` requires",
+    )
     p.add_argument(
         "--ckpt-dir",
         default=None,
@@ -116,31 +132,56 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--out", default=None, help="output folder (bundle) or file (default <ckpt-dir>/model.ts|.pt2|.onnx)"
     )
-    p.add_argument("--output-dir", default=None,
-                   help="the training run's output folder: its test split gives the check images, its eval/ the figures "
-                        "of the exported metadata.json (default <bundle>/output; for --format bundle <ckpt-dir>/../output)")  # fmt: skip
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="the training run's output folder: its test split gives the check images, its eval/ the figures "
+        "of the exported metadata.json (default <bundle>/output; for --format bundle <ckpt-dir>/../output)",
+    )
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")
     p.add_argument("--force", action="store_true", help="write the bundle into a non-empty --out")
-    p.add_argument("--int8", action="store_true",
-                   help="with --format onnx: also write model.int8.onnx beside it (ONNX Runtime static quantization, "
-                        "QDQ, per-channel int8 weights, uint8 activations) calibrated on the recorded training split, "
-                        "and compare it with the fp32 model on the validation split (model.int8.onnx.json); it is "
-                        "marked usable, and used by `cit infer`, only when it passes --max-auroc-drop and "
-                        "--min-agreement")  # fmt: skip
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --format onnx: also write model.int8.onnx beside it (ONNX Runtime static quantization, "
+        "QDQ, per-channel int8 weights, uint8 activations) calibrated on the recorded training split, "
+        "and compare it with the fp32 model on the validation split (model.int8.onnx.json); it is "
+        "marked usable, and used by `cit infer`, only when it passes --max-auroc-drop and "
+        "--min-agreement",
+    )
     # defaults (None here) live in toolkit.bundle.quantize / precision_guard, imported only when used
-    p.add_argument("--calibration-images", type=int, default=None,
-                   help="training images the int8 ranges are calibrated on (default 200)")  # fmt: skip
-    p.add_argument("--calibration-method", default=None, choices=("minmax", "entropy", "percentile"),
-                   help="ONNX Runtime's calibration method (default minmax)")  # fmt: skip
-    p.add_argument("--max-auroc-drop", type=float, default=None,
-                   help="largest AUROC loss of any class / finding on validation for a usable int8 (or bf16) model "
-                        "(default 0.005)")  # fmt: skip
-    p.add_argument("--min-agreement", type=float, default=None,
-                   help="smallest top-1 agreement with fp32 on validation (multi-label: decision agreement of "
-                        "each finding at its stored threshold) for a usable int8 (or bf16) model (default 0.99)")  # fmt: skip
-    p.add_argument("--base-url", default=None,
-                   help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
-                        "(URL + SHA-256 of each weight file) for `cit fetch-weights`")  # fmt: skip
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help="training images the int8 ranges are calibrated on (default 200)",
+    )
+    p.add_argument(
+        "--calibration-method",
+        default=None,
+        choices=("minmax", "entropy", "percentile"),
+        help="ONNX Runtime's calibration method (default minmax)",
+    )
+    p.add_argument(
+        "--max-auroc-drop",
+        type=float,
+        default=None,
+        help="largest AUROC loss of any class / finding on validation for a usable int8 (or bf16) model "
+        "(default 0.005)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="smallest top-1 agreement with fp32 on validation (multi-label: decision agreement of "
+        "each finding at its stored threshold) for a usable int8 (or bf16) model (default 0.99)",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
+        "(URL + SHA-256 of each weight file) for `cit fetch-weights`",
+    )
     p.set_defaults(func=_export)
 
     f = subparsers.add_parser(

@@ -99,8 +99,11 @@ def add_parser(subparsers) -> None:
         "--bundle", default=None, help="bundle folder, for Grad-CAM overlays and --save-temperature"
     )
     r.add_argument("--out-dir", default=None, help="report folder (default <eval-dir>/report)")
-    r.add_argument("--validation-predictions", default=None,
-                   help="validation predictions.csv (default <eval-dir>/../eval_validation/predictions.csv if present)")  # fmt: skip
+    r.add_argument(
+        "--validation-predictions",
+        default=None,
+        help="validation predictions.csv (default <eval-dir>/../eval_validation/predictions.csv if present)",
+    )
     r.add_argument(
         "--history",
         default=None,
@@ -120,10 +123,16 @@ def add_parser(subparsers) -> None:
     r.add_argument(
         "--n-cam", type=int, default=4, help="right and wrong predictions to explain, each (default 4)"
     )
-    r.add_argument("--ckpt-dir", default=None,
-                   help="folder of the trained model (model.pt + model_info.json) when not <bundle>/models")  # fmt: skip
-    r.add_argument("--save-temperature", action="store_true",
-                   help="save the temperature fitted on validation beside the weights (<ckpt-dir>/temperature.json)")  # fmt: skip
+    r.add_argument(
+        "--ckpt-dir",
+        default=None,
+        help="folder of the trained model (model.pt + model_info.json) when not <bundle>/models",
+    )
+    r.add_argument(
+        "--save-temperature",
+        action="store_true",
+        help="save the temperature fitted on validation beside the weights (<ckpt-dir>/temperature.json)",
+    )
     r.add_argument(
         "--strict",
         action="store_true",

@@ -22,16 +22,27 @@ from PIL import Image
 from toolkit.data.files import file_kind
 
 __all__ = [
-    "UnreadableImage", "check_image", "colour_mode", "dicom_header", "dicom_ids", "nifti_header", "raster_header",
-]  # fmt: skip
+    "UnreadableImage",
+    "check_image",
+    "colour_mode",
+    "dicom_header",
+    "dicom_ids",
+    "nifti_header",
+    "raster_header",
+]
 
 # What the libraries raise on a broken or foreign file, found by truncating and corrupting the
 # shared data's DICOM, NIfTI and JPEG files: OSError (Pillow's UnidentifiedImageError is one),
 # ValueError, EOFError and zlib.error (truncated gzip), struct.error and NotImplementedError
 # (pydicom on a garbled element or an unknown VR). Library-specific classes are added per reader.
 BAD_FILE_ERRORS: tuple[type[Exception], ...] = (
-    OSError, ValueError, EOFError, zlib.error, struct.error, NotImplementedError,
-)  # fmt: skip
+    OSError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    struct.error,
+    NotImplementedError,
+)
 
 
 class UnreadableImage(ValueError):

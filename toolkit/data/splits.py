@@ -23,9 +23,15 @@ SPLIT_NAMES = ("training", "validation", "test")
 
 # Other names people give the three splits (case-insensitive) in a ratio string or mapping.
 _RATIO_ALIASES = {
-    "train": "training", "training": "training", "val": "validation", "valid": "validation",
-    "validation": "validation", "dev": "validation", "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "training",
+    "training": "training",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def parse_ratios(ratios: Mapping[str, float] | str | Sequence[float] | None) -> dict[str, float]:

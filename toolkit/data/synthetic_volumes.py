@@ -125,7 +125,7 @@ def make_synthetic_volumes(
                     "label_name": classes[label],
                     "patient_id": patient,
                     "format": "nifti_lps" if lps else "nifti_ras",
-                }  # fmt: skip
+                }
             )
     splits = split_items(items, RATIOS, seed=seed, group_key="patient_id")
     check_no_leakage(splits)

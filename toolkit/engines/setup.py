@@ -10,8 +10,12 @@ import torch
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 
 
-def prepare_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = True,
-                    distributed: bool = False) -> torch.nn.Module:  # fmt: skip
+def prepare_network(
+    network: torch.nn.Module,
+    device: torch.device | str,
+    channels_last: bool = True,
+    distributed: bool = False,
+) -> torch.nn.Module:
     """Move a 2D network to ``device``, in channels_last memory format (faster on GPUs and on this CPU).
 
     With ``distributed`` (training) and a process group initialised (torchrun), the network is

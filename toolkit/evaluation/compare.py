@@ -77,8 +77,13 @@ def align_predictions(predictions: Mapping[str, object]) -> tuple[ComparisonSet,
     names = list(predictions)
     first = predictions[names[0]]
     order = _row_index(first)
-    test = ComparisonSet(list(first.images), first.groups, np.asarray(first.y_true), list(first.class_names),
-                   bool(first.multi_label))  # fmt: skip
+    test = ComparisonSet(
+        list(first.images),
+        first.groups,
+        np.asarray(first.y_true),
+        list(first.class_names),
+        bool(first.multi_label),
+    )
     probs = {names[0]: np.asarray(first.probs, dtype=float)}
     for name in names[1:]:
         pred = predictions[name]
@@ -146,8 +151,17 @@ def model_metrics(
     else:
         full = classification_metrics(test.y_true, probs, test.class_names)
     full.pop(REPORT_KEY, None)
-    ci = metric_intervals(test.y_true, probs, test.class_names, test.groups, test.multi_label, threshold,
-                          n_resamples=n_resamples, seed=seed, confidence=confidence)  # fmt: skip
+    ci = metric_intervals(
+        test.y_true,
+        probs,
+        test.class_names,
+        test.groups,
+        test.multi_label,
+        threshold,
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+    )
     full["confidence_intervals"], full["bootstrap"] = ci["intervals"], ci["method"]
     intervals = {}
     for name, paths in METRICS.items():
@@ -204,8 +218,14 @@ def delong(positive, scores_reference, scores_other) -> dict:
     else:
         z = difference / math.sqrt(variance)
         p = float(2 * norm.sf(abs(z)))
-    return {"test": "DeLong", "auc_reference": float(aucs[0]), "auc_other": float(aucs[1]),
-            "difference": difference, "z": z, "p_value": p}  # fmt: skip
+    return {
+        "test": "DeLong",
+        "auc_reference": float(aucs[0]),
+        "auc_other": float(aucs[1]),
+        "difference": difference,
+        "z": z,
+        "p_value": p,
+    }
 
 
 def paired_bootstrap(
@@ -249,9 +269,14 @@ def paired_bootstrap(
         if enough:
             tail = int(min((d <= 0).sum(), (d >= 0).sum()))
             p = float(min(1.0, 2 * (tail + 1) / (len(d) + 1)))
-        result[name] = {"difference": observed[name], "low": None if low is None else float(low),
-                        "high": None if high is None else float(high), "p_value": p, "n_valid": len(d),
-                        "p_is_bound": tail == 0}  # fmt: skip
+        result[name] = {
+            "difference": observed[name],
+            "low": None if low is None else float(low),
+            "high": None if high is None else float(high),
+            "p_value": p,
+            "n_valid": len(d),
+            "p_is_bound": tail == 0,
+        }
     return result
 
 
@@ -289,16 +314,36 @@ def per_class_delong(test: ComparisonSet, probs_reference: np.ndarray, probs_oth
 # The comparison
 
 
-def _compare_pair(test: ComparisonSet, probs: Mapping[str, np.ndarray], own: Mapping[str, Threshold],
-                  reference: str, name: str, binary_independent: bool, n_resamples: int, seed: int,
-                  confidence: float) -> dict:  # fmt: skip
+def _compare_pair(
+    test: ComparisonSet,
+    probs: Mapping[str, np.ndarray],
+    own: Mapping[str, Threshold],
+    reference: str,
+    name: str,
+    binary_independent: bool,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> dict:
     """The paired tests of model ``name`` against the ``reference``: accuracy by McNemar, AUROC by DeLong
     (binary, images independent) or by the paired bootstrap, and DeLong per class."""
-    boot = paired_bootstrap(test, probs[reference], probs[name], own[reference], n_resamples, seed,
-                            confidence, other_threshold=own[name])  # fmt: skip
+    boot = paired_bootstrap(
+        test,
+        probs[reference],
+        probs[name],
+        own[reference],
+        n_resamples,
+        seed,
+        confidence,
+        other_threshold=own[name],
+    )
     right = correct(test, probs[reference], own[reference]), correct(test, probs[name], own[name])
-    accuracy = {"difference": boot["accuracy"]["difference"], "test": "McNemar exact",
-                "mcnemar": mcnemar(*right), "bootstrap": boot["accuracy"]}  # fmt: skip
+    accuracy = {
+        "difference": boot["accuracy"]["difference"],
+        "test": "McNemar exact",
+        "mcnemar": mcnemar(*right),
+        "bootstrap": boot["accuracy"],
+    }
     accuracy["p_value"] = accuracy["mcnemar"]["p_value"]
     auroc = {"difference": boot["auroc"]["difference"], "bootstrap": boot["auroc"]}
     if binary_independent:
@@ -349,9 +394,11 @@ def compare_predictions(
     reference = max(models, key=lambda name: models[name]["metrics"][ranked_by])
     positives = int((test.y_true == 1).sum()) if not test.multi_label else 0
     binary_independent = (
-        not test.multi_label and len(test.class_names) == 2 and test.unit == "image"
+        not test.multi_label
+        and len(test.class_names) == 2
+        and test.unit == "image"
         and min(positives, len(test.y_true) - positives) >= 2  # else DeLong's variance is unknown
-    )  # fmt: skip
+    )
     comparisons = {
         name: _compare_pair(
             test, probs, own, reference, name, binary_independent, n_resamples, seed, confidence
@@ -383,7 +430,7 @@ def compare_predictions(
             "rank_by": rank_by,
             "ranked_by": ranked_by,
             "correction": "Holm, per metric",
-        },  # fmt: skip
+        },
         "reference": reference,
         "models": models,
         "comparisons": comparisons,

@@ -210,8 +210,14 @@ def _curve_targets(y_true: np.ndarray, class_names: Sequence[str], multi_label: 
     return [(k, n, (y_true == k).astype(int)) for k, n in enumerate(class_names)]
 
 
-def plot_roc_pr(y_true, probs, class_names: Sequence[str], roc_path: str | os.PathLike,
-                pr_path: str | os.PathLike, multi_label: bool = False) -> tuple[Path, Path]:  # fmt: skip
+def plot_roc_pr(
+    y_true,
+    probs,
+    class_names: Sequence[str],
+    roc_path: str | os.PathLike,
+    pr_path: str | os.PathLike,
+    multi_label: bool = False,
+) -> tuple[Path, Path]:
     """One-vs-rest ROC and precision-recall curves with AUC / average precision per class (binary tasks:
     the second class only). ``y_true``: class indices (N,) or multi-hot (N, C); ``probs``: (N, C)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=float)
@@ -228,10 +234,20 @@ def plot_roc_pr(y_true, probs, class_names: Sequence[str], roc_path: str | os.Pa
             recall, precision, where="post", label=f"{name} (AP {ap:.3f}, prevalence {truth.mean():.2f})"
         )
     ax_roc.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
-    ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
-               title="ROC, one vs rest", xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
-    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall, one vs rest",
-              xlim=(0, 1), ylim=(0, 1.01))  # fmt: skip
+    ax_roc.set(
+        xlabel="1 - specificity (false positive rate)",
+        ylabel="sensitivity (true positive rate)",
+        title="ROC, one vs rest",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    ax_pr.set(
+        xlabel="recall (sensitivity)",
+        ylabel="precision (PPV)",
+        title="Precision-recall, one vs rest",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     for ax, where in ((ax_roc, "lower right"), (ax_pr, "lower left")):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -252,11 +268,23 @@ def plot_reliability(diagrams: dict[str, dict], path: str | os.PathLike, what: s
         conf = np.array([np.nan if v is None else v for v in d["confidence"]])
         filled = ~np.isnan(acc)  # empty bins draw nothing
         ax.bar(centres[filled], acc[filled], width=width * 0.95, color="#4a78b5", label="observed frequency")
-        ax.bar(centres[filled], conf[filled], width=width * 0.95, fill=False, edgecolor=RED, linewidth=1.2,
-               label="mean confidence")  # fmt: skip
+        ax.bar(
+            centres[filled],
+            conf[filled],
+            width=width * 0.95,
+            fill=False,
+            edgecolor=RED,
+            linewidth=1.2,
+            label="mean confidence",
+        )
         ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{what} (mean per bin)", ylabel="observed frequency",
-               title=f"{title}: ECE {d['ece']:.3f}")  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel=f"{what} (mean per bin)",
+            ylabel="observed frequency",
+            title=f"{title}: ECE {d['ece']:.3f}",
+        )
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
@@ -288,8 +316,14 @@ def read_display_image(path: str | os.PathLike) -> np.ndarray | None:
     return display_plane(arr)
 
 
-def plot_sample_grid(images: Sequence[str], y_true, y_pred, class_names: Sequence[str],
-                     path: str | os.PathLike, columns: int = 4) -> Path:  # fmt: skip
+def plot_sample_grid(
+    images: Sequence[str],
+    y_true,
+    y_pred,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    columns: int = 4,
+) -> Path:
     """The image files titled true / predicted class, green when right and red when wrong."""
     rows = max(1, math.ceil(len(images) / columns))
     fig = Figure(figsize=(3.1 * columns, 3.4 * rows))
@@ -303,8 +337,11 @@ def plot_sample_grid(images: Sequence[str], y_true, y_pred, class_names: Sequenc
         else:
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
         right = bool(np.array_equal(true, guess))
-        ax.set_title(f"true: {label_text(true, class_names)}\npred: {label_text(guess, class_names)}",
-                     color=GREEN if right else RED, fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"true: {label_text(true, class_names)}\npred: {label_text(guess, class_names)}",
+            color=GREEN if right else RED,
+            fontsize=9,
+        )
     fig.tight_layout()
     return _save(fig, path)
 

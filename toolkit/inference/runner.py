@@ -535,8 +535,12 @@ def _plan(options: InferenceOptions, bundle: InferenceBundle) -> dict:
         for i, item in enumerate(items)
         if item.key not in done or (options.retry_errors and done[item.key]["status"] == "error")
     ]
-    stamp = {"fingerprint": identity["fingerprint"], "model_sha256": identity["weights_sha256"],
-             "backend": options.backend, "precision": options.precision}  # fmt: skip
+    stamp = {
+        "fingerprint": identity["fingerprint"],
+        "model_sha256": identity["weights_sha256"],
+        "backend": options.backend,
+        "precision": options.precision,
+    }
     return {"items": items, "pending": pending, "ignored": ignored, "stamp": stamp}
 
 

@@ -174,8 +174,12 @@ class _Watcher:
         if self.done and {r.get("fingerprint") for r in self.done.values()} != {identity["fingerprint"]}:
             return resume_refusal(self.output, identity)
         write_run_file(self.output, identity)
-        self.stamp = {"fingerprint": identity["fingerprint"], "model_sha256": identity["weights_sha256"],
-                      "backend": self.options.backend, "precision": self.options.precision}  # fmt: skip
+        self.stamp = {
+            "fingerprint": identity["fingerprint"],
+            "model_sha256": identity["weights_sha256"],
+            "backend": self.options.backend,
+            "precision": self.options.precision,
+        }
         return None
 
     def _pending(self, key: str) -> bool:

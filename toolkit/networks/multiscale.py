@@ -22,8 +22,13 @@ class MultiScaleNet(nn.Module):
     """``trunk`` (pooled features) applied to the image resized by each of ``scales``; features
     concatenated (in the order of ``scales``) and classified by one linear layer."""
 
-    def __init__(self, trunk: nn.Module, num_classes: int, scales: Sequence[float] = (1.0, 0.5, 0.25),
-                 drop_rate: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        trunk: nn.Module,
+        num_classes: int,
+        scales: Sequence[float] = (1.0, 0.5, 0.25),
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         scales = [float(s) for s in scales]
         if not scales or any(not 0 < s <= 1 for s in scales) or len(set(scales)) != len(scales):

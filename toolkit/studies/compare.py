@@ -49,8 +49,17 @@ from toolkit.studies.runs import Progress, epochs_written, exit_reason, run_logg
 logger = logging.getLogger(__name__)
 
 # ids `cit compare` sets itself for every run; an override of them would break the comparison
-RESERVED = ("config_file", "bundle_root", "ckpt_dir", "ckpt_path", "output_dir", "eval_dir", "dataset_dir",
-            "datalist_file", "eval_split")  # fmt: skip
+RESERVED = (
+    "config_file",
+    "bundle_root",
+    "ckpt_dir",
+    "ckpt_path",
+    "output_dir",
+    "eval_dir",
+    "dataset_dir",
+    "datalist_file",
+    "eval_split",
+)
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 # what a model's own checks raise: missing files, a bad model description or split, an unknown id
 MODEL_ERRORS = (OSError, ValueError, KeyError)
@@ -151,8 +160,10 @@ def check_trained_on(ckpt_dir: Path, training_datalist: Path, shared: dict, shar
     one recorded in ``ckpt_dir/model_info.json`` and its images the shared split's."""
     info = load_model_info(ckpt_dir)
     if not info.split_fingerprint:
-        raise SplitMismatchError(f"{ckpt_dir}/model_info.json records no split fingerprint: cannot tell "
-                                 "which images the model was trained on")  # fmt: skip
+        raise SplitMismatchError(
+            f"{ckpt_dir}/model_info.json records no split fingerprint: cannot tell "
+            "which images the model was trained on"
+        )
     if not training_datalist.is_file():
         raise FileNotFoundError(
             f"cannot check the split {ckpt_dir} was trained on: {training_datalist} is missing (give the "
@@ -160,12 +171,15 @@ def check_trained_on(ckpt_dir: Path, training_datalist: Path, shared: dict, shar
         )
     recorded = read_json_object(training_datalist).get("split_fingerprint")
     if recorded != info.split_fingerprint:
-        raise SplitMismatchError(f"{ckpt_dir} was trained on split {info.split_fingerprint}, but "
-                                 f"{training_datalist} holds split {recorded}")  # fmt: skip
+        raise SplitMismatchError(
+            f"{ckpt_dir} was trained on split {info.split_fingerprint}, but "
+            f"{training_datalist} holds split {recorded}"
+        )
     differences = split_differences(load_datalist(training_datalist), shared)
     if differences:
-        raise SplitMismatchError(f"{ckpt_dir} was trained on another split than {shared_path}: "
-                                 + "; ".join(differences))  # fmt: skip
+        raise SplitMismatchError(
+            f"{ckpt_dir} was trained on another split than {shared_path}: " + "; ".join(differences)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +229,12 @@ def _record(run_dir: Path) -> dict:
 
 def _reusable(run_dir: Path, stage: str, command: list[str], digest: str, outputs: Sequence[Path]) -> bool:
     done = _record(run_dir).get(stage) or {}
-    return done.get("command") == command and done.get("recipe") == digest and done.get("returncode") == 0 \
-        and all(p.exists() for p in outputs)  # fmt: skip
+    return (
+        done.get("command") == command
+        and done.get("recipe") == digest
+        and done.get("returncode") == 0
+        and all(p.exists() for p in outputs)
+    )
 
 
 def _remember(
@@ -233,8 +251,17 @@ def bundle_command(
     run_id: str, config: Path, bundle: Path, ids: dict[str, str], overrides: list[str]
 ) -> list[str]:
     """The ``python -m monai.bundle run`` command a user types for ``run_id`` of ``config``."""
-    command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(config),
-               "--bundle_root", str(bundle)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        str(config),
+        "--bundle_root",
+        str(bundle),
+    ]
     for key, value in ids.items():
         command += [f"--{key}", value]
     return command + overrides
@@ -294,8 +321,16 @@ def run_model(spec: ModelSpec, comparison: Comparison, shared: dict, position: s
     run = ModelRun(spec.name, str(spec.bundle), overrides=list(spec.overrides))
     overrides = comparison.overrides + spec.overrides
     try:
-        job = _Job(spec, comparison, run, run_dir, base_config_dir(spec.bundle).parents[1],
-                   recipe_digest(spec.bundle), overrides, [])  # fmt: skip
+        job = _Job(
+            spec,
+            comparison,
+            run,
+            run_dir,
+            base_config_dir(spec.bundle).parents[1],
+            recipe_digest(spec.bundle),
+            overrides,
+            [],
+        )
         job.eval_overrides = eval_overrides(job.config("evaluate"), overrides)
         epochs = None if spec.ckpt_dir else _max_epochs(job.config("train"), overrides)
     except MODEL_ERRORS as err:
@@ -430,8 +465,9 @@ def compare_bundles(
     if predictions:
         test, probs = align_predictions(predictions)
         own = {name: _model_threshold(pred, threshold) for name, pred in predictions.items()}
-        result = compare_predictions(test, probs, threshold=own, n_resamples=n_resamples, seed=seed,
-                                     alpha=alpha, rank_by=rank_by)  # fmt: skip
+        result = compare_predictions(
+            test, probs, threshold=own, n_resamples=n_resamples, seed=seed, alpha=alpha, rank_by=rank_by
+        )
     doc = read_json_object(datalist)
     context = {
         "command": command_line,
@@ -468,15 +504,26 @@ def _refuse_other_rows(predictions: dict, runs: list[ModelRun]) -> None:
     for run in runs:
         if run.name in row_sets and row_sets[run.name] != common:
             theirs = row_sets[run.name]
-            run.fail("predictions", f"its test rows differ from {reference}'s: {len(common - theirs)} image(s) "
-                                    f"missing, {len(theirs - common)} extra", predictions[run.name].path)  # fmt: skip
+            run.fail(
+                "predictions",
+                f"its test rows differ from {reference}'s: {len(common - theirs)} image(s) "
+                f"missing, {len(theirs - common)} extra",
+                predictions[run.name].path,
+            )
             del predictions[run.name]
 
 
 def _row(run: ModelRun) -> dict:
-    row = {"name": run.name, "status": run.status, "bundle": run.bundle, "ckpt_dir": run.ckpt_dir,
-           "eval_dir": run.eval_dir, "overrides": run.overrides, "seconds": run.seconds,
-           "reused": run.reused}  # fmt: skip
+    row = {
+        "name": run.name,
+        "status": run.status,
+        "bundle": run.bundle,
+        "ckpt_dir": run.ckpt_dir,
+        "eval_dir": run.eval_dir,
+        "overrides": run.overrides,
+        "seconds": run.seconds,
+        "reused": run.reused,
+    }
     if run.status != "ok":
         row.update(stage=run.stage, error=run.error, log=run.log)
     return row

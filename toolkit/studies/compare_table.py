@@ -25,10 +25,24 @@ HEADINGS = {
 CSV_COLUMNS = (
     ["model", "status", "bundle", "best"]
     + [f"{m}{end}" for m in SHOWN for end in ("", "_ci_low", "_ci_high")]
-    + ["accuracy_difference", "mcnemar_b", "mcnemar_c", "accuracy_p", "accuracy_p_holm",
-       "accuracy_bootstrap_p", "accuracy_verdict", "auroc_difference", "auroc_test", "auroc_p",
-       "auroc_p_holm", "auroc_verdict", "stage", "error", "log"]
-)  # fmt: skip
+    + [
+        "accuracy_difference",
+        "mcnemar_b",
+        "mcnemar_c",
+        "accuracy_p",
+        "accuracy_p_holm",
+        "accuracy_bootstrap_p",
+        "accuracy_verdict",
+        "auroc_difference",
+        "auroc_test",
+        "auroc_p",
+        "auroc_p_holm",
+        "auroc_verdict",
+        "stage",
+        "error",
+        "log",
+    ]
+)
 
 
 def write_comparison(
@@ -63,12 +77,19 @@ def _csv_row(result: Mapping | None, row: Mapping) -> list:
         if test:
             acc, auc = test["accuracy"], test["auroc"]
             values.update(
-                accuracy_difference=acc["difference"], mcnemar_b=acc["mcnemar"]["b_reference_only"],
-                mcnemar_c=acc["mcnemar"]["c_other_only"], accuracy_p=acc["p_value"], accuracy_p_holm=acc["p_holm"],
-                accuracy_bootstrap_p=acc["bootstrap"]["p_value"], accuracy_verdict=acc["verdict"],
-                auroc_difference=auc["difference"], auroc_test=auc["test"], auroc_p=auc["p_value"],
-                auroc_p_holm=auc["p_holm"], auroc_verdict=auc["verdict"],
-            )  # fmt: skip
+                accuracy_difference=acc["difference"],
+                mcnemar_b=acc["mcnemar"]["b_reference_only"],
+                mcnemar_c=acc["mcnemar"]["c_other_only"],
+                accuracy_p=acc["p_value"],
+                accuracy_p_holm=acc["p_holm"],
+                accuracy_bootstrap_p=acc["bootstrap"]["p_value"],
+                accuracy_verdict=acc["verdict"],
+                auroc_difference=auc["difference"],
+                auroc_test=auc["test"],
+                auroc_p=auc["p_value"],
+                auroc_p_holm=auc["p_holm"],
+                auroc_verdict=auc["verdict"],
+            )
     return ["" if values.get(c) is None else values.get(c, "") for c in CSV_COLUMNS]
 
 
@@ -114,12 +135,18 @@ def markdown(result: Mapping | None, rows: Sequence[Mapping], context: Mapping |
     lines = ["# Model comparison", ""]
     if context.get("split"):
         split = context["split"]
-        lines += [f"Split `{split.get('fingerprint')}` (`{split.get('datalist')}`, seed {split.get('seed')}); "
-                  f"images per split: {split.get('counts')}.", ""]  # fmt: skip
+        lines += [
+            f"Split `{split.get('fingerprint')}` (`{split.get('datalist')}`, seed {split.get('seed')}); "
+            f"images per split: {split.get('counts')}.",
+            "",
+        ]
     if context.get("overrides") is not None:
         own = [f"{r['name']} `{' '.join(r['overrides'])}`" for r in rows if r.get("overrides")]
-        lines += [f"Bundle overrides for every run: `{' '.join(context['overrides']) or 'none'}`"
-                  + (f"; for one model only: {', '.join(own)}." if own else "."), ""]  # fmt: skip
+        lines += [
+            f"Bundle overrides for every run: `{' '.join(context['overrides']) or 'none'}`"
+            + (f"; for one model only: {', '.join(own)}." if own else "."),
+            "",
+        ]
     lines += ["| model | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for row in rows:
         scored = result["models"].get(row["name"]) if result and row["status"] == "ok" else None
@@ -155,9 +182,12 @@ def footnotes(result: Mapping | None) -> list[str]:
     ]
     if t["multi_label"]:
         used = {json.dumps(m.get("threshold")) for m in result["models"].values()}
-        rule = (f"probability >= {next(iter(used))}" if len(used) == 1 and "[" not in next(iter(used))
-                else "each model's own per-finding thresholds (comparison.json; a model's evaluation chooses "
-                     "them on validation, recorded in eval/metrics.json)")  # fmt: skip
+        rule = (
+            f"probability >= {next(iter(used))}"
+            if len(used) == 1 and "[" not in next(iter(used))
+            else "each model's own per-finding thresholds (comparison.json; a model's evaluation chooses "
+            "them on validation, recorded in eval/metrics.json)"
+        )
         notes.append(
             f"- Multi-label: a finding is predicted at {rule}; accuracy is the exact-match (subset) accuracy; "
             "precision, recall, F1 and AUROC are macro averages over the findings."
@@ -176,9 +206,12 @@ def footnotes(result: Mapping | None) -> list[str]:
     notes.append(
         "- Accuracy: exact McNemar test (two-sided binomial test on the discordant images); it treats "
         "images as independent"
-        + (", so comparison.csv also gives the paired patient-level bootstrap p-value (accuracy_bootstrap_p)."
-           if t["unit"] == "patient" else ".")
-    )  # fmt: skip
+        + (
+            ", so comparison.csv also gives the paired patient-level bootstrap p-value (accuracy_bootstrap_p)."
+            if t["unit"] == "patient"
+            else "."
+        )
+    )
     tests = {c["auroc"]["test"] for c in result["comparisons"].values()}
     if "DeLong" in tests:
         notes.append("- AUROC: DeLong's test (binary task, one image per unit).")

@@ -109,10 +109,14 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
     run_dir = out_dir / name
     sources = [str(data_dir / s) for s in spec["sources"]]
     bundle = REPO_ROOT / "bundles" / spec.get("bundle", "pretrain_ssl")
-    ids = {"dataset_dir": json.dumps(sources), "ckpt_dir": str(run_dir / "models"),
-           "output_dir": str(run_dir / "output")}  # fmt: skip
-    command = bundle_command("training", bundle / "configs" / "train.json", bundle, ids,
-                             _cli_pairs(spec.get("overrides", {})))  # fmt: skip
+    ids = {
+        "dataset_dir": json.dumps(sources),
+        "ckpt_dir": str(run_dir / "models"),
+        "output_dir": str(run_dir / "output"),
+    }
+    command = bundle_command(
+        "training", bundle / "configs" / "train.json", bundle, ids, _cli_pairs(spec.get("overrides", {}))
+    )
     targets = load_experiments(spec.get("exclude_test_of", []))
     excluded = [str(experiment_datalist(n, t, out_dir, data_dir)) for n, t in targets.items()]
     if excluded:  # their test images are left out of the pool (the leakage guard checks it again)
@@ -129,8 +133,12 @@ def run_pretrain(name: str, spec: dict, out_dir: Path, data_dir: Path) -> dict:
         return record
     start = time.monotonic()
     code = run_logged(command, REPO_ROOT, run_dir / "train.log")
-    record = {"command": command, "recipe": recipe, "returncode": code,
-              "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
+    record = {
+        "command": command,
+        "recipe": recipe,
+        "returncode": code,
+        "seconds": round(time.monotonic() - start, 1),
+    }
     atomic_write_json(run_dir / "run.json", record)
     if code != 0:
         raise RuntimeError(f"pretraining {name} failed: {error_line((run_dir / 'train.log').read_text())}")
@@ -164,10 +172,15 @@ def rebuild_pneumoniamnist(data_dir: Path, out_path: Path) -> Path:
             images.append(image)
             labels.append(int(label))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_path, train_images=np.stack(images), train_labels=np.array(labels),
-                        val_images=full_eval["val_images"], val_labels=np.asarray(full_eval["val_labels"]).reshape(-1),
-                        test_images=full_eval["test_images"],
-                        test_labels=np.asarray(full_eval["test_labels"]).reshape(-1))  # fmt: skip
+    np.savez_compressed(
+        out_path,
+        train_images=np.stack(images),
+        train_labels=np.array(labels),
+        val_images=full_eval["val_images"],
+        val_labels=np.asarray(full_eval["val_labels"]).reshape(-1),
+        test_images=full_eval["test_images"],
+        test_labels=np.asarray(full_eval["test_labels"]).reshape(-1),
+    )
     return out_path
 
 
@@ -198,8 +211,15 @@ def label_fraction(datalist: Path, fraction: float, seed: int, out_path: Path) -
     doc = load_datalist(datalist)
     kept = split_items(doc["training"], {"keep": fraction, "drop": 1 - fraction}, seed=seed)["keep"]
     splits = {k: doc[k] for k in ("validation", "test") if k in doc}
-    return save_datalist(out_path, {"training": kept, **splits}, doc["labels"], multi_label=doc.get("multi_label", False),
-                         subset_of=str(datalist), training_fraction=fraction, seed=seed)  # fmt: skip
+    return save_datalist(
+        out_path,
+        {"training": kept, **splits},
+        doc["labels"],
+        multi_label=doc.get("multi_label", False),
+        subset_of=str(datalist),
+        training_fraction=fraction,
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,8 +255,14 @@ def _paired(result: Mapping) -> dict:
     """The paired tests of the best arm against the others (accuracy: McNemar; AUROC: DeLong or bootstrap)."""
     out = {"reference": result["reference"]}
     for name, comparison in result["comparisons"].items():
-        out[name] = {m: {"difference": comparison[m]["difference"], "p": comparison[m]["p_value"],
-                         "test": comparison[m]["test"]} for m in ("accuracy", "auroc")}  # fmt: skip
+        out[name] = {
+            m: {
+                "difference": comparison[m]["difference"],
+                "p": comparison[m]["p_value"],
+                "test": comparison[m]["test"],
+            }
+            for m in ("accuracy", "auroc")
+        }
     return out
 
 
@@ -256,9 +282,13 @@ def _subset_result(eval_dirs: Mapping[str, Path], keep: set[str], seed: int) -> 
         {n: read_predictions(d / "predictions.csv") for n, d in eval_dirs.items()}
     )
     rows = np.array([i for i, image in enumerate(test.images) if image in keep])
-    subset = ComparisonSet([test.images[i] for i in rows], None if test.groups is None else
-                           [test.groups[i] for i in rows], test.y_true[rows], test.class_names,
-                           test.multi_label)  # fmt: skip
+    subset = ComparisonSet(
+        [test.images[i] for i in rows],
+        None if test.groups is None else [test.groups[i] for i in rows],
+        test.y_true[rows],
+        test.class_names,
+        test.multi_label,
+    )
     return compare_predictions(subset, {n: p[rows] for n, p in probs.items()}, seed=seed)
 
 
@@ -282,9 +312,17 @@ def run_classification(
             tag = f"labels{round(fraction * 100)}_seed{seed}"
             run_dir = out_dir / name / tag
             subset = label_fraction(datalist, fraction, seed, run_dir / "labels.json")
-            arms = [ModelSpec(arm, bundle, overrides=parse_overrides(
-                        [_fill_backbones(str(v), out_dir) for v in _cli_pairs(overrides)]))
-                    for arm, overrides in spec["arms"].items() if not only_arms or arm in only_arms]  # fmt: skip
+            arms = [
+                ModelSpec(
+                    arm,
+                    bundle,
+                    overrides=parse_overrides(
+                        [_fill_backbones(str(v), out_dir) for v in _cli_pairs(overrides)]
+                    ),
+                )
+                for arm, overrides in spec["arms"].items()
+                if not only_arms or arm in only_arms
+            ]
             timed = _timed(spec, fraction, seed)
             logger.info("%s: %s (%s)", name, tag, ", ".join(spec["arms"]))
             extra = ["--seed", str(seed), *(["--checkpoints_kept", "0"] if timed else [])]
@@ -319,13 +357,18 @@ def run_classification(
                     continue
                 keep = _subset_rows(next(iter(ok.values())) / "predictions.csv", subset_spec, data_dir)
                 sub = _subset_result(ok, keep, seed=0)
-                entry["subsets"][label] = {"images": len(keep), "arms": {n: _arm_metrics(m, positive) for n, m
-                                                                       in sub["models"].items()}}  # fmt: skip
+                entry["subsets"][label] = {
+                    "images": len(keep),
+                    "arms": {n: _arm_metrics(m, positive) for n, m in sub["models"].items()},
+                }
             if timed:
                 entry["time_to_accuracy"] = {
-                    r["name"]: accuracy_per_epoch(bundle, Path(r["ckpt_dir"]), histories[r["name"]], [*common, *extra])
-                    for r in summary["rows"] if r["status"] == "ok"
-                }  # fmt: skip
+                    r["name"]: accuracy_per_epoch(
+                        bundle, Path(r["ckpt_dir"]), histories[r["name"]], [*common, *extra]
+                    )
+                    for r in summary["rows"]
+                    if r["status"] == "ok"
+                }
             runs.append(entry)
     out = {"name": name, "spec": spec, "datalist": _shown(datalist), "runs": runs}
     atomic_write_json(out_dir / name / "summary.json", out)
@@ -357,8 +400,12 @@ def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, history: list[dict], overri
         eval_dir = ckpt_dir.parent / "epochs" / f"epoch{epoch}"
         checkpoint = ckpt_dir / f"checkpoint_epoch={epoch}.pt"
         if not (eval_dir / "metrics.json").is_file() and checkpoint.is_file():
-            ids = {"ckpt_dir": str(ckpt_dir), "ckpt_path": str(checkpoint), "eval_dir": str(eval_dir),
-                   "output_dir": str(ckpt_dir.parent / "output")}  # fmt: skip
+            ids = {
+                "ckpt_dir": str(ckpt_dir),
+                "ckpt_path": str(checkpoint),
+                "eval_dir": str(eval_dir),
+                "output_dir": str(ckpt_dir.parent / "output"),
+            }
             command = bundle_command("evaluating", config, bundle, ids, eval_overrides(config, overrides))
             if run_logged(command, REPO_ROOT, eval_dir.parent / f"evaluate{epoch}.log") != 0:
                 logger.warning(
@@ -367,8 +414,14 @@ def accuracy_per_epoch(bundle: Path, ckpt_dir: Path, history: list[dict], overri
         if epoch < len(history):
             checkpoint.unlink(missing_ok=True)
         metrics = read_json_object(eval_dir / "metrics.json")
-        rows.append({"epoch": epoch, "train_cpu_minutes": round(elapsed / 60, 2), "accuracy": metrics.get("accuracy"),
-                     "auroc": metrics.get("roc_auc_ovr_macro")})  # fmt: skip
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_cpu_minutes": round(elapsed / 60, 2),
+                "accuracy": metrics.get("accuracy"),
+                "auroc": metrics.get("roc_auc_ovr_macro"),
+            }
+        )
     return rows
 
 

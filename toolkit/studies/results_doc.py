@@ -67,10 +67,12 @@ def published_table(summaries: Sequence[Mapping]) -> list[str]:
                     )
                     continue
                 for k, pub in enumerate(published):
-                    lead = (f"| {summary['spec']['title']} ({run['images'].get('test')} test images) | {name} "
-                            f"| {run['seed']} | {arm.get('epochs')} | {training_time(arm)} "
-                            f"| {_with_ci(arm, 'accuracy')} | {_with_ci(arm, 'auroc')} "
-                            f"| {_with_ci(arm, 'sensitivity')} | {_with_ci(arm, 'specificity')} ")  # fmt: skip
+                    lead = (
+                        f"| {summary['spec']['title']} ({run['images'].get('test')} test images) | {name} "
+                        f"| {run['seed']} | {arm.get('epochs')} | {training_time(arm)} "
+                        f"| {_with_ci(arm, 'accuracy')} | {_with_ci(arm, 'auroc')} "
+                        f"| {_with_ci(arm, 'sensitivity')} | {_with_ci(arm, 'specificity')} "
+                    )
                     if k:
                         lead = "| | | | | | | | | | "
                     lines.append(lead + f"| {_published_cell(pub)} | {reached(arm, pub)} |")
@@ -86,8 +88,10 @@ def weights_lines(summaries: Sequence[Mapping]) -> list[str]:
                 continue
             for name, arm in run["arms"].items():
                 if arm.get("weights_sha256"):
-                    out.append(f"- {summary['spec']['title']}, `{name}`, seed {run['seed']}: "
-                               f"`{run['folder']}/runs/{name}/models/model.pt`, sha256 `{arm['weights_sha256']}`")  # fmt: skip
+                    out.append(
+                        f"- {summary['spec']['title']}, `{name}`, seed {run['seed']}: "
+                        f"`{run['folder']}/runs/{name}/models/model.pt`, sha256 `{arm['weights_sha256']}`"
+                    )
     return out
 
 
@@ -109,18 +113,25 @@ def efficiency(summary: Mapping, subset: str | None = None) -> list[dict]:
                 if arm in source and source[arm].get("accuracy") is not None:
                     values.append(source[arm])
             per_arm[arm] = values
-        row = {"fraction": fraction, "train_images": [r["images"].get("training") for r in runs],
-               "arms": per_arm, "paired": [r.get("paired") for r in runs]}  # fmt: skip
+        row = {
+            "fraction": fraction,
+            "train_images": [r["images"].get("training") for r in runs],
+            "arms": per_arm,
+            "paired": [r.get("paired") for r in runs],
+        }
         scratch, others = arms[0], arms[1:]
         row["versus"] = {}
         if per_arm[scratch]:
-            row["scratch_ci_width"] = float(np.mean([v["accuracy_ci"][1] - v["accuracy_ci"][0]
-                                                     for v in per_arm[scratch]]))  # fmt: skip
+            row["scratch_ci_width"] = float(
+                np.mean([v["accuracy_ci"][1] - v["accuracy_ci"][0] for v in per_arm[scratch]])
+            )
             scratch_mean = np.mean([v["accuracy"] for v in per_arm[scratch]])
             for other in (a for a in others if per_arm[a]):
                 difference = float(np.mean([v["accuracy"] for v in per_arm[other]]) - scratch_mean)
-                row["versus"][other] = {"difference": difference,
-                                        "beats_by_more_than_ci_width": difference > row["scratch_ci_width"]}  # fmt: skip
+                row["versus"][other] = {
+                    "difference": difference,
+                    "beats_by_more_than_ci_width": difference > row["scratch_ci_width"],
+                }
         rows.append(row)
     return rows
 
@@ -153,8 +164,12 @@ def efficiency_table(summary: Mapping, subset: str | None = None) -> list[str]:
             "/".join(str(n) for n in sorted(set(row["train_images"]))),
         ]
         cells += [_seed_cell(row["arms"][a], "accuracy") for a in arms]
-        cells += [_num(float(np.mean([v["auroc"] for v in row["arms"][a] if v.get("auroc") is not None])))
-                  if row["arms"][a] else "n/a" for a in arms]  # fmt: skip
+        cells += [
+            _num(float(np.mean([v["auroc"] for v in row["arms"][a] if v.get("auroc") is not None])))
+            if row["arms"][a]
+            else "n/a"
+            for a in arms
+        ]
         versus = [row["versus"].get(a) for a in others]
         cells += [f"{v['difference']:+.3f}" if v else "n/a" for v in versus]
         cells.append(f"{row['scratch_ci_width']:.3f}" if "scratch_ci_width" in row else "n/a")
@@ -174,9 +189,11 @@ def paired_lines(summary: Mapping) -> list[str]:
             if name == "reference":
                 continue
             acc, auc = tests["accuracy"], tests["auroc"]
-            out.append(f"- {round(run['fraction'] * 100)} % labels, seed {run['seed']}: {name} minus "
-                       f"{paired['reference']}: accuracy {acc['difference']:+.3f} ({acc['test']} p = {acc['p']:.3g}), "
-                       f"AUROC {_signed(auc['difference'])} ({auc['test']} p = {_num(auc['p'])})")  # fmt: skip
+            out.append(
+                f"- {round(run['fraction'] * 100)} % labels, seed {run['seed']}: {name} minus "
+                f"{paired['reference']}: accuracy {acc['difference']:+.3f} ({acc['test']} p = {acc['p']:.3g}), "
+                f"AUROC {_signed(auc['difference'])} ({auc['test']} p = {_num(auc['p'])})"
+            )
     return out
 
 
@@ -196,12 +213,19 @@ def time_to_accuracy_lines(summary: Mapping) -> list[str]:
             for target in targets:
                 hit = next((r for r in rows if r["accuracy"] is not None and r["accuracy"] >= target), None)
                 reached_at.append(
-                    f"{target:.1%}: " + (f"{hit['train_cpu_minutes']:.1f} CPU-min (epoch {hit['epoch']})" if hit else
-                                         f"not reached in {rows[-1]['train_cpu_minutes']:.1f} CPU-min ({len(rows)} epochs)")
-                )  # fmt: skip
+                    f"{target:.1%}: "
+                    + (
+                        f"{hit['train_cpu_minutes']:.1f} CPU-min (epoch {hit['epoch']})"
+                        if hit
+                        else f"not reached in {rows[-1]['train_cpu_minutes']:.1f} CPU-min ({len(rows)} epochs)"
+                    )
+                )
             curve = ", ".join(
                 f"{r['epoch']}: {_num(r['accuracy'])} @ {r['train_cpu_minutes']:.1f}" for r in rows
             )
-            lines += [f"- `{arm}` (labels {round(run['fraction'] * 100)} %, seed {run['seed']}): " + "; ".join(reached_at),
-                      f"  - test accuracy after each epoch (epoch: accuracy @ training CPU-minutes): {curve}"]  # fmt: skip
+            lines += [
+                f"- `{arm}` (labels {round(run['fraction'] * 100)} %, seed {run['seed']}): "
+                + "; ".join(reached_at),
+                f"  - test accuracy after each epoch (epoch: accuracy @ training CPU-minutes): {curve}",
+            ]
     return lines

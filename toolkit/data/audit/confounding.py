@@ -24,10 +24,15 @@ SHORTCUT_P = 1e-3
 SIZE_EXACT_MAX = 10  # with more distinct 2D sizes, sizes are bucketed by powers of two per side
 # (report name, key of describe_image); modality and manufacturer only when there are DICOM files
 PROPERTIES = (
-    ("colour mode", "photometric"), ("colour content", "content"), ("channels", "channels"),
-    ("bit depth", "bit_depth"), ("size", "size"),
-    ("format", "format"), ("modality", "modality"), ("manufacturer", "manufacturer"),
-)  # fmt: skip
+    ("colour mode", "photometric"),
+    ("colour content", "content"),
+    ("channels", "channels"),
+    ("bit depth", "bit_depth"),
+    ("size", "size"),
+    ("format", "format"),
+    ("modality", "modality"),
+    ("manufacturer", "manufacturer"),
+)
 
 
 def _band(n: int) -> str:
@@ -85,13 +90,27 @@ def _shortcuts(table: np.ndarray, values: Sequence[str], classes: Sequence[str])
             continue
         p = float(hypergeom.sf(count - 1, n, int(per_class[c]), held))
         if p < SHORTCUT_P:
-            found.append({"value": value, "class": classes[c], "images": held, "in_class": count,
-                          "share": round(share, 3), "class_share": round(float(base), 3), "p_value": p})  # fmt: skip
+            found.append(
+                {
+                    "value": value,
+                    "class": classes[c],
+                    "images": held,
+                    "in_class": count,
+                    "share": round(share, 3),
+                    "class_share": round(float(base), 3),
+                    "p_value": p,
+                }
+            )
     return found
 
 
-def confounds(items: Sequence[Mapping], described: Sequence[Mapping], labels: Sequence[str],
-              splits: Sequence[str], multi_label: bool = False) -> dict:  # fmt: skip
+def confounds(
+    items: Sequence[Mapping],
+    described: Sequence[Mapping],
+    labels: Sequence[str],
+    splits: Sequence[str],
+    multi_label: bool = False,
+) -> dict:
     """Counts of each image property per split and class, and the properties that predict the
     label (see ``CONFOUND_V`` / ``SHORTCUT_*``). ``items`` (with ``_split``) and ``described``
     (``describe_image`` results) are the readable images, in the same order. Multi-label sets are
@@ -136,14 +155,29 @@ def confounds(items: Sequence[Mapping], described: Sequence[Mapping], labels: Se
                 entry["cramers_v"][target], entry["p_value"][target] = round(v, 3), p
                 where = "the label" if target == "label" else f"class {target}"
                 if v >= CONFOUND_V and p < CONFOUND_P:
-                    flags.append({"property": title, "target": target, "kind": "association", "cramers_v": round(v, 3),
-                                  "p_value": p, "text": f"{title} predicts {where}: Cramer's V {v:.2f} "
-                                                        f"(bias-corrected; chi-square p = {p:.1e})"})  # fmt: skip
+                    flags.append(
+                        {
+                            "property": title,
+                            "target": target,
+                            "kind": "association",
+                            "cramers_v": round(v, 3),
+                            "p_value": p,
+                            "text": f"{title} predicts {where}: Cramer's V {v:.2f} "
+                            f"(bias-corrected; chi-square p = {p:.1e})",
+                        }
+                    )
                 for s in _shortcuts(table, order, classes):
-                    flags.append({"property": title, "target": target, "kind": "shortcut", **s,
-                                  "text": f"{title} {s['value']}: {s['in_class']} of its {s['images']} images are "
-                                          f"class {s['class']!r}, which holds {s['class_share']:.0%} of all images "
-                                          f"(hypergeometric p = {s['p_value']:.1e})"})  # fmt: skip
+                    flags.append(
+                        {
+                            "property": title,
+                            "target": target,
+                            "kind": "shortcut",
+                            **s,
+                            "text": f"{title} {s['value']}: {s['in_class']} of its {s['images']} images are "
+                            f"class {s['class']!r}, which holds {s['class_share']:.0%} of all images "
+                            f"(hypergeometric p = {s['p_value']:.1e})",
+                        }
+                    )
         properties[title] = entry
     return {
         "found": bool(flags),

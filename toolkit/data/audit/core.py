@@ -370,10 +370,20 @@ def run_audit(
         logger.info("audit: %d / %d images read", done, total)
 
     report = audit_datalist(
-        doc, read_image, threshold=threshold, transforms=transforms, confirm=confirm,
-        confirm_pixels=confirm_pixels, workers=workers, progress=progress, embedder=embedder,
-        neighbours=neighbours, min_similarity=min_similarity, min_inliers=min_inliers, embedding_cache=embedding_cache,
-    )  # fmt: skip
+        doc,
+        read_image,
+        threshold=threshold,
+        transforms=transforms,
+        confirm=confirm,
+        confirm_pixels=confirm_pixels,
+        workers=workers,
+        progress=progress,
+        embedder=embedder,
+        neighbours=neighbours,
+        min_similarity=min_similarity,
+        min_inliers=min_inliers,
+        embedding_cache=embedding_cache,
+    )
     for entry in report["unreadable"]:  # reasons name the file, not its full path (that is its own field)
         entry["error"] = without_path(entry["error"], entry["image"])
     if source.is_dir():  # every file of the folder that was not audited, with its reason
@@ -384,9 +394,16 @@ def run_audit(
     if write_regrouped:
         splits = regroup(doc, report, seed)
         meta = {k: v for k, v in doc.items() if k in ("name", "description")}
-        path = save_datalist(out_dir / "datalist_regrouped.json", splits, doc["labels"],
-                             multi_label=bool(doc.get("multi_label")), regrouped_from=str(datalist_path),
-                             group_key="audit_group", seed=seed, **meta)  # fmt: skip
+        path = save_datalist(
+            out_dir / "datalist_regrouped.json",
+            splits,
+            doc["labels"],
+            multi_label=bool(doc.get("multi_label")),
+            regrouped_from=str(datalist_path),
+            group_key="audit_group",
+            seed=seed,
+            **meta,
+        )
         report["regrouped_datalist"] = str(path)
         report["regrouped_splits"] = {k: len(v) for k, v in splits.items()}
         report["regrouped_moved"] = sum(

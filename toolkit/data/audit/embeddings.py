@@ -185,8 +185,10 @@ def _verify_chunk(chunk: Sequence[tuple[int, int, float]], min_inliers: int) -> 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # RANSAC's "No inliers found": a pair that does not match
-        return [{"i": i, "j": j, "similarity": s, **verify(_SHARED_POINTS[i], _SHARED_POINTS[j], min_inliers)}
-                for i, j, s in chunk]  # fmt: skip
+        return [
+            {"i": i, "j": j, "similarity": s, **verify(_SHARED_POINTS[i], _SHARED_POINTS[j], min_inliers)}
+            for i, j, s in chunk
+        ]
 
 
 def verify_candidates(

@@ -12,8 +12,16 @@ from toolkit.data.audit.core import audit_datalist
 from toolkit.data.splits import SPLIT_GROUP, UnionFind, is_multi_label
 
 # near-duplicate settings a split may set (``toolkit.data.audit.audit_datalist`` arguments)
-NEAR_DUPLICATE_OPTIONS = ("threshold", "transforms", "confirm", "confirm_pixels", "embeddings", "neighbours",
-                          "min_similarity", "min_inliers")  # fmt: skip
+NEAR_DUPLICATE_OPTIONS = (
+    "threshold",
+    "transforms",
+    "confirm",
+    "confirm_pixels",
+    "embeddings",
+    "neighbours",
+    "min_similarity",
+    "min_inliers",
+)
 
 
 def _check(options) -> None:
@@ -53,8 +61,13 @@ def near_duplicate_groups(
     multi = is_multi_label(items)
     if not options.pop("embeddings", False):
         embedder = None
-    report = audit_datalist({"labels": list(labels), "multi_label": multi, "all": list(items)}, read_image,
-                            workers=workers, embedder=embedder, **options)  # fmt: skip
+    report = audit_datalist(
+        {"labels": list(labels), "multi_label": multi, "all": list(items)},
+        read_image,
+        workers=workers,
+        embedder=embedder,
+        **options,
+    )
     groups = report["_groups"]
     for item, group in zip(items, groups, strict=True):
         item[SPLIT_GROUP] = f"g{group}"
@@ -84,5 +97,5 @@ def near_duplicate_groups(
                 ("confirm_pixels", "confirm_pixel_difference"),
                 ("embedding_stage", "embedding_stage"),
             )
-        },  # fmt: skip
+        },
     }

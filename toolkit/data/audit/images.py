@@ -170,8 +170,14 @@ def _header_facts(path: str, kind: str) -> dict:
         channels = Image.getmodebands(mode)  # as stored: RGBA = 4, LA = 2, palette = 1
     except (KeyError, ValueError):
         channels = None
-    return {"format": info["format"] or "raster", "modality": "unknown", "photometric": mode, "bit_depth": bits,
-            "channels": channels, "frames": info["frames"]}  # fmt: skip
+    return {
+        "format": info["format"] or "raster",
+        "modality": "unknown",
+        "photometric": mode,
+        "bit_depth": bits,
+        "channels": channels,
+        "frames": info["frames"],
+    }
 
 
 def _colour_content(arr: np.ndarray) -> str:

@@ -92,8 +92,15 @@ def verify(a: tuple, b: tuple, min_inliers: int = DEFAULT_MIN_INLIERS) -> dict:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "No inliers found": a pair that does not match
-                model, inliers = ransac((src, dst), SimilarityTransform, min_samples=3, residual_threshold=RESIDUAL,
-                                        max_trials=RANSAC_TRIALS, stop_sample_num=4 * min_inliers, rng=0)  # fmt: skip
+                model, inliers = ransac(
+                    (src, dst),
+                    SimilarityTransform,
+                    min_samples=3,
+                    residual_threshold=RESIDUAL,
+                    max_trials=RANSAC_TRIALS,
+                    stop_sample_num=4 * min_inliers,
+                    rng=0,
+                )
         except RuntimeError:  # scikit-image >= 0.26: "Failed estimation" when no sample fits: no match
             continue
         if inliers is None or not model:  # a failed estimation is falsy (scikit-image >= 0.26)
@@ -102,6 +109,11 @@ def verify(a: tuple, b: tuple, min_inliers: int = DEFAULT_MIN_INLIERS) -> dict:
         # times, and a smooth picture's few corners could otherwise make up the count alone
         count = len({(round(x / CELL), round(y / CELL)) for x, y in dst[inliers]})
         if count > best["inliers"]:
-            best = {"inliers": count, "flip": flip, "angle": round(float(np.degrees(model.rotation)) % 360, 1),
-                    "scale": round(float(model.scale), 3), "matches": len(matches)}  # fmt: skip
+            best = {
+                "inliers": count,
+                "flip": flip,
+                "angle": round(float(np.degrees(model.rotation)) % 360, 1),
+                "scale": round(float(model.scale), 3),
+                "matches": len(matches),
+            }
     return best

@@ -46,36 +46,59 @@ def _verdict_markdown(report: Mapping) -> list[str]:
     root = report.get("image_root")
     leak = report["leakage"]
     lines = [f"# Data audit: {report.get('name') or report.get('datalist')}", ""]
-    lines.append(f"Datalist: `{report.get('datalist')}`, {report['num_items']} items under "
-                 f"`{root}` (paths below are relative to it), "
-                 f"{len(report['unreadable'])} unreadable, audited in {report['elapsed_seconds']} s.")  # fmt: skip
+    lines.append(
+        f"Datalist: `{report.get('datalist')}`, {report['num_items']} items under "
+        f"`{root}` (paths below are relative to it), "
+        f"{len(report['unreadable'])} unreadable, audited in {report['elapsed_seconds']} s."
+    )
     verdict = "**LEAKAGE FOUND**" if leak["found"] else "No leakage found"
     lines += ["", f"## Verdict: {verdict}", ""]
     counts = leak["counts_by_split_pair"]
     if counts:
-        rows = [[pair.replace("|", " / "), c.get("shared_patients", 0), c.get("exact_duplicate_pairs", 0),
-                 c.get("near_duplicate_pairs", 0)] for pair, c in counts.items()]  # fmt: skip
+        rows = [
+            [
+                pair.replace("|", " / "),
+                c.get("shared_patients", 0),
+                c.get("exact_duplicate_pairs", 0),
+                c.get("near_duplicate_pairs", 0),
+            ]
+            for pair, c in counts.items()
+        ]
         lines += _table(
             rows, ["split pair", "shared patients", "exact duplicate pairs", "near-duplicate pairs"]
         )
         lines.append("")
     copies = leak.get("images_with_a_copy_in_another_split", {})
     if copies:
-        lines.append("Images with an exact or near copy in another split: "
-                     + ", ".join(f"{s} {n} of {report['splits'].get(s, '?')}" for s, n in copies.items()) + ".")  # fmt: skip
+        lines.append(
+            "Images with an exact or near copy in another split: "
+            + ", ".join(f"{s} {n} of {report['splits'].get(s, '?')}" for s, n in copies.items())
+            + "."
+        )
         lines.append("")
     s = report["settings"]
-    lines.append(f"Near-duplicates: 64-bit pHash Hamming distance <= {s['hamming_threshold']}"
-                 f"{' (also against the 8 rotations / flips)' if s['rotations_and_flips'] else ''}"
-                 + (f", confirmed by 256-bit pHash distance <= {s['confirm_hamming_256']}"
-                    if s["confirm_hamming_256"] is not None else "")
-                 + (f" and on the pixels: {s['pixel_difference']} <= {s['confirm_pixel_difference']}"
-                    if s.get("confirm_pixel_difference") is not None else "") + ".")  # fmt: skip
+    lines.append(
+        f"Near-duplicates: 64-bit pHash Hamming distance <= {s['hamming_threshold']}"
+        f"{' (also against the 8 rotations / flips)' if s['rotations_and_flips'] else ''}"
+        + (
+            f", confirmed by 256-bit pHash distance <= {s['confirm_hamming_256']}"
+            if s["confirm_hamming_256"] is not None
+            else ""
+        )
+        + (
+            f" and on the pixels: {s['pixel_difference']} <= {s['confirm_pixel_difference']}"
+            if s.get("confirm_pixel_difference") is not None
+            else ""
+        )
+        + "."
+    )
     stage = s.get("embedding_stage")
     if stage:
-        lines.append(f"Embedding stage ({stage['embedder']}, k = {stage['neighbours']}, similarity >= "
-                     f"{stage['min_similarity']}, keypoint inliers >= {stage['min_inliers']}): "
-                     f"{stage.get('candidates', 0)} candidate pairs, {stage.get('confirmed', 0)} confirmed.")  # fmt: skip
+        lines.append(
+            f"Embedding stage ({stage['embedder']}, k = {stage['neighbours']}, similarity >= "
+            f"{stage['min_similarity']}, keypoint inliers >= {stage['min_inliers']}): "
+            f"{stage.get('candidates', 0)} candidate pairs, {stage.get('confirmed', 0)} confirmed."
+        )
     found = report.get("confounds", {})
     if found.get("flags"):
         lines += [
@@ -85,8 +108,10 @@ def _verdict_markdown(report: Mapping) -> list[str]:
         ]
         lines += [f"- {flag['text']}" for flag in found["flags"]]
     if s.get("volumes_checked_for_exact_duplicates_only"):
-        lines.append(f"{s['volumes_checked_for_exact_duplicates_only']} volumes were checked for exact duplicates "
-                     "only (perceptual hashes of volumes matched different patients).")  # fmt: skip
+        lines.append(
+            f"{s['volumes_checked_for_exact_duplicates_only']} volumes were checked for exact duplicates "
+            "only (perceptual hashes of volumes matched different patients)."
+        )
 
     return lines
 
@@ -105,11 +130,16 @@ def _balance_markdown(report: Mapping) -> list[str]:
 def _images_markdown(report: Mapping) -> list[str]:
     lines = []
     lines += ["", "## Images", ""]
-    for key, title in (("format", "format"), ("modality", "modality"), ("manufacturer", "manufacturer (DICOM)"),
-                       ("photometric", "colour mode (DICOM photometric interpretation / Pillow mode)"),
-                       ("content", "colour content (grey: the colour channels agree)"),
-                       ("bit_depth", "bit depth"), ("channels", "channels as stored (RGBA = 4)"),
-                       ("size", "size (W x H, width first; volumes: voxel shape)")):  # fmt: skip
+    for key, title in (
+        ("format", "format"),
+        ("modality", "modality"),
+        ("manufacturer", "manufacturer (DICOM)"),
+        ("photometric", "colour mode (DICOM photometric interpretation / Pillow mode)"),
+        ("content", "colour content (grey: the colour channels agree)"),
+        ("bit_depth", "bit depth"),
+        ("channels", "channels as stored (RGBA = 4)"),
+        ("size", "size (W x H, width first; volumes: voxel shape)"),
+    ):
         values = report["image_stats"].get(key, {})
         if key == "manufacturer" and not values:
             continue
@@ -126,8 +156,10 @@ def _pairs_markdown(report: Mapping) -> list[str]:
     lines = []
     if report["unreadable"]:
         lines += ["", "## Unreadable files", ""]
-        lines += _table([[_short(u["image"], root), u["split"], u["error"]] for u in report["unreadable"][:_SHOW]],
-                        ["file", "split", "error"])  # fmt: skip
+        lines += _table(
+            [[_short(u["image"], root), u["split"], u["error"]] for u in report["unreadable"][:_SHOW]],
+            ["file", "split", "error"],
+        )
     within = report.get("within_split", {})
     if within:
         lines += ["", "## Duplicates inside one split (not leakage, but they shrink the effective set)", ""]
@@ -139,13 +171,23 @@ def _pairs_markdown(report: Mapping) -> list[str]:
 
     if leak["shared_patients"]:
         lines += ["", f"## Patients in more than one split ({len(leak['shared_patients'])})", ""]
-        rows = [[p["patient_id"], ", ".join(f"{k} {v}" for k, v in p["splits"].items())]
-                for p in leak["shared_patients"][:_SHOW]]  # fmt: skip
+        rows = [
+            [p["patient_id"], ", ".join(f"{k} {v}" for k, v in p["splits"].items())]
+            for p in leak["shared_patients"][:_SHOW]
+        ]
         lines += _table(rows, ["patient_id", "images per split"])
     if leak["exact_duplicates"]:
         lines += ["", f"## Exact duplicates across splits ({len(leak['exact_duplicates'])} pairs)", ""]
-        rows = [[_short(p["a"]["image"], root), p["a"]["split"], _short(p["b"]["image"], root), p["b"]["split"],
-                 p["kind"]] for p in leak["exact_duplicates"][:_SHOW]]  # fmt: skip
+        rows = [
+            [
+                _short(p["a"]["image"], root),
+                p["a"]["split"],
+                _short(p["b"]["image"], root),
+                p["b"]["split"],
+                p["kind"],
+            ]
+            for p in leak["exact_duplicates"][:_SHOW]
+        ]
         lines += _table(rows, ["image", "split", "duplicate", "split", "kind"])
     if leak["near_duplicates"]:
         lines += ["", f"## Near-duplicates across splits ({len(leak['near_duplicates'])} pairs)", ""]
@@ -158,14 +200,36 @@ def _pairs_markdown(report: Mapping) -> list[str]:
                 -(p.get("keypoint_inliers") or 0),
             ),
         )
-        rows = [[_short(p["a"]["image"], root), p["a"]["split"], _short(p["b"]["image"], root), p["b"]["split"],
-                 _dash(p["hamming"]), _dash(p["hamming_256"]), _dash(p.get("pixel_difference")),
-                 _dash(p.get("embedding_similarity")), _dash(p.get("keypoint_inliers")), p["transform"]]
-                for p in ordered[:_SHOW]]  # fmt: skip
+        rows = [
+            [
+                _short(p["a"]["image"], root),
+                p["a"]["split"],
+                _short(p["b"]["image"], root),
+                p["b"]["split"],
+                _dash(p["hamming"]),
+                _dash(p["hamming_256"]),
+                _dash(p.get("pixel_difference")),
+                _dash(p.get("embedding_similarity")),
+                _dash(p.get("keypoint_inliers")),
+                p["transform"],
+            ]
+            for p in ordered[:_SHOW]
+        ]
         lines += _table(
-            rows, ["image", "split", "near-duplicate", "split", "Hamming 64", "Hamming 256", "pixel difference",
-                   "embedding similarity", "keypoint inliers", "transform"],
-        )  # fmt: skip
+            rows,
+            [
+                "image",
+                "split",
+                "near-duplicate",
+                "split",
+                "Hamming 64",
+                "Hamming 256",
+                "pixel difference",
+                "embedding similarity",
+                "keypoint inliers",
+                "transform",
+            ],
+        )
     listed = max(len(leak["exact_duplicates"]), len(leak["near_duplicates"]), len(leak["shared_patients"]))
     if listed > _SHOW:
         lines += ["", f"(first {_SHOW} rows per table; audit.json lists all)"]
@@ -175,9 +239,13 @@ def _pairs_markdown(report: Mapping) -> list[str]:
 def _fix_markdown(report: Mapping) -> list[str]:
     lines = []
     c = report["clusters"]
-    lines += ["", "## Fix", "",
-              f"Linking patients and duplicates gives {c['count']} groups ({c['multi_item']} with more than one "
-              f"image, the largest has {c['largest']})."]  # fmt: skip
+    lines += [
+        "",
+        "## Fix",
+        "",
+        f"Linking patients and duplicates gives {c['count']} groups ({c['multi_item']} with more than one "
+        f"image, the largest has {c['largest']}).",
+    ]
     if report.get("regrouped_datalist"):
         lines.append(
             f"A regrouped datalist that keeps each group in one split: `{report['regrouped_datalist']}`. "
@@ -195,9 +263,13 @@ def _confound_markdown(report: Mapping) -> list[str]:
     if not found:
         return []
     s = found["settings"]
-    lines = ["", "## Confounds: image properties per split and class", "",
-             f"A property is flagged when it predicts the label far better than chance: {s['association']}, or "
-             f"{s['shortcut']}. Sizes: {s['size']}."]  # fmt: skip
+    lines = [
+        "",
+        "## Confounds: image properties per split and class",
+        "",
+        f"A property is flagged when it predicts the label far better than chance: {s['association']}, or "
+        f"{s['shortcut']}. Sizes: {s['size']}.",
+    ]
     if s.get("multi_label"):
         lines.append("Multi-label: " + s["multi_label"] + "; the counts are positives per class.")
     lines += ["", "**Flagged:**" if found["flags"] else "No property is flagged.", ""]
@@ -216,12 +288,20 @@ def _confound_markdown(report: Mapping) -> list[str]:
         lines += ["", f"### {title} ({stat})", ""]
         shown = list(entry["counts"].items())[:_SHOW]
         if wide:  # many splits x classes: one column per class, all splits together
-            rows = [[value, *(sum(c.get(name, 0) for c in per.values()) for name in labels), entry["images"][value]]
-                    for value, per in shown]  # fmt: skip
+            rows = [
+                [
+                    value,
+                    *(sum(c.get(name, 0) for c in per.values()) for name in labels),
+                    entry["images"][value],
+                ]
+                for value, per in shown
+            ]
             lines += _table(rows, [title, *labels, "images"])
         else:
-            rows = [[value, *(per.get(sp, {}).get(name, 0) for sp, name in columns), entry["images"][value]]
-                    for value, per in shown]  # fmt: skip
+            rows = [
+                [value, *(per.get(sp, {}).get(name, 0) for sp, name in columns), entry["images"][value]]
+                for value, per in shown
+            ]
             lines += _table(rows, [title, *(f"{sp}: {name}" for sp, name in columns), "images"])
         if len(entry["counts"]) > _SHOW:
             lines.append(f"(first {_SHOW} of {len(entry['counts'])} values; audit.json lists all)")

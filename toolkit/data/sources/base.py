@@ -18,10 +18,17 @@ MAX_INTEGER_CLASSES = 1000  # integer labels above this are not class indices (s
 
 # Folder / column values naming a split, case-insensitive.
 SPLIT_ALIASES = {
-    "train": "training", "training": "training", "tr": "training",
-    "val": "validation", "valid": "validation", "validation": "validation", "dev": "validation",
-    "test": "test", "testing": "test", "ts": "test",
-}  # fmt: skip
+    "train": "training",
+    "training": "training",
+    "tr": "training",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+    "ts": "test",
+}
 
 # Metadata beside the images is expected and not worth a warning.
 _SIDE_SUFFIXES = (".csv", ".tsv", ".json", ".txt", ".md", ".yaml", ".yml", ".xml", ".xlsx", ".pdf", ".html")

@@ -14,9 +14,21 @@ logger = logging.getLogger(__name__)
 
 # NIH ChestX-ray14 findings in the order of the NIH release (and CheXNet).
 CHESTXRAY14_FINDINGS = [
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-]  # fmt: skip
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
 
 
 # the NIH file's columns, and the same columns as other copies spell them (lower case, underscores)
@@ -143,8 +155,13 @@ def _single_label(csv_path: Path, items: list[dict], classes: list[str], meta: d
             left_out += 1
             continue
         kept.append({**item, "label": wanted.index(hits[0]), "label_name": hits[0]})
-    logger.info("%s: single-label over %s: %d image(s) kept, %d with none or several of them left out",
-                csv_path, wanted, len(kept), left_out)  # fmt: skip
+    logger.info(
+        "%s: single-label over %s: %d image(s) kept, %d with none or several of them left out",
+        csv_path,
+        wanted,
+        len(kept),
+        left_out,
+    )
     return SourceItems(
         kept, wanted, multi_label=False, kind="chestxray14", meta={**meta, "left_out": left_out}
     )

@@ -74,8 +74,12 @@ def class_folder_items(root, classes=None, label_from_name=None, patient_from_na
     labels = label_index([r["label_name"] for r in rows], classes)
     items = attach_labels(rows, labels, str(root))
     if not items:
-        hint = (": the images sit directly in it; put each class in its own folder (<folder>/<class>/...) or pass "
-                "a label file (CSV) naming them" if records and not rows and label_fn is None else "")  # fmt: skip
+        hint = (
+            ": the images sit directly in it; put each class in its own folder (<folder>/<class>/...) or pass "
+            "a label file (CSV) naming them"
+            if records and not rows and label_fn is None
+            else ""
+        )
         raise ValueError(f"no labelled images found under {root}{hint}")
     return SourceItems(items, labels, multi_label=False, kind="class_folders")
 

@@ -558,10 +558,17 @@ def csv_items(
     )
     if not items:
         raise ValueError(f"{csv_path}: no usable rows (images resolved against {base})")
-    meta = {"label_file": str(csv_path), "image_root": str(base),
-            "columns": {"image": image_column if pattern is None else None, "image_pattern": image_pattern,
-                        "label": label_columns if label_reader.by_columns else label_columns[0],
-                        "patient": patient_column, "split": split_column}}  # fmt: skip
+    meta = {
+        "label_file": str(csv_path),
+        "image_root": str(base),
+        "columns": {
+            "image": image_column if pattern is None else None,
+            "image_pattern": image_pattern,
+            "label": label_columns if label_reader.by_columns else label_columns[0],
+            "patient": patient_column,
+            "split": split_column,
+        },
+    }
     return SourceItems(items, labels, multi_label=multi, kind="csv", meta=meta)
 
 
@@ -639,8 +646,14 @@ def manifest_items(
         raise ValueError(f"{csv_path}: column {image!r} cannot be both the image and a label column")
     chosen.setdefault("image", repr(image) if image else f"pattern {image_pattern!r}")
     chosen.setdefault("label", ", ".join(repr(c) for c in labels_given))
-    logger.info("%s: image %s, label %s, patient %s, split %s", csv_path, chosen["image"], chosen["label"],
-                repr(patient) if patient else "-", repr(split) if split else "-")  # fmt: skip
+    logger.info(
+        "%s: image %s, label %s, patient %s, split %s",
+        csv_path,
+        chosen["image"],
+        chosen["label"],
+        repr(patient) if patient else "-",
+        repr(split) if split else "-",
+    )
     return csv_items(
         csv_path,
         image_column=image or "",

@@ -131,11 +131,16 @@ def not_retrieved_inputs(retrieval: Retrieval, cache: Path) -> list[InputItem]:
         path = f"{study}/{series}/{sop}.dcm"
         items.append(
             InputItem(
-                path=path, abs_path=str(cache / path), kind="dicom", study_instance_uid=study,
-                series_instance_uid=series, sop_instance_uid=sop, status="error",
+                path=path,
+                abs_path=str(cache / path),
+                kind="dicom",
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+                status="error",
                 reason=f"not retrieved from the PACS: {reason}",
             )
-        )  # fmt: skip
+        )
     return items
 
 
@@ -185,8 +190,12 @@ def run_with_pacs(options, pacs: PacsOptions) -> int:
             code = EXIT_INPUTS_FAILED
         figures = {}
         if retrieval is not None:
-            figures.update(studies=retrieval.studies, instances_retrieved=retrieval.instances,
-                           instances_not_retrieved=len(retrieval.not_retrieved), left_out=retrieval.left_out)  # fmt: skip
+            figures.update(
+                studies=retrieval.studies,
+                instances_retrieved=retrieval.instances,
+                instances_not_retrieved=len(retrieval.not_retrieved),
+                left_out=retrieval.left_out,
+            )
         if store is not None:
             sent, failures = store_reports(store, summary.sr_paths, inside(output, STORE_LEDGER))
             for line in failures:
