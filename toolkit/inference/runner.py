@@ -59,6 +59,7 @@ from toolkit.inference.backends import (
 from toolkit.inference.dicom_sr import SR_FOLDER, write_study_reports
 from toolkit.inference.discovery import (
     OUTPUT_ENTRIES,
+    QUIET_LOGGERS,
     DicomFilters,
     Ignored,
     InputItem,
@@ -664,7 +665,7 @@ def process_items(
 
 
 class _WorkerInit:
-    """DataLoader worker set-up: one thread each, and drop the inherited lock descriptor."""
+    """DataLoader worker set-up: one thread each, drop the inherited lock descriptor, no DICOM library logs."""
 
     def __init__(self, lock: OutputLock):
         self.lock = lock
@@ -672,6 +673,8 @@ class _WorkerInit:
     def __call__(self, worker_id: int) -> None:
         torch.set_num_threads(1)
         self.lock.release_in_child()
+        for name in QUIET_LOGGERS:  # as quiet_dicom_warnings() makes them around every item, once
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _prepare(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
