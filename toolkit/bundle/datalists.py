@@ -27,17 +27,23 @@ from toolkit.data import (
     save_datalist,
 )
 from toolkit.data.datalist import split_keys
+from toolkit.data.sources.registry import given_options, recorded_options
 from toolkit.engines import is_distributed, process_rank
 
 logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 # split-spec keys an evaluation may state explicitly; each must equal what training recorded
-CHECKED_KEYS = ("source", "seed", "ratios", "val_fraction", "classes", "label_from_name", "patient_from_name",
-                "group_near_duplicates")  # fmt: skip
-# how a label file is read (build_datalist options); in the split spec only when given
-SOURCE_OPTIONS = ("image_column", "label_column", "patient_column", "split_column", "image_pattern",
-                  "skip_missing", "allow_single_class")  # fmt: skip
+CHECKED_KEYS = (
+    "source",
+    "seed",
+    "ratios",
+    "val_fraction",
+    "classes",
+    "label_from_name",
+    "patient_from_name",
+    "group_near_duplicates",
+)
 
 
 class SplitMismatchError(ValueError):
@@ -63,8 +69,9 @@ def split_spec(
 ) -> dict:
     """What decides the split. A datalist JSON source is identified by its content hash as well.
 
-    ``source_options``: how a label file is read (``SOURCE_OPTIONS`` of ``build_datalist``); only
-    those given are part of the spec, so a spec without them keeps its fingerprint. So is
+    ``source_options``: how the source is read (the options of ``toolkit.data.sources.registry``
+    other than the rules above: a label file's columns, ``skip_missing`` ..., a registered source's
+    own); only those given are part of the spec, so a spec without them keeps its fingerprint. So is
     ``group_near_duplicates`` (True or the audit thresholds it uses), only when set.
     """
     source = str(Path(dataset_dir).expanduser().resolve()) if dataset_dir else "synthetic"
@@ -77,10 +84,11 @@ def split_spec(
         "label_from_name": label_from_name,
         "patient_from_name": patient_from_name,
     }
-    unknown = set(source_options) - set(SOURCE_OPTIONS)
+    recorded = recorded_options()
+    unknown = set(source_options) - set(recorded)
     if unknown:
-        raise TypeError(f"unknown split option(s) {sorted(unknown)}; known: {list(SOURCE_OPTIONS)}")
-    spec.update({k: source_options[k] for k in SOURCE_OPTIONS if source_options.get(k)})
+        raise TypeError(f"unknown split option(s) {sorted(unknown)}; known: {list(recorded)}")
+    spec.update({k: source_options[k] for k in recorded if source_options.get(k)})
     if group_near_duplicates:
         spec["group_near_duplicates"] = group_near_duplicates
         if _embedder_wanted(
@@ -102,14 +110,8 @@ def datalist_for(
     label_from_name: str | None = None,
     patient_from_name: str | None = None,
     synthetic: dict | None = None,
-    image_column: str | None = None,
-    label_column: str | list[str] | None = None,
-    patient_column: str | None = None,
-    split_column: str | None = None,
-    image_pattern: str | None = None,
-    skip_missing: bool = False,
-    allow_single_class: bool = False,
     group_near_duplicates: bool | dict = False,
+    **source_options: Any,
 ) -> str:
     """Build the training run's split into ``<output_dir>/datalist.json`` and return its path.
 
@@ -117,19 +119,28 @@ def datalist_for(
     demo data (``synthetic``: keyword arguments of ``make_synthetic_dataset``), written under
     ``<output_dir>/synthetic_data``. When the file already holds the split of the same spec it is
     kept as it is; a different spec replaces it (a new training run), which is logged.
-    ``image_column`` ... ``allow_single_class`` are passed to ``build_datalist`` (how a label file
-    is read; not used for the synthetic data) and, when given, are part of the split spec.
+    ``source_options`` (``image_column`` ... ``allow_single_class``: the fields of
+    ``toolkit.data.sources.registry.SourceOptions`` or of a registered source's options) are passed
+    to ``build_datalist`` (how the source is read; not used for the synthetic data) and, when given,
+    are part of the split spec.
     ``group_near_duplicates`` (True, or the audit's thresholds as a dict, e.g.
     ``{"confirm_pixels": 0.35}``) keeps patients and clusters of duplicate / near-duplicate images
     (found as `cit audit` finds them) in one split each; see ``toolkit.data.build_datalist`` (not
     used for the synthetic data, which comes split by its synthetic patients).
     Under torchrun, rank 0 builds the split while the other ranks wait, then all read that file.
     """
-    options = dict(seed=seed, ratios=ratios, val_fraction=val_fraction, classes=classes, label_from_name=label_from_name,
-                   patient_from_name=patient_from_name, synthetic=synthetic, image_column=image_column,
-                   label_column=label_column, patient_column=patient_column, split_column=split_column,
-                   image_pattern=image_pattern, skip_missing=skip_missing, allow_single_class=allow_single_class,
-                   group_near_duplicates=group_near_duplicates)  # fmt: skip
+    given_options(source_options, "datalist_for()")
+    options = dict(
+        seed=seed,
+        ratios=ratios,
+        val_fraction=val_fraction,
+        classes=classes,
+        label_from_name=label_from_name,
+        patient_from_name=patient_from_name,
+        synthetic=synthetic,
+        group_near_duplicates=group_near_duplicates,
+        source_options=source_options,
+    )
     if not is_distributed():
         return _build_split(dataset_dir, output_dir, **options)
     path = _build_split(dataset_dir, output_dir, **options) if process_rank() == 0 else None
@@ -137,12 +148,20 @@ def datalist_for(
     return path or str(Path(output_dir) / DATALIST_NAME)
 
 
-def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, label_from_name, patient_from_name,
-                 synthetic, image_column, label_column, patient_column, split_column, image_pattern, skip_missing,
-                 allow_single_class, group_near_duplicates) -> str:  # fmt: skip
-    source_opts = {"image_column": image_column, "label_column": label_column, "patient_column": patient_column,
-                   "split_column": split_column, "image_pattern": image_pattern, "skip_missing": skip_missing,
-                   "allow_single_class": allow_single_class} if dataset_dir else {}  # fmt: skip
+def _build_split(
+    dataset_dir,
+    output_dir,
+    seed,
+    ratios,
+    val_fraction,
+    classes,
+    label_from_name,
+    patient_from_name,
+    synthetic,
+    group_near_duplicates,
+    source_options,
+) -> str:
+    source_opts = dict(source_options) if dataset_dir else {}
     group_near_duplicates = (
         group_near_duplicates if dataset_dir else False
     )  # synthetic: split by its patients
@@ -152,8 +171,17 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
     if not source:
         options = {k: v for k, v in (synthetic or {}).items() if v is not None}
         source = make_synthetic_dataset(output_dir / "synthetic_data", seed=seed, **options)
-    spec = split_spec(source if dataset_dir else None, seed, ratios, val_fraction, classes,
-                      label_from_name, patient_from_name, group_near_duplicates, **source_opts)  # fmt: skip
+    spec = split_spec(
+        source if dataset_dir else None,
+        seed,
+        ratios,
+        val_fraction,
+        classes,
+        label_from_name,
+        patient_from_name,
+        group_near_duplicates,
+        **source_opts,
+    )
     if not dataset_dir:
         spec["synthetic"] = {k: v for k, v in (synthetic or {}).items() if v is not None}
     fp = fingerprint(spec)
@@ -164,12 +192,24 @@ def _build_split(dataset_dir, output_dir, seed, ratios, val_fraction, classes, l
             return str(target)
         logger.warning(
             "replacing the split in %s (fingerprint %s) with a new one (fingerprint %s)",
-            target, saved.get("split_fingerprint"), fp,
-        )  # fmt: skip
-    built = Path(build_datalist(source, target, ratios=ratios, val_fraction=val_fraction, seed=seed,
-                                classes=classes, label_from_name=label_from_name,
-                                patient_from_name=patient_from_name, **source_opts,
-                                grouper=_grouper(group_near_duplicates)))  # fmt: skip
+            target,
+            saved.get("split_fingerprint"),
+            fp,
+        )
+    built = Path(
+        build_datalist(
+            source,
+            target,
+            ratios=ratios,
+            val_fraction=val_fraction,
+            seed=seed,
+            classes=classes,
+            label_from_name=label_from_name,
+            patient_from_name=patient_from_name,
+            **source_opts,
+            grouper=_grouper(group_near_duplicates),
+        )
+    )
     doc = load_datalist(built)  # a JSON source is returned as is: copy it, with absolute image paths
     meta = {k: v for k, v in doc.items() if k not in split_keys(doc) and k not in ("labels", "multi_label")}
     meta.update(split_spec=spec, split_fingerprint=fp)

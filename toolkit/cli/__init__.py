@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from toolkit.data.plugins import PluginError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except PluginError as err:  # a module CIT_PLUGINS names (docs/extending.md): one line, no traceback
+        print(f"cit: error: {err}", file=sys.stderr)
+        return 2
     # one logging set-up for every command (once the command line parsed, not while the parser is built):
     # INFO, except for a command whose parser sets ``quiet_log`` (`cit infer`: paths and UIDs may identify
     # patients, and libraries such as dicomweb-client log each request at INFO), unless --verbose

@@ -9,6 +9,7 @@ from collections import Counter
 from toolkit.data.datalist import build_datalist, load_datalist, split_keys, summarize
 from toolkit.data.headers import colour_mode
 from toolkit.data.sources.csv_manifest import IMAGE_COLUMNS, LABEL_COLUMNS, PATIENT_COLUMNS, SPLIT_COLUMNS
+from toolkit.data.sources.registry import command_line_values, option_fields
 from toolkit.data.synthetic import make_synthetic_dataset
 
 # What a bad source raises (a one-line message naming the file); anything else is a bug and keeps its traceback.
@@ -45,57 +46,21 @@ training=0.8,test=0.2); unnamed parts must be all three, in the order training:v
 
 
 def add_source_options(parser: argparse.ArgumentParser) -> None:
-    """The options that say how to read a data source (shared by `cit datalist` and `cit audit`)."""
-    g = parser.add_argument_group("label files (CSV / TSV)")
-    g.add_argument("--image-column", default=None, help="column with the image path, file name or id")
-    g.add_argument("--label-column", action="append", default=None, metavar="COLUMN",
-                   help="column with the label; repeat it (or separate with commas) for several 0/1 columns, "
-                        "one per class (multi-label)")  # fmt: skip
-    g.add_argument("--patient-column", default=None, help="column with the patient id")
-    g.add_argument("--split-column", default=None, help="column naming each row's split (train / val / test)")
-    g.add_argument("--image-pattern", default=None, metavar="PATTERN",
-                   help="image path built from a row, relative to the label file's folder, e.g. "
-                        "'head_ct/{id:03d}.png' (fields are columns; :03d formats a number)")  # fmt: skip
-    g.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="skip rows whose image file is missing (with a warning) instead of stopping",
-    )
-    s = parser.add_argument_group("classes")
-    s.add_argument(
-        "--classes",
-        default=None,
-        help="comma-separated class names, in label order; images of other classes are left out",
-    )
-    s.add_argument(
-        "--allow-single-class",
-        action="store_true",
-        help="accept a source whose images all get one class (otherwise an error)",
-    )
-    s.add_argument(
-        "--label-from-name", default=None, help="label preset from file names, e.g. kermany_3class"
-    )
-    s.add_argument(
-        "--patient-from-name", default=None, help="patient-id preset from file names, e.g. kermany"
-    )
+    """The options that say how to read a data source (shared by `cit datalist`, `cit audit` and
+    `cit compare`): one per field of the sources' options dataclasses (``toolkit.data.sources.registry``),
+    in argument groups as the fields declare them."""
+    groups = {}
+    for name, f in option_fields().items():
+        title = f.metadata["group"]
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        flag = "--" + name.replace("_", "-")
+        groups[title].add_argument(flag, default=f.default, help=f.metadata["help"], **f.metadata["argparse"])
 
 
 def source_options(args: argparse.Namespace) -> dict:
-    """``build_datalist`` keyword arguments from the options of :func:`add_source_options`."""
-    labels = [c.strip() for given in args.label_column or [] for c in given.split(",") if c.strip()]
-    options = {
-        "classes": [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
-        "label_from_name": args.label_from_name,
-        "patient_from_name": args.patient_from_name,
-        "image_column": args.image_column,
-        "label_column": (labels[0] if len(labels) == 1 else labels) or None,
-        "patient_column": args.patient_column,
-        "split_column": args.split_column,
-        "image_pattern": args.image_pattern,
-        "skip_missing": args.skip_missing,
-        "allow_single_class": args.allow_single_class,
-    }
-    return {k: v for k, v in options.items() if v}
+    """``build_datalist`` keyword arguments from the options of :func:`add_source_options` (those given)."""
+    return command_line_values(vars(args))
 
 
 def fail(command: str, err: BaseException) -> int:
@@ -117,8 +82,15 @@ def colour_modes(doc: dict) -> Counter:
 
 def _datalist(args: argparse.Namespace) -> int:
     try:
-        path = build_datalist(args.source, args.out, ratios=args.ratios, val_fraction=args.val_fraction,
-                              seed=args.seed, group_column=args.group_column, **source_options(args))  # fmt: skip
+        path = build_datalist(
+            args.source,
+            args.out,
+            ratios=args.ratios,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            group_column=args.group_column,
+            **source_options(args),
+        )
         doc = load_datalist(path)
     except BAD_INPUT as err:
         return fail("datalist", err)
@@ -155,10 +127,10 @@ def add_parser(subparsers) -> None:
         "datalist",
         help="build a datalist JSON from a folder, label file (CSV / TSV), MedMNIST .npz or DICOM folder",
         description="Build a decathlon-style datalist JSON (published splits kept, otherwise split by patient, "
-                    "stratified by class); prints the images per split and class and the colour modes met.",
+        "stratified by class); prints the images per split and class and the colour modes met.",
         epilog=SOURCE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     p.add_argument(
         "source",
         help="class-per-folder tree, folder with a label file, CSV / TSV, DICOM folder, .npz or datalist .json",
@@ -168,8 +140,8 @@ def add_parser(subparsers) -> None:
         "--ratios",
         default=None,
         help="split ratios, named: training=0.7,validation=0.15,test=0.15 (default 80/10/10); unnamed parts "
-             "must be all three, training:validation:test (70:15:15)",
-    )  # fmt: skip
+        "must be all three, training:validation:test (70:15:15)",
+    )
     p.add_argument(
         "--val-fraction", type=float, default=0.15, help="validation carved from a published training split"
     )
@@ -179,8 +151,8 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="COLUMN",
         help="label-file column whose value the split keeps in one part, like a patient id and as well as it "
-             "(e.g. source_tile: the original image that augmented copies were made from)",
-    )  # fmt: skip
+        "(e.g. source_tile: the original image that augmented copies were made from)",
+    )
     add_source_options(p)
     p.set_defaults(func=_datalist)
 

@@ -36,6 +36,15 @@ from toolkit.data.sources.chestxray14 import is_chestxray14
 from toolkit.data.sources.class_folders import tree_classes
 from toolkit.data.sources.csv_manifest import TABLE_SUFFIXES, csv_header, resolve_column
 from toolkit.data.sources.dicom_folder import dicom_label_csv
+from toolkit.data.sources.registry import (
+    TABLE_OPTIONS,
+    SourceOptions,
+    given_options,
+    options_for,
+    register_source,
+    registered_sources,
+    source_for,
+)
 from toolkit.data.splits import (
     COLUMN_GROUP,
     SPLIT_GROUP,
@@ -197,72 +206,57 @@ def load_datalist(path) -> dict:
 # build_datalist
 
 
-# Options that say how to read a label file (CSV / TSV); `build_datalist` passes them to
-# `sources.csv_manifest.manifest_items`.
-TABLE_OPTIONS = ("image_column", "label_column", "patient_column", "split_column", "image_pattern")
 # A file with one of these suffixes directly in a data folder is taken for its label file.
 FOLDER_LABEL_SUFFIXES = (".csv", ".tsv", ".tab")
+# Spreadsheets: read as label files, whose reader asks for a CSV export.
+SPREADSHEET_SUFFIXES = (".xlsx", ".xls", ".xlsm", ".ods")
 
 
 def label_tables(folder: Path) -> list[Path]:
     """The label files (CSV / TSV) directly in ``folder``, sorted."""
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FOLDER_LABEL_SUFFIXES
-    )  # fmt: skip
+    )
 
 
-def read_source(
-    source: Path,
-    out_path: Path,
-    classes=None,
-    label_from_name=None,
-    patient_from_name=None,
-    *,
-    allow_single_class: bool = False,
-    skip_missing: bool = False,
-    **table,
-) -> SourceItems:
-    """The items of any supported source, read by the module for its format.
+def read_source(source: Path, out_path: Path, **options) -> SourceItems:
+    """The items of ``source``, read by the registered source that claims it
+    (``toolkit.data.sources.registry``; the built-in ones are below), with ``options`` (fields of
+    its options dataclass, :class:`SourceOptions` for the built-in ones).
 
-    A folder is a DICOM export when a ``*.csv`` in it is keyed by a DICOM attribute and every
-    image is DICOM; it is read through the one label file (CSV / TSV) directly in it when
-    ``table`` options (``image_column``, ``label_column``, ``patient_column``, ``split_column``,
-    ``image_pattern``) are given, or when its folder tree would give fewer than two classes (said
-    in the log); else it is a class-per-folder tree. A label file is NIH ChestX-ray14 when it has
-    its columns (and no option is given), else a manifest read by ``manifest_items``. MedMNIST
-    images are exported beside ``out_path``. ``ValueError`` when every image would get the same
-    class, unless ``classes`` or ``allow_single_class`` says one class is meant.
+    Label-file options (``image_column``, ``label_column``, ``patient_column``, ``split_column``,
+    ``image_pattern``) given for a file that is not a label file are refused. ``ValueError`` when
+    every image would get the same class, unless ``classes`` or ``allow_single_class`` says one
+    class is meant.
     """
-    unknown = set(table) - set(TABLE_OPTIONS)
-    if unknown:
-        raise TypeError(f"read_source() got unexpected option(s) {sorted(unknown)}")
-    table = {k: v for k, v in table.items() if v}
-    if source.is_dir():
-        found = _folder_items(source, classes, label_from_name, patient_from_name, table,
-                              allow_single_class=allow_single_class, skip_missing=skip_missing)  # fmt: skip
-    else:
-        suffix = source.suffix.lower()
-        if table and suffix not in TABLE_SUFFIXES:
-            raise ValueError(f"{source}: {', '.join(sorted(table))} apply to a label file (CSV / TSV) or a "
-                             f"folder holding one, not to a {suffix or 'file without extension'}")  # fmt: skip
-        if suffix == ".npz":
-            found = medmnist_items(source, out_path.parent / f"{source.stem}_images", classes)
-        elif suffix in TABLE_SUFFIXES or suffix in (".xlsx", ".xls", ".xlsm", ".ods"):
-            if not table and is_chestxray14(csv_header(source)):
-                found = chestxray14_items(source, classes=classes)
-            else:
-                found = manifest_items(source, classes, skip_missing=skip_missing, **table)
-        else:
-            raise ValueError(
-                f"unsupported dataset source {source}: expected a folder, a label file (.csv / .tsv), .npz or datalist .json"
-            )
-    _check_classes(source, found, classes, allow_single_class)
+    given = given_options(options, "read_source()")
+    table = {k: v for k in TABLE_OPTIONS if (v := given.get(k))}
+    suffix = source.suffix.lower()
+    if table and not source.is_dir() and suffix not in TABLE_SUFFIXES:
+        raise ValueError(
+            f"{source}: {', '.join(sorted(table))} apply to a label file (CSV / TSV) or a "
+            f"folder holding one, not to a {suffix or 'file without extension'}"
+        )
+    reader = source_for(source)
+    if reader is None:
+        what = [s.describes for s in reversed(registered_sources())] + ["datalist .json"]
+        raise ValueError(
+            f"unsupported dataset source {source}: expected {', '.join(what[:-1])} or {what[-1]}"
+        )
+    found = reader.read(source, out_path, options_for(reader, given, source))
+    _check_classes(source, found, given.get("classes"), given.get("allow_single_class", False))
     return found
 
 
-def _folder_items(source, classes, label_from_name, patient_from_name, table, *, allow_single_class,
-                  skip_missing) -> SourceItems:  # fmt: skip
+@register_source("folder", claims=Path.is_dir, describes="a folder")
+def _folder_items(source: Path, out_path: Path, options: SourceOptions) -> SourceItems:
+    """A DICOM export when a ``*.csv`` in it is keyed by a DICOM attribute and every image is DICOM;
+    read through the one label file (CSV / TSV) directly in it when label-file options are given,
+    or when its folder tree would give fewer than two classes (said in the log); else a
+    class-per-folder tree."""
+    classes, label_from_name, table = options.classes, options.label_from_name, options.table
     keyed = dicom_label_csv(source)
     if not table and keyed and all(file_kind(p) == "dicom" for p in find_image_files(source)):
         return dicom_folder_items(source, keyed[0], keyed[1], classes=classes)
@@ -270,15 +264,17 @@ def _folder_items(source, classes, label_from_name, patient_from_name, table, *,
     if table:
         if len(tables) != 1:
             found = f"{len(tables)}: {', '.join(t.name for t in tables)}" if tables else "none"
-            raise ValueError(f"{source}: {', '.join(sorted(table))} need one label file (CSV / TSV) in the folder; "
-                             f"found {found}. Pass the label file itself as the source")  # fmt: skip
+            raise ValueError(
+                f"{source}: {', '.join(sorted(table))} need one label file (CSV / TSV) in the folder; "
+                f"found {found}. Pass the label file itself as the source"
+            )
         logger.info("%s: labels from %s", source, tables[0])
-        return manifest_items(tables[0], classes, root=source, skip_missing=skip_missing, **table)
+        return manifest_items(tables[0], classes, root=source, skip_missing=options.skip_missing, **table)
     chestxray14 = [t for t in tables if is_chestxray14(csv_header(t))]
     if not table and label_from_name is None and len(chestxray14) == 1 and len(tree_classes(source)) < 2:
         logger.info("%s: ChestX-ray14 labels from %s", source, chestxray14[0].name)
         return chestxray14_items(chestxray14[0], image_dir=source, classes=classes)
-    if tables and label_from_name is None and classes is None and not allow_single_class:
+    if tables and label_from_name is None and classes is None and not options.allow_single_class:
         tree = tree_classes(source)
         if len(tree) < 2:
             if len(tables) > 1:
@@ -286,12 +282,41 @@ def _folder_items(source, classes, label_from_name, patient_from_name, table, *,
                     f"{source}: the folder tree gives {len(tree)} class(es) {sorted(tree)} and the folder holds "
                     f"{len(tables)} label files ({', '.join(t.name for t in tables)}): pass the one to use as the source"
                 )
-            logger.info("%s: the folder tree gives %d class(es) %s; labels from %s", source, len(tree),
-                        sorted(tree), tables[0].name)  # fmt: skip
-            return manifest_items(tables[0], classes, root=source, skip_missing=skip_missing)
-        logger.info("%s: labels from the %d class folders; %s is not used (name its columns, e.g. "
-                    "--label-column, to use it)", source, len(tree), ", ".join(t.name for t in tables))  # fmt: skip
-    return class_folder_items(source, classes, label_from_name, patient_from_name)
+            logger.info(
+                "%s: the folder tree gives %d class(es) %s; labels from %s",
+                source,
+                len(tree),
+                sorted(tree),
+                tables[0].name,
+            )
+            return manifest_items(tables[0], classes, root=source, skip_missing=options.skip_missing)
+        logger.info(
+            "%s: labels from the %d class folders; %s is not used (name its columns, e.g. "
+            "--label-column, to use it)",
+            source,
+            len(tree),
+            ", ".join(t.name for t in tables),
+        )
+    return class_folder_items(source, classes, label_from_name, options.patient_from_name)
+
+
+@register_source(
+    "label_file",
+    claims=lambda p: not p.is_dir() and p.suffix.lower() in (*TABLE_SUFFIXES, *SPREADSHEET_SUFFIXES),
+    describes="a label file (.csv / .tsv)",
+)
+def _label_file_items(source: Path, out_path: Path, options: SourceOptions) -> SourceItems:
+    """NIH ChestX-ray14 when the file has its columns (and no label-file option is given), else a
+    manifest read by ``manifest_items``."""
+    if not options.table and is_chestxray14(csv_header(source)):
+        return chestxray14_items(source, classes=options.classes)
+    return manifest_items(source, options.classes, skip_missing=options.skip_missing, **options.table)
+
+
+@register_source("medmnist", claims=lambda p: not p.is_dir() and p.suffix.lower() == ".npz", describes=".npz")
+def _medmnist_items(source: Path, out_path: Path, options: SourceOptions) -> SourceItems:
+    """MedMNIST arrays, exported as image files beside the datalist (``<stem>_images``)."""
+    return medmnist_items(source, out_path.parent / f"{source.stem}_images", options.classes)
 
 
 def _check_classes(source: Path, found: SourceItems, classes, allow_single_class: bool) -> None:
@@ -303,12 +328,16 @@ def _check_classes(source: Path, found: SourceItems, classes, allow_single_class
         return
     name = present[0] if present else "?"
     if found.kind in ("class_folders", "dicom_folder"):
-        where = (f"the folder tree gives one class ({name!r}, {len(found.items)} images): put each class in its own "
-                 "folder or add a label file (CSV) naming the images")  # fmt: skip
+        where = (
+            f"the folder tree gives one class ({name!r}, {len(found.items)} images): put each class in its own "
+            "folder or add a label file (CSV) naming the images"
+        )
     else:
         where = f"every row has the same label ({name!r}, {len(found.items)} images)"
-    raise ValueError(f"{source}: {where}; pass classes (--classes) or allow_single_class (--allow-single-class) "
-                     "if one class is meant")  # fmt: skip
+    raise ValueError(
+        f"{source}: {where}; pass classes (--classes) or allow_single_class (--allow-single-class) "
+        "if one class is meant"
+    )
 
 
 def build_datalist(
@@ -317,20 +346,11 @@ def build_datalist(
     ratios=None,
     val_fraction=0.15,
     seed=0,
-    classes=None,
-    label_from_name=None,
-    patient_from_name=None,
     group_key="patient_id",
     *,
-    image_column: str | None = None,
-    label_column: str | Sequence[str] | None = None,
-    patient_column: str | None = None,
-    split_column: str | None = None,
-    image_pattern: str | None = None,
-    skip_missing: bool = False,
-    allow_single_class: bool = False,
     grouper: Callable[[list[dict], list[str]], dict] | None = None,
     group_column: str | None = None,
+    **options,
 ) -> Path:
     """Build (or validate) the datalist JSON for ``source`` and return its path.
 
@@ -339,6 +359,8 @@ def build_datalist(
     column option is given), a DICOM folder with a ``*.csv`` keyed by a DICOM attribute, a label
     file (CSV / TSV / Excel CSV; NIH ``Data_Entry_2017.csv`` recognised), or a MedMNIST ``.npz``.
 
+    ``options``: how the source is read, the fields of ``sources.registry.SourceOptions`` (or of a
+    registered source's own options): ``classes``, ``label_from_name``, ``patient_from_name``.
     Label files: ``image_column``, ``label_column`` (several = one 0/1 column per class,
     multi-label), ``patient_column``, ``split_column`` name the columns (default: found by name,
     see ``sources.csv_manifest``); ``image_pattern`` (``"head_ct/{id:03d}.png"``) builds the image
@@ -362,15 +384,13 @@ def build_datalist(
     """
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
-    table = {"image_column": image_column, "label_column": label_column, "patient_column": patient_column,
-             "split_column": split_column, "image_pattern": image_pattern}  # fmt: skip
+    read_source_args = given_options(options, "build_datalist()")
+    table = {k: read_source_args.get(k) for k in TABLE_OPTIONS}
     if not source.exists():
         raise FileNotFoundError(f"dataset source not found: {source}")
     if source.is_file() and source.suffix.lower() == ".json":
         return _existing_datalist(source, {**table, "group_column": group_column}, grouper)
 
-    read_source_args = dict(classes=classes, label_from_name=label_from_name, patient_from_name=patient_from_name,
-                            allow_single_class=allow_single_class, skip_missing=skip_missing, **table)  # fmt: skip
     found = read_source(source, out_path, **read_source_args)
     items, labels, multi = found.items, found.labels, found.multi_label
     published = {item["split"] for item in items if item.get("split")}
@@ -400,9 +420,11 @@ def build_datalist(
         for item in members:
             item["split"] = name
     meta["class_counts"] = {k: class_counts(v, len(labels), multi) for k, v in splits.items()}
-    logger.info("images per split and class (%s):\n%s",
-                "published splits" if published else f"ratios {meta['ratios']}",
-                summarize({"labels": labels, "multi_label": multi, **splits}))  # fmt: skip
+    logger.info(
+        "images per split and class (%s):\n%s",
+        "published splits" if published else f"ratios {meta['ratios']}",
+        summarize({"labels": labels, "multi_label": multi, **splits}),
+    )
     return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
 
 
@@ -413,18 +435,29 @@ def _existing_datalist(source: Path, label_file_options: dict, grouper) -> Path:
         raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")
     load_datalist(source)
     if grouper is not None:
-        logger.warning("%s is a datalist with its own split: near-duplicate grouping is not applied (`cit audit` "
-                       "writes a regrouped copy of it)", source)  # fmt: skip
+        logger.warning(
+            "%s is a datalist with its own split: near-duplicate grouping is not applied (`cit audit` "
+            "writes a regrouped copy of it)",
+            source,
+        )
     return source
 
 
 def _near_duplicate_groups(source: Path, items: list[dict], labels: list[str], grouper) -> dict:
     """Cluster ``items`` by patient and (near-)duplicate image (``grouper``; item key ``split_group``)."""
     grouping = grouper(items, labels)
-    logger.info("near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
-                "%d exact, %d near-duplicate pairs), %d split groups", source, grouping["duplicate_clusters"],
-                grouping["images_in_duplicate_clusters"], len(items), grouping["largest_duplicate_cluster"],
-                grouping["exact_duplicate_pairs"], grouping["near_duplicate_pairs"], grouping["groups"])  # fmt: skip
+    logger.info(
+        "near-duplicate grouping of %s: %d duplicate cluster(s) holding %d of %d images (largest %d; "
+        "%d exact, %d near-duplicate pairs), %d split groups",
+        source,
+        grouping["duplicate_clusters"],
+        grouping["images_in_duplicate_clusters"],
+        len(items),
+        grouping["largest_duplicate_cluster"],
+        grouping["exact_duplicate_pairs"],
+        grouping["near_duplicate_pairs"],
+        grouping["groups"],
+    )
     return grouping
 
 
@@ -440,8 +473,10 @@ def _published_splits(items, published: set, group_key: str, val_fraction, seed,
     if shared:
         logger.warning(
             "%d %s value(s) appear in more than one published split (kept as published): %s",
-            len(shared), group_key, ", ".join(shared[:SHOW]),
-        )  # fmt: skip
+            len(shared),
+            group_key,
+            ", ".join(shared[:SHOW]),
+        )
         meta["published_split_shared_groups"] = len(shared)
     if "validation" not in splits and "training" in splits and val_fraction:
         carved = split_items(
@@ -465,8 +500,10 @@ def _add_column_groups(
     each row, however the image is named (column, id, pattern)."""
     tables = [source] if source.is_file() else label_tables(source)
     if len(tables) != 1 or tables[0].suffix.lower() not in TABLE_SUFFIXES:
-        raise ValueError(f"{source}: a group column ({column!r}) needs a label file (CSV / TSV), or a folder "
-                         "holding one; pass the label file itself as the source")  # fmt: skip
+        raise ValueError(
+            f"{source}: a group column ({column!r}) needs a label file (CSV / TSV), or a folder "
+            "holding one; pass the label file itself as the source"
+        )
     resolved = resolve_column(tables[0], csv_header(tables[0]), column, "group")
     again = read_source(source, out_path, **{**read_args, "patient_column": resolved})
     values = {str(item["image"]): item.get("patient_id") for item in again.items}

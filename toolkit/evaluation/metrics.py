@@ -2,7 +2,8 @@
 
 ``classification_metrics`` and ``multilabel_metrics`` return plain, JSON-ready dicts (floats,
 ints, lists; ``None`` where a value is undefined, e.g. the ROC AUC of a class absent from the
-set). ``write_metrics`` writes them as ``metrics.json``, ``per_class.csv``,
+set). Each metric in them is a function registered with :func:`register_metric`, so a metric of
+your own (``docs/extending.md``) reaches every evaluation's ``metrics.json`` and report. ``write_metrics`` writes them as ``metrics.json``, ``per_class.csv``,
 ``confusion_matrix.csv`` and ``classification_report.txt``, each atomically.
 """
 
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -23,10 +27,21 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from toolkit.data.plugins import load_plugins
 from toolkit.io import atomic_write_json, atomic_write_text, csv_text
 
 # Text report kept in the metrics dict for `write_metrics`; not written into metrics.json.
 REPORT_KEY = "classification_report"
+# Keys every metrics dict has besides its metrics (no metric may take these names).
+RESERVED_KEYS = (
+    "task",
+    "threshold",
+    "num_samples",
+    "class_names",
+    REPORT_KEY,
+    "confidence_intervals",
+    "bootstrap",
+)
 
 
 def _as_float(value) -> float | None:
@@ -69,53 +84,161 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
-def classification_metrics(y_true, y_prob, class_names: Sequence[str]) -> dict:
-    """Metrics of a single-label classifier from integer labels (N,) and probabilities (N, C).
+# ---------------------------------------------------------------------------------------------
+# The registry: each entry of an evaluation's metrics is one registered function
 
-    The prediction is the arg-max class. Keys: ``accuracy``, ``per_class`` (name ->
-    precision / recall / f1 / support / roc_auc), ``macro`` and ``weighted`` (precision / recall /
-    f1), ``roc_auc_ovr_macro`` (mean of the one-vs-rest AUCs; None when a class is absent),
-    ``confusion_matrix`` (rows = true class, columns = predicted), ``num_samples``,
-    ``class_names`` and the scikit-learn text report under ``classification_report``.
-    """
-    y_true = np.asarray(y_true).astype(int).reshape(-1)
-    y_prob = np.asarray(y_prob, dtype=float)
-    class_names = [str(c) for c in class_names]
-    _check_inputs(y_true, y_prob, class_names, multi_label=False)
-    labels = list(range(len(class_names)))
-    y_pred = y_prob.argmax(axis=1)
 
+TASKS = ("single_label", "multi_label")
+
+
+@dataclass
+class Scored:
+    """What a metric function sees: ``y_true`` (class indices (N,), or multi-hot (N, C)), ``y_prob``
+    (N, C), ``y_pred`` (arg-max indices, or 0/1 at the threshold), ``class_names`` and
+    ``multi_label``. ``labels`` is what scikit-learn's ``labels=`` takes (the class indices, None
+    for multi-label); ``aucs`` (per class, None where undefined) is computed once for all."""
+
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    y_pred: np.ndarray
+    class_names: list[str]
+    multi_label: bool
+
+    @property
+    def labels(self) -> list[int] | None:
+        return None if self.multi_label else list(range(len(self.class_names)))
+
+    @cached_property
+    def aucs(self) -> list[float | None]:
+        truth = [
+            self.y_true[:, k] if self.multi_label else self.y_true == k for k in range(len(self.class_names))
+        ]
+        return [binary_auc(t, self.y_prob[:, k]) for k, t in enumerate(truth)]
+
+
+MetricFunction = Callable[[Scored], Any]
+_METRICS: dict[str, dict[str, MetricFunction]] = {task: {} for task in TASKS}
+
+
+def register_metric(name: str, tasks: Sequence[str] = TASKS) -> Callable[[MetricFunction], MetricFunction]:
+    """Decorator: ``classification_metrics`` / ``multilabel_metrics`` (so every evaluation's
+    ``metrics.json``, ``cit report`` and ``cit compare``) give ``fn(scored)`` under ``name``, after the
+    metrics registered before it. ``fn`` returns a JSON-ready value (a float; None where undefined).
+    ``tasks``: ``single_label``, ``multi_label`` or both (default)."""
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(
+            f"register_metric({name!r}): unknown task(s) {sorted(unknown)}; known: {list(TASKS)}"
+        )
+
+    def add(fn: MetricFunction) -> MetricFunction:
+        if name in RESERVED_KEYS:
+            raise ValueError(f"register_metric: {name!r} is a key of every metrics dict, not a metric name")
+        for task in tasks:
+            _METRICS[task][name] = fn
+        return fn
+
+    return add
+
+
+def registered_metrics(task: str) -> dict[str, MetricFunction]:
+    """Name -> function of the metrics of ``task``, in registration order (after importing the modules
+    ``CIT_PLUGINS`` names: :mod:`toolkit.data.plugins`)."""
+    load_plugins()
+    return dict(_METRICS[task])
+
+
+@register_metric("accuracy")
+def accuracy(s: Scored) -> float:
+    """Share of images whose prediction is right (multi-label: every class right, exact match)."""
+    return float(accuracy_score(s.y_true, s.y_pred))
+
+
+@register_metric("per_class")
+def per_class(s: Scored) -> dict:
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+        s.y_true, s.y_pred, labels=s.labels, zero_division=0
     )
-    aucs = [binary_auc(y_true == k, y_prob[:, k]) for k in labels]
-    per_class = {
+    return {
         name: {
             "precision": float(precision[k]),
             "recall": float(recall[k]),
             "f1": float(f1[k]),
             "support": int(support[k]),
-            "roc_auc": aucs[k],
+            "roc_auc": s.aucs[k],
         }
-        for k, name in enumerate(class_names)
+        for k, name in enumerate(s.class_names)
     }
-    averages = {}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
-        )
-        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+
+
+def _averaged(s: Scored, average: str) -> dict:
+    p, r, f, _ = precision_recall_fscore_support(
+        s.y_true, s.y_pred, labels=s.labels, average=average, zero_division=0
+    )
+    return {"precision": float(p), "recall": float(r), "f1": float(f)}
+
+
+@register_metric("macro")
+def macro(s: Scored) -> dict:
+    return _averaged(s, "macro")
+
+
+@register_metric("weighted", tasks=["single_label"])
+def weighted(s: Scored) -> dict:
+    return _averaged(s, "weighted")
+
+
+@register_metric("roc_auc_ovr_macro", tasks=["single_label"])
+@register_metric("roc_auc_macro", tasks=["multi_label"])
+def roc_auc_mean(s: Scored) -> float | None:
+    """Mean of the per-class (one-vs-rest) ROC AUCs; None when a class has only one outcome."""
+    return _mean_or_none(s.aucs)
+
+
+@register_metric("confusion_matrix")
+def confusion(s: Scored) -> list:
+    """Rows = true class, columns = predicted; multi-label: per class ``[[tn, fp], [fn, tp]]``."""
+    if s.multi_label:
+        return multilabel_confusion_matrix(s.y_true, s.y_pred).tolist()
+    return confusion_matrix(s.y_true, s.y_pred, labels=s.labels).tolist()
+
+
+BUILT_IN_METRICS = {task: tuple(_METRICS[task]) for task in TASKS}
+
+
+def plugin_metrics(metrics: dict) -> dict:
+    """The entries of a metrics dict that metrics registered beyond the built-in ones gave."""
+    task = metrics.get("task")
+    if task not in TASKS:
+        return {}
+    return {k: v for k, v in metrics.items() if k in _METRICS[task] and k not in BUILT_IN_METRICS[task]}
+
+
+def _scored_metrics(s: Scored) -> dict:
+    task = TASKS[s.multi_label]
+    return {"task": task, **{name: fn(s) for name, fn in registered_metrics(task).items()}}
+
+
+def classification_metrics(y_true, y_prob, class_names: Sequence[str]) -> dict:
+    """Metrics of a single-label classifier from integer labels (N,) and probabilities (N, C).
+
+    The prediction is the arg-max class. Keys: ``task``, then the registered metrics:
+    ``accuracy``, ``per_class`` (name -> precision / recall / f1 / support / roc_auc), ``macro``
+    and ``weighted`` (precision / recall / f1), ``roc_auc_ovr_macro`` (mean of the one-vs-rest
+    AUCs; None when a class is absent), ``confusion_matrix`` (rows = true class, columns =
+    predicted) and any metric registered since; then ``num_samples``, ``class_names`` and the
+    scikit-learn text report under ``classification_report``.
+    """
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    y_prob = np.asarray(y_prob, dtype=float)
+    class_names = [str(c) for c in class_names]
+    _check_inputs(y_true, y_prob, class_names, multi_label=False)
+    scored = Scored(y_true, y_prob, y_prob.argmax(axis=1), class_names, multi_label=False)
     report = classification_report(
-        y_true, y_pred, labels=labels, target_names=class_names, digits=4, zero_division=0
+        y_true, scored.y_pred, labels=scored.labels, target_names=class_names, digits=4, zero_division=0
     )
     return {
-        "task": "single_label",
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class": per_class,
-        "macro": averages["macro"],
-        "weighted": averages["weighted"],
-        "roc_auc_ovr_macro": _mean_or_none(aucs),
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        **_scored_metrics(scored),
         "num_samples": int(len(y_true)),
         "class_names": class_names,
         REPORT_KEY: report,
@@ -128,39 +251,21 @@ def multilabel_metrics(
     """Metrics of a multi-label classifier from multi-hot labels (N, C) and probabilities (N, C).
 
     A class is predicted present when its probability is >= ``threshold`` (one number, or one per
-    class, e.g. chosen on validation by ``toolkit.evaluation.thresholds``). Keys: ``accuracy``
-    (exact-match / subset accuracy), ``per_class`` (precision / recall / f1 / support / roc_auc at
-    the threshold), ``macro`` (precision / recall / f1), ``roc_auc_macro`` (None when a class has
-    only one outcome), ``confusion_matrix`` (per class ``[[tn, fp], [fn, tp]]``), ``threshold``,
-    ``num_samples``, ``class_names`` and the text report under ``classification_report``.
+    class, e.g. chosen on validation by ``toolkit.evaluation.thresholds``). Keys: ``task``, then the
+    registered metrics: ``accuracy`` (exact-match / subset accuracy), ``per_class`` (precision /
+    recall / f1 / support / roc_auc at the threshold), ``macro`` (precision / recall / f1),
+    ``roc_auc_macro`` (None when a class has only one outcome), ``confusion_matrix`` (per class
+    ``[[tn, fp], [fn, tp]]``) and any metric registered since; then ``threshold``, ``num_samples``,
+    ``class_names`` and the text report under ``classification_report``.
     """
     y_true = np.asarray(y_true).astype(int)
     y_prob = np.asarray(y_prob, dtype=float)
     class_names = [str(c) for c in class_names]
     _check_inputs(y_true, y_prob, class_names, multi_label=True)
-    y_pred = (y_prob >= threshold).astype(int)
-
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
-    aucs = [binary_auc(y_true[:, k], y_prob[:, k]) for k in range(len(class_names))]
-    per_class = {
-        name: {
-            "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "f1": float(f1[k]),
-            "support": int(support[k]),
-            "roc_auc": aucs[k],
-        }
-        for k, name in enumerate(class_names)
-    }
-    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
-    report = classification_report(y_true, y_pred, target_names=class_names, digits=4, zero_division=0)
+    scored = Scored(y_true, y_prob, (y_prob >= threshold).astype(int), class_names, multi_label=True)
+    report = classification_report(y_true, scored.y_pred, target_names=class_names, digits=4, zero_division=0)
     return {
-        "task": "multi_label",
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "per_class": per_class,
-        "macro": {"precision": float(p), "recall": float(r), "f1": float(f)},
-        "roc_auc_macro": _mean_or_none(aucs),
-        "confusion_matrix": multilabel_confusion_matrix(y_true, y_pred).tolist(),
+        **_scored_metrics(scored),
         "threshold": float(threshold) if np.ndim(threshold) == 0 else [float(t) for t in threshold],
         "num_samples": int(len(y_true)),
         "class_names": class_names,

@@ -39,7 +39,12 @@ from toolkit.evaluation.figures import (
     plot_training_history,
 )
 from toolkit.evaluation.gradcam import ExplainableModel, Explainer
-from toolkit.evaluation.metrics import classification_metrics, multilabel_metrics, write_metrics
+from toolkit.evaluation.metrics import (
+    classification_metrics,
+    multilabel_metrics,
+    plugin_metrics,
+    write_metrics,
+)
 from toolkit.evaluation.operating_points import operating_points
 from toolkit.io import atomic_write_json, atomic_write_text
 from toolkit.transforms.readers import find_read_error
@@ -151,15 +156,17 @@ def gradcam_panels(
             skipped.append(f"Grad-CAM skips {pred.images[i]}: {_why(e)}")
             continue
         true, guess = pred.y_true[i], pred.y_pred[i]
-        panels.append({
-            "image": shown,
-            "heatmap": heatmap,
-            "true": label_text(true, pred.class_names),
-            "pred": label_text(guess, pred.class_names),
-            "prob": float(pred.probs[i, top]),
-            "right": bool(np.array_equal(true, guess)),
-            "file": pred.images[i],
-        })  # fmt: skip
+        panels.append(
+            {
+                "image": shown,
+                "heatmap": heatmap,
+                "true": label_text(true, pred.class_names),
+                "pred": label_text(guess, pred.class_names),
+                "prob": float(pred.probs[i, top]),
+                "right": bool(np.array_equal(true, guess)),
+                "file": pred.images[i],
+            }
+        )
     if indices and not panels:
         raise ValueError(f"none of the {len(indices)} chosen images could be explained; first: {skipped[0]}")
     return panels, explainer.target_layer, skipped
@@ -191,8 +198,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _figure(path: Path, caption: str, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     cls = ' class="wide"' if wide else ""
-    return (f'<figure{cls}><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure{cls}><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _section(title: str, body: str) -> str:
@@ -203,28 +212,47 @@ def _metrics_html(m: dict) -> str:
     ci = m.get("confidence_intervals", {})
     b = m.get("bootstrap", {})
     auc_key = "roc_auc_macro" if m["task"] == "multi_label" else "roc_auc_ovr_macro"
-    rows = [["Accuracy" + (" (exact match)" if m["task"] == "multi_label" else ""), _with_ci(m["accuracy"], ci.get("accuracy"))],
-            ["ROC AUC, macro one-vs-rest", _with_ci(m.get(auc_key), ci.get(auc_key))]]  # fmt: skip
+    rows = [
+        [
+            "Accuracy" + (" (exact match)" if m["task"] == "multi_label" else ""),
+            _with_ci(m["accuracy"], ci.get("accuracy")),
+        ],
+        ["ROC AUC, macro one-vs-rest", _with_ci(m.get(auc_key), ci.get(auc_key))],
+    ]
     for avg in ("macro", "weighted"):
         if avg in m:
             for key in ("precision", "recall", "f1"):
-                rows.append([f"{key.capitalize() if key != 'f1' else 'F1'}, {avg} average",
-                             _with_ci(m[avg][key], ci.get(avg, {}).get(key))])  # fmt: skip
+                rows.append(
+                    [
+                        f"{key.capitalize() if key != 'f1' else 'F1'}, {avg} average",
+                        _with_ci(m[avg][key], ci.get(avg, {}).get(key)),
+                    ]
+                )
+    for name, value in plugin_metrics(m).items():  # registered beyond the built-in ones (no interval)
+        if value is None or isinstance(value, (int, float)):
+            rows.append([html.escape(name), _with_ci(value, None)])
     summary = _table(["metric", "value (95% CI)"], rows)
     per_class_rows = []
     for name, values in m["per_class"].items():
         cci = ci.get("per_class", {}).get(name, {})
-        per_class_rows.append([html.escape(name), str(values["support"])] +
-                              [_with_ci(values[k], cci.get(k)) for k in ("precision", "recall", "f1", "roc_auc")])  # fmt: skip
+        per_class_rows.append(
+            [html.escape(name), str(values["support"])]
+            + [_with_ci(values[k], cci.get(k)) for k in ("precision", "recall", "f1", "roc_auc")]
+        )
     per_class = _table(
         ["class", "support", "precision (PPV)", "recall (sensitivity)", "F1", "ROC AUC"], per_class_rows
     )
-    note = (f'<p class="note">{m["num_samples"]} test images. 95% confidence intervals: percentile bootstrap, '
-            f'{b.get("n_resamples", "?")} resamples of {b.get("num_units", "?")} {b.get("unit", "image")}s '
-            f'(seed {b.get("seed", "?")}).'
-            + (" Resampling whole patients keeps correlated images of one patient together." if b.get("unit") == "patient"
-               else " No patient ids: images were resampled independently, which is optimistic if a patient has several images.")
-            + "</p>")  # fmt: skip
+    note = (
+        f'<p class="note">{m["num_samples"]} test images. 95% confidence intervals: percentile bootstrap, '
+        f"{b.get('n_resamples', '?')} resamples of {b.get('num_units', '?')} {b.get('unit', 'image')}s "
+        f"(seed {b.get('seed', '?')})."
+        + (
+            " Resampling whole patients keeps correlated images of one patient together."
+            if b.get("unit") == "patient"
+            else " No patient ids: images were resampled independently, which is optimistic if a patient has several images."
+        )
+        + "</p>"
+    )
     if m["task"] == "multi_label":
         at = (
             "the per-class thresholds chosen on validation"
@@ -239,16 +267,22 @@ def _calibration_html(cal: dict) -> str:
     ci = cal.get("intervals", {})
     rows = [["ECE on test, as evaluated", _with_ci(cal["ece_before"], ci.get("ece_before"))]]
     if cal.get("temperature") is not None:
-        rows += [["Temperature T (fitted on validation)", _fmt(cal["temperature"])],
-                 ["ECE on test after temperature scaling", _with_ci(cal["ece_after"], ci.get("ece_after"))]]  # fmt: skip
+        rows += [
+            ["Temperature T (fitted on validation)", _fmt(cal["temperature"])],
+            ["ECE on test after temperature scaling", _with_ci(cal["ece_after"], ci.get("ece_after"))],
+        ]
     text = _table(["", "value (95% CI)"], rows)
-    text += (f'<p class="note">Expected calibration error with {cal["n_bins"]} equal-width bins of '
-             f'{html.escape(cal["confidence"])}. ')  # fmt: skip
+    text += (
+        f'<p class="note">Expected calibration error with {cal["n_bins"]} equal-width bins of '
+        f"{html.escape(cal['confidence'])}. "
+    )
     if cal.get("temperature") is None:
         text += "No validation predictions were given, so no temperature was fitted. "
     else:
-        text += ("Temperature scaling divides the logits by T; it does not change the predicted class of a "
-                 "single-label model. ")  # fmt: skip
+        text += (
+            "Temperature scaling divides the logits by T; it does not change the predicted class of a "
+            "single-label model. "
+        )
     if cal.get("saved_to"):
         text += f"Saved as <code>{html.escape(cal['saved_to'])}</code> (T = {_fmt(cal['saved_temperature'])}), used at inference."
     return text + "</p>"
@@ -261,19 +295,44 @@ def _operating_html(points: dict, target: float) -> str:
             rows.append([html.escape(name), "n/a", html.escape(p["error"]), "", "", ""])
             continue
         t, ci = p["test"], p["test_intervals"]
-        rows.append([html.escape(name), _fmt(p["validation"]["threshold"], 4), _fmt(p["validation"]["sensitivity"]),
-                     _with_ci(t["sensitivity"], ci.get("sensitivity")), _with_ci(t["specificity"], ci.get("specificity")),
-                     _with_ci(t["ppv"], ci.get("ppv"))])  # fmt: skip
-    return (_table(["class", "threshold", "validation sensitivity", "test sensitivity", "test specificity", "test PPV"], rows)
-            + f'<p class="note">Threshold = the highest probability cut-off reaching sensitivity {target:.2f} on the '
-              "validation set, then applied unchanged to the test set.</p>")  # fmt: skip
+        rows.append(
+            [
+                html.escape(name),
+                _fmt(p["validation"]["threshold"], 4),
+                _fmt(p["validation"]["sensitivity"]),
+                _with_ci(t["sensitivity"], ci.get("sensitivity")),
+                _with_ci(t["specificity"], ci.get("specificity")),
+                _with_ci(t["ppv"], ci.get("ppv")),
+            ]
+        )
+    return (
+        _table(
+            [
+                "class",
+                "threshold",
+                "validation sensitivity",
+                "test sensitivity",
+                "test specificity",
+                "test PPV",
+            ],
+            rows,
+        )
+        + f'<p class="note">Threshold = the highest probability cut-off reaching sensitivity {target:.2f} on the '
+        "validation set, then applied unchanged to the test set.</p>"
+    )
 
 
 def _audit_html(audit: dict, path: Path) -> str:
     leak = audit["leakage"]
-    rows = [[html.escape(pair.replace("|", " / ")), str(c.get("shared_patients", 0)),
-             str(c.get("exact_duplicate_pairs", 0)), str(c.get("near_duplicate_pairs", 0))]
-            for pair, c in leak["counts_by_split_pair"].items()]  # fmt: skip
+    rows = [
+        [
+            html.escape(pair.replace("|", " / ")),
+            str(c.get("shared_patients", 0)),
+            str(c.get("exact_duplicate_pairs", 0)),
+            str(c.get("near_duplicate_pairs", 0)),
+        ]
+        for pair, c in leak["counts_by_split_pair"].items()
+    ]
     text = f"<p>Audit of the data set (<code>{html.escape(str(path))}</code>): "
     text += "<b>leakage found</b>.</p>" if leak["found"] else "no leakage found.</p>"
     if rows:
@@ -282,8 +341,10 @@ def _audit_html(audit: dict, path: Path) -> str:
         )
     copies = leak.get("images_with_a_copy_in_another_split", {})
     if copies.get("test"):
-        text += (f'<div class="warn">{copies["test"]} test images have an exact or near copy in another split; '
-                 "the test metrics above are optimistic.</div>")  # fmt: skip
+        text += (
+            f'<div class="warn">{copies["test"]} test images have an exact or near copy in another split; '
+            "the test metrics above are optimistic.</div>"
+        )
     return text
 
 
@@ -291,13 +352,23 @@ def _audit_html(audit: dict, path: Path) -> str:
 # The report
 
 
-def _calibrate(pred: Predictions, val: Predictions | None, temperature_file: Path | None, n_bins: int,
-               n_resamples: int, seed: int) -> tuple[dict, dict]:  # fmt: skip
+def _calibrate(
+    pred: Predictions,
+    val: Predictions | None,
+    temperature_file: Path | None,
+    n_bins: int,
+    n_resamples: int,
+    seed: int,
+) -> tuple[dict, dict]:
     """ECE (with bootstrap CI) of the test predictions, before and after a temperature fitted on
     ``val``; optionally saved to ``temperature_file``. Returns (summary, reliability diagrams)."""
     what = "predicted probability" if pred.multi_label else "top-class confidence"
-    cal = {"n_bins": n_bins, "confidence": what, "ece_before": calibration.expected_calibration_error(
-        pred.y_true, pred.probs, n_bins), "temperature": None}  # fmt: skip
+    cal = {
+        "n_bins": n_bins,
+        "confidence": what,
+        "ece_before": calibration.expected_calibration_error(pred.y_true, pred.probs, n_bins),
+        "temperature": None,
+    }
     diagrams = {"As evaluated": calibration.reliability_diagram(pred.y_true, pred.probs, n_bins)}
     scaled = None  # test probabilities after temperature scaling
     if val is not None:
@@ -309,15 +380,23 @@ def _calibrate(pred: Predictions, val: Predictions | None, temperature_file: Pat
         diagrams[f"After temperature scaling (T={t:.2f})"] = calibration.reliability_diagram(
             pred.y_true, scaled, n_bins
         )
-        cal.update(temperature=t, ece_after=calibration.expected_calibration_error(pred.y_true, scaled, n_bins),
-                   validation_predictions=str(val.path), validation_nll_before=calibration.negative_log_likelihood(
-                       val_logits, val.y_true), validation_nll_after=calibration.negative_log_likelihood(
-                       val_logits, val.y_true, t))  # fmt: skip
+        cal.update(
+            temperature=t,
+            ece_after=calibration.expected_calibration_error(pred.y_true, scaled, n_bins),
+            validation_predictions=str(val.path),
+            validation_nll_before=calibration.negative_log_likelihood(val_logits, val.y_true),
+            validation_nll_after=calibration.negative_log_likelihood(val_logits, val.y_true, t),
+        )
         if temperature_file is not None:
             # the predictions were made with the temperature already saved there: compose the two
             combined = calibration.load_temperature(temperature_file) * t
-            calibration.save_temperature(combined, temperature_file, fitted_on=str(val.path),
-                                         ece_test_before=cal["ece_before"], ece_test_after=cal["ece_after"])  # fmt: skip
+            calibration.save_temperature(
+                combined,
+                temperature_file,
+                fitted_on=str(val.path),
+                ece_test_before=cal["ece_before"],
+                ece_test_after=cal["ece_after"],
+            )
             cal.update(saved_to=str(temperature_file), saved_temperature=combined)
 
     def ece_statistic(idx: np.ndarray) -> dict[tuple, float]:
@@ -401,17 +480,29 @@ def build_report(
     what = "predicted probability" if pred.multi_label else "top-class confidence"
     atomic_write_json(out_dir / "calibration.json", {**cal, "reliability": diagrams})
     figures: list[tuple[Path, str, bool]] = [
-        (plot_reliability(diagrams, out_dir / "reliability.png", what),
-         "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; "
-         "calibrated bars meet the diagonal.", True)
-    ]  # fmt: skip
+        (
+            plot_reliability(diagrams, out_dir / "reliability.png", what),
+            "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; "
+            "calibrated bars meet the diagonal.",
+            True,
+        )
+    ]
 
     # operating points (binary and multi-label tasks)
     points = None
     if val is not None and (pred.multi_label or len(pred.class_names) == 2):
-        points = operating_points(val.y_true, val.probs, pred.y_true, pred.probs, pred.class_names,
-                                  target_sensitivity, pred.multi_label, test_groups=pred.groups,
-                                  n_resamples=n_resamples, seed=seed)  # fmt: skip
+        points = operating_points(
+            val.y_true,
+            val.probs,
+            pred.y_true,
+            pred.probs,
+            pred.class_names,
+            target_sensitivity,
+            pred.multi_label,
+            test_groups=pred.groups,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
         atomic_write_json(out_dir / "operating_points.json", points)
 
     figures = _plots(pred, metrics, threshold, history_path, out_dir, figures, warnings)
@@ -440,9 +531,19 @@ def _metrics_with_intervals(pred, threshold, n_resamples: int, seed: int) -> dic
         metrics = multilabel_metrics(pred.y_true, pred.probs, pred.class_names, threshold)
     else:
         metrics = classification_metrics(pred.y_true, pred.probs, pred.class_names)
-    bootstrap.add_intervals(metrics, bootstrap.metric_intervals(
-        pred.y_true, pred.probs, pred.class_names, groups=pred.groups, multi_label=pred.multi_label,
-        threshold=threshold, n_resamples=n_resamples, seed=seed))  # fmt: skip
+    bootstrap.add_intervals(
+        metrics,
+        bootstrap.metric_intervals(
+            pred.y_true,
+            pred.probs,
+            pred.class_names,
+            groups=pred.groups,
+            multi_label=pred.multi_label,
+            threshold=threshold,
+            n_resamples=n_resamples,
+            seed=seed,
+        ),
+    )
     return metrics
 
 
@@ -460,14 +561,32 @@ def _plots(
     else:
         warnings.append(f"No training history at {history_path}: learning curves are left out.")
     at = "the per-class thresholds chosen on validation" if np.ndim(threshold) else "the 0.5 threshold"
-    caption = (f"Confusion matrix per class at {at}." if pred.multi_label else
-               "Confusion matrix: counts, and normalised per true class (the diagonal is the recall).")  # fmt: skip
-    figures.append((plot_confusion_matrix(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
-                                          pred.class_names), caption, True))  # fmt: skip
-    roc, pr = plot_roc_pr(pred.y_true, pred.probs, pred.class_names, out_dir / "roc.png",
-                          out_dir / "precision_recall.png", multi_label=pred.multi_label)  # fmt: skip
-    figures += [(roc, "ROC curves, one class against the rest.", False),
-                (pr, "Precision-recall curves; the baseline of each is its prevalence.", False)]  # fmt: skip
+    caption = (
+        f"Confusion matrix per class at {at}."
+        if pred.multi_label
+        else "Confusion matrix: counts, and normalised per true class (the diagonal is the recall)."
+    )
+    figures.append(
+        (
+            plot_confusion_matrix(
+                metrics["confusion_matrix"], out_dir / "confusion_matrix.png", pred.class_names
+            ),
+            caption,
+            True,
+        )
+    )
+    roc, pr = plot_roc_pr(
+        pred.y_true,
+        pred.probs,
+        pred.class_names,
+        out_dir / "roc.png",
+        out_dir / "precision_recall.png",
+        multi_label=pred.multi_label,
+    )
+    figures += [
+        (roc, "ROC curves, one class against the rest.", False),
+        (pr, "Precision-recall curves; the baseline of each is its prevalence.", False),
+    ]
     return figures
 
 
@@ -475,10 +594,20 @@ def _sample_grid(pred, rng, n_grid: int, out_dir: Path) -> list:
     if n_grid <= 0:
         return []
     grid = sorted(rng.choice(len(pred.images), size=min(n_grid, len(pred.images)), replace=False).tolist())
-    samples = plot_sample_grid([pred.images[i] for i in grid], pred.y_true[grid], pred.y_pred[grid],
-                               pred.class_names, out_dir / "samples.png")  # fmt: skip
-    return [(samples, f"{len(grid)} random test images; title green when the prediction is right, red when wrong.",
-             True)]  # fmt: skip
+    samples = plot_sample_grid(
+        [pred.images[i] for i in grid],
+        pred.y_true[grid],
+        pred.y_pred[grid],
+        pred.class_names,
+        out_dir / "samples.png",
+    )
+    return [
+        (
+            samples,
+            f"{len(grid)} random test images; title green when the prediction is right, red when wrong.",
+            True,
+        )
+    ]
 
 
 def _gradcam_figure(pred, model, rng, n_cam: int, cam_method: str, out_dir: Path, warnings: list) -> list:
@@ -490,8 +619,12 @@ def _gradcam_figure(pred, model, rng, n_cam: int, cam_method: str, out_dir: Path
         return []
     right = [i for i in range(len(pred.images)) if np.array_equal(pred.y_true[i], pred.y_pred[i])]
     wrong = [i for i in range(len(pred.images)) if not np.array_equal(pred.y_true[i], pred.y_pred[i])]
-    chosen = [int(i) for group in (right, wrong) if group
-              for i in rng.choice(group, size=min(n_cam, len(group)), replace=False)]  # fmt: skip
+    chosen = [
+        int(i)
+        for group in (right, wrong)
+        if group
+        for i in rng.choice(group, size=min(n_cam, len(group)), replace=False)
+    ]
     try:
         panels, layer, skipped = gradcam_panels(model, pred, chosen, cam_method)
         warnings += skipped
@@ -518,8 +651,12 @@ def _page(pred, metrics, cal, points, target_sensitivity, figures, warnings, aud
         sections.append(_section("Data audit", _audit_html(audit_report, Path(audit))))
     sections.append(_section("Calibration", _calibration_html(cal)))
     if points is not None:
-        sections.append(_section(f"Operating points (target sensitivity {target_sensitivity:.2f})",
-                                 _operating_html(points, target_sensitivity)))  # fmt: skip
+        sections.append(
+            _section(
+                f"Operating points (target sensitivity {target_sensitivity:.2f})",
+                _operating_html(points, target_sensitivity),
+            )
+        )
     elif pred.multi_label or len(pred.class_names) == 2:
         sections.append(
             _section(
@@ -531,9 +668,11 @@ def _page(pred, metrics, cal, points, target_sensitivity, figures, warnings, aud
     )
     report_text = html.escape(metrics.get("classification_report", ""))
     sections.append(_section("scikit-learn classification report", f"<pre>{report_text}</pre>"))
-    subtitle = (f"<p>Predictions: {html.escape(str(pred.path))}</p>"
-                f"<p>{metrics['num_samples']} test images, classes: {html.escape(', '.join(pred.class_names))}; "
-                f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>")  # fmt: skip
+    subtitle = (
+        f"<p>Predictions: {html.escape(str(pred.path))}</p>"
+        f"<p>{metrics['num_samples']} test images, classes: {html.escape(', '.join(pred.class_names))}; "
+        f"generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>"
+    )
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=html.escape(title), subtitle=subtitle, sections="\n".join(sections)
     )

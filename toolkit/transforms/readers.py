@@ -31,7 +31,7 @@ import io
 import math
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from monai.data import ImageReader, NibabelReader
 from monai.utils import ensure_tuple
 
-from toolkit.data.files import RASTER_SUFFIXES, file_kind, is_dicom_file
+from toolkit.data.files import NIFTI_SUFFIXES, RASTER_SUFFIXES, is_dicom_file
+from toolkit.data.plugins import load_plugins
 from toolkit.transforms.dicom_io import check_compressed_frames, read_dicom
 from toolkit.transforms.errors import (
     DicomLimitError,
@@ -64,6 +65,9 @@ __all__ = [
     "NiftiReader",
     "RasterReader",
     "MedicalImageReader",
+    "ReaderOptions",
+    "register_reader",
+    "registered_readers",
 ]
 
 PathLike = str | os.PathLike
@@ -77,6 +81,64 @@ def is_decoder_panic(exc: BaseException) -> bool:
 def first_line(exc: BaseException, limit: int = 200) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# The registry MedicalImageReader reads: one decorator per reader (as timm's @register_model)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """What a caller of :class:`MedicalImageReader` chose; each registered reader takes what applies
+    to it in its ``from_options`` (a reader without one is built with no arguments)."""
+
+    dicom_frame: int | str = "reject"
+    max_size: int | None = None
+    apply_voi: bool = False
+    alpha: str = "drop"
+    nifti_slice: int | str | None = None
+    nifti_volume: int | None = None
+    limits: ReadLimits | None = None
+
+
+@dataclass(frozen=True)
+class _Registered:
+    kind: str
+    reader: type[ImageReader]
+    formats: tuple[str, ...]  # as an error about an unknown file lists them
+
+
+_READERS: list[_Registered] = []  # in registration order; the last registered is asked first
+
+
+def register_reader(kind: str, formats: Sequence[str] | None = None) -> Callable[[type], type]:
+    """Class decorator: :class:`MedicalImageReader` reads with this MONAI ``ImageReader`` the files its
+    ``verify_suffix`` claims (by extension or content). As MONAI's ``LoadImage`` does, the reader
+    registered last is asked first, so a new reader may take files from the built-in ones; ``kind``
+    names it (registering a kind again replaces it). ``formats`` names what it reads in the error
+    about a file no reader claims (default: ``kind``)."""
+
+    def add(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, ImageReader)):
+            raise TypeError(f"register_reader({kind!r}) takes a monai.data.ImageReader class, got {cls!r}")
+        _READERS[:] = [r for r in _READERS if r.kind != kind]
+        _READERS.append(_Registered(kind, cls, tuple(formats or (kind,))))
+        return cls
+
+    return add
+
+
+def registered_readers() -> dict[str, type[ImageReader]]:
+    """Kind -> reader class, in the order :class:`MedicalImageReader` asks them (after importing the
+    modules ``CIT_PLUGINS`` names: :mod:`toolkit.data.plugins`)."""
+    load_plugins()
+    return {r.kind: r.reader for r in reversed(_READERS)}
+
+
+def _build_reader(cls: type[ImageReader], options: ReaderOptions) -> ImageReader:
+    from_options = getattr(cls, "from_options", None)
+    return from_options(options) if from_options is not None else cls()
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +210,7 @@ class _Decoded:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@register_reader("dicom", formats=("DICOM",))
 class DicomReader(ImageReader):
     """Fast DICOM reader for ``LoadImage(d)``: pydicom (+ pylibjpeg / openjpeg plugins) decoding,
     Modality LUT / rescale, optional VOI LUT, MONOCHROME1 / INVERSE inversion, colour conversion.
@@ -208,6 +271,15 @@ class DicomReader(ImageReader):
         self.force = force
         self.j2k_reduce = j2k_reduce
         self.limits = limits
+
+    @classmethod
+    def from_options(cls, options: ReaderOptions) -> DicomReader:
+        return cls(
+            frame=options.dicom_frame,
+            apply_voi=options.apply_voi,
+            max_size=options.max_size,
+            limits=options.limits,
+        )
 
     # -- ImageReader API --------------------------------------------------------------------
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
@@ -569,6 +641,7 @@ class DicomReader(ImageReader):
 # --------------------------------------------------------------------------------------------
 
 
+@register_reader("nifti", formats=("NIfTI",))
 class NiftiReader(NibabelReader):
     """MONAI's ``NibabelReader`` with clear errors, RGB24 support, read limits and single-slice reads.
 
@@ -601,6 +674,14 @@ class NiftiReader(NibabelReader):
         self.volume = volume
         self.limits = limits
         self._slicing: tuple | None = None  # (slice, volume) while get_data reads one slice
+
+    @classmethod
+    def from_options(cls, options: ReaderOptions) -> NiftiReader:
+        return cls(slice_index=options.nifti_slice, volume=options.nifti_volume, limits=options.limits)
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True if every name ends in .nii / .nii.gz (any case); MONAI's test also takes ``x.nii.png``."""
+        return all(os.fspath(f).lower().endswith(NIFTI_SUFFIXES) for f in ensure_tuple(filename))
 
     def read(self, data, **kwargs):
         """Record the file name(s); loading happens in :meth:`get_data` (see module docstring)."""
@@ -696,6 +777,7 @@ class NiftiReader(NibabelReader):
 ALPHA_POLICIES = ("drop", "black")
 
 
+@register_reader("raster", formats=("PNG", "JPEG", "BMP", "TIFF"))
 class RasterReader(ImageReader):
     """Pillow reader for PNG / JPEG / BMP / TIFF giving ``(H, W)`` grey or ``(H, W, 3)`` RGB float32.
 
@@ -723,6 +805,10 @@ class RasterReader(ImageReader):
         self.max_size = max_size
         self.alpha = alpha
         self.limits = limits
+
+    @classmethod
+    def from_options(cls, options: ReaderOptions) -> RasterReader:
+        return cls(max_size=options.max_size, alpha=options.alpha, limits=options.limits)
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(os.fspath(f).lower().endswith(RASTER_SUFFIXES) for f in ensure_tuple(filename))
@@ -818,12 +904,14 @@ class RasterReader(ImageReader):
 
 
 class MedicalImageReader(ImageReader):
-    """Choose the reader per file by content: DICOM (also without extension / ACR-NEMA) ->
-    :class:`DicomReader`, NIfTI -> :class:`NiftiReader`, PNG / JPEG / ... -> :class:`RasterReader`.
+    """Choose the reader per file from the registered ones (:func:`register_reader`): PNG / JPEG / ...
+    -> :class:`RasterReader`, NIfTI -> :class:`NiftiReader` (both by extension), DICOM (by content,
+    also without extension / ACR-NEMA) -> :class:`DicomReader`, and any reader registered since.
 
     ``LoadImaged(keys, reader=MedicalImageReader(...))`` so one datalist may mix formats.
     ``nifti_slice`` (None: whole volumes) / ``nifti_volume``: NIfTI files give only that slice (see
     :class:`NiftiReader`); ``limits``: the read limits of every reader (default: from the environment).
+    The arguments are :class:`ReaderOptions`; each reader takes what applies to it.
     """
 
     def __init__(
@@ -837,26 +925,34 @@ class MedicalImageReader(ImageReader):
         limits: ReadLimits | None = None,
     ):
         super().__init__()
-        self.dicom = DicomReader(frame=dicom_frame, apply_voi=apply_voi, max_size=max_size, limits=limits)
-        self.nifti = NiftiReader(slice_index=nifti_slice, volume=nifti_volume, limits=limits)
-        self.raster = RasterReader(max_size=max_size, alpha=alpha, limits=limits)
+        options = ReaderOptions(dicom_frame, max_size, apply_voi, alpha, nifti_slice, nifti_volume, limits)
+        self.readers = [_build_reader(cls, options) for cls in registered_readers().values()]
+        self.formats = [f for r in _READERS for f in r.formats]
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        return all(file_kind(f) is not None for f in ensure_tuple(filename))
+        return all(self._claiming(f) is not None for f in ensure_tuple(filename))
 
     def read(self, data, **kwargs):
         names = tuple(os.fspath(f) for f in ensure_tuple(data))
         return names if len(names) > 1 else names[0]
 
+    def _claiming(self, name: PathLike) -> ImageReader | None:
+        return next((reader for reader in self.readers if reader.verify_suffix(name)), None)
+
     def reader_for(self, filename: PathLike) -> ImageReader:
-        """The reader that handles ``filename`` (by extension for NIfTI / raster, else by content)."""
+        """The first reader, in registry order, whose ``verify_suffix`` claims ``filename``."""
         name = os.fspath(filename)
         if not os.path.isfile(name):
             raise ImageReadError(name, "file not found")
-        kind = file_kind(name)
-        if kind is None:
-            raise ImageReadError(name, "unknown image format (not DICOM, NIfTI, PNG, JPEG, BMP or TIFF)")
-        return {"dicom": self.dicom, "nifti": self.nifti, "raster": self.raster}[kind]
+        reader = self._claiming(name)
+        if reader is None:
+            known = (
+                ", ".join(self.formats[:-1]) + f" or {self.formats[-1]}"
+                if len(self.formats) > 1
+                else self.formats[0]
+            )
+            raise ImageReadError(name, f"unknown image format (not {known})")
+        return reader
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
         names = ensure_tuple(img)
