@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.data import list_data_collate
 from monai.transforms import Compose, Randomizable
 from monai.utils import set_determinism
@@ -74,8 +74,15 @@ def bare_rates(datalist: Path, args) -> tuple[list[float], int]:
 
     Like the bundle's loader, a last partial batch is dropped (BatchNorm cannot train on one image)."""
     items = dataset_items(load_datalist(datalist), "training")
+    parser = ConfigParser()  # the bundle's own augmentation list, built as the bundle builds it
+    parser.read_config(str(CONFIG))
+    parser["image_size"] = args.image_size
     chain = classification_transforms(
-        stage="train", image_size=args.image_size, channels=3, intensity="imagenet", augmentation="brain_ct"
+        stage="train",
+        image_size=args.image_size,
+        channels=3,
+        intensity="imagenet",
+        augmentation=parser.get_parsed_content("augmentation"),
     )
     first_random = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable))
     prepare, augment = Compose(chain.transforms[:first_random]), Compose(chain.transforms[first_random:])

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from monai.bundle import ConfigParser
+
+from toolkit.bundle.configs import read_config
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # config files of each run, as the README's commands give them (evaluation overlays train.json)
 CONFIG_FILES = {
@@ -53,6 +57,15 @@ def run_bundle(
     return result
 
 
+def bundle_recipe(bundle: str, config: str = "train", **ids) -> ConfigParser:
+    """MONAI's ConfigParser on a bundle's config as a run reads it (macros resolved), with ``ids`` set:
+    ``parser.get_parsed_content("augmentation")`` builds the bundle's augmentation as its training does."""
+    parser = ConfigParser(read_config(bundle_config(bundle, config)))
+    parser.resolve_macro_and_relative_ids()
+    parser.update(ids)
+    return parser
+
+
 def verify_bundle(bundle: str, ckpt_dir: Path) -> None:
     """`verify_metadata` (offline, against the vendored schema) and `verify_net_in_out` on the model
     trained into ``ckpt_dir`` (the network is defined by its ``model_info.json``) pass.
@@ -67,7 +80,12 @@ def verify_bundle(bundle: str, ckpt_dir: Path) -> None:
     cwd = os.getcwd()
     os.chdir(REPO_ROOT)  # the configs' base macros are relative to the repository root, as in the README
     try:
-        verify_net_in_out("network_def", meta_file=meta, config_file=bundle_config(bundle, "inference"),
-                          device="cpu", ckpt_dir=str(ckpt_dir))  # fmt: skip
+        verify_net_in_out(
+            "network_def",
+            meta_file=meta,
+            config_file=bundle_config(bundle, "inference"),
+            device="cpu",
+            ckpt_dir=str(ckpt_dir),
+        )
     finally:
         os.chdir(cwd)

@@ -15,7 +15,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from tests.bundles.bundle_helpers import bundle_config, run_bundle, verify_bundle
+from tests.bundles.bundle_helpers import bundle_config, bundle_recipe, run_bundle, verify_bundle
 from toolkit.bundle.configs import read_config
 from toolkit.data import load_datalist
 from toolkit.transforms.minority import MinoritySynthesisd
@@ -87,24 +87,31 @@ def test_minority_classes_grow_by_percent_in_training_only(data, tmp_path, perce
     assert all(sum(i["label"] == c for i in doc["test"]) >= 1 for c in range(4))
 
 
+def _synthesis(image_size=32):
+    """MinoritySynthesisd with the study's syntheses as the bundle's config states them (fresh objects)."""
+    syntheses = bundle_recipe(BUNDLE, image_size=image_size).get_parsed_content("minority_synthesis")
+    return MinoritySynthesisd("image", syntheses)
+
+
 def test_synthesis_alters_only_synthetic_items_and_is_seeded():
     image = torch.rand(3, 32, 32)
-    transform = MinoritySynthesisd("image", image_size=32)
+    transform = _synthesis()
     transform.set_random_state(seed=0)
     assert torch.equal(transform({"image": image, "synthesis": ""})["image"], image)
     assert torch.allclose(
         transform({"image": image, "synthesis": "invert"})["image"], image.max() + image.min() - image
     )
     noisy = [
-        MinoritySynthesisd("image", image_size=32).set_random_state(seed=3)(
-            {"image": image, "synthesis": "noise"}
-        )["image"]
+        _synthesis().set_random_state(seed=3)({"image": image, "synthesis": "noise"})["image"]
         for _ in range(2)
     ]
     assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], image)
     for kind in ("rotate_crop", "blur"):
         out = transform({"image": image, "synthesis": kind})["image"]
         assert out.shape == image.shape and not torch.allclose(out, image)
+    smooth = torch.linspace(0, 1, 32).expand(3, 32, 32).contiguous()
+    blurred = transform({"image": smooth, "synthesis": "blur"})["image"]
+    assert float((blurred - smooth).abs().mean()) < 0.05  # a 3x3 blur: a small, local change
     with pytest.raises(ValueError, match="unknown synthesis"):
         transform({"image": image, "synthesis": "mixup"})
 
@@ -133,8 +140,9 @@ def _expected_lrs(warmup, cosine, epochs=EPOCHS):
 def trained(data, tmp_path_factory):
     """Warm-up + cosine, 20 % minority augmentation, four tiny epochs, BatchNorm recalibrated on 6 images."""
     tmp = tmp_path_factory.mktemp("covid_run")
-    result = run_bundle(BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY,
-                        recalibrate_bn_images=6)  # fmt: skip
+    result = run_bundle(
+        BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY, recalibrate_bn_images=6
+    )
     return tmp, result
 
 
@@ -231,8 +239,13 @@ def test_minority_samples_are_seeded_spread_over_kinds_and_cycle_above_100_perce
 def test_class_weighted_loss_and_balanced_sampler_are_one_override_each(data, tmp_path):
     from torch.utils.data import WeightedRandomSampler
 
-    parser = _parsed(tmp_path, data, loss="%configs/base/components.json#loss#weighted_cross_entropy",
-                     weighted_sampler=True, minority_percent=0)  # fmt: skip
+    parser = _parsed(
+        tmp_path,
+        data,
+        loss="%configs/base/components.json#loss#weighted_cross_entropy",
+        weighted_sampler=True,
+        minority_percent=0,
+    )
     weight = parser.get_parsed_content("loss").weight
     counts = [sum(i["label"] == c for i in parser.get_parsed_content("train#items")) for c in range(4)]
     # the rarest training class weighs most (weights computed on the training items)

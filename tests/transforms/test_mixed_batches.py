@@ -8,6 +8,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.bundles.bundle_helpers import bundle_recipe
 from toolkit.transforms import classification_transforms
 
 
@@ -37,8 +38,9 @@ def test_grey_rgb_and_dicom_images_collate_into_one_batch(tmp_path, stage):
         {"image": str(tmp_path / n), "label": i % 3}
         for i, n in enumerate(["rgb.jpg", "grey.png", "deep.png", "ct"])
     ]
+    brain_ct = bundle_recipe("resnet18_brain_ct", image_size=32).get_parsed_content("augmentation")
     chain = classification_transforms(
-        stage=stage, image_size=32, augmentation="brain_ct" if stage == "train" else "none"
+        stage=stage, image_size=32, augmentation=brain_ct if stage == "train" else []
     )
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=4)))
     assert tuple(batch["image"].shape) == (4, 3, 32, 32)

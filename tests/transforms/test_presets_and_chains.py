@@ -1,4 +1,4 @@
-"""Intensity / augmentation presets and the classification chain."""
+"""Intensity presets and the classification chain (with the bundles' augmentation lists)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, RandomizableTrait
 from PIL import Image
 
-from toolkit.transforms import (
-    AUGMENTATION_PRESETS,
-    COVID_MINORITY_KINDS,
-    INTENSITY_PRESETS,
-    augmentation_transforms,
-    classification_transforms,
-    covid_minority_synthesis,
-    intensity_transforms,
-)
+from tests.bundles.bundle_helpers import bundle_recipe
+from toolkit.transforms import INTENSITY_PRESETS, classification_transforms, intensity_transforms
 
 SIZE = 32
 
@@ -31,10 +24,9 @@ def _image(channels: int = 3) -> torch.Tensor:
     return torch.stack([base * (1 - 0.1 * c) for c in range(channels)])
 
 
-def _run(transforms: list, seed: int, n: int = 6) -> list[torch.Tensor]:
-    chain = Compose(transforms)
-    chain.set_random_state(seed=seed)
-    return [torch.as_tensor(chain({"image": _image()})["image"]) for _ in range(n)]
+def _augmentation(bundle: str, **ids) -> list:
+    """The bundle's augmentation list built by MONAI's ConfigParser, as its training builds it."""
+    return bundle_recipe(bundle, image_size=SIZE, **ids).get_parsed_content("augmentation")
 
 
 # ---------------------------------------------------------------- intensity
@@ -72,51 +64,20 @@ def test_intensity_presets():
 # ---------------------------------------------------------------- augmentation
 
 
-@pytest.mark.parametrize("name", sorted(set(AUGMENTATION_PRESETS) - {"none"}))
-def test_augmentation_preset_is_seeded_and_changes_the_image(name):
-    transforms = augmentation_transforms(name, image_size=SIZE)
-    assert transforms and all(isinstance(t, RandomizableTrait) for t in transforms)
-    first, again, other = (
-        _run(transforms, 0),
-        _run(augmentation_transforms(name, image_size=SIZE), 0),
-        _run(transforms, 1),
+def test_augmentation_is_a_list_of_transforms_not_a_preset_name():
+    assert not any(
+        isinstance(t, RandomizableTrait) for t in classification_transforms("train", SIZE).transforms
     )
-    for a, b in zip(first, again, strict=True):
-        torch.testing.assert_close(a, b)
-    assert any(not torch.allclose(a, _image()) for a in first), "the preset never changed the image"
-    assert any(not torch.allclose(a, b) for a, b in zip(first, other, strict=True)), (
-        "different seeds gave the same images"
-    )
-    assert all(a.shape == (3, SIZE, SIZE) for a in first)
-
-
-def test_augmentation_overrides_and_errors():
-    never = augmentation_transforms(
-        "chestxray14", image_size=SIZE, flip_prob=0, rotate_prob=0, zoom_prob=0, intensity_prob=0
-    )
-    for out in _run(never, 0, n=3):
-        torch.testing.assert_close(out, _image())
-    assert augmentation_transforms("none") == []
-    with pytest.raises(ValueError, match="unknown augmentation preset"):
-        augmentation_transforms("nope")
-    with pytest.raises(ValueError, match="pneumonia"):
-        augmentation_transforms("pneumonia", flip_prob=0.5)  # the study uses no flips
-
-
-@pytest.mark.parametrize("kind", COVID_MINORITY_KINDS)
-def test_covid_minority_synthesis_pieces(kind):
-    first = _run(covid_minority_synthesis(kind, SIZE), 3, n=2)
-    again = _run(covid_minority_synthesis(kind, SIZE), 3, n=2)
-    for a, b in zip(first, again, strict=True):
-        torch.testing.assert_close(a, b)
-        assert a.shape == (3, SIZE, SIZE)
-        assert not torch.allclose(a, _image())
-    if kind == "invert":
-        torch.testing.assert_close(first[0], _image().max() + _image().min() - _image())
-    if kind == "blur":  # a 3x3 blur with a large sigma is close to a 3x3 mean: small, local change
-        assert float((first[0] - _image()).abs().mean()) < 0.05
-    with pytest.raises(ValueError, match="COVID"):
-        covid_minority_synthesis("flip", SIZE)
+    with pytest.raises(TypeError, match="the preset names are gone"):
+        classification_transforms("train", SIZE, augmentation="pneumonia")
+    flat = classification_transforms("train", SIZE, augmentation=Compose(_augmentation("resnet18_brain_ct")))
+    assert [type(t).__name__ for t in flat.transforms[6:11]] == [
+        "RandRotated",
+        "RandFlipd",
+        "RandZoomd",
+        "RandScaleIntensityd",
+        "RandAdjustContrastd",
+    ]
 
 
 # ---------------------------------------------------------------- chains
@@ -140,7 +101,11 @@ def png_files(tmp_path):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_train_chain_gives_float_tensors_of_the_right_shape(png_files, shared_data, channels):
     chain = classification_transforms(
-        "train", image_size=SIZE, channels=channels, intensity="imagenet", augmentation="brain_ct"
+        "train",
+        image_size=SIZE,
+        channels=channels,
+        intensity="imagenet",
+        augmentation=_augmentation("resnet18_brain_ct"),
     )
     files = [
         *png_files,
@@ -166,12 +131,17 @@ def test_augmentation_pads_with_black_under_imagenet_standardisation(tmp_path, b
     path = tmp_path / "white.png"
     Image.fromarray(pixels).save(path)
     build = getattr(minority, builder) if builder.startswith("minority") else classification_transforms
+    shift_only = {  # the pneumonia study's affine, overridden as on the command line: shifts of 40 %
+        "augmentation#0#rotate_range": 0.0,
+        "augmentation#0#scale_range": [0.0, 0.0],
+        "augmentation#0#translate_range": [0.4 * SIZE, 0.4 * SIZE],
+    }
+    if builder == "classification_transforms":
+        extra = {"intensity": "imagenet", "stage": "train"}
+    else:
+        extra = {"syntheses": bundle_recipe("resnet_d_covid_cxr").get_parsed_content("minority_synthesis")}
     chain = build(
-        image_size=SIZE,
-        channels=1,
-        augmentation="pneumonia",
-        augmentation_kwargs={"rotate_deg": 0, "scale": 0, "translate": 0.4},
-        **({"intensity": "imagenet", "stage": "train"} if builder == "classification_transforms" else {}),
+        image_size=SIZE, channels=1, augmentation=_augmentation("resnet50_pneumonia", **shift_only), **extra
     )
     chain.set_random_state(seed=0)
     black, white = Compose(intensity_transforms("imagenet", channels=1))(
@@ -190,7 +160,9 @@ def test_multi_hot_label_becomes_float_vector(png_files):
 
 
 def test_eval_chain_is_deterministic_and_gives_plain_tensors(shared_data):
-    chain = classification_transforms("eval", SIZE, augmentation="pneumonia")  # ignored for eval
+    chain = classification_transforms(
+        "eval", SIZE, augmentation=_augmentation("resnet50_pneumonia")
+    )  # ignored
     path = str(shared_data / "dicom/ct/CT_small.dcm")
     a, b = chain({"image": path, "label": 1}), chain({"image": path, "label": 1})
     torch.testing.assert_close(a["image"], b["image"])
@@ -198,7 +170,7 @@ def test_eval_chain_is_deterministic_and_gives_plain_tensors(shared_data):
 
 
 def test_deterministic_steps_come_first_and_cache(png_files):
-    chain = classification_transforms("train", SIZE, augmentation="histopathology")
+    chain = classification_transforms("train", SIZE, augmentation=_augmentation("deit_distilled_lung_histo"))
     kinds = [isinstance(t, RandomizableTrait) for t in chain.transforms]
     first_random = kinds.index(True)
     assert not any(kinds[:first_random]) and first_random >= 5

@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.transforms import Randomizable
 
+from tests.bundles.bundle_helpers import bundle_recipe
 from toolkit.bundle import load_model_info, write_model_info
 from toolkit.data import make_synthetic_dataset
 from toolkit.data.datalist import load_datalist
@@ -73,7 +74,7 @@ def test_the_spacing_recorded_in_the_model_description_is_applied(shared_data, t
             "spatial_dims": 3,
             "spacing": spacing,
             "fit": "pad_crop",
-        },  # fmt: skip
+        },
     )
     out = load_model_info(tmp_path).preprocessing_transforms(label_key=None)({"image": str(path)})["image"]
     assert info.preprocessing["spacing"] == spacing and tuple(out.shape) == (1, 48, 48, 48)
@@ -84,8 +85,12 @@ def test_the_spacing_recorded_in_the_model_description_is_applied(shared_data, t
 
 def test_a_3d_network_with_2d_preprocessing_is_refused(tmp_path):
     with pytest.raises(ValueError, match="network is 3D but the preprocessing 2D"):
-        write_model_info(tmp_path, {"name": "resnet18", "num_classes": 2, "spatial_dims": 3}, ["a", "b"],
-                         {"image_size": 16})  # fmt: skip
+        write_model_info(
+            tmp_path,
+            {"name": "resnet18", "num_classes": 2, "spatial_dims": 3},
+            ["a", "b"],
+            {"image_size": 16},
+        )
 
 
 def test_a_dicom_series_reads_alike_as_a_folder_and_as_files_in_any_order(shared_data):
@@ -156,11 +161,20 @@ def test_3d_options_are_refused_by_the_2d_chain():
 
 
 def test_training_chain_augments_after_the_cached_steps(tmp_path):
-    datalist = make_synthetic_dataset(tmp_path, n_patients=4, images_per_patient=1, image_size=20, seed=3,
-                                      classes=["normal", "hyperplasia"], spatial_dims=3)  # fmt: skip
+    datalist = make_synthetic_dataset(
+        tmp_path,
+        n_patients=4,
+        images_per_patient=1,
+        image_size=20,
+        seed=3,
+        classes=["normal", "hyperplasia"],
+        spatial_dims=3,
+    )
     item = load_datalist(datalist)["training"][0]
-    chain = classification_transforms(stage="train", spatial_dims=3, image_size=20, channels=1,
-                                      augmentation="volume")  # fmt: skip
+    augmentation = bundle_recipe("resnet3d_adrenal", image_size=20).get_parsed_content("augmentation")
+    chain = classification_transforms(
+        stage="train", spatial_dims=3, image_size=20, channels=1, augmentation=augmentation
+    )
     random_at = [i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable)]
     assert random_at and random_at == list(range(random_at[0], random_at[-1] + 1))  # one random block ...
     assert all(

@@ -1,8 +1,8 @@
 """BatchNorm statistics recomputed on un-augmented training images before each validation.
 
 Why: BatchNorm layers keep running statistics of the images they saw in training. When the
-augmentation changes every training image (e.g. the pneumonia preset resamples each one with a
-random affine), those statistics describe augmented images, while validation, test and inference
+augmentation changes every training image (e.g. the pneumonia bundle's augmentation resamples each
+one with a random affine), those statistics describe augmented images, while validation, test and inference
 images are not augmented; validation accuracy can then swing between epochs for reasons unrelated
 to the weights, and the checkpoint chosen on it is a matter of luck. Recomputing the statistics on
 un-augmented training images after each epoch (as "precise BN" does) removes that mismatch. It
@@ -45,8 +45,14 @@ def recalibration_loader(
     # its own generator: a DataLoader draws a seed each time it is iterated, and drawing it from the
     # global RNG would change the training's later shuffles and augmentations
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                      drop_last=len(dataset) > batch_size, generator=generator)  # fmt: skip
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=0,
+        drop_last=len(dataset) > batch_size,
+        generator=generator,
+    )
 
 
 class BatchNormRecalibration:

@@ -1,14 +1,10 @@
 """Transforms: fast readers (DICOM, NIfTI, raster), a volume reader (ITK: MHA / NRRD / DICOM series),
-intensity and augmentation presets, 2D and 3D chains."""
+intensity presets, the few random transforms MONAI lacks, 2D and 3D chains (a bundle's augmentation
+is a list of transforms in its own configs)."""
 
-from toolkit.transforms.augmentation import (
-    AUGMENTATION_PRESETS,
-    COVID_MINORITY_KINDS,
-    RandGaussianBlurKerneld,
-    augmentation_transforms,
-    covid_minority_synthesis,
-)
+from toolkit.transforms.augmentation import RandGaussianBlurKerneld, augmentation_steps
 from toolkit.transforms.chains import classification_transforms
+from toolkit.transforms.describe import describe_transform, log_transforms
 from toolkit.transforms.intensity import INTENSITY_PRESETS, intensity_transforms
 from toolkit.transforms.limits import ReadLimits
 from toolkit.transforms.readers import (
@@ -32,11 +28,9 @@ from toolkit.transforms.utility import (
     label_to_tensor,
 )
 from toolkit.transforms.volume_reader import VolumeReader, sort_series_files
-from toolkit.transforms.volumes import VOLUME_AUGMENTATION_PRESETS, SelectVolumed, volume_transforms
+from toolkit.transforms.volumes import SelectVolumed, volume_transforms
 
 __all__ = [
-    "AUGMENTATION_PRESETS",
-    "COVID_MINORITY_KINDS",
     "INTENSITY_PRESETS",
     "LabelToTensord",
     "AsChannels",
@@ -54,13 +48,13 @@ __all__ = [
     "SelectSlice",
     "SelectSliced",
     "SelectVolumed",
-    "VOLUME_AUGMENTATION_PRESETS",
     "VolumeReader",
-    "augmentation_transforms",
+    "augmentation_steps",
     "classification_transforms",
-    "covid_minority_synthesis",
+    "describe_transform",
     "find_read_error",
     "intensity_transforms",
+    "log_transforms",
     "invert_intensity",
     "label_to_tensor",
     "sort_series_files",

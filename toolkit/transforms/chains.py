@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Resized
 
-from toolkit.transforms.augmentation import augmentation_transforms
+from toolkit.transforms.augmentation import augmentation_steps
 from toolkit.transforms.intensity import intensity_stages
 from toolkit.transforms.readers import ALPHA_POLICIES, MedicalImageReader
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced, colour_policy
@@ -39,8 +40,7 @@ def classification_transforms(
     channels: int = 3,
     intensity: str = "minmax",
     intensity_kwargs: dict | None = None,
-    augmentation: str = "none",
-    augmentation_kwargs: dict | None = None,
+    augmentation: Sequence | Compose | None = None,
     keys: str = "image",
     label_key: str | None = "label",
     spatial_dims: int = 2,
@@ -57,7 +57,7 @@ def classification_transforms(
 
     ``spatial_dims=3`` returns the 3D chain instead:
     :func:`~toolkit.transforms.volumes.volume_transforms` with ``image_size``, ``channels``,
-    ``colour``, the intensity and augmentation options, ``nifti_volume`` (as ``volume``) and
+    ``colour``, the intensity options, ``augmentation``, ``nifti_volume`` (as ``volume``) and
     ``volume_options`` (``spacing``, ``axcodes``, ``fit``); the 2D reader,
     slice and alpha options do not apply there. This is how a model description recording
     ``spatial_dims: 3`` rebuilds its chain.
@@ -66,10 +66,12 @@ def classification_transforms(
     for DICOM with or without extension, :class:`~toolkit.transforms.readers.NiftiReader` for NIfTI,
     :class:`~toolkit.transforms.readers.RasterReader` for PNG / JPEG / ...) -> channel first ->
     middle (or ``nifti_slice``) slice of 3D volumes -> ``channels`` channels under the colour
-    policy -> resize to ``image_size`` x ``image_size`` -> intensity preset -> float32 tensors;
-    in training the augmentation preset runs inside the intensity preset, after its scaling and
-    before the ImageNet mean / std (:func:`~toolkit.transforms.intensity.intensity_stages`), so
-    padding is black and amounts are on the [0, 1] scale.
+    policy -> resize to ``image_size`` x ``image_size`` -> intensity preset -> float32 tensors.
+    ``augmentation`` (training only): the bundle's list of random transforms (or a ``Compose``; its
+    ``"augmentation"`` list in ``configs/train.json``), run inside the intensity preset, after its
+    scaling and before the ImageNet mean / std
+    (:func:`~toolkit.transforms.intensity.intensity_stages`), so padding is black and amounts are
+    on the [0, 1] scale; ignored for ``stage="eval"``.
 
     Colour policy (stated in the log once per run): ``colour="rgb"`` (default) keeps colour and
     repeats grey to ``channels`` (a colour image for ``channels=1`` becomes its luminance);
@@ -95,10 +97,19 @@ def classification_transforms(
         raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
     if spatial_dims == 3:
         return volume_transforms(
-            stage, image_size, channels, intensity, intensity_kwargs, augmentation, augmentation_kwargs,
-            keys, label_key, volume=nifti_volume, colour=colour, resize_mode=resize_mode or "trilinear",
+            stage,
+            image_size,
+            channels,
+            intensity,
+            intensity_kwargs,
+            augmentation,
+            keys,
+            label_key,
+            volume=nifti_volume,
+            colour=colour,
+            resize_mode=resize_mode or "trilinear",
             **volume_options,
-        )  # fmt: skip
+        )
     if spatial_dims != 2:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     if volume_options:
@@ -133,9 +144,7 @@ def classification_transforms(
     scaling, standardisation = intensity_stages(intensity, keys=keys, **intensity_kwargs)
     steps += scaling
     if stage == "train":
-        steps += augmentation_transforms(
-            augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
-        )
+        steps += augmentation_steps(augmentation)
     steps += standardisation
     # Plain tensors out: images of one batch may come from different formats / colour modes whose
     # metadata do not collate; engines find the source record through the item's ``index``.

@@ -8,11 +8,7 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
-from toolkit.transforms.augmentation import (
-    COVID_MINORITY_KINDS,
-    augmentation_transforms,
-    covid_minority_synthesis,
-)
+from toolkit.transforms.augmentation import augmentation_steps
 from toolkit.transforms.chains import classification_transforms
 from toolkit.transforms.intensity import intensity_stages
 
@@ -20,25 +16,26 @@ __all__ = ["MinoritySynthesisd", "minority_training_transforms"]
 
 
 class MinoritySynthesisd(Randomizable, MapTransform):
-    """Apply the synthesis named by ``data[kind_key]`` (rotate_crop / invert / blur / noise, see
-    :func:`~toolkit.transforms.augmentation.covid_minority_synthesis`); items whose ``kind_key`` is
-    empty or missing pass unchanged. A random transform, so ``CacheDataset`` caches the steps before it.
+    """Apply the synthesis named by ``data[kind_key]``; items whose ``kind_key`` is empty or missing
+    pass unchanged. A random transform, so ``CacheDataset`` caches the steps before it.
+
+    ``syntheses`` maps each kind to its transforms (a list or a ``Compose``): the study's recipe, in
+    the bundle's config (``minority_synthesis`` of ``bundles/resnet_d_covid_cxr/configs/train.json``:
+    rotate_crop, invert, blur, noise). Each kind runs as its own ``Compose``, seeded in the mapping's order.
     """
 
     def __init__(
         self,
-        keys: KeysCollection = "image",
-        image_size: int = 224,
+        keys: KeysCollection,
+        syntheses: Mapping[str, Sequence | Compose],
         kind_key: str = "synthesis",
         allow_missing_keys: bool = False,
-        **synthesis_kwargs,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if not syntheses:
+            raise ValueError("MinoritySynthesisd needs at least one synthesis (kind -> transforms)")
         self.kind_key = kind_key
-        self.syntheses = {
-            kind: Compose(covid_minority_synthesis(kind, image_size, self.keys, **synthesis_kwargs))
-            for kind in COVID_MINORITY_KINDS
-        }
+        self.syntheses = {kind: Compose(augmentation_steps(steps)) for kind, steps in syntheses.items()}
 
     def set_random_state(self, seed: int | None = None, state=None) -> MinoritySynthesisd:
         super().set_random_state(seed, state)
@@ -62,34 +59,32 @@ class MinoritySynthesisd(Randomizable, MapTransform):
 
 
 def minority_training_transforms(
+    syntheses: Mapping[str, Sequence | Compose],
     image_size: int = 224,
     channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-    augmentation: str = "none",
-    augmentation_kwargs: dict | None = None,
-    synthesis_kwargs: dict | None = None,
+    augmentation: Sequence | Compose | None = None,
     keys: str = "image",
     **chain_kwargs,
 ) -> Compose:
     """Training chain with minority synthesis: the deterministic part of
     :func:`~toolkit.transforms.classification_transforms` (load -> channels -> resize -> min-max to
-    [0, 1], cached) -> :class:`MinoritySynthesisd` on the [0, 1] image -> optional augmentation
-    preset (also on the [0, 1] scale, as in ``classification_transforms``) -> ``mean`` / ``std``
-    (ImageNet's by default, as the ``imagenet`` preset gives them for ``channels``). For items
-    without a synthesis this equals the training chain with the ``imagenet`` preset.
+    [0, 1], cached) -> :class:`MinoritySynthesisd` with ``syntheses`` on the [0, 1] image ->
+    ``augmentation`` (a list of transforms, also on the [0, 1] scale, after the scaling and before
+    the standardisation as in ``classification_transforms``) -> ``mean`` / ``std`` (ImageNet's by
+    default, as the ``imagenet`` preset gives them for ``channels``). For items without a synthesis
+    this equals the training chain with the ``imagenet`` preset.
     One flat ``Compose`` so that ``CacheDataset`` can cache up to the first random step.
     """
     base = classification_transforms(
-        "train", image_size, channels, intensity="minmax", augmentation="none", keys=keys, **chain_kwargs
+        "train", image_size, channels, intensity="minmax", augmentation=[], keys=keys, **chain_kwargs
     )
     _, standardisation = intensity_stages("imagenet", keys, mean=mean, std=std, channels=channels)
     steps = [
         *base.transforms,
-        MinoritySynthesisd(keys, image_size=image_size, **(synthesis_kwargs or {})),
-        *augmentation_transforms(
-            augmentation, keys=keys, image_size=image_size, **(augmentation_kwargs or {})
-        ),
+        MinoritySynthesisd(keys, syntheses),
+        *augmentation_steps(augmentation),
         *standardisation,
         EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False),
     ]

@@ -4,16 +4,15 @@
 builds for ``spatial_dims=3``: load (:class:`~toolkit.transforms.volume_reader.VolumeReader`) ->
 channel first -> one volume of a 4D image -> channels -> ``Orientation`` to RAS -> ``Spacing`` to
 the model's voxel spacing (when it has one) -> intensity preset -> resize (or pad / crop) to
-``image_size`` -> (train only) 3D augmentation -> float32 tensors. Deterministic steps come first,
-so ``CacheDataset`` caches them once.
+``image_size`` -> (train only) the bundle's 3D augmentation transforms -> float32 tensors.
+Deterministic steps come first, so ``CacheDataset`` caches them once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import torch
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
@@ -22,29 +21,18 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
-    RandAffined,
-    RandFlipd,
-    RandGaussianNoised,
-    RandRotate90d,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Resized,
     ResizeWithPadOrCropd,
     Spacingd,
 )
 
+from toolkit.transforms.augmentation import augmentation_steps
 from toolkit.transforms.intensity import intensity_transforms
 from toolkit.transforms.readers import ImageReadError
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord
 from toolkit.transforms.volume_reader import VolumeReader
 
-__all__ = [
-    "VOLUME_AUGMENTATION_PRESETS",
-    "FIT_MODES",
-    "SelectVolumed",
-    "volume_transforms",
-    "volume_augmentation",
-]
+__all__ = ["FIT_MODES", "SelectVolumed", "volume_transforms"]
 
 FIT_MODES = ("resize", "pad_crop")
 
@@ -89,79 +77,6 @@ class SelectVolumed(MapTransform):
         return img[index : index + 1]
 
 
-# --------------------------------------------------------------------------------------------
-# 3D augmentation presets
-
-
-def _none(keys: KeysCollection, image_size: Sequence[int]) -> list:
-    return []
-
-
-def _flip(keys: KeysCollection, image_size: Sequence[int], prob: float = 0.5) -> list:
-    """Mirror each spatial axis with probability ``prob``."""
-    return [RandFlipd(keys, prob=prob, spatial_axis=axis) for axis in range(3)]
-
-
-def _volume(
-    keys: KeysCollection,
-    image_size: Sequence[int],
-    flip_prob: float = 0.5,
-    rot90_prob: float = 0.5,
-    affine_prob: float = 0.5,
-    rotate_degrees: float = 15.0,
-    scale: float = 0.1,
-    translate_fraction: float = 0.05,
-    noise_prob: float = 0.2,
-    noise_std: float = 0.02,
-    intensity_prob: float = 0.3,
-    intensity_shift: float = 0.05,
-    intensity_scale: float = 0.05,
-) -> list:
-    """General 3D augmentation (our choice; MedMNIST v2's 3D script has only a random intensity factor): flips
-    on every axis, quarter turns in the first two axes, a small affine (rotation +-15 degrees about
-    each axis, scale +-10 %, shift +-5 % of the size), Gaussian noise and small intensity shifts /
-    scalings (for inputs scaled to about [0, 1])."""
-    angle = torch.pi * rotate_degrees / 180.0
-    return [
-        *_flip(keys, image_size, flip_prob),
-        RandRotate90d(keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
-        RandAffined(
-            keys,
-            prob=affine_prob,
-            rotate_range=(angle, angle, angle),
-            scale_range=(scale, scale, scale),
-            translate_range=tuple(translate_fraction * s for s in image_size),
-            mode="bilinear",
-            padding_mode="zeros",
-        ),
-        RandGaussianNoised(keys, prob=noise_prob, mean=0.0, std=noise_std),
-        RandShiftIntensityd(keys, offsets=intensity_shift, prob=intensity_prob),
-        RandScaleIntensityd(keys, factors=intensity_scale, prob=intensity_prob),
-    ]
-
-
-VOLUME_AUGMENTATION_PRESETS: dict[str, Callable[..., list]] = {
-    "none": _none,
-    "flip": _flip,
-    "volume": _volume,
-}
-
-
-def volume_augmentation(name: str, keys: KeysCollection, image_size: Sequence[int], **kwargs) -> list:
-    """Random MONAI transforms of the 3D augmentation preset ``name`` (keyword arguments go to it)."""
-    if name not in VOLUME_AUGMENTATION_PRESETS:
-        raise ValueError(
-            f"unknown 3D augmentation preset {name!r}; choose from {sorted(VOLUME_AUGMENTATION_PRESETS)}"
-        )
-    try:
-        return VOLUME_AUGMENTATION_PRESETS[name](keys, image_size, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"3D augmentation preset {name!r}: {exc}") from None
-
-
-# --------------------------------------------------------------------------------------------
-
-
 def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
     values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
     if len(values) != 3 or any(int(v) != v or v < 1 for v in values):
@@ -175,8 +90,7 @@ def volume_transforms(
     channels: int = 1,
     intensity: str = "minmax",
     intensity_kwargs: dict | None = None,
-    augmentation: str = "none",
-    augmentation_kwargs: dict | None = None,
+    augmentation: Sequence | Compose | None = None,
     keys: str = "image",
     label_key: str | None = "label",
     spacing: float | Sequence[float] | None = None,
@@ -203,7 +117,8 @@ def volume_transforms(
         intensity: preset of :func:`~toolkit.transforms.intensity.intensity_transforms` (``minmax``,
             ``ct_window`` for CT series in HU, ``zscore``, ``percentile``); applied before padding, so
             padding is the preset's 0.
-        augmentation: 3D preset of :data:`VOLUME_AUGMENTATION_PRESETS` (train stage only).
+        augmentation: the bundle's random 3D transforms (a list or a ``Compose``; its ``"augmentation"``
+            list in ``configs/train.json``), run after the resize on the preset's scale (train stage only).
         volume: for 4D images (time series), the volume to use; None refuses them.
     """
     if stage not in ("train", "eval"):
@@ -232,7 +147,7 @@ def volume_transforms(
     else:
         steps.append(ResizeWithPadOrCropd(keys, spatial_size=size))
     if stage == "train":
-        steps += volume_augmentation(augmentation, keys, size, **(augmentation_kwargs or {}))
+        steps += augmentation_steps(augmentation)
     steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False))
     if label_key:
         steps.append(LabelToTensord(label_key, allow_missing_keys=True))
