@@ -35,9 +35,10 @@ def config_arg(bundle: str, config: str) -> str:
 
 
 def run_bundle(
-    bundle: str, run_id: str, config: str, tmp: Path, check: bool = True, **overrides
+    bundle: str, run_id: str, config: str, tmp: Path, check: bool = True, cwd: Path = REPO_ROOT, **overrides
 ) -> subprocess.CompletedProcess:
-    """`python -m monai.bundle run <run_id>` in a subprocess, as a user runs it, with outputs under ``tmp``.
+    """`python -m monai.bundle run <run_id>` in a subprocess, as a user runs it, with outputs under ``tmp``
+    (from the repository root, or ``cwd``).
 
     With ``check=False`` a failing run is returned instead of raising.
     """
@@ -51,7 +52,7 @@ def run_bundle(
         "MKL_NUM_THREADS": "1",
         "CIT_WEIGHTS_DIR": str(tmp / "weights"),
     }
-    result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result

@@ -121,17 +121,24 @@ def check_config(config: dict, source: str | os.PathLike, allowed: dict[str, set
         )
 
 
-def write_allowed(repo_root: str | os.PathLike) -> Path:
-    """Regenerate :data:`ALLOWED_FILE` from the repository's bundles (after changing a config)."""
+def repository_allowed(repo_root: str | os.PathLike) -> dict[str, list[str]]:
+    """The allow-list the repository's bundles make (what :data:`ALLOWED_FILE` must hold)."""
     from monai.bundle import ConfigParser
 
     from toolkit.bundle.configs import read_config
-    from toolkit.io import atomic_write_json
 
     configs = []
     for path in sorted(Path(repo_root).glob("bundles/*/configs/*.json")):
         if path.name in WORKFLOW_FILES:
+            configs.append(json.loads(path.read_text(encoding="utf-8")))  # as written: a copy of the folder
             parser = ConfigParser(read_config(path))
             parser.resolve_macro_and_relative_ids()
-            configs.append(parser.get())
-    return atomic_write_json(ALLOWED_FILE, collect_allowed(configs), indent=1)
+            configs.append(parser.get())  # as MONAI spells it once parsed ('::'): an exported copy
+    return collect_allowed(configs)
+
+
+def write_allowed(repo_root: str | os.PathLike) -> Path:
+    """Regenerate :data:`ALLOWED_FILE` from the repository's bundles (after changing a config)."""
+    from toolkit.io import atomic_write_json
+
+    return atomic_write_json(ALLOWED_FILE, repository_allowed(repo_root), indent=1)

@@ -18,7 +18,7 @@ from toolkit.engines.distributed import (
     process_rank,
     train_sampler,
 )
-from toolkit.engines.monitoring import early_stopping, key_metrics
+from toolkit.engines.monitoring import early_stopping, key_metrics, tracked_whole_batches
 from toolkit.engines.progress import ProgressBar
 from toolkit.engines.setup import (
     PrepareImageBatch,
@@ -46,6 +46,7 @@ __all__ = [
     "is_distributed",
     "iteration_metrics",
     "key_metrics",
+    "tracked_whole_batches",
     "latest_checkpoint",
     "main_process_handlers",
     "on_main_process",

@@ -55,3 +55,26 @@ def early_stopping(patience: int | None, trainer: Engine, metric: str = "val_los
 
     logger.info("early stopping: patience %d validation(s) on %s", patience, metric)
     return [EarlyStopHandler(patience=int(patience), score_function=score, trainer=trainer)]
+
+
+def tracked_whole_batches(handlers: list) -> list:
+    """``handlers`` with MONAI's experiment-tracking handler fitted to this project's engine output.
+
+    ``--tracking mlflow`` adds an ``MLFlowHandler`` that reads the loss with
+    ``from_engine(['loss'], first=True)``, written for engines that decollate their output (a list of
+    dicts); ours keep a batch whole (one dict, ``decollate`` false), for which it gives a 1-tuple that
+    MLflow cannot log as a number. The handler gets that tuple's one value instead.
+    """
+    for handler in handlers:
+        if type(handler).__name__ == "MLFlowHandler":  # by name: mlflow is an optional dependency
+            handler.output_transform = _SingleValue(handler.output_transform)
+    return handlers
+
+
+class _SingleValue:
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, output):
+        value = self.transform(output)
+        return value[0] if isinstance(value, tuple) and len(value) == 1 else value
