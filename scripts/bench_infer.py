@@ -29,6 +29,7 @@ weights (speed does not depend on them). The CPU's flags that matter (from lscpu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -132,6 +133,7 @@ def bench_cit_infer(
     overrides: dict,
     backend: str = "pytorch",
     precision: str = "fp32",
+    threads: int = 0,
 ) -> tuple[float, float]:
     """(end-to-end images/s including bundle loading and discovery, images/s of the loading + predicting phase)"""
     from toolkit.inference.runner import InferenceOptions, run_inference
@@ -148,6 +150,7 @@ def bench_cit_infer(
         overrides=overrides,
         backend=backend,
         precision=precision,
+        threads=threads,
     )
     start = time.perf_counter()
     summary = run_inference(options)
@@ -245,6 +248,12 @@ def main(argv=None) -> int:
     parser.add_argument("--jpeg", type=int, default=64, help="224 px JPEG files for the end-to-end JPEG runs")
     parser.add_argument("--model", default=None, help="network (default: the bundle's), e.g. resnet50")
     parser.add_argument(
+        "--infer-threads",
+        type=int,
+        default=0,
+        help="`cit infer --threads` of the end-to-end runs (0: its default)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -253,6 +262,7 @@ def main(argv=None) -> int:
         help="bundle config override for (b) and (c), e.g. preprocessing#reader_max_size=224",
     )
     args = parser.parse_args(argv)
+    bench = functools.partial(bench_cit_infer, threads=args.infer_threads)
     overrides = {}
     for text in args.overrides:
         key, _, value = text.partition("=")
@@ -329,7 +339,7 @@ def main(argv=None) -> int:
                 net = Bf16Network(prepare_network(bundle.network, "cpu").eval())
                 runs["a_bf16"].append(bench_model(bundle, args.batch_size, args.model_repeats, net))
                 runs["c_bf16"].append(
-                    bench_cit_infer(
+                    bench(
                         tmp / "in",
                         ckpt,
                         tmp / f"bf16{r}",
@@ -340,7 +350,7 @@ def main(argv=None) -> int:
                         precision="bf16",
                     )[0]
                 )
-            c_int8, c_int8_proc = bench_cit_infer(
+            c_int8, c_int8_proc = bench(
                 tmp / "in",
                 ckpt,
                 tmp / f"int8{r}",
@@ -354,7 +364,7 @@ def main(argv=None) -> int:
             runs["c_int8_proc"].append(c_int8_proc)
             for name, (backend, precision) in variants.items():
                 runs[f"jpeg_c_{name}"].append(
-                    bench_cit_infer(
+                    bench(
                         tmp / "jpeg",
                         ckpt,
                         tmp / f"jpeg_{name}{r}",
@@ -367,13 +377,13 @@ def main(argv=None) -> int:
                     )[0]
                 )
             runs["b"].append(bench_loader(bundle, paths, args.batch_size, args.workers))
-            c_run, c_proc_run = bench_cit_infer(
+            c_run, c_proc_run = bench(
                 tmp / "in", ckpt, tmp / f"out{r}", args.batch_size, args.workers, len(paths), overrides
             )
             runs["c"].append(c_run)
             runs["c_proc"].append(c_proc_run)
             runs["c_onnx"].append(
-                bench_cit_infer(
+                bench(
                     tmp / "in",
                     ckpt,
                     tmp / f"onnx{r}",
@@ -403,6 +413,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": args.threads,
+        "infer_threads": args.infer_threads,
         "overrides": overrides,
         "cpu_count": os.cpu_count(),
         "write_seconds": round(write_seconds, 1),
