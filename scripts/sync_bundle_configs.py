@@ -37,7 +37,7 @@ WIDTH = 110
 def base_value(source: str) -> object:
     """The content of ``configs/base/<file>#<id>[#<id>...]``."""
     file, *ids = source.split("#")
-    value = json.loads((REPO / file).read_text())
+    value = json.loads((REPO / file).read_text(encoding="utf-8"))
     for key in ids:
         value = value[int(key)] if isinstance(value, list) else value[key]
     return value
@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for path in bundle_configs():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         new = dumps(synced(json.loads(text))) + "\n"
         if new != text:
             stale.append(path.relative_to(REPO))
             if not args.check:
-                path.write_text(new)
+                path.write_text(new, encoding="utf-8")
     if args.check and stale:
         print(
             "out of date with configs/base (run python scripts/sync_bundle_configs.py): "

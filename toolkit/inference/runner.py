@@ -417,14 +417,7 @@ def _run(
 
     try:
         bundle = load_bundle_for_run(options, device)
-        backend = resolve_backend(options.backend, bundle.ckpt_path, device, options.precision)
-        options = dataclasses.replace(
-            options,
-            backend=backend,
-            precision=run_precision(backend, options.precision, device, bundle.ckpt_path),
-        )
-        if backend == "pytorch" or options.gradcam:
-            _ = bundle.network  # built now: weights that do not fit stop the run before any input is read
+        options = with_backend(options, bundle, device)
         plan, failure = None, None
         if rank == 0:
             try:
@@ -483,6 +476,20 @@ def check_paths(options: InferenceOptions) -> None:
         own = real_output / entry
         if real_input == own or own in real_input.parents:
             raise ValueError(f"--input lies inside the output's own '{entry}' folder; choose another --input")
+
+
+def with_backend(
+    options: InferenceOptions, bundle: InferenceBundle, device: torch.device
+) -> InferenceOptions:
+    """``options`` with the backend and precision this run uses (``resolve_backend``: ``auto`` decided). The
+    PyTorch network is built now when the run needs it, so weights that do not fit stop the run before any
+    input is read."""
+    backend = resolve_backend(options.backend, bundle.ckpt_path, device, options.precision)
+    precision = run_precision(backend, options.precision, device, bundle.ckpt_path)
+    options = dataclasses.replace(options, backend=backend, precision=precision)
+    if backend == "pytorch" or options.gradcam:
+        _ = bundle.network
+    return options
 
 
 def load_bundle_for_run(options: InferenceOptions, device: torch.device) -> InferenceBundle:

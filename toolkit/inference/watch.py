@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from toolkit.inference.backends import resolve_backend, run_precision
 from toolkit.inference.discovery import OUTPUT_ENTRIES, InputItem, discover_inputs, relative_path, walk_files
 from toolkit.inference.fingerprint import run_identity
 from toolkit.inference.locking import LOCK_NAME, LockedError, OutputLinkError, OutputLock, refuse_links
@@ -56,6 +55,7 @@ from toolkit.inference.runner import (
     process_items,
     resolve_device,
     resume_refusal,
+    with_backend,
     write_run_file,
 )
 from toolkit.inference.writers import all_part_paths, part_path, read_journals, write_final_outputs
@@ -145,14 +145,7 @@ class _Watcher:
         self.output = Path(options.output)
         self.device = resolve_device(options.device, 0)
         self.bundle = load_bundle_for_run(options, self.device)
-        backend = resolve_backend(options.backend, self.bundle.ckpt_path, self.device, options.precision)
-        self.options = dataclasses.replace(
-            options,
-            backend=backend,
-            precision=run_precision(backend, options.precision, self.device, self.bundle.ckpt_path),
-        )
-        if backend == "pytorch" or options.gradcam:
-            _ = self.bundle.network  # built now, as in a plain run
+        self.options = with_backend(options, self.bundle, self.device)
         self.pseudonym = Pseudonymiser.for_output(self.output) if options.pseudonymise_paths else None
         self.settling = _Settling(watch.settle_seconds)
         self.done: dict[str, dict] = {}
