@@ -117,6 +117,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first is an untimed warm-up")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.images < args.batch_size:  # the bare loop drops the last partial batch: no batch at all
+        parser.error(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is an untimed warm-up")
     logging.disable(logging.INFO)  # keep stdout to the JSON result
 
     with tempfile.TemporaryDirectory() as tmp:

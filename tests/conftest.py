@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,20 @@ def require_shared_data(path: Path = SHARED_DATA) -> Path:
 def shared_data() -> Path:
     """Root of the real public data beside the repo: skips when absent, fails on CI (see `require_shared_data`)."""
     return require_shared_data(SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``module_tmp(name)``: a new folder like ``tmp_path_factory.mktemp(name)``, removed when the
+    test module is done. pytest keeps its own folders to the end of the session, and the trained
+    bundles of module fixtures (checkpoints with optimiser state, exports) would pile up to several
+    GB on a CI disk that other jobs share."""
+    made = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

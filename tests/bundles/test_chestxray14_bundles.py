@@ -25,8 +25,8 @@ def _rows(path):
 
 
 @pytest.fixture(scope="module")
-def multiscale(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multiscale")
+def multiscale(module_tmp):
+    tmp = module_tmp("multiscale")
     csv_path = write_chestxray14(tmp / "cxr", image_size=40)
     run_bundle(
         "multiscale_resnet_cxr14",

@@ -101,8 +101,8 @@ def _compare(out, labels, models, *extra):
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("compare")
+def compared(module_tmp):
+    tmp = module_tmp("compare")
     mp = pytest.MonkeyPatch()
     mp.setenv("OMP_NUM_THREADS", "1")  # the bundle runs inherit it
     mp.setenv("CIT_WEIGHTS_DIR", str(tmp / "weights"))

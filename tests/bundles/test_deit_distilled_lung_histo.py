@@ -55,9 +55,9 @@ def write_lc25000_tree(root, seed=0):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(module_tmp):
     """Teacher (ResNet-18, no teacher of its own) and distilled student, one tiny epoch each."""
-    tmp = tmp_path_factory.mktemp("lung_distill")
+    tmp = module_tmp("lung_distill")
     data = tmp / "lc25000_lung"
     clusters = write_lc25000_tree(data)
     teacher, student = tmp / "teacher", tmp / "student"

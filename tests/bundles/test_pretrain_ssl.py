@@ -33,8 +33,8 @@ def _hashes(doc, *splits):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pretrain")
+def data(module_tmp):
+    tmp = module_tmp("pretrain")
     datalist = make_synthetic_dataset(
         tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=0
     )

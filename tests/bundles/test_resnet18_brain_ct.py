@@ -18,9 +18,9 @@ TINY = {"image_size": 32, "batch_size": 4, "pretrained": "None"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """One epoch of training on tiny synthetic data; shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("bundle")
+    tmp = module_tmp("bundle")
     datalist = make_synthetic_dataset(
         tmp / "data", n_patients=12, images_per_patient=2, image_size=48, seed=1
     )

@@ -23,8 +23,8 @@ TINY = {"image_size": 16, "batch_size": 4, "split#synthetic#n_patients": 12, "sp
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bundle3d")
+def trained(module_tmp):
+    tmp = module_tmp("bundle3d")
     run_bundle(BUNDLE, "training", "train", tmp, max_epochs=1, **TINY)
     return tmp
 

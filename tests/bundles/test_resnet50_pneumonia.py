@@ -47,9 +47,9 @@ def write_kermany_tree(root, seed=0):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """Two tiny epochs from a 'pretrained' file; shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("pneumonia")
+    tmp = module_tmp("pneumonia")
     data = write_kermany_tree(tmp / "chest_xray")
     torch.manual_seed(0)
     source = timm.create_model("resnet50", num_classes=3)

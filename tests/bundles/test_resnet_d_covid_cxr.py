@@ -38,8 +38,8 @@ def write_covid_tree(root, seed=0):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_covid_tree(tmp_path_factory.mktemp("covid") / "COVID-19_Radiography_Dataset")
+def data(module_tmp):
+    return write_covid_tree(module_tmp("covid") / "COVID-19_Radiography_Dataset")
 
 
 def _parsed(tmp, data, **overrides):
@@ -137,9 +137,9 @@ def _expected_lrs(warmup, cosine, epochs=EPOCHS):
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def trained(data, module_tmp):
     """Warm-up + cosine, 20 % minority augmentation, four tiny epochs, BatchNorm recalibrated on 6 images."""
-    tmp = tmp_path_factory.mktemp("covid_run")
+    tmp = module_tmp("covid_run")
     result = run_bundle(
         BUNDLE, "training", "train", tmp, dataset_dir=data, max_epochs=EPOCHS, **TINY, recalibrate_bn_images=6
     )

@@ -137,13 +137,13 @@ def test_inference_without_network_def_fails_the_network_checks(copy, data, tmp_
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_brain_ct, tmp_path_factory):
+def trained(tiny_brain_ct, module_tmp):
     """The tiny trained model (conftest) and the bundle exported with it."""
     from toolkit.bundle.export import pack_bundle
 
     exported = pack_bundle(
         REPO_ROOT / "bundles" / BUNDLE,
-        tmp_path_factory.mktemp("export") / BUNDLE,
+        module_tmp("export") / BUNDLE,
         ckpt_dir=tiny_brain_ct / "models",
     )
     return tiny_brain_ct, exported

@@ -45,12 +45,12 @@ def _run(
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(module_tmp):
     """A model trained for one epoch on 4 synthetic classes, exported as a bundle folder and as model.ts.
     Its training run's output (the recorded split, datalist.json) is ``model.parent / "output"``."""
     from toolkit.data import make_synthetic_dataset
 
-    tmp = tmp_path_factory.mktemp("deploy_model")
+    tmp = module_tmp("deploy_model")
     # one image per patient: 16 patients split 12 / 2 / 2, whose 2 validation images are of two classes (the
     # int8 export's guard needs a class with both outcomes there)
     datalist = make_synthetic_dataset(
@@ -120,12 +120,12 @@ def _write_dicom(
 
 
 @pytest.fixture(scope="module")
-def written_study(tmp_path_factory):
+def written_study(module_tmp):
     """One study: a CR film (MONOCHROME1) and a DX film in two series, a CT slice, an ultrasound image
     (not selected by the rules) and a text file. Returns (folder, {file: SOPInstanceUID}, StudyInstanceUID)."""
     from pydicom.uid import generate_uid
 
-    folder = tmp_path_factory.mktemp("written_study")
+    folder = module_tmp("written_study")
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:96, 0:80]
     study = generate_uid()

@@ -50,12 +50,12 @@ def _package(bundle: Path, out: Path, tmp: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(module_tmp) -> Path:
     """A bundle folder as `cit export --format bundle` lays it out, under a name that needs sanitising.
 
     The packager copies it without reading it; the model file is random bytes, compared byte for byte.
     """
-    folder = tmp_path_factory.mktemp("bundle") / "brain ct; v1"
+    folder = module_tmp("bundle") / "brain ct; v1"
     (folder / "configs").mkdir(parents=True)
     for name in ("inference.json", "metadata.json"):
         (folder / "configs" / name).write_bytes(
@@ -68,8 +68,8 @@ def bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def packaged(bundle, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    tmp = tmp_path_factory.mktemp("map")
+def packaged(bundle, module_tmp) -> tuple[subprocess.CompletedProcess, Path]:
+    tmp = module_tmp("map")
     return _package(bundle, tmp / "out", tmp), tmp / "out" / "context"
 
 

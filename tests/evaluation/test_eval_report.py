@@ -92,9 +92,9 @@ def _write_bundle(bundle: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> tuple[Path, Path]:
+def run_dir(module_tmp) -> tuple[Path, Path]:
     """A bundle (random resnet18 weights) and its output folder: test + validation predictions, history."""
-    root = tmp_path_factory.mktemp("run")
+    root = module_tmp("run")
     rng = np.random.default_rng(0)
     bundle = root / "bundle"
     _write_bundle(bundle)

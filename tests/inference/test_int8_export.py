@@ -37,9 +37,9 @@ def _write_images(folder, n: int, seed: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp):
     """A tiny model with its recorded split (training / validation), exported as fp32 and int8 ONNX."""
-    root = tmp_path_factory.mktemp("int8")
+    root = module_tmp("int8")
     models, output, images = root / "models", root / "output", root / "images"
     for folder in (models, output, images / "train", images / "val"):
         folder.mkdir(parents=True)

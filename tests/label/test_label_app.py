@@ -90,10 +90,10 @@ def _save_label(base: str, image_id: str, class_name: str):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, shared_data):
+def exported(module_tmp, shared_data):
     """A bundle trained for one epoch on 4 real brain-MRI classes, exported as MONAI Label loads it, and a
     copy of it (INT8) with an int8 ONNX export of the same weights."""
-    tmp = tmp_path_factory.mktemp("label")
+    tmp = module_tmp("label")
     source = shared_data / "brain_tumor_mri_224"
     data = tmp / "data"
     for name in CLASSES:  # a few real images per class, linked (nothing copied)

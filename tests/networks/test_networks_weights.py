@@ -28,11 +28,11 @@ NO_RESNET18_WEIGHTS = "No pretrained ImageNet weights found for 'resnet18'"
 
 
 @pytest.fixture(scope="module")
-def resnet18_checkpoint(tmp_path_factory) -> tuple[Path, str, dict]:
+def resnet18_checkpoint(module_tmp) -> tuple[Path, str, dict]:
     """A resnet18 state_dict with a 1000-class head, as an ImageNet checkpoint would have."""
     torch.manual_seed(0)
     state = timm.create_model("resnet18", num_classes=1000).state_dict()
-    path = tmp_path_factory.mktemp("ckpt") / "resnet18_imagenet.pth"
+    path = module_tmp("ckpt") / "resnet18_imagenet.pth"
     torch.save(state, path)
     return path, hashlib.sha256(path.read_bytes()).hexdigest(), state
 
