@@ -13,6 +13,7 @@ from toolkit.bundle.datalists import (
 from toolkit.bundle.description import (
     ModelInfo,
     ModelInfoMismatchError,
+    bundle_network,
     evaluation_preprocessing,
     load_model_info,
     require_weights,
@@ -34,6 +35,7 @@ __all__ = [
     "TeacherMismatchError",
     "TrainingHistoryWriter",
     "adopt_backbone",
+    "bundle_network",
     "check_evaluation",
     "datalist_for",
     "evaluation_preprocessing",

@@ -167,6 +167,20 @@ def write_model_info(
     return info
 
 
+def bundle_network(ckpt: str | os.PathLike, **configured: Any) -> torch.nn.Module:
+    """A train.json's top-level ``network_def``: the network that the bundle's ``models/`` holds.
+
+    Built from the recorded description (``model_info.json`` in the folder ``ckpt``) once the bundle
+    has been trained, else from ``configured`` (``create_network``'s arguments as the bundle's
+    configuration states them, without pretrained weights). ``monai.bundle.load`` fills this network
+    with ``copy_model_state``, which skips tensors of another shape without a word: a model trained on
+    other classes than the study's must come back whole, not with a new random head.
+    """
+    if info_path(ckpt).is_file():
+        return load_model_info(ckpt).create_network()
+    return create_network(**configured, pretrained=None)
+
+
 def load_model_info(ckpt: str | os.PathLike, untrained: dict | None = None, **overrides: Any) -> ModelInfo:
     """Read ``model_info.json`` beside ``ckpt`` (a file or folder), checking explicit ``overrides``.
 
