@@ -180,6 +180,22 @@ def test_exported_trained_bundle_passes_every_check(trained, data, tmp_path, cap
     assert not (exported / "models" / "model.ts").exists()  # the export check writes into a temporary folder
 
 
+@pytest.mark.slow
+def test_exported_copy_without_its_training_data_names_the_overrides_evaluation_needs(trained, capsys):
+    """Checked as a receiver of the copy would, with no options: the workflows build on the demo data in a
+    temporary folder, so the copy's output/ is never filled with a split that is not its model's."""
+    _, exported = trained
+    assert not (exported / "output").exists()
+    code, lines = verify(capsys, exported, ["properties"])
+    line = lines["properties"]
+    assert code == 0 and line.startswith("ok properties: train.json (train), inference.json (infer)"), line
+    assert (
+        f"not evaluate.json: it evaluates the trained model on its training run's split, and "
+        f"{exported / 'output' / 'datalist.json'} is missing: give --override evaluate:output_dir=" in line
+    )
+    assert sorted(p.name for p in exported.iterdir()) == ["LICENSE", "configs", "docs", "models"]
+
+
 def test_a_foreign_folder_with_other_code_is_not_run_unless_trusted(copy, capsys):
     """A bundle folder is code: a copy outside this repository whose inference.json holds an expression
     none of this toolkit's bundles hold is refused before any config is evaluated."""

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from toolkit.bundle.configs import BASE_PREFIX, read_config
+from toolkit.bundle.datalists import DATALIST_NAME
 from toolkit.bundle.description import info_path, load_model_info
 from toolkit.bundle.trust import UntrustedBundleError, check_bundle
 from toolkit.io import sha256_file
@@ -86,6 +87,19 @@ class _Bundle:
         pairs = {"bundle_root": str(self.root)}
         pairs.update({k: v for k, v in self.overrides.items() if _scope(k)[0] is None})
         pairs.update({_scope(k)[1]: v for k, v in self.overrides.items() if _scope(k)[0] == stem})
+        return pairs
+
+    def check_overrides(self, config_name: str) -> dict:
+        """:meth:`overrides_for`, with train.json's and inference.json's ``output_dir`` (and train.json's
+        ``ckpt_dir``) in the checks' temporary folder unless given: building the train workflow writes a
+        split there (and, on the demo data, the images that inference.json then reads by default), and a
+        trained bundle's own ``output/`` keeps the split it was trained on, which evaluate.json reads."""
+        pairs = self.overrides_for(config_name)
+        stem = Path(config_name).stem
+        if stem in ("train", "inference"):
+            pairs.setdefault("output_dir", str(self.tmp / "output"))
+        if stem == "train":
+            pairs.setdefault("ckpt_dir", str(self.tmp / "models"))
         return pairs
 
     @property
@@ -157,8 +171,11 @@ def verify_bundle(
     ``cache_rate`` so that the workflows build on small data; an id prefixed with a workflow
     config's name (``"inference:dataset_dir"``, ``"train:..."``, ``"evaluate:..."``) applies to
     that config only (training takes a datalist, inference a folder of images). Nothing is written
-    into the bundle by the checks themselves; the workflows the ``properties`` check builds write
-    where their configs say (their ``output_dir``).
+    into the bundle by the checks themselves; the train and inference workflows the ``properties``
+    check builds write into a temporary folder unless ``output_dir`` / ``ckpt_dir`` are given,
+    evaluate.json where its config says (its ``output_dir``). evaluate.json is checked on a trained model whose
+    training split is found (``output_dir``'s datalist, or ``datalist_file``); otherwise the result
+    says which override it needs.
     """
     root = Path(folder).resolve()
     if not root.is_dir():
@@ -289,6 +306,10 @@ def check_properties(bundle: _Bundle) -> str:
                 f"not {name}: it evaluates a trained model and {bundle.trained_models()} holds none"
             )
             continue
+        no_split = _no_evaluation_split(bundle) if name == "evaluate.json" else None
+        if no_split:
+            checked.append(f"not {name}: {no_split}")
+            continue
         try:
             _check_workflow(bundle, name, workflow_type)
         except CheckFailed as err:
@@ -303,6 +324,24 @@ def check_properties(bundle: _Bundle) -> str:
     return ", ".join(checked)
 
 
+def _no_evaluation_split(bundle: _Bundle) -> str | None:
+    """Why evaluate.json cannot be built here, or None: it evaluates the trained model on the split it
+    was trained on, which training wrote into its ``output_dir``; a copy exported from elsewhere has none
+    until given the training run's output folder and data (or a datalist made by `cit datalist`)."""
+    ids = bundle.overrides_for("evaluate.json")
+    output_dir = ids.get("output_dir", str(bundle.root / "output"))
+    if ids.get("datalist_file") or str(output_dir).startswith("$"):  # an expression: the workflow decides
+        return None
+    saved = Path(output_dir) / DATALIST_NAME
+    if saved.is_file():
+        return None
+    return (
+        f"it evaluates the trained model on its training run's split, and {saved} is missing: give "
+        "--override evaluate:output_dir=<that run's output folder> --override evaluate:dataset_dir=<its data> "
+        "(or evaluate:datalist_file=<a datalist made by `cit datalist`>)"
+    )
+
+
 def _check_workflow(bundle: _Bundle, name: str, workflow_type: str) -> None:
     from monai.bundle import ConfigWorkflow
     from monai.utils import BundleProperty, BundlePropertyConfig
@@ -314,7 +353,7 @@ def _check_workflow(bundle: _Bundle, name: str, workflow_type: str) -> None:
             meta_file=str(bundle.meta_file),
             logging_file=False,
             workflow_type=workflow_type,
-            **bundle.overrides_for(name),
+            **bundle.check_overrides(name),
         )
         workflow.initialize()
     except CheckFailed:
