@@ -385,30 +385,63 @@ def build_datalist(
     source = Path(source).expanduser().resolve()
     out_path = Path(out_path).expanduser().resolve()
     read_source_args = given_options(options, "build_datalist()")
-    table = {k: read_source_args.get(k) for k in TABLE_OPTIONS}
     if not source.exists():
         raise FileNotFoundError(f"dataset source not found: {source}")
     if source.is_file() and source.suffix.lower() == ".json":
-        return _existing_datalist(source, {**table, "group_column": group_column}, grouper)
+        return _existing_datalist(source, read_source_args, group_column, grouper)
 
     found = read_source(source, out_path, **read_source_args)
-    items, labels, multi = found.items, found.labels, found.multi_label
-    published = {item["split"] for item in items if item.get("split")}
-    meta = {
+    labels, multi = found.labels, found.multi_label
+    published = {item["split"] for item in found.items if item.get("split")}
+    meta = _source_meta(source, found, seed)
+    group_key = _group_items(
+        source, out_path, found, group_key, grouper, group_column, read_source_args, meta
+    )
+    splits = _make_splits(found.items, published, group_key, ratios, val_fraction, seed, meta)
+    meta["class_counts"] = {k: class_counts(v, len(labels), multi) for k, v in splits.items()}
+    _log_counts(splits, labels, multi, "published splits" if published else f"ratios {meta['ratios']}")
+    return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
+
+
+def _log_counts(splits: dict, labels: list[str], multi: bool, how: str) -> None:
+    """The images per split and class, in the log; ``how`` says where the splits came from."""
+    logger.info(
+        "images per split and class (%s):\n%s",
+        how,
+        summarize({"labels": labels, "multi_label": multi, **splits}),
+    )
+
+
+def _source_meta(source: Path, found: SourceItems, seed) -> dict:
+    """What the datalist records about its source: name, path, kind, seed and the reader's own notes."""
+    return {
         "name": source.stem if source.is_file() else source.name,
         "source": str(source),
         "source_kind": found.kind,
         "seed": seed,
         **found.meta,
     }
+
+
+def _group_items(
+    source: Path, out_path: Path, found: SourceItems, group_key: str, grouper, group_column, read_args, meta
+) -> str:
+    """Cluster the items the split must keep together (near-duplicates with ``grouper``, a label-file
+    ``group_column``), noted in ``meta``; returns the item key the split groups by."""
     if grouper is not None:
-        meta["near_duplicate_grouping"] = _near_duplicate_groups(source, items, labels, grouper)
+        meta["near_duplicate_grouping"] = _near_duplicate_groups(source, found.items, found.labels, grouper)
         group_key = SPLIT_GROUP
     if group_column:
-        _add_column_groups(source, out_path, items, group_column, read_source_args)
+        _add_column_groups(source, out_path, found.items, group_column, read_args)
         meta["group_column"] = group_column
-        meta["column_groups"] = combine_groups(items, (group_key, COLUMN_GROUP), SPLIT_GROUP)
+        meta["column_groups"] = combine_groups(found.items, (group_key, COLUMN_GROUP), SPLIT_GROUP)
         group_key = SPLIT_GROUP
+    return group_key
+
+
+def _make_splits(items, published: set, group_key: str, ratios, val_fraction, seed, meta: dict) -> dict:
+    """The published splits (see ``_published_splits``), else a split by ``ratios``; each item's ``split``
+    set to its final one, the ratios noted in ``meta``."""
     if published:
         splits = _published_splits(items, published, group_key, val_fraction, seed, meta)
     else:
@@ -419,17 +452,13 @@ def build_datalist(
     for name, members in splits.items():  # `split` records the final split, carved or published
         for item in members:
             item["split"] = name
-    meta["class_counts"] = {k: class_counts(v, len(labels), multi) for k, v in splits.items()}
-    logger.info(
-        "images per split and class (%s):\n%s",
-        "published splits" if published else f"ratios {meta['ratios']}",
-        summarize({"labels": labels, "multi_label": multi, **splits}),
-    )
-    return save_datalist(out_path, splits, labels, multi_label=multi, **meta)
+    return splits
 
 
-def _existing_datalist(source: Path, label_file_options: dict, grouper) -> Path:
-    """A datalist ``.json`` given as the source: validated and used as it is."""
+def _existing_datalist(source: Path, read_args: dict, group_column, grouper) -> Path:
+    """A datalist ``.json`` given as the source: validated and used as it is (label-file options are
+    an error)."""
+    label_file_options = {**{k: read_args.get(k) for k in TABLE_OPTIONS}, "group_column": group_column}
     given = sorted(k for k, v in label_file_options.items() if v)
     if given:
         raise ValueError(f"{source}: {', '.join(given)} apply to a label file, not to a datalist .json")

@@ -457,15 +457,7 @@ def build_report(
     eval_dir = Path(eval_dir).resolve()
     out_dir = Path(out_dir).resolve() if out_dir else eval_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    pred = read_predictions(eval_dir / "predictions.csv")
-    val_path = Path(validation_predictions) if validation_predictions else _default_validation(eval_dir)
-    val = read_predictions(val_path) if val_path else None
-    if val is not None and val.class_names != pred.class_names:
-        raise ValueError(
-            f"{val_path}: classes {val.class_names} differ from the test predictions' {pred.class_names}"
-        )
-    if temperature_file is not None and val is None:
-        raise ValueError("saving a temperature needs validation predictions to fit it on")
+    pred, val = _read_test_and_validation(eval_dir, validation_predictions, temperature_file)
     history_path = Path(history) if history else eval_dir.parent / "train" / "training_history.csv"
     rng = np.random.default_rng(seed)
     warnings: list[str] = list(notes)
@@ -474,44 +466,22 @@ def build_report(
     threshold = thresholds.evaluation_threshold(eval_dir, pred.class_names) if pred.multi_label else 0.5
     metrics = _metrics_with_intervals(pred, threshold, n_resamples, seed)
     metric_files = write_metrics(metrics, out_dir)
-
     temperature_file = Path(temperature_file) if temperature_file is not None else None
-    cal, diagrams = _calibrate(pred, val, temperature_file, n_bins, n_resamples, seed)
-    what = "predicted probability" if pred.multi_label else "top-class confidence"
-    atomic_write_json(out_dir / "calibration.json", {**cal, "reliability": diagrams})
-    figures: list[tuple[Path, str, bool]] = [
-        (
-            plot_reliability(diagrams, out_dir / "reliability.png", what),
-            "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; "
-            "calibrated bars meet the diagonal.",
-            True,
-        )
-    ]
+    cal, reliability = _write_calibration(pred, val, temperature_file, n_bins, n_resamples, seed, out_dir)
+    points = _write_operating_points(pred, val, target_sensitivity, n_resamples, seed, out_dir)
 
-    # operating points (binary and multi-label tasks)
-    points = None
-    if val is not None and (pred.multi_label or len(pred.class_names) == 2):
-        points = operating_points(
-            val.y_true,
-            val.probs,
-            pred.y_true,
-            pred.probs,
-            pred.class_names,
-            target_sensitivity,
-            pred.multi_label,
-            test_groups=pred.groups,
-            n_resamples=n_resamples,
-            seed=seed,
-        )
-        atomic_write_json(out_dir / "operating_points.json", points)
-
-    figures = _plots(pred, metrics, threshold, history_path, out_dir, figures, warnings)
+    figures = _plots(pred, metrics, threshold, history_path, out_dir, [reliability], warnings)
     figures += _sample_grid(pred, rng, n_grid, out_dir)
     figures += _gradcam_figure(pred, model, rng, n_cam, cam_method, out_dir, warnings)
 
     title = title or f"Evaluation report: {eval_dir.parent.name}"
     page = _page(pred, metrics, cal, points, target_sensitivity, figures, warnings, audit, title)
     html_path = atomic_write_text(out_dir / "report.html", page)
+    return _write_summary(out_dir, html_path, figures, metric_files, cal, points, warnings, started)
+
+
+def _write_summary(out_dir: Path, html_path, figures, metric_files, cal, points, warnings, started) -> dict:
+    """``report.json``: the paths written, calibration, operating points, warnings and the time taken."""
     summary = {
         "html": str(html_path),
         "figures": [str(f[0]) for f in figures],
@@ -523,6 +493,56 @@ def build_report(
     }
     atomic_write_json(out_dir / "report.json", summary)
     return summary
+
+
+def _read_test_and_validation(eval_dir: Path, validation_predictions, temperature_file) -> tuple:
+    """``(test, validation or None)`` predictions; the validation file's classes must be the test's,
+    and a temperature to save needs validation predictions to fit it on."""
+    pred = read_predictions(eval_dir / "predictions.csv")
+    val_path = Path(validation_predictions) if validation_predictions else _default_validation(eval_dir)
+    val = read_predictions(val_path) if val_path else None
+    if val is not None and val.class_names != pred.class_names:
+        raise ValueError(
+            f"{val_path}: classes {val.class_names} differ from the test predictions' {pred.class_names}"
+        )
+    if temperature_file is not None and val is None:
+        raise ValueError("saving a temperature needs validation predictions to fit it on")
+    return pred, val
+
+
+def _write_calibration(pred, val, temperature_file: Path | None, n_bins, n_resamples, seed, out_dir: Path):
+    """``calibration.json`` and the reliability diagram (see ``_calibrate``); returns the calibration
+    summary and the diagram's figure entry."""
+    cal, diagrams = _calibrate(pred, val, temperature_file, n_bins, n_resamples, seed)
+    what = "predicted probability" if pred.multi_label else "top-class confidence"
+    atomic_write_json(out_dir / "calibration.json", {**cal, "reliability": diagrams})
+    figure = (
+        plot_reliability(diagrams, out_dir / "reliability.png", what),
+        "Reliability diagram: observed frequency (blue) against mean confidence (red outline) per bin; "
+        "calibrated bars meet the diagonal.",
+        True,
+    )
+    return cal, figure
+
+
+def _write_operating_points(pred, val, target_sensitivity, n_resamples, seed, out_dir: Path) -> dict | None:
+    """``operating_points.json`` chosen on validation (binary and multi-label tasks), or None."""
+    if val is None or not (pred.multi_label or len(pred.class_names) == 2):
+        return None
+    points = operating_points(
+        val.y_true,
+        val.probs,
+        pred.y_true,
+        pred.probs,
+        pred.class_names,
+        target_sensitivity,
+        pred.multi_label,
+        test_groups=pred.groups,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+    atomic_write_json(out_dir / "operating_points.json", points)
+    return points
 
 
 def _metrics_with_intervals(pred, threshold, n_resamples: int, seed: int) -> dict:

@@ -104,6 +104,90 @@ def _shortcuts(table: np.ndarray, values: Sequence[str], classes: Sequence[str])
     return found
 
 
+def _targets(names: list[list[str]], labels: Sequence[str], multi_label: bool) -> dict[str, list[str]]:
+    """What a property is tested against: the label, or (multi-label) each class as positive / negative."""
+    if not multi_label:
+        return {"label": [n[0] for n in names]}
+    return {c: [c if c in n else f"not {c}" for n in names] for c in labels}
+
+
+def _property_values(title: str, key: str, described: Sequence[Mapping]) -> tuple[str, list[str]]:
+    """The property's title and each image's value ("unknown" when missing; sizes bucketed)."""
+    values = [str(info.get(key)) if info.get(key) is not None else "unknown" for info in described]
+    if key == "size":
+        values = size_buckets(values)
+        title = (
+            "size (W x H)"
+            if all(v.count(" x ") == 1 and "-" not in v for v in values)
+            else "size bucket (W x H)"
+        )
+    return title, values
+
+
+def _counts(items: Sequence[Mapping], values: list[str], names: list[list[str]]) -> dict:
+    """``{value: {split: {class: images}}}``, the values most frequent first."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for item, value, label_names in zip(items, values, names, strict=True):
+        split_counts = counts.setdefault(value, {}).setdefault(item["_split"], {})
+        for name in label_names:
+            split_counts[name] = split_counts.get(name, 0) + 1
+    order = sorted(counts, key=lambda v: -sum(sum(c.values()) for c in counts[v].values()))
+    return {v: counts[v] for v in order}
+
+
+def _contingency(order: list[str], values, classes_of, labels: Sequence[str]) -> tuple[np.ndarray, list]:
+    """The value x class table of images (rows in ``order``), and its classes in label order."""
+    classes = sorted(set(classes_of), key=lambda c: (labels.index(c) if c in labels else len(labels), c))
+    table = np.zeros((len(order), len(classes)), dtype=np.int64)
+    row, col = {v: i for i, v in enumerate(order)}, {c: j for j, c in enumerate(classes)}
+    for value, cls in zip(values, classes_of, strict=True):
+        table[row[value], col[cls]] += 1
+    return table, classes
+
+
+def _test_target(title: str, target: str, table: np.ndarray, order: list[str], classes: list) -> tuple:
+    """``(Cramer's V, p, flags)`` of the property against one target: flagged as a whole when the
+    association is large, and for each value that is a shortcut to one class."""
+    v, p = cramers_v(table)
+    where = "the label" if target == "label" else f"class {target}"
+    flags = []
+    if v >= CONFOUND_V and p < CONFOUND_P:
+        flags.append(
+            {
+                "property": title,
+                "target": target,
+                "kind": "association",
+                "cramers_v": round(v, 3),
+                "p_value": p,
+                "text": f"{title} predicts {where}: Cramer's V {v:.2f} (bias-corrected; chi-square p = {p:.1e})",
+            }
+        )
+    for s in _shortcuts(table, order, classes):
+        flags.append(
+            {
+                "property": title,
+                "target": target,
+                "kind": "shortcut",
+                **s,
+                "text": f"{title} {s['value']}: {s['in_class']} of its {s['images']} images are "
+                f"class {s['class']!r}, which holds {s['class_share']:.0%} of all images "
+                f"(hypergeometric p = {s['p_value']:.1e})",
+            }
+        )
+    return v, p, flags
+
+
+def _confound_settings(multi_label: bool) -> dict:
+    """The rules that flag a property, as the report records them."""
+    return {
+        "association": f"bias-corrected Cramer's V >= {CONFOUND_V} and chi-square p < {CONFOUND_P}",
+        "shortcut": f"a value held by >= {SHORTCUT_MIN} images, >= {SHORTCUT_SHARE:.0%} of them one class, "
+        f"one-sided hypergeometric p < {SHORTCUT_P}",
+        "size": f"exact W x H with up to {SIZE_EXACT_MAX} distinct sizes, else power-of-two bands per side",
+        "multi_label": "each class tested as positive / negative" if multi_label else None,
+    }
+
+
 def confounds(
     items: Sequence[Mapping],
     described: Sequence[Mapping],
@@ -116,78 +200,27 @@ def confounds(
     (``describe_image`` results) are the readable images, in the same order. Multi-label sets are
     tested one class at a time (positive / negative)."""
     names = [label_names_of(item, labels) for item in items]
-    targets = (
-        {"label": [n[0] for n in names]}
-        if not multi_label
-        else {c: [c if c in n else f"not {c}" for n in names] for c in labels}
-    )
+    targets = _targets(names, labels, multi_label)
     has_dicom = any(info.get("format") == "DICOM" for info in described)
     properties, flags = {}, []
     for title, key in PROPERTIES:
         if key in ("modality", "manufacturer") and not has_dicom:
             continue
-        values = [str(info.get(key)) if info.get(key) is not None else "unknown" for info in described]
-        if key == "size":
-            values = size_buckets(values)
-            title = (
-                "size (W x H)"
-                if all(v.count(" x ") == 1 and "-" not in v for v in values)
-                else "size bucket (W x H)"
-            )
-        counts: dict[str, dict[str, dict[str, int]]] = {}
-        for item, value, label_names in zip(items, values, names, strict=True):
-            split_counts = counts.setdefault(value, {}).setdefault(item["_split"], {})
-            for name in label_names:
-                split_counts[name] = split_counts.get(name, 0) + 1
-        order = sorted(counts, key=lambda v: -sum(sum(c.values()) for c in counts[v].values()))
-        entry = {"counts": {v: counts[v] for v in order}, "images": dict(Counter(values).most_common())}
-        if len(order) > 1:
+        title, values = _property_values(title, key, described)
+        counts = _counts(items, values, names)
+        entry = {"counts": counts, "images": dict(Counter(values).most_common())}
+        if len(counts) > 1:
+            order = list(counts)
             entry["cramers_v"], entry["p_value"] = {}, {}
             for target, classes_of in targets.items():
-                classes = sorted(
-                    set(classes_of), key=lambda c: (labels.index(c) if c in labels else len(labels), c)
-                )
-                table = np.zeros((len(order), len(classes)), dtype=np.int64)
-                row, col = {v: i for i, v in enumerate(order)}, {c: j for j, c in enumerate(classes)}
-                for value, cls in zip(values, classes_of, strict=True):
-                    table[row[value], col[cls]] += 1
-                v, p = cramers_v(table)
+                table, classes = _contingency(order, values, classes_of, labels)
+                v, p, found = _test_target(title, target, table, order, classes)
                 entry["cramers_v"][target], entry["p_value"][target] = round(v, 3), p
-                where = "the label" if target == "label" else f"class {target}"
-                if v >= CONFOUND_V and p < CONFOUND_P:
-                    flags.append(
-                        {
-                            "property": title,
-                            "target": target,
-                            "kind": "association",
-                            "cramers_v": round(v, 3),
-                            "p_value": p,
-                            "text": f"{title} predicts {where}: Cramer's V {v:.2f} "
-                            f"(bias-corrected; chi-square p = {p:.1e})",
-                        }
-                    )
-                for s in _shortcuts(table, order, classes):
-                    flags.append(
-                        {
-                            "property": title,
-                            "target": target,
-                            "kind": "shortcut",
-                            **s,
-                            "text": f"{title} {s['value']}: {s['in_class']} of its {s['images']} images are "
-                            f"class {s['class']!r}, which holds {s['class_share']:.0%} of all images "
-                            f"(hypergeometric p = {s['p_value']:.1e})",
-                        }
-                    )
+                flags += found
         properties[title] = entry
     return {
         "found": bool(flags),
         "flags": flags,
         "properties": properties,
-        "settings": {
-            "association": f"bias-corrected Cramer's V >= {CONFOUND_V} and chi-square p < {CONFOUND_P}",
-            "shortcut": f"a value held by >= {SHORTCUT_MIN} images, >= {SHORTCUT_SHARE:.0%} of them one class, "
-            f"one-sided hypergeometric p < {SHORTCUT_P}",
-            "size": f"exact W x H with up to {SIZE_EXACT_MAX} distinct sizes, else power-of-two bands per side",
-            "multi_label": "each class tested as positive / negative" if multi_label else None,
-        },
+        "settings": _confound_settings(multi_label),
     }

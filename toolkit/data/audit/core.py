@@ -79,51 +79,49 @@ def audit_datalist(
     described = _describe(items, read_image, workers, progress, embedder, batches)
     tally = _tally(items, described, labels, splits)
     ok = tally["ok"]
-
-    exact = exact_pairs(described, ok)
-    near = hash_pairs(
-        described, ok, {(a, b) for a, b, _ in exact}, threshold, transforms, confirm, confirm_pixels
-    )
-    embedding_summary = None
-    embedding_settings = {
-        "neighbours": neighbours,
-        "min_similarity": min_similarity,
-        "min_inliers": min_inliers,
+    hashing = {
+        "threshold": threshold,
+        "transforms": transforms,
+        "confirm": confirm,
+        "confirm_pixels": confirm_pixels,
     }
+    embedding = {"neighbours": neighbours, "min_similarity": min_similarity, "min_inliers": min_inliers}
+    exact, near, embedding_summary = _duplicate_pairs(
+        described, ok, batches, hashing, embedding, workers, progress
+    )
+    leakage, within, within_pairs, groups = _leakage_and_groups(items, labels, splits, exact, near)
+    return {
+        **_overview(doc, items, described, labels, splits, tally),
+        "leakage": leakage,
+        "within_split": {s: dict(within[s]) for s in splits if within[s]},
+        "within_split_pairs": within_pairs,
+        "clusters": _cluster_summary(groups),
+        "settings": _settings(hashing, described, ok, embedder, embedding, embedding_summary),
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "_groups": groups,
+    }
+
+
+def _duplicate_pairs(described, ok, batches, hashing: dict, embedding: dict, workers, progress):
+    """``(exact, near, embedding summary)``: the exact duplicate pairs, the near-duplicates of the
+    perceptual hashes and (with ``batches``) of the embedding stage; the summary is None without it.
+    The registration thumbnails are dropped from ``described`` afterwards."""
+    exact = exact_pairs(described, ok)
+    near = hash_pairs(described, ok, {(a, b) for a, b, _ in exact}, **hashing)
+    embedding_summary = None
     if batches is not None:
         found = {(a, b) for a, b, _ in exact} | {(p["a"], p["b"]) for p in near}
-        more, embedding_summary = embedding_pairs(
-            described, ok, batches, found, embedding_settings, workers, progress
-        )
+        more, embedding_summary = embedding_pairs(described, ok, batches, found, embedding, workers, progress)
         near += more
     for info in described:
         info.pop("reg_thumb", None)
+    return exact, near, embedding_summary
 
-    patients = _patients(items)
-    leakage, within, within_pairs = _leakage(items, labels, splits, exact, near, patients["shared"])
-    groups = _groups(
-        len(items), [(a, b) for a, b, _ in exact] + [(p["a"], p["b"]) for p in near], patients["items"]
-    )
-    cluster_sizes = Counter(groups)
-    settings = {
-        "hash": "imagehash.phash of a min-max scaled 64x64 grey thumbnail: 64 bits to find, 256 to confirm",
-        "hamming_threshold": threshold,
-        "rotations_and_flips": transforms,
-        "confirm_hamming_256": confirm,
-        "confirm_pixel_difference": confirm_pixels,
-        "pixel_difference": f"mean absolute difference of the {PIXEL_SIZE}x{PIXEL_SIZE} grey thumbnails under "
-        "the matched rotation / flip, each scaled to mean 0 and SD 1",
-        "exact": "sha256 of file bytes and of decoded pixels",
-        "volumes_checked_for_exact_duplicates_only": sum(1 for i in ok if described[i]["phash"] is None),
-        "embedding_stage": None
-        if embedder is None
-        else {
-            "embedder": embedder.name,
-            **embedding_settings,
-            **(embedding_summary or {}),
-            "rule": EMBEDDING_RULE,
-        },
-    }
+
+def _overview(doc: Mapping, items, described, labels: list[str], splits: list[str], tally: dict) -> dict:
+    """The report's first part: the datalist, its splits and class balance, the image properties and
+    their confounds, the unreadable files."""
+    ok = tally["ok"]
     return {
         "datalist": doc.get("_path"),
         "name": doc.get("name"),
@@ -137,17 +135,50 @@ def audit_datalist(
             [items[i] for i in ok], [described[i] for i in ok], labels, splits, bool(doc.get("multi_label"))
         ),
         "unreadable": tally["unreadable"],
-        "leakage": leakage,
-        "within_split": {s: dict(within[s]) for s in splits if within[s]},
-        "within_split_pairs": within_pairs,
-        "clusters": {
-            "count": len(cluster_sizes),
-            "largest": max(cluster_sizes.values(), default=0),
-            "multi_item": sum(1 for v in cluster_sizes.values() if v > 1),
+    }
+
+
+def _cluster_summary(groups: list[int]) -> dict:
+    """How many clusters, the largest, and how many hold more than one item."""
+    cluster_sizes = Counter(groups)
+    return {
+        "count": len(cluster_sizes),
+        "largest": max(cluster_sizes.values(), default=0),
+        "multi_item": sum(1 for v in cluster_sizes.values() if v > 1),
+    }
+
+
+def _leakage_and_groups(items, labels, splits, exact: list[tuple], near: list[dict]) -> tuple:
+    """``(leakage, within, within_pairs, groups)``: see ``_leakage``; each item's cluster (``_groups``)
+    linking its duplicates and its patient's other items."""
+    patients = _patients(items)
+    leakage, within, within_pairs = _leakage(items, labels, splits, exact, near, patients["shared"])
+    links = [(a, b) for a, b, _ in exact] + [(p["a"], p["b"]) for p in near]
+    return leakage, within, within_pairs, _groups(len(items), links, patients["items"])
+
+
+def _settings(
+    hashing: dict, described, ok, embedder: Embedder | None, embedding: dict, embedding_summary
+) -> dict:
+    """The rules and thresholds the audit applied, as the report records them."""
+    return {
+        "hash": "imagehash.phash of a min-max scaled 64x64 grey thumbnail: 64 bits to find, 256 to confirm",
+        "hamming_threshold": hashing["threshold"],
+        "rotations_and_flips": hashing["transforms"],
+        "confirm_hamming_256": hashing["confirm"],
+        "confirm_pixel_difference": hashing["confirm_pixels"],
+        "pixel_difference": f"mean absolute difference of the {PIXEL_SIZE}x{PIXEL_SIZE} grey thumbnails under "
+        "the matched rotation / flip, each scaled to mean 0 and SD 1",
+        "exact": "sha256 of file bytes and of decoded pixels",
+        "volumes_checked_for_exact_duplicates_only": sum(1 for i in ok if described[i]["phash"] is None),
+        "embedding_stage": None
+        if embedder is None
+        else {
+            "embedder": embedder.name,
+            **embedding,
+            **(embedding_summary or {}),
+            "rule": EMBEDDING_RULE,
         },
-        "settings": settings,
-        "elapsed_seconds": round(time.perf_counter() - started, 1),
-        "_groups": groups,
     }
 
 

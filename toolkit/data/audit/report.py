@@ -153,86 +153,99 @@ def _pairs_markdown(report: Mapping) -> list[str]:
     """Unreadable files, duplicates inside one split, and what leaks across splits (first rows of each)."""
     root = report.get("image_root")
     leak = report["leakage"]
-    lines = []
-    if report["unreadable"]:
-        lines += ["", "## Unreadable files", ""]
-        lines += _table(
-            [[_short(u["image"], root), u["split"], u["error"]] for u in report["unreadable"][:_SHOW]],
-            ["file", "split", "error"],
-        )
-    within = report.get("within_split", {})
-    if within:
-        lines += ["", "## Duplicates inside one split (not leakage, but they shrink the effective set)", ""]
-        rows = [
-            [sp, c.get("exact_duplicate_pairs", 0), c.get("near_duplicate_pairs", 0)]
-            for sp, c in within.items()
-        ]
-        lines += _table(rows, ["split", "exact duplicate pairs", "near-duplicate pairs"])
-
-    if leak["shared_patients"]:
-        lines += ["", f"## Patients in more than one split ({len(leak['shared_patients'])})", ""]
-        rows = [
-            [p["patient_id"], ", ".join(f"{k} {v}" for k, v in p["splits"].items())]
-            for p in leak["shared_patients"][:_SHOW]
-        ]
-        lines += _table(rows, ["patient_id", "images per split"])
-    if leak["exact_duplicates"]:
-        lines += ["", f"## Exact duplicates across splits ({len(leak['exact_duplicates'])} pairs)", ""]
-        rows = [
-            [
-                _short(p["a"]["image"], root),
-                p["a"]["split"],
-                _short(p["b"]["image"], root),
-                p["b"]["split"],
-                p["kind"],
-            ]
-            for p in leak["exact_duplicates"][:_SHOW]
-        ]
-        lines += _table(rows, ["image", "split", "duplicate", "split", "kind"])
-    if leak["near_duplicates"]:
-        lines += ["", f"## Near-duplicates across splits ({len(leak['near_duplicates'])} pairs)", ""]
-        ordered = sorted(
-            leak["near_duplicates"],
-            key=lambda p: (
-                p["hamming_256"] is None,
-                p["hamming_256"] or 0,
-                p["hamming"] or 0,
-                -(p.get("keypoint_inliers") or 0),
-            ),
-        )
-        rows = [
-            [
-                _short(p["a"]["image"], root),
-                p["a"]["split"],
-                _short(p["b"]["image"], root),
-                p["b"]["split"],
-                _dash(p["hamming"]),
-                _dash(p["hamming_256"]),
-                _dash(p.get("pixel_difference")),
-                _dash(p.get("embedding_similarity")),
-                _dash(p.get("keypoint_inliers")),
-                p["transform"],
-            ]
-            for p in ordered[:_SHOW]
-        ]
-        lines += _table(
-            rows,
-            [
-                "image",
-                "split",
-                "near-duplicate",
-                "split",
-                "Hamming 64",
-                "Hamming 256",
-                "pixel difference",
-                "embedding similarity",
-                "keypoint inliers",
-                "transform",
-            ],
-        )
+    lines = _unreadable_markdown(report["unreadable"], root)
+    lines += _within_split_markdown(report.get("within_split", {}))
+    lines += _shared_patients_markdown(leak["shared_patients"])
+    lines += _exact_duplicates_markdown(leak["exact_duplicates"], root)
+    lines += _near_duplicates_markdown(leak["near_duplicates"], root)
     listed = max(len(leak["exact_duplicates"]), len(leak["near_duplicates"]), len(leak["shared_patients"]))
     if listed > _SHOW:
         lines += ["", f"(first {_SHOW} rows per table; audit.json lists all)"]
+    return lines
+
+
+def _unreadable_markdown(unreadable: list[Mapping], root: str | None) -> list[str]:
+    if not unreadable:
+        return []
+    lines = ["", "## Unreadable files", ""]
+    lines += _table(
+        [[_short(u["image"], root), u["split"], u["error"]] for u in unreadable[:_SHOW]],
+        ["file", "split", "error"],
+    )
+    return lines
+
+
+def _within_split_markdown(within: Mapping) -> list[str]:
+    if not within:
+        return []
+    lines = ["", "## Duplicates inside one split (not leakage, but they shrink the effective set)", ""]
+    rows = [
+        [sp, c.get("exact_duplicate_pairs", 0), c.get("near_duplicate_pairs", 0)] for sp, c in within.items()
+    ]
+    lines += _table(rows, ["split", "exact duplicate pairs", "near-duplicate pairs"])
+    return lines
+
+
+def _shared_patients_markdown(shared: list[Mapping]) -> list[str]:
+    if not shared:
+        return []
+    lines = ["", f"## Patients in more than one split ({len(shared)})", ""]
+    rows = [[p["patient_id"], ", ".join(f"{k} {v}" for k, v in p["splits"].items())] for p in shared[:_SHOW]]
+    lines += _table(rows, ["patient_id", "images per split"])
+    return lines
+
+
+def _exact_duplicates_markdown(pairs: list[Mapping], root: str | None) -> list[str]:
+    if not pairs:
+        return []
+    lines = ["", f"## Exact duplicates across splits ({len(pairs)} pairs)", ""]
+    rows = [
+        [
+            _short(p["a"]["image"], root),
+            p["a"]["split"],
+            _short(p["b"]["image"], root),
+            p["b"]["split"],
+            p["kind"],
+        ]
+        for p in pairs[:_SHOW]
+    ]
+    lines += _table(rows, ["image", "split", "duplicate", "split", "kind"])
+    return lines
+
+
+def _near_duplicates_markdown(pairs: list[Mapping], root: str | None) -> list[str]:
+    """The near-duplicate pairs across splits, the closest (256-bit pHash, then 64-bit, then most
+    keypoint inliers) first."""
+    if not pairs:
+        return []
+    lines = ["", f"## Near-duplicates across splits ({len(pairs)} pairs)", ""]
+    ordered = sorted(
+        pairs,
+        key=lambda p: (
+            p["hamming_256"] is None,
+            p["hamming_256"] or 0,
+            p["hamming"] or 0,
+            -(p.get("keypoint_inliers") or 0),
+        ),
+    )
+    rows = [
+        [
+            _short(p["a"]["image"], root),
+            p["a"]["split"],
+            _short(p["b"]["image"], root),
+            p["b"]["split"],
+            _dash(p["hamming"]),
+            _dash(p["hamming_256"]),
+            _dash(p.get("pixel_difference")),
+            _dash(p.get("embedding_similarity")),
+            _dash(p.get("keypoint_inliers")),
+            p["transform"],
+        ]
+        for p in ordered[:_SHOW]
+    ]
+    header = ["image", "split", "near-duplicate", "split", "Hamming 64", "Hamming 256"]
+    header += ["pixel difference", "embedding similarity", "keypoint inliers", "transform"]
+    lines += _table(rows, header)
     return lines
 
 

@@ -26,6 +26,7 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from toolkit.data.files import (
     DICOM_SUFFIXES,
@@ -472,6 +473,40 @@ def csv_items(
     csv_path = Path(csv_path).expanduser().resolve()
     numbered, columns = read_table(csv_path)
     base = Path(root).expanduser().resolve() if root is not None else csv_path.parent
+    cols = _resolve_columns(
+        csv_path, columns, image_column, label_column, patient_column, split_column, image_pattern
+    )
+    problems: dict[str, list[str]] = defaultdict(list)  # kind of problem -> "line N: ..." entries
+    label_reader = _LabelColumns(csv_path, cols.labels, multi_label_sep, negative_labels, problems)
+    all_names = [label_reader.names_of(line, row) for line, row in numbered]
+    labels = label_reader.classes(numbered, all_names, classes)
+    unknown_kind = "other class" if classes is not None else "unknown"
+    items = _row_items(numbered, all_names, cols, labels, unknown_kind, base, image_lookup, strict, problems)
+
+    image_what = f"image pattern {image_pattern!r}" if cols.pattern is not None else f"column {cols.image!r}"
+    messages = _problem_messages(image_what, label_reader.what, base, labels, cols.split)
+    _report_problems(csv_path, problems, messages, strict, _error_kinds(skip_missing, known_splits_only))
+    _warn_kept_or_left_out(csv_path, problems, labels, image_what, base)
+    if not items:
+        raise ValueError(f"{csv_path}: no usable rows (images resolved against {base})")
+    meta = _csv_meta(csv_path, base, cols, image_pattern, label_reader.by_columns)
+    return SourceItems(items, labels, multi_label=label_reader.multi, kind="csv", meta=meta)
+
+
+class _Columns(NamedTuple):
+    """The columns of a label file that :func:`csv_items` reads, resolved to the file's own names."""
+
+    image: str  # as given (not resolved) when ``pattern`` builds the path
+    pattern: _Pattern | None
+    labels: list[str]
+    patient: str | None
+    split: str | None
+
+
+def _resolve_columns(
+    csv_path: Path, columns, image_column, label_column, patient_column, split_column, image_pattern
+) -> _Columns:
+    """The columns named, resolved (``ValueError`` naming the file and the closest column)."""
     label_columns = [label_column] if isinstance(label_column, str) else list(label_column)
     if not label_columns:
         raise ValueError(f"{csv_path}: no label column given")
@@ -481,27 +516,47 @@ def csv_items(
         image_column = resolve_column(csv_path, columns, image_column, "image")
     patient_column = resolve_column(csv_path, columns, patient_column, "patient") if patient_column else None
     split_column = resolve_column(csv_path, columns, split_column, "split") if split_column else None
-    problems: dict[str, list[str]] = defaultdict(list)  # kind of problem -> "line N: ..." entries
-    label_reader = _LabelColumns(csv_path, label_columns, multi_label_sep, negative_labels, problems)
-    multi = label_reader.multi
-    all_names = [label_reader.names_of(line, row) for line, row in numbered]
-    labels = label_reader.classes(numbered, all_names, classes)
-    index_of = _class_index(labels)
-    unknown_kind = "other class" if classes is not None else "unknown"
+    return _Columns(image_column, pattern, label_columns, patient_column, split_column)
 
+
+def _row_image(row: dict, line: int, cols: _Columns, problems: dict) -> str | None:
+    """The image a row names (its image column, or the pattern filled in), or None (recorded)."""
+    if cols.pattern is not None:
+        try:
+            rel = cols.pattern.format(row)
+        except ValueError as err:
+            problems["pattern"].append(f"line {line}: {err}")
+            return None
+    else:
+        rel = row.get(cols.image, "")
+    if not rel:
+        problems["no image"].append(f"line {line}")
+        return None
+    return rel
+
+
+def _add_patient_and_split(item: dict, row: dict, line: int, cols: _Columns, problems: dict) -> None:
+    """The row's patient id and split into ``item``; a split value that names no split is recorded."""
+    if cols.patient and row.get(cols.patient):
+        item["patient_id"] = row[cols.patient]
+    if cols.split and row.get(cols.split):
+        split = SPLIT_ALIASES.get(row[cols.split].lower())
+        if split:
+            item["split"] = split
+        else:
+            problems["split"].append(f"line {line}: {row[cols.split]!r}")
+
+
+def _row_items(
+    numbered, all_names, cols: _Columns, labels, unknown_kind, base: Path, image_lookup, strict, problems
+) -> list[dict]:
+    """An item per usable row; the problems of the others are recorded (an image listed twice: ``strict``)."""
+    index_of = _class_index(labels)
     finder = ImageIndex(base) if strict and image_lookup is None else None
     items, first_line = [], {}
     for (line, row), names in zip(numbered, all_names, strict=True):
-        if pattern is not None:
-            try:
-                rel = pattern.format(row)
-            except ValueError as err:
-                problems["pattern"].append(f"line {line}: {err}")
-                continue
-        else:
-            rel = row.get(image_column, "")
-        if not rel:
-            problems["no image"].append(f"line {line}")
+        rel = _row_image(row, line, cols, problems)
+        if rel is None:
             continue
         path = _image_path(rel, line, base, image_lookup, finder, problems)
         if path is None or names is None:  # no label, or an unusable one: recorded by names_of
@@ -509,23 +564,18 @@ def csv_items(
         item = {"image": str(path.resolve())}
         if not _labelled(item, names, line, labels, index_of, unknown_kind, problems):
             continue
-        if patient_column and row.get(patient_column):
-            item["patient_id"] = row[patient_column]
-        if split_column and row.get(split_column):
-            split = SPLIT_ALIASES.get(row[split_column].lower())
-            if split:
-                item["split"] = split
-            else:
-                problems["split"].append(f"line {line}: {row[split_column]!r}")
+        _add_patient_and_split(item, row, line, cols, problems)
         if strict and item["image"] in first_line:
             problems["duplicate"].append(f"{rel} (lines {first_line[item['image']]} and {line})")
             continue
         first_line.setdefault(item["image"], line)
         items.append(item)
+    return items
 
-    image_what = f"image pattern {image_pattern!r}" if pattern is not None else f"column {image_column!r}"
-    label_what = label_reader.what
-    messages = {
+
+def _problem_messages(image_what: str, label_what: str, base: Path, labels, split_column) -> dict[str, str]:
+    """What each kind of row problem means, for the error or warning that lists those rows."""
+    return {
         "pattern": f"{image_what}: rows whose values do not fit the pattern",
         "no image": f"{image_what}: rows without an image",
         "ambiguous": f"{image_what}: rows matching several image files (name the file with a path)",
@@ -538,6 +588,10 @@ def csv_items(
         "duplicate": f"{image_what}: images listed more than once",
         "split": f"split column {split_column!r}: values that name no split (train / val / test ...)",
     }
+
+
+def _error_kinds(skip_missing: bool, known_splits_only: bool) -> list[str]:
+    """The kinds of row problem that are errors in strict mode."""
     errors = [
         "pattern",
         "no image",
@@ -549,27 +603,84 @@ def csv_items(
         "duplicate",
     ]
     errors += [kind for kind, on in (("missing", not skip_missing), ("split", known_splits_only)) if on]
-    _report_problems(csv_path, problems, messages, strict, errors)
+    return errors
+
+
+def _warn_kept_or_left_out(csv_path: Path, problems: dict, labels, image_what: str, base: Path) -> None:
+    """Warn about the rows left out for their class and those kept with an image outside ``base``."""
     warn_list(f"{csv_path}: leaving out rows of a class not in {labels}", problems["other class"])
     warn_list(
         f"{csv_path}: {image_what}: rows whose image lies outside the image root {base} (kept; check that the "
         "label file is the one you meant, or name the folder that holds the images with --root)",
         problems["outside"],
     )
-    if not items:
-        raise ValueError(f"{csv_path}: no usable rows (images resolved against {base})")
-    meta = {
+
+
+def _csv_meta(csv_path: Path, base: Path, cols: _Columns, image_pattern, by_columns: bool) -> dict:
+    """The label file, image root and columns a datalist records about where its items came from."""
+    return {
         "label_file": str(csv_path),
         "image_root": str(base),
         "columns": {
-            "image": image_column if pattern is None else None,
+            "image": cols.image if cols.pattern is None else None,
             "image_pattern": image_pattern,
-            "label": label_columns if label_reader.by_columns else label_columns[0],
-            "patient": patient_column,
-            "split": split_column,
+            "label": cols.labels if by_columns else cols.labels[0],
+            "patient": cols.patient,
+            "split": cols.split,
         },
     }
-    return SourceItems(items, labels, multi_label=multi, kind="csv", meta=meta)
+
+
+def _named_or_known(csv_path: Path, columns, name: str | None, known: Sequence[str], what: str) -> str | None:
+    """The column ``name`` (resolved), or when not named the first of ``known`` present, or None."""
+    return resolve_column(csv_path, columns, name, what) if name else _find_known(columns, known)
+
+
+def _manifest_image_column(
+    csv_path: Path, numbered, columns, base: Path, image_column, image_pattern, taken, chosen: dict
+) -> str | None:
+    """The image column: named, else the first of ``IMAGE_COLUMNS``, else the one whose values match
+    image file names (said in ``chosen``); None when ``image_pattern`` builds the path."""
+    if image_pattern:
+        _Pattern(csv_path, image_pattern, columns)  # unknown fields fail here, naming the closest column
+        return None
+    if image_column:
+        return resolve_column(csv_path, columns, image_column, "image")
+    image = _find_known(columns, IMAGE_COLUMNS, exclude=taken)
+    if image is None:
+        image = _match_id_column(csv_path, numbered, columns, base, taken)
+        chosen["image"] = f"{image!r} (its values match image file names below {base})"
+    return image
+
+
+def _manifest_label_column(csv_path: Path, columns, taken: list, chosen: dict) -> str:
+    """The label column when none is named: the first of ``LABEL_COLUMNS``, else the only column not
+    ``taken`` (said in ``chosen``)."""
+    found = _find_known(columns, LABEL_COLUMNS, exclude=taken)
+    if found is None:
+        rest = [c for c in columns if c not in taken]
+        if len(rest) != 1:
+            raise ValueError(
+                f"{csv_path}: no label column: none of {list(LABEL_COLUMNS)} is present and "
+                f"{len(rest)} other columns are {rest}; name it with --label-column (several for multi-label)"
+            )
+        found = rest[0]
+        chosen["label"] = f"{found!r} (the only other column)"
+    return found
+
+
+def _log_manifest_columns(csv_path: Path, chosen: dict, image, image_pattern, labels, patient, split) -> None:
+    """Say in the log which columns are read, and how those not named were found."""
+    chosen.setdefault("image", repr(image) if image else f"pattern {image_pattern!r}")
+    chosen.setdefault("label", ", ".join(repr(c) for c in labels))
+    logger.info(
+        "%s: image %s, label %s, patient %s, split %s",
+        csv_path,
+        chosen["image"],
+        chosen["label"],
+        repr(patient) if patient else "-",
+        repr(split) if split else "-",
+    )
 
 
 def manifest_items(
@@ -604,56 +715,21 @@ def manifest_items(
         raise FileNotFoundError(f"label file not found: {csv_path}")
     numbered, columns = read_table(csv_path)
     base = Path(root).expanduser().resolve() if root is not None else csv_path.parent
-    chosen: dict[str, str] = {}
+    chosen: dict[str, str] = {}  # how a column that was not named was found, for the log
 
-    patient = (
-        resolve_column(csv_path, columns, patient_column, "patient")
-        if patient_column
-        else _find_known(columns, PATIENT_COLUMNS)
-    )
-    split = (
-        resolve_column(csv_path, columns, split_column, "split")
-        if split_column
-        else _find_known(columns, SPLIT_COLUMNS)
-    )
+    patient = _named_or_known(csv_path, columns, patient_column, PATIENT_COLUMNS, "patient")
+    split = _named_or_known(csv_path, columns, split_column, SPLIT_COLUMNS, "split")
     labels_given = [label_column] if isinstance(label_column, str) else list(label_column or [])
     labels_given = [resolve_column(csv_path, columns, c, "label") for c in labels_given]
     taken = [c for c in (patient, split, *labels_given) if c]
-
-    image = None
-    if image_pattern:
-        _Pattern(csv_path, image_pattern, columns)  # unknown fields fail here, naming the closest column
-    elif image_column:
-        image = resolve_column(csv_path, columns, image_column, "image")
-    else:
-        image = _find_known(columns, IMAGE_COLUMNS, exclude=taken)
-        if image is None:
-            image = _match_id_column(csv_path, numbered, columns, base, taken)
-            chosen["image"] = f"{image!r} (its values match image file names below {base})"
+    image = _manifest_image_column(
+        csv_path, numbered, columns, base, image_column, image_pattern, taken, chosen
+    )
     if not labels_given:
-        found = _find_known(columns, LABEL_COLUMNS, exclude=[image, *taken])
-        if found is None:
-            rest = [c for c in columns if c not in (image, *taken)]
-            if len(rest) != 1:
-                raise ValueError(
-                    f"{csv_path}: no label column: none of {list(LABEL_COLUMNS)} is present and "
-                    f"{len(rest)} other columns are {rest}; name it with --label-column (several for multi-label)"
-                )
-            found = rest[0]
-            chosen["label"] = f"{found!r} (the only other column)"
-        labels_given = [found]
+        labels_given = [_manifest_label_column(csv_path, columns, [image, *taken], chosen)]
     if image is not None and image in labels_given:
         raise ValueError(f"{csv_path}: column {image!r} cannot be both the image and a label column")
-    chosen.setdefault("image", repr(image) if image else f"pattern {image_pattern!r}")
-    chosen.setdefault("label", ", ".join(repr(c) for c in labels_given))
-    logger.info(
-        "%s: image %s, label %s, patient %s, split %s",
-        csv_path,
-        chosen["image"],
-        chosen["label"],
-        repr(patient) if patient else "-",
-        repr(split) if split else "-",
-    )
+    _log_manifest_columns(csv_path, chosen, image, image_pattern, labels_given, patient, split)
     return csv_items(
         csv_path,
         image_column=image or "",
