@@ -46,8 +46,27 @@ def backbone(data):
     """One epoch of SimCLR on the training + validation images of the datalist (the default splits)."""
     tmp, datalist, _ = data
     out = tmp / "ssl"
-    run_bundle("pretrain_ssl", "training", "train", out, dataset_dir=f"['{datalist}']", batch_size=8, **TINY)
+    result = run_bundle(
+        "pretrain_ssl",
+        "training",
+        "train",
+        out,
+        dataset_dir=f"['{datalist}']",
+        batch_size=8,
+        **{"view_augmentation#7#prob": 0.3},  # as a user overrides one step of the views
+        **TINY,
+    )
+    (out / "run.log").write_text(result.stdout + result.stderr)
     return out / "models" / "backbone.pt"
+
+
+def test_the_views_are_the_bundles_json_list_as_overridden(backbone):
+    """The log names each built view transform with its parameters, the override included."""
+    log = (backbone.parents[1] / "run.log").read_text()
+    lines = [line for line in log.splitlines() if " - INFO - view_augmentation#" in line]
+    assert len(lines) == 9, log[-3000:]
+    assert "view_augmentation#0: RandScaleCropd(" in lines[0]
+    assert "view_augmentation#7: RandGaussianNoised(" in lines[7] and "prob=0.3" in lines[7]
 
 
 @pytest.fixture(scope="module")

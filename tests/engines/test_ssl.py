@@ -28,6 +28,22 @@ from toolkit.transforms import classification_transforms
 from toolkit.transforms.ssl_views import TwoViewsd, two_view_transforms
 
 SIZE = 32
+SSL_TRAIN = Path(__file__).resolve().parents[2] / "bundles" / "pretrain_ssl" / "configs" / "train.json"
+
+
+def bundle_views(image_size: int = SIZE) -> list:
+    """The pretraining bundle's own view_augmentation list, built at ``image_size``."""
+    from monai.bundle import ConfigParser
+
+    from toolkit.bundle.configs import read_config
+
+    parser = ConfigParser(read_config(SSL_TRAIN))
+    parser["image_size"] = image_size
+    return parser.get_parsed_content("view_augmentation")
+
+
+def views_of(image_size: int = SIZE):
+    return two_view_transforms(image_size=image_size, augmentation=bundle_views(image_size))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +74,7 @@ def test_monai_contrastive_loss_is_nt_xent_for_a_batch_of_pairs():
 
 
 def test_two_views_differ_and_repeat_with_the_seed(images):
-    transform = two_view_transforms(image_size=SIZE)
+    transform = views_of()
 
     def views(seed):
         set_determinism(seed)
@@ -75,13 +91,15 @@ def test_two_views_differ_and_repeat_with_the_seed(images):
 
 def test_two_views_needs_the_image_key():
     with pytest.raises(KeyError, match="no 'image'"):
-        TwoViewsd("image")({"label": 1})
+        TwoViewsd("image", augmentation=bundle_views())({"label": 1})
+    with pytest.raises(ValueError, match="augmentation is empty"):
+        TwoViewsd("image")
 
 
 def _losses_on_a_fixed_batch(images, network, method, steps=6):
     """The loss after each of ``steps`` updates of a real MONAI trainer on one seeded batch of views."""
     set_determinism(0)
-    dataset = CacheDataset(images[:8], two_view_transforms(image_size=SIZE), progress=False)
+    dataset = CacheDataset(images[:8], views_of(), progress=False)
     batch = next(iter(DataLoader(dataset, batch_size=8)))
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
