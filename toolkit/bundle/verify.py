@@ -173,9 +173,9 @@ def verify_bundle(
     that config only (training takes a datalist, inference a folder of images). Nothing is written
     into the bundle by the checks themselves; the train and inference workflows the ``properties``
     check builds write into a temporary folder unless ``output_dir`` / ``ckpt_dir`` are given,
-    evaluate.json where its config says (its ``output_dir``). evaluate.json is checked on a trained model whose
-    training split is found (``output_dir``'s datalist, or ``datalist_file``); otherwise the result
-    says which override it needs.
+    evaluate.json where its config says (its ``output_dir``). evaluate.json is checked on a trained
+    model whose training split is found (``output_dir``'s datalist, or ``datalist_file``);
+    otherwise the result says which overrides it needs.
     """
     root = Path(folder).resolve()
     if not root.is_dir():
