@@ -140,6 +140,19 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--check-inputs", default=None, help="folder of images to check the export on instead")
     p.add_argument("--force", action="store_true", help="write the bundle into a non-empty --out")
+    _add_int8_options(p)
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
+        "(URL + SHA-256 of each weight file) for `cit fetch-weights`",
+    )
+    p.set_defaults(func=_export)
+    _add_fetch_weights_parser(subparsers)
+
+
+def _add_int8_options(p) -> None:
+    """The options of ``--int8`` (and of the bf16 check's guard): calibration and the accuracy guard."""
     p.add_argument(
         "--int8",
         action="store_true",
@@ -176,14 +189,10 @@ def add_parser(subparsers) -> None:
         help="smallest top-1 agreement with fp32 on validation (multi-label: decision agreement of "
         "each finding at its stored threshold) for a usable int8 (or bf16) model (default 0.99)",
     )
-    p.add_argument(
-        "--base-url",
-        default=None,
-        help="with --format bundle: URL the bundle folder will be published at; writes large_files.yml "
-        "(URL + SHA-256 of each weight file) for `cit fetch-weights`",
-    )
-    p.set_defaults(func=_export)
 
+
+def _add_fetch_weights_parser(subparsers) -> None:
+    """Add the ``fetch-weights`` sub-command."""
     f = subparsers.add_parser(
         "fetch-weights",
         help="download a bundle's weight files listed in its large_files.yml (SHA-256 checked)",
