@@ -13,7 +13,7 @@ between their test accuracies is what the leak of copies across the split is wor
 Features: ``toolkit.networks.embeddings.ImageEmbedder`` (pooled EfficientNet-Lite0 features from its
 ImageNet weights, averaged over the four flips, L2-normalised: the audit's embedding), on images
 read by the toolkit's reader. The regularisation C is chosen by validation accuracy (log grid),
-then the model is refitted on training only; the test split chooses nothing. 95 % intervals:
+and the model fitted on training with it is tested; the test split chooses nothing. 95 % intervals:
 bootstrap over the test images' groups (``group``, e.g. source tile or patient; else images).
 """
 
@@ -71,13 +71,13 @@ def probe(doc: dict, features: dict[str, np.ndarray], seed: int) -> dict:
         for s in SPLITS
     }
 
-    def fit(c: float) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(*data["training"])
-
-    val_acc = {c: float(fit(c).score(*data["validation"])) for c in C_GRID}
+    fitted = {
+        c: LogisticRegression(C=c, max_iter=5000, random_state=seed).fit(*data["training"]) for c in C_GRID
+    }
+    val_acc = {c: float(model.score(*data["validation"])) for c, model in fitted.items()}
     best = max(C_GRID, key=lambda c: (val_acc[c], -c))  # ties: the stronger regularisation
     x_test, y_test = data["test"]
-    prob = fit(best).predict_proba(x_test)
+    prob = fitted[best].predict_proba(x_test)
     names = list(doc["labels"])
     point = fast_classification_metrics(y_test, prob, names)
     groups = [i.get("group") or i["image"] for i in items["test"]]
