@@ -273,6 +273,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from toolkit.bundle import load_bundle, write_model_info
     from toolkit.bundle.bf16_check import check_bf16, cpu_has_native_bf16
+    from toolkit.bundle.configs import trained_preprocessing
     from toolkit.bundle.export import export_model
     from toolkit.engines import prepare_network
     from toolkit.inference.backends import Bf16Network, OnnxRuntimeNetwork
@@ -289,13 +290,7 @@ def main(argv=None) -> int:
             tmp / "models",
             network={"name": model, "num_classes": 3, "in_channels": train["channels"]},
             class_names=["glioma", "meningioma", "pituitary"],
-            preprocessing={
-                "image_size": train["image_size"],
-                "reader_max_size": train["image_size"],
-                "channels": train["channels"],
-                "colour": train["colour"],
-                "intensity": train["intensity"],
-            },
+            preprocessing=trained_preprocessing(BUNDLE, model_name=model),
         )
         ckpt = tmp / "models" / "model.pt"
         torch.save(info.create_network().state_dict(), ckpt)

@@ -38,6 +38,7 @@ def write_tiny_checkpoint(bundle: Path, folder: Path, seed: int = 0) -> Path:
     import torch
 
     from toolkit.bundle import write_model_info
+    from toolkit.bundle.configs import trained_preprocessing
 
     train = json.loads((bundle / "configs" / "train.json").read_text())
     info = write_model_info(
@@ -48,12 +49,7 @@ def write_tiny_checkpoint(bundle: Path, folder: Path, seed: int = 0) -> Path:
             "in_channels": train["channels"],
         },
         class_names=CLASS_NAMES,
-        preprocessing={
-            "image_size": IMAGE_SIZE,
-            "reader_max_size": IMAGE_SIZE,
-            "channels": train["channels"],
-            "intensity": train["intensity"],
-        },
+        preprocessing=trained_preprocessing(bundle, image_size=IMAGE_SIZE),
         bundle_name=bundle.name,
     )
     torch.manual_seed(seed)

@@ -136,13 +136,16 @@ def test_augmentation_pads_with_black_under_imagenet_standardisation(tmp_path, b
         "augmentation#0#scale_range": [0.0, 0.0],
         "augmentation#0#translate_range": [0.4 * SIZE, 0.4 * SIZE],
     }
+    augmentation = _augmentation("resnet50_pneumonia", **shift_only)
     if builder == "classification_transforms":
-        extra = {"intensity": "imagenet", "stage": "train"}
+        chain = build(
+            image_size=SIZE, channels=1, augmentation=augmentation, intensity="imagenet", stage="train"
+        )
     else:
-        extra = {"syntheses": bundle_recipe("resnet_d_covid_cxr").get_parsed_content("minority_synthesis")}
-    chain = build(
-        image_size=SIZE, channels=1, augmentation=_augmentation("resnet50_pneumonia", **shift_only), **extra
-    )
+        recipe = bundle_recipe("resnet_d_covid_cxr", image_size=SIZE, channels=1)
+        parts = ("minority_synthesis", "loading", "normalisation")
+        syntheses, loading, normalisation = (recipe.get_parsed_content(part) for part in parts)
+        chain = build(syntheses, loading, normalisation, augmentation=augmentation)
     chain.set_random_state(seed=0)
     black, white = Compose(intensity_transforms("imagenet", channels=1))(
         {"image": torch.tensor([[[0.0, 1.0]]])}

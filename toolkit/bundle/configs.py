@@ -53,3 +53,13 @@ def _absolute_macros(value: Any, prefix: str) -> Any:
     if isinstance(value, str) and value.startswith(BASE_PREFIX):
         return prefix + value[len(BASE_PREFIX) :]
     return value
+
+
+def trained_preprocessing(bundle_dir: str | os.PathLike, **ids: Any) -> dict:
+    """The evaluation preprocessing that training the bundle (its ``train.json``, ``ids`` overriding
+    it) records in ``model_info.json``: for describing a model made without a training run."""
+    parser = ConfigParser(read_config(Path(bundle_dir) / "configs" / "train.json"))
+    parser.resolve_macro_and_relative_ids()
+    parser.update(ids)
+    prep = parser.get_parsed_content("evaluation_preprocessing")
+    return {k: v for k, v in prep.items() if v is not None}

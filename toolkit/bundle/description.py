@@ -25,6 +25,7 @@ from toolkit.bundle.datalists import read_json_object
 from toolkit.io import atomic_write_json
 from toolkit.networks import create_network, input_normalisation
 from toolkit.transforms import classification_transforms
+from toolkit.transforms.recorded import RecordedChainError, check_record, record_steps, recorded_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,13 @@ class ModelInfo:
         return len(self.class_names)
 
     def as_record(self) -> dict:
-        """What defines the model (network, classes, preprocessing), as an inference.json's ``study_model``."""
+        """What defines the model (network, classes, preprocessing), as an inference.json's ``study_model``:
+        without the recorded chain, whose ``_target_`` entries MONAI's parser would build inside a bundle
+        config (the weights' own ``model_info.json`` holds it)."""
         return {
             "network": self.network,
             "class_names": self.class_names,
-            "preprocessing": self.preprocessing,
+            "preprocessing": {k: v for k, v in self.preprocessing.items() if k != "transforms"},
             "multi_label": self.multi_label,
         }
 
@@ -75,7 +78,20 @@ class ModelInfo:
 
     def preprocessing_transforms(self, **kwargs):
         """The evaluation chain this model was validated with (``kwargs`` add e.g. ``label_key=None``)."""
-        return classification_transforms(stage="eval", **{**self.preprocessing, **kwargs})
+        return preprocessing_transforms(self.preprocessing, **kwargs)
+
+
+def preprocessing_transforms(preprocessing: dict, **kwargs):
+    """The evaluation chain ``preprocessing`` (a model record's) describes: the recorded steps
+    (``"transforms"``, :mod:`toolkit.transforms.recorded`) when it holds them, else, for 3D models and
+    records written before bundles stated their chain, ``classification_transforms`` with its arguments.
+    ``kwargs``: ``label_key`` (``None`` for unlabelled input); other arguments of the older form."""
+    if "transforms" not in preprocessing:
+        return classification_transforms(stage="eval", **{**preprocessing, **kwargs})
+    unknown = set(kwargs) - {"label_key"}
+    if unknown:
+        raise TypeError(f"a recorded chain takes only label_key, got {sorted(unknown)}")
+    return recorded_transforms(preprocessing["transforms"], **kwargs)
 
 
 def weights_start(network: torch.nn.Module) -> dict:
@@ -113,6 +129,44 @@ def evaluation_preprocessing(
     if intensity == "imagenet":
         given = {**input_normalisation(model_name, int(channels)), **given}
     return {**prep, "intensity": intensity, "intensity_kwargs": given or None, **preprocessing_kwargs}
+
+
+def chain_preprocessing(image_size, channels: int, colour: str, loading: list, normalisation: list) -> dict:
+    """The evaluation preprocessing of a bundle that states its chain in train.json (``loading``,
+    ``normalisation``): the recorded steps (``"transforms"``) and the facts other parts read: input
+    size, channels and colour policy as configured, and, read from the steps, the reader's size limit
+    and the intensity family (``imagenet`` with its mean / std, ``minmax``, else ``recorded``) that a
+    teacher's input conversion and a backbone's description use."""
+    loading, normalisation = record_steps(loading, "loading"), record_steps(normalisation, "normalisation")
+    reader = next((s["reader"] for s in loading if isinstance(s.get("reader"), dict)), {})
+    return {
+        "image_size": image_size,
+        "reader_max_size": reader.get("max_size"),
+        "channels": channels,
+        "colour": colour,
+        **_intensity_family(loading, normalisation),
+        "transforms": loading + normalisation,
+    }
+
+
+def _intensity_family(loading: list[dict], normalisation: list[dict]) -> dict:
+    """``minmax`` when the loading ends with a min-max to [0, 1], ``imagenet`` when the normalisation
+    then subtracts a mean and divides by a std per channel, else ``recorded`` (no preset describes it)."""
+    last = loading[-1] if loading else {"_target_": ""}
+    if _class_name(last) != "ScaleIntensityd" or (last.get("minv"), last.get("maxv")) != (0.0, 1.0):
+        return {"intensity": "recorded", "intensity_kwargs": None}
+    if not normalisation:
+        return {"intensity": "minmax", "intensity_kwargs": None}
+    step = normalisation[0]
+    if len(normalisation) == 1 and _class_name(step) == "NormalizeIntensityd" and step.get("channel_wise"):
+        mean, std = step.get("subtrahend"), step.get("divisor")
+        if isinstance(mean, list) and isinstance(std, list):
+            return {"intensity": "imagenet", "intensity_kwargs": {"mean": mean, "std": std}}
+    return {"intensity": "recorded", "intensity_kwargs": None}
+
+
+def _class_name(step: dict) -> str:
+    return step["_target_"].rpartition(".")[2]
 
 
 def info_path(ckpt: str | os.PathLike) -> Path:
@@ -211,6 +265,11 @@ def load_model_info(ckpt: str | os.PathLike, untrained: dict | None = None, **ov
         )
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid model description: {err!r}") from err
+    if "transforms" in info.preprocessing:  # configuration that names classes to build: data only
+        try:
+            check_record(info.preprocessing["transforms"], "preprocessing#transforms")
+        except RecordedChainError as err:
+            raise RecordedChainError(f"{path}: {err}; the model is refused") from None
     contradictions = []
     for key, value in overrides.items():
         if key not in OVERRIDABLE:

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 
 # intensity presets whose map from the [0, 1] min-max image is known exactly (so it can be undone / redone)
 INVERTIBLE = ("minmax", "imagenet")
-# preprocessing keys a teacher and a student may differ in without any conversion
-IGNORED = ("reader_max_size", "resize_mode")
+# preprocessing keys a teacher and a student may differ in without any conversion; a recorded chain
+# ("transforms") is compared through the facts read from it, unless its intensity is no preset's
+IGNORED = ("reader_max_size", "resize_mode", "transforms")
 # classification_transforms defaults, for descriptions that leave a key out
 DEFAULTS = {"channels": 3, "colour": "rgb", "intensity": "minmax", "intensity_kwargs": {}}
 
@@ -144,6 +145,11 @@ def teacher_input(student: dict, teacher: dict, source: str = "the teacher") -> 
         raise TeacherMismatchError(
             f"{source}: preprocessing differs in {', '.join(others)} (student {_show(s, others)}, teacher "
             f"{_show(t, others)}); only image_size, channels, colour and the minmax / imagenet intensity can be converted"
+        )
+    if "recorded" in (s["intensity"], t["intensity"]) and s.get("transforms") != t.get("transforms"):
+        raise TeacherMismatchError(
+            f"{source}: the teacher's and the student's recorded preprocessing differ and no intensity preset "
+            "describes them, so the student's input cannot be converted; train the student with the teacher's chain"
         )
     if all(s.get(k) == t.get(k) for k in ("image_size", *DEFAULTS)):
         logger.info("teacher input: the student's tensor as it is (same preprocessing)")

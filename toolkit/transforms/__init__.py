@@ -1,6 +1,6 @@
 """Transforms: fast readers (DICOM, NIfTI, raster), a volume reader (ITK: MHA / NRRD / DICOM series),
-intensity presets, the few random transforms MONAI lacks, 2D and 3D chains (a bundle's augmentation
-is a list of transforms in its own configs)."""
+intensity presets, the few random transforms MONAI lacks, 2D and 3D chains (a 2D bundle's loading,
+augmentation and normalisation are lists of transforms in its own configs, recorded with the trained model)."""
 
 from toolkit.transforms.augmentation import RandGaussianBlurKerneld, augmentation_steps
 from toolkit.transforms.chains import classification_transforms
@@ -18,6 +18,7 @@ from toolkit.transforms.readers import (
     ResourceLimitError,
     find_read_error,
 )
+from toolkit.transforms.recorded import RecordedChainError, recorded_transforms, training_transforms
 from toolkit.transforms.utility import (
     AsChannels,
     AsChannelsd,
@@ -43,6 +44,7 @@ __all__ = [
     "NiftiReader",
     "RandGaussianBlurKerneld",
     "RasterReader",
+    "RecordedChainError",
     "ReadLimits",
     "ResourceLimitError",
     "SelectSlice",
@@ -55,6 +57,8 @@ __all__ = [
     "find_read_error",
     "intensity_transforms",
     "log_transforms",
+    "recorded_transforms",
+    "training_transforms",
     "invert_intensity",
     "label_to_tensor",
     "sort_series_files",

@@ -13,7 +13,7 @@ from toolkit.transforms.readers import ALPHA_POLICIES, MedicalImageReader
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord, SelectSliced, colour_policy
 from toolkit.transforms.volumes import volume_transforms
 
-__all__ = ["classification_transforms", "describe_colour_policy"]
+__all__ = ["classification_transforms", "describe_colour_policy", "state_colour_policy"]
 
 logger = logging.getLogger(__name__)
 _LOGGED: set[tuple] = set()  # colour policies already stated in this process (once per run)
@@ -32,6 +32,13 @@ def describe_colour_policy(colour: str, alpha: str, channels: int) -> str:
         "alpha is dropped" if alpha == "drop" else "images are composited on black (pixel x opacity)"
     )
     return f"colour policy {colour!r}: {text}; RGBA / LA / transparent palette: {transparent}"
+
+
+def state_colour_policy(colour: str, alpha: str, channels: int) -> None:
+    """Log (INFO) :func:`describe_colour_policy`, once per run for each policy."""
+    if (colour, alpha, channels) not in _LOGGED:
+        _LOGGED.add((colour, alpha, channels))
+        logger.info(describe_colour_policy(colour, alpha, channels))
 
 
 def classification_transforms(
@@ -119,9 +126,7 @@ def classification_transforms(
     colour = colour_policy(colour)
     if alpha not in ALPHA_POLICIES:
         raise ValueError(f"alpha must be one of {ALPHA_POLICIES}, got {alpha!r}")
-    if (colour, alpha, channels) not in _LOGGED:
-        _LOGGED.add((colour, alpha, channels))
-        logger.info(describe_colour_policy(colour, alpha, channels))
+    state_colour_policy(colour, alpha, channels)
     intensity_kwargs = dict(intensity_kwargs or {})
     if intensity == "imagenet":
         intensity_kwargs.setdefault("channels", channels)

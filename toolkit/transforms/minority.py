@@ -9,8 +9,8 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
 from toolkit.transforms.augmentation import augmentation_steps
-from toolkit.transforms.chains import classification_transforms
-from toolkit.transforms.intensity import intensity_stages
+from toolkit.transforms.recorded import build_steps, record_steps
+from toolkit.transforms.utility import LabelToTensord
 
 __all__ = ["MinoritySynthesisd", "minority_training_transforms"]
 
@@ -60,32 +60,25 @@ class MinoritySynthesisd(Randomizable, MapTransform):
 
 def minority_training_transforms(
     syntheses: Mapping[str, Sequence | Compose],
-    image_size: int = 224,
-    channels: int = 3,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    loading: Sequence,
+    normalisation: Sequence,
     augmentation: Sequence | Compose | None = None,
     keys: str = "image",
-    **chain_kwargs,
 ) -> Compose:
-    """Training chain with minority synthesis: the deterministic part of
-    :func:`~toolkit.transforms.classification_transforms` (load -> channels -> resize -> min-max to
-    [0, 1], cached) -> :class:`MinoritySynthesisd` with ``syntheses`` on the [0, 1] image ->
-    ``augmentation`` (a list of transforms, also on the [0, 1] scale, after the scaling and before
-    the standardisation as in ``classification_transforms``) -> ``mean`` / ``std`` (ImageNet's by
-    default, as the ``imagenet`` preset gives them for ``channels``). For items without a synthesis
-    this equals the training chain with the ``imagenet`` preset.
-    One flat ``Compose`` so that ``CacheDataset`` can cache up to the first random step.
+    """Training chain with minority synthesis: the bundle's ``loading`` (its config components, built
+    through their record as :func:`~toolkit.transforms.recorded.training_transforms` does, cached) ->
+    :class:`MinoritySynthesisd` with ``syntheses`` on the [0, 1] image -> ``augmentation`` (also on
+    the [0, 1] scale) -> ``normalisation``. For items without a synthesis this equals the bundle's
+    training chain without synthesis. One flat ``Compose`` so that ``CacheDataset`` can cache up to
+    the first random step.
     """
-    base = classification_transforms(
-        "train", image_size, channels, intensity="minmax", augmentation=[], keys=keys, **chain_kwargs
-    )
-    _, standardisation = intensity_stages("imagenet", keys, mean=mean, std=std, channels=channels)
     steps = [
-        *base.transforms,
+        *build_steps(record_steps(loading, "loading"), "loading"),
+        EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False),
+        LabelToTensord("label", allow_missing_keys=True),
         MinoritySynthesisd(keys, syntheses),
         *augmentation_steps(augmentation),
-        *standardisation,
+        *build_steps(record_steps(normalisation, "normalisation"), "normalisation"),
         EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False),
     ]
     return Compose(steps)

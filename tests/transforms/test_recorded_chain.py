@@ -1,0 +1,165 @@
+"""A 2D bundle's loading chain in its train.json, recorded with the model, rebuilt from the record only
+through allowed transform classes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.utils import set_determinism
+from PIL import Image
+
+from tests.bundles.bundle_helpers import bundle_recipe
+from toolkit.bundle import (
+    chain_preprocessing,
+    evaluation_preprocessing,
+    load_model_info,
+    preprocessing_transforms,
+)
+from toolkit.bundle.description import write_model_info
+from toolkit.transforms import RecordedChainError, classification_transforms
+from toolkit.transforms.recorded import build_steps, check_record, record_steps
+
+SIZE = 32
+
+
+def _files(shared_data, tmp_path) -> list[str]:
+    """Grey and colour PNG / JPEG of odd sizes, a CT and an MR DICOM, a NIfTI volume."""
+    rng = np.random.default_rng(0)
+    grey, rgb = tmp_path / "grey.png", tmp_path / "colour.jpg"
+    Image.fromarray(rng.integers(0, 255, (70, 45), dtype=np.uint8)).save(grey)
+    Image.fromarray(rng.integers(0, 255, (40, 90, 3), dtype=np.uint8)).save(rgb)
+    return [
+        str(grey),
+        str(rgb),
+        str(shared_data / "dicom/ct/CT_small.dcm"),
+        str(shared_data / "dicom/mr/MR_small.dcm"),
+        str(shared_data / "nifti/brain_mri/FLAIR.nii.gz"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "bundle, ids",
+    [
+        ("resnet18_brain_ct", {}),
+        ("deit_distilled_lung_histo", {}),
+        ("resnet50_pneumonia", {"model_name": "tf_efficientnet_lite0", "channels": 1}),
+    ],
+)
+def test_the_bundles_chain_equals_the_python_chain_it_replaces(shared_data, tmp_path, bundle, ids):
+    """Same tensors as ``classification_transforms`` with the arguments bundles used to record, for
+    evaluation and (same seed) training: models trained before, and their figures, stay valid."""
+    recipe = bundle_recipe(bundle, image_size=SIZE, **ids)
+    prep = recipe.get_parsed_content("evaluation_preprocessing")
+    model_name, channels, colour = (recipe[k] for k in ("model_name", "channels", "colour"))
+    old = evaluation_preprocessing(model_name, SIZE, channels, colour, "imagenet")
+    assert {k: prep[k] for k in old} == old  # the facts other parts read are those of before
+    json.dumps(prep)  # the record is plain JSON
+    old_train = classification_transforms(
+        "train", augmentation=bundle_recipe(bundle, image_size=SIZE).get_parsed_content("augmentation"), **old
+    )
+    new_train = recipe.get_parsed_content("train_transforms")
+    new_eval, old_eval = preprocessing_transforms(prep), classification_transforms("eval", **old)
+    for path in _files(shared_data, tmp_path):
+        item = {"image": path, "label": 1}
+        assert torch.equal(new_eval(dict(item))["image"], old_eval(dict(item))["image"]), path
+        outs = []
+        for chain in (new_train, old_train):
+            set_determinism(3)
+            chain.set_random_state(5)
+            outs.append(chain(dict(item))["image"])
+        assert torch.equal(*outs), path
+    set_determinism(None)
+
+
+def test_an_override_of_the_chain_is_recorded_and_changes_the_input(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (70, 45), dtype=np.uint8)).save(path)
+    default = bundle_recipe("resnet18_brain_ct", image_size=SIZE).get_parsed_content(
+        "evaluation_preprocessing"
+    )
+    changed = bundle_recipe("resnet18_brain_ct", image_size=SIZE, **{"loading#4#mode": "bilinear"})
+    changed = changed.get_parsed_content("evaluation_preprocessing")
+    assert [s["_target_"] for s in changed["transforms"]][4] == "monai.transforms.Resized"
+    assert changed["transforms"][4]["mode"] == "bilinear" and default["transforms"][4]["mode"] == "area"
+    a, b = (
+        preprocessing_transforms(p, label_key=None)({"image": str(path)})["image"] for p in (default, changed)
+    )
+    assert a.shape == b.shape == (3, SIZE, SIZE) and not torch.equal(a, b)
+
+
+def test_a_built_transform_cannot_be_recorded():
+    recipe = bundle_recipe("resnet18_brain_ct", **{"loading#1#_mode_": "default"})
+    with pytest.raises(RuntimeError) as err:  # MONAI's parser names the expression, the cause says why
+        recipe.get_parsed_content("evaluation_preprocessing")
+    assert isinstance(err.value.__cause__, RecordedChainError)
+    assert str(err.value.__cause__).startswith(
+        'loading#1: a built EnsureChannelFirstd; write it with "_mode_"'
+    )
+
+
+@pytest.mark.parametrize(
+    "step, named",
+    [
+        ({"_target_": "os.system", "command": "touch /tmp/x"}, "outside the allowed namespaces"),
+        ({"_target_": "toolkit.transforms.utility.MetaTensor", "x": [0]}, "not a transform class"),
+        ({"_target_": "toolkit.transforms.readers.os.system"}, "does not exist"),
+        ({"_target_": "monai.transforms.SaveImaged", "keys": "image"}, "writes files"),
+        (
+            {"_target_": "monai.transforms.Lambdad", "keys": "image", "func": "$print"},
+            "runs a given function",
+        ),
+        (
+            {"_target_": "monai.transforms.Resized", "spatial_size": "$__import__('os').getcwd()"},
+            "expression",
+        ),
+        ({"_target_": "monai.transforms.Resized", "spatial_size": "@image_size"}, "reference"),
+        (
+            {"_target_": "monai.transforms.Resized", "_mode_": "debug", "spatial_size": [4, 4]},
+            "'_mode_' is not allowed",
+        ),
+        ({"_target_": "monai.transforms.NoSuchThing"}, "does not exist"),
+    ],
+)
+def test_a_record_naming_code_is_refused(step, named):
+    with pytest.raises(RecordedChainError, match=named):
+        build_steps([step])
+
+
+def test_a_model_whose_record_names_a_foreign_class_is_refused(tmp_path):
+    prep = bundle_recipe("resnet18_brain_ct", image_size=SIZE).get_parsed_content("evaluation_preprocessing")
+    network = {"name": "resnet18", "num_classes": 2, "in_channels": 3}
+    write_model_info(tmp_path, network, ["a", "b"], prep)
+    info = load_model_info(tmp_path)  # the record as written loads and rebuilds
+    assert info.preprocessing["transforms"] == prep["transforms"]
+    assert len(info.preprocessing_transforms().transforms) == len(prep["transforms"]) + 2  # + tensors, label
+    doc = json.loads((tmp_path / "model_info.json").read_text())
+    doc["preprocessing"]["transforms"][2]["_target_"] = "subprocess.Popen"
+    (tmp_path / "model_info.json").write_text(json.dumps(doc))
+    with pytest.raises(RecordedChainError) as err:
+        load_model_info(tmp_path)
+    text = str(err.value)
+    assert str(tmp_path / "model_info.json") in text and "preprocessing#transforms#2" in text
+    assert "'subprocess.Popen' is outside the allowed namespaces" in text and "\n" not in text
+
+
+def test_recording_keeps_exactly_the_given_arguments():
+    recipe = bundle_recipe("resnet18_brain_ct", image_size=SIZE)
+    loading = record_steps(recipe.get_parsed_content("loading"), "loading")
+    assert loading[0] == {
+        "_target_": "monai.transforms.LoadImaged",
+        "keys": "image",
+        "image_only": True,
+        "reader": {
+            "_target_": "toolkit.transforms.MedicalImageReader",
+            "max_size": SIZE,
+            "dicom_frame": "reject",
+            "alpha": "drop",
+            "nifti_slice": "middle",
+        },
+    }
+    check_record(loading)
+    prep = chain_preprocessing(SIZE, 3, "grey", recipe.get_parsed_content("loading"), [])
+    assert prep["intensity"] == "minmax" and prep["reader_max_size"] == SIZE
