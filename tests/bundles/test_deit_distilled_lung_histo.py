@@ -14,11 +14,10 @@ import torch
 from monai.bundle import verify_metadata, verify_net_in_out
 from PIL import Image
 
-from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, run_bundle
-from toolkit.bundle import TeacherMismatchError, evaluation_preprocessing, load_teacher
+from tests.bundles.bundle_helpers import REPO_ROOT, bundle_config, bundle_recipe, run_bundle
+from toolkit.bundle import TeacherMismatchError, load_teacher, preprocessing_transforms
 from toolkit.bundle.teacher import TeacherInput, teacher_input
 from toolkit.data import load_datalist
-from toolkit.transforms import classification_transforms
 
 BUNDLE = "deit_distilled_lung_histo"
 CLASSES = ["lung_aca", "lung_n", "lung_scc"]
@@ -178,7 +177,11 @@ def test_a_missing_teacher_says_what_to_run(runs, tmp_path):
 
 # what the bundle records for its student: with `imagenet`, the mean / std its architecture's weights expect
 STUDENT_PREP = {
-    k: v for k, v in evaluation_preprocessing(STUDENT, 32, 3, "rgb", "imagenet").items() if v is not None
+    k: v
+    for k, v in bundle_recipe("deit_distilled_lung_histo", model_name=STUDENT, image_size=32)
+    .get_parsed_content("evaluation_preprocessing")
+    .items()
+    if v is not None
 }
 
 
@@ -232,7 +235,7 @@ def rgb_image(tmp_path):
 
 
 def _chain(prep: dict, path: str) -> torch.Tensor:
-    return classification_transforms(stage="eval", label_key=None, **prep)({"image": path})["image"][None]
+    return preprocessing_transforms(prep, label_key=None)({"image": path})["image"][None]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 
 from tests.bundles.bundle_helpers import REPO_ROOT
 from toolkit.bundle.configs import read_config
-from toolkit.bundle.trust import ALLOWED_FILE, repository_allowed
+from toolkit.bundle.trust import ALLOWED_FILE, repository_allowed, untrusted_entries
 from toolkit.cli import main
 
 
@@ -62,3 +62,13 @@ def test_cit_infer_refuses_a_foreign_bundle_holding_other_code(tmp_path, capsys)
     # told to trust it, the same run gets past the check (and stops later: this copy has no weights)
     assert main(args + ["--trust-bundle"]) != 0
     assert "do not hold" not in capsys.readouterr().err
+
+
+def test_a_component_run_under_a_debugger_is_not_on_the_list():
+    """``_mode_: debug`` or ``_debug_`` would stop a service in pdb, waiting on a console nobody reads."""
+    config = {
+        "a": {"_target_": "SimpleInferer", "_mode_": "debug"},
+        "b": {"_target_": "SimpleInferer", "_debug_": True},
+        "c": {"_target_": "SimpleInferer", "_mode_": "callable"},
+    }
+    assert untrusted_entries(config) == ["a#_mode_: _mode_ 'debug'", "b#_debug_: _debug_ True"]

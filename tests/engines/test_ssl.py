@@ -25,25 +25,31 @@ from toolkit.engines.ssl import (
 )
 from toolkit.networks import create_network
 from toolkit.transforms import classification_transforms
-from toolkit.transforms.ssl_views import TwoViewsd, two_view_transforms
+from toolkit.transforms.ssl_views import TwoViewsd
 
 SIZE = 32
 SSL_TRAIN = Path(__file__).resolve().parents[2] / "bundles" / "pretrain_ssl" / "configs" / "train.json"
 
 
-def bundle_views(image_size: int = SIZE) -> list:
-    """The pretraining bundle's own view_augmentation list, built at ``image_size``."""
+def ssl_recipe(image_size: int = SIZE):
+    """MONAI's ConfigParser on the pretraining bundle's train.json, at ``image_size``."""
     from monai.bundle import ConfigParser
 
     from toolkit.bundle.configs import read_config
 
     parser = ConfigParser(read_config(SSL_TRAIN))
     parser["image_size"] = image_size
-    return parser.get_parsed_content("view_augmentation")
+    return parser
+
+
+def bundle_views(image_size: int = SIZE) -> list:
+    """The pretraining bundle's own view_augmentation list, built at ``image_size``."""
+    return ssl_recipe(image_size).get_parsed_content("view_augmentation")
 
 
 def views_of(image_size: int = SIZE):
-    return two_view_transforms(image_size=image_size, augmentation=bundle_views(image_size))
+    """The bundle's two-view chain (its loading, normalisation and view_augmentation)."""
+    return ssl_recipe(image_size).get_parsed_content("train#preprocessing")
 
 
 @pytest.fixture(scope="module")

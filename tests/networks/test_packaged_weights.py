@@ -11,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from toolkit.bundle import evaluation_preprocessing
+from tests.bundles.bundle_helpers import bundle_recipe
 from toolkit.networks import PretrainedWeightsUnavailable, create_network, input_normalisation
 from toolkit.networks import packaged_weights as pw
 from toolkit.networks.freezing import stage_parameter_names
@@ -119,12 +119,18 @@ def test_grey_input_and_stage_freezing_work_for_lite(weights_dir):
 
 
 def test_recorded_normalisation_follows_the_architecture():
-    lite = evaluation_preprocessing("tf_efficientnet_lite0", 128, 1, "grey", "imagenet")
-    assert lite["intensity_kwargs"] == {"mean": [0.5], "std": [0.5]}
-    resnet = evaluation_preprocessing("resnet18", 128, 3, "rgb", "imagenet")
+    """A bundle's normalisation step takes the mean / std the weights of its model_name expect, and
+    the record states them; an override of the step is recorded as given."""
+
+    def recorded(**ids):
+        recipe = bundle_recipe("resnet18_brain_ct", image_size=64, **ids)
+        return recipe.get_parsed_content("evaluation_preprocessing")
+
+    lite = recorded(model_name="tf_efficientnet_lite0", channels=1)
+    assert lite["intensity"] == "imagenet" and lite["intensity_kwargs"] == {"mean": [0.5], "std": [0.5]}
+    resnet = recorded(model_name="resnet18", channels=3)
     assert resnet["intensity_kwargs"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    given = evaluation_preprocessing(
-        "resnet18", 64, 3, "rgb", "imagenet", intensity_kwargs={"mean": [0.1] * 3}
-    )
+    given = recorded(**{"normalisation#0#subtrahend": [0.1] * 3})
     assert given["intensity_kwargs"]["mean"] == [0.1] * 3 and given["intensity_kwargs"]["std"][0] == 0.229
-    assert evaluation_preprocessing("resnet18", 64, 3, "rgb", "minmax")["intensity_kwargs"] is None
+    assert given["transforms"][-1]["subtrahend"] == [0.1] * 3
+    assert recorded(normalisation=[])["intensity"] == "minmax"

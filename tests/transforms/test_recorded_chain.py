@@ -12,17 +12,28 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from tests.bundles.bundle_helpers import bundle_recipe
-from toolkit.bundle import (
-    chain_preprocessing,
-    evaluation_preprocessing,
-    load_model_info,
-    preprocessing_transforms,
-)
+from toolkit.bundle import chain_preprocessing, load_model_info, preprocessing_transforms
 from toolkit.bundle.description import write_model_info
+from toolkit.networks import input_normalisation
 from toolkit.transforms import RecordedChainError, classification_transforms
 from toolkit.transforms.recorded import build_steps, check_record, record_steps
 
 SIZE = 32
+
+
+def _older_record(model_name, image_size, channels, colour, intensity, **volume) -> dict:
+    """The preprocessing a model record held before bundles stated their chain: the arguments of
+    ``classification_transforms``, with the mean / std of the weights for ``imagenet``."""
+    given = input_normalisation(model_name, channels) if intensity == "imagenet" else None
+    return {
+        "image_size": image_size,
+        "reader_max_size": image_size,
+        "channels": channels,
+        "colour": colour,
+        "intensity": intensity,
+        "intensity_kwargs": given,
+        **volume,
+    }
 
 
 def _files(shared_data, tmp_path) -> list[str]:
@@ -40,6 +51,20 @@ def _files(shared_data, tmp_path) -> list[str]:
     ]
 
 
+def _assert_same_tensors(eval_chains: tuple, train_chains: tuple, paths: list[str]) -> None:
+    """Each pair of chains gives equal tensors for every file (the training pair with the same seeds)."""
+    for path in paths:
+        item = {"image": path, "label": 1}
+        assert torch.equal(*(chain(dict(item))["image"] for chain in eval_chains)), path
+        outs = []
+        for chain in train_chains:
+            set_determinism(3)
+            chain.set_random_state(5)
+            outs.append(chain(dict(item))["image"])
+        assert torch.equal(*outs), path
+    set_determinism(None)
+
+
 @pytest.mark.parametrize(
     "bundle, ids",
     [
@@ -54,7 +79,7 @@ def test_the_bundles_chain_equals_the_python_chain_it_replaces(shared_data, tmp_
     recipe = bundle_recipe(bundle, image_size=SIZE, **ids)
     prep = recipe.get_parsed_content("evaluation_preprocessing")
     model_name, channels, colour = (recipe[k] for k in ("model_name", "channels", "colour"))
-    old = evaluation_preprocessing(model_name, SIZE, channels, colour, "imagenet")
+    old = _older_record(model_name, SIZE, channels, colour, "imagenet")
     assert {k: prep[k] for k in old} == old  # the facts other parts read are those of before
     json.dumps(prep)  # the record is plain JSON
     old_train = classification_transforms(
@@ -62,16 +87,39 @@ def test_the_bundles_chain_equals_the_python_chain_it_replaces(shared_data, tmp_
     )
     new_train = recipe.get_parsed_content("train_transforms")
     new_eval, old_eval = preprocessing_transforms(prep), classification_transforms("eval", **old)
-    for path in _files(shared_data, tmp_path):
-        item = {"image": path, "label": 1}
-        assert torch.equal(new_eval(dict(item))["image"], old_eval(dict(item))["image"]), path
-        outs = []
-        for chain in (new_train, old_train):
-            set_determinism(3)
-            chain.set_random_state(5)
-            outs.append(chain(dict(item))["image"])
-        assert torch.equal(*outs), path
-    set_determinism(None)
+    _assert_same_tensors((new_eval, old_eval), (new_train, old_train), _files(shared_data, tmp_path))
+
+
+@pytest.mark.parametrize(
+    "ids", [{}, {"fit": "pad_crop", "spacing": [6.0, 6.0, 8.0], "image_size": [20, 24, 16]}]
+)
+def test_the_3d_bundles_chain_equals_the_python_chain_it_replaces(shared_data, ids):
+    """The same for volumes: ``spacing`` and ``fit`` switch steps of the JSON chain on and off as
+    ``volume_transforms`` does; a 4D series is refused by both."""
+    recipe = bundle_recipe("resnet3d_adrenal", **ids)
+    prep = recipe.get_parsed_content("evaluation_preprocessing")
+    facts = {k: recipe[k] for k in ("image_size", "channels", "colour", "spatial_dims", "spacing", "fit")}
+    old = _older_record(recipe["model_name"], intensity="minmax", **facts)
+    old.pop("reader_max_size")  # 3D readers take no size limit
+    assert {k: v for k, v in prep.items() if k != "transforms" and v is not None} == {
+        k: v for k, v in old.items() if v is not None
+    }
+    steps = [step["_target_"].rpartition(".")[2] for step in prep["transforms"]]
+    assert ("Spacingd" in steps) == (facts["spacing"] is not None)
+    assert steps[-1] == {"resize": "Resized", "pad_crop": "ResizeWithPadOrCropd"}[facts["fit"]]
+    augmentation = bundle_recipe("resnet3d_adrenal", **ids).get_parsed_content("augmentation")
+    old_train = classification_transforms("train", augmentation=augmentation, **old)
+    new_train = recipe.get_parsed_content("train_transforms")
+    new_eval, old_eval = preprocessing_transforms(prep), classification_transforms("eval", **old)
+    volumes = [
+        str(shared_data / "nifti" / name)
+        for name in ("brain_mri/FLAIR.nii.gz", "misc/reoriented_anat_moved.nii")
+    ]
+    _assert_same_tensors((new_eval, old_eval), (new_train, old_train), volumes)
+    series_4d = {"image": str(shared_data / "nifti/brain_4d/example4d.nii.gz")}
+    for chain in (new_eval, old_eval):
+        with pytest.raises(RuntimeError, match="applying transform"):
+            chain(dict(series_4d))
 
 
 def test_an_override_of_the_chain_is_recorded_and_changes_the_input(tmp_path):

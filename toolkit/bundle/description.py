@@ -2,9 +2,10 @@
 
 Training writes what every consumer needs to rebuild the model and feed it: the network
 (``toolkit.networks.create_network`` arguments), the class names, the evaluation preprocessing
-(``toolkit.transforms.classification_transforms`` arguments: input size, channels, intensity
-preset; for 3D models ``spatial_dims`` 3 and the voxel spacing / fit) and the fingerprint of
-the split it was trained on. Evaluation, bundle inference, `cit infer` and `cit report` read it,
+(the bundle's chain recorded as data, ``transforms``, and the facts read from it: input size,
+channels, colour, intensity family; for 3D models ``spatial_dims`` 3 and the voxel spacing / fit;
+records written before the chain was recorded hold ``classification_transforms`` arguments) and
+the fingerprint of the split it was trained on. Evaluation, bundle inference, `cit infer` and `cit report` read it,
 so no training choice has to be repeated as an override;
 an override that contradicts it is an error, since it would silently change the predictions.
 The file sits in the checkpoint's folder, so a ``ckpt_path`` pointing elsewhere brings its own.
@@ -23,9 +24,10 @@ import torch
 
 from toolkit.bundle.datalists import read_json_object
 from toolkit.io import atomic_write_json
-from toolkit.networks import create_network, input_normalisation
+from toolkit.networks import create_network
 from toolkit.transforms import classification_transforms
 from toolkit.transforms.recorded import RecordedChainError, check_record, record_steps, recorded_transforms
+from toolkit.transforms.volumes import FIT_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -114,29 +116,17 @@ def require_weights(ckpt: str | os.PathLike) -> None:
         )
 
 
-def evaluation_preprocessing(
-    model_name: str, image_size, channels: int, colour: str, intensity: str, **preprocessing_kwargs
+def chain_preprocessing(
+    image_size, channels: int, colour: str, loading: list, normalisation: list, **facts: Any
 ) -> dict:
-    """The evaluation chain's arguments a training run uses and records in ``model_info.json``.
-
-    With the ``imagenet`` preset, the mean / std are those the architecture's ImageNet weights expect
-    (:func:`toolkit.networks.input_normalisation`: 0.5 / 0.5 for ``tf_efficientnet_lite*``, ImageNet's
-    for ResNets), so evaluation, inference and the exports use them without an override;
-    ``preprocessing_kwargs={"intensity_kwargs": {...}}`` overrides them.
-    """
-    prep = dict(image_size=image_size, reader_max_size=image_size, channels=channels, colour=colour)
-    given = dict(preprocessing_kwargs.pop("intensity_kwargs", None) or {})
-    if intensity == "imagenet":
-        given = {**input_normalisation(model_name, int(channels)), **given}
-    return {**prep, "intensity": intensity, "intensity_kwargs": given or None, **preprocessing_kwargs}
-
-
-def chain_preprocessing(image_size, channels: int, colour: str, loading: list, normalisation: list) -> dict:
     """The evaluation preprocessing of a bundle that states its chain in train.json (``loading``,
     ``normalisation``): the recorded steps (``"transforms"``) and the facts other parts read: input
-    size, channels and colour policy as configured, and, read from the steps, the reader's size limit
-    and the intensity family (``imagenet`` with its mean / std, ``minmax``, else ``recorded``) that a
-    teacher's input conversion and a backbone's description use."""
+    size, channels and colour policy as configured, ``facts`` (3D: ``spatial_dims``, ``spacing``,
+    ``fit``), and, read from the steps, the reader's size limit and the intensity family
+    (``imagenet`` with its mean / std, ``minmax``, else ``recorded``) that a teacher's input
+    conversion and a backbone's description use."""
+    if facts.get("fit", FIT_MODES[0]) not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {facts['fit']!r}")
     loading, normalisation = record_steps(loading, "loading"), record_steps(normalisation, "normalisation")
     reader = next((s["reader"] for s in loading if isinstance(s.get("reader"), dict)), {})
     return {
@@ -145,15 +135,18 @@ def chain_preprocessing(image_size, channels: int, colour: str, loading: list, n
         "channels": channels,
         "colour": colour,
         **_intensity_family(loading, normalisation),
+        **facts,
         "transforms": loading + normalisation,
     }
 
 
 def _intensity_family(loading: list[dict], normalisation: list[dict]) -> dict:
-    """``minmax`` when the loading ends with a min-max to [0, 1], ``imagenet`` when the normalisation
-    then subtracts a mean and divides by a std per channel, else ``recorded`` (no preset describes it)."""
-    last = loading[-1] if loading else {"_target_": ""}
-    if _class_name(last) != "ScaleIntensityd" or (last.get("minv"), last.get("maxv")) != (0.0, 1.0):
+    """``minmax`` when the loading's one intensity step is a min-max to [0, 1] (its other steps read,
+    reorient, resample and resize), ``imagenet`` when the normalisation then subtracts a mean and
+    divides by a std per channel, else ``recorded`` (no preset describes it)."""
+    scaling = [step for step in loading if _class_name(step) not in _GEOMETRY]
+    minmax = {"_target_": "monai.transforms.ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
+    if scaling != [minmax]:
         return {"intensity": "recorded", "intensity_kwargs": None}
     if not normalisation:
         return {"intensity": "minmax", "intensity_kwargs": None}
@@ -163,6 +156,22 @@ def _intensity_family(loading: list[dict], normalisation: list[dict]) -> dict:
         if isinstance(mean, list) and isinstance(std, list):
             return {"intensity": "imagenet", "intensity_kwargs": {"mean": mean, "std": std}}
     return {"intensity": "recorded", "intensity_kwargs": None}
+
+
+# loading steps that leave intensities as they are (up to interpolation)
+_GEOMETRY = frozenset(
+    (
+        "LoadImaged",
+        "EnsureChannelFirstd",
+        "SelectSliced",
+        "SelectVolumed",
+        "AsChannelsd",
+        "Orientationd",
+        "Spacingd",
+        "Resized",
+        "ResizeWithPadOrCropd",
+    )
+)
 
 
 def _class_name(step: dict) -> str:

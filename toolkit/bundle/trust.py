@@ -30,6 +30,8 @@ WORKFLOW_FILES = (
     "multi_gpu_evaluate.json",
 )
 TRUST_ENV = "CIT_TRUST_BUNDLE"
+# component keys that make MONAI run the component under a debugger, with the values that do not
+_DEBUGGER_KEYS = {"_mode_": ("default", "callable"), "_debug_": (False,)}
 # the repository's own bundles (a source checkout): trusted like the toolkit itself
 OWN_BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -39,12 +41,15 @@ class UntrustedBundleError(PermissionError):
 
 
 def config_entries(config: Any, at: str = "") -> Iterator[tuple[str, str, str]]:
-    """``(kind, config id, value)`` for every expression (``$``), component (``_target_``) and macro (``%``)."""
+    """``(kind, config id, value)`` for every expression (``$``), component (``_target_``), macro (``%``)
+    and request for a debugger (``_mode_: debug``, ``_debug_``)."""
     if isinstance(config, dict):
         for key, value in config.items():
             where = f"{at}#{key}" if at else str(key)
             if key == "_target_" and isinstance(value, str):
                 yield "_target_", where, value
+            elif key in _DEBUGGER_KEYS and value not in _DEBUGGER_KEYS[key]:
+                yield "debugger", where, f"{key} {value!r}"  # MONAI would stop in pdb: never on the list
             else:
                 yield from config_entries(value, where)
     elif isinstance(config, list):

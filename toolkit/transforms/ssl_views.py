@@ -1,7 +1,7 @@
 """Two augmented views of one image, for self-supervised pretraining (``toolkit.engines.ssl``).
 
-The chain is the evaluation chain of classification (load, channels, resize, intensity preset:
-the same input the fine-tuned classifier will see), then `TwoViewsd`, which turns ``image``
+The chain is the evaluation chain of classification (the bundle's ``loading`` and
+``normalisation`` lists: the same input the fine-tuned classifier will see), then `TwoViewsd`, which turns ``image``
 into ``view1`` and ``view2`` by two independent draws of the bundle's random transforms (the
 ``view_augmentation`` list of ``bundles/pretrain_ssl/configs/train.json``, MONAI transforms with
 the reasons for each beside it). `TwoViewsd` is the only new piece, so ``CacheDataset`` caches the
@@ -14,9 +14,9 @@ import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from monai.transforms import Compose, MapTransform, Randomizable
+from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
-from toolkit.transforms.chains import classification_transforms
+from toolkit.transforms.recorded import build_steps, record_steps
 
 __all__ = ["TwoViewsd", "two_view_transforms"]
 
@@ -68,29 +68,20 @@ class TwoViewsd(Randomizable, MapTransform):
 
 
 def two_view_transforms(
-    image_size: int = 64,
-    channels: int = 3,
-    colour: str = "grey",
-    intensity: str = "imagenet",
-    view_keys: Sequence[str] = ("view1", "view2"),
+    loading: Sequence,
+    normalisation: Sequence,
     augmentation: Sequence | Compose = (),
-    **chain_kwargs: Any,
+    view_keys: Sequence[str] = ("view1", "view2"),
 ) -> Compose:
     """``{"image": path}`` -> ``{"view1": tensor, "view2": tensor}`` (labels, if any, are ignored).
 
-    The deterministic part is `classification_transforms(stage="eval")` with the same arguments a
-    classification bundle uses (``chain_kwargs`` e.g. ``reader_max_size``), so the trunk learns on
-    the input its classifier will get; ``augmentation``: the random transforms that make one view
-    (the pretraining bundle's ``view_augmentation`` list), drawn twice by :class:`TwoViewsd`.
+    The deterministic part is a classification bundle's evaluation chain: ``loading`` and
+    ``normalisation``, config components built through their record as
+    :func:`~toolkit.transforms.recorded.training_transforms` builds them, so the trunk learns on the
+    input its classifier will get; ``augmentation``: the random transforms that make one view (the
+    pretraining bundle's ``view_augmentation`` list), drawn twice by :class:`TwoViewsd`.
     """
-    load = classification_transforms(
-        stage="eval",
-        image_size=image_size,
-        channels=channels,
-        colour=colour,
-        intensity=intensity,
-        label_key=None,
-        **chain_kwargs,
-    )
+    load = build_steps(record_steps(loading, "loading") + record_steps(normalisation, "normalisation"))
+    plain = EnsureTyped("image", data_type="tensor", dtype="float32", track_meta=False)
     views = TwoViewsd("image", view_keys, augmentation=augmentation)
-    return Compose([*load.transforms, views])
+    return Compose([*load, plain, views])

@@ -32,7 +32,7 @@ from toolkit.transforms.readers import ImageReadError
 from toolkit.transforms.utility import AsChannelsd, LabelToTensord
 from toolkit.transforms.volume_reader import VolumeReader
 
-__all__ = ["FIT_MODES", "SelectVolumed", "volume_transforms"]
+__all__ = ["FIT_MODES", "SelectVolumed", "volume_size", "volume_transforms", "voxel_spacing"]
 
 FIT_MODES = ("resize", "pad_crop")
 
@@ -77,11 +77,22 @@ class SelectVolumed(MapTransform):
         return img[index : index + 1]
 
 
-def _size3(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
+def volume_size(value: int | Sequence[int], what: str = "image_size") -> tuple[int, int, int]:
+    """A 3D size from one int (a cube) or 3 ints."""
     values = (value,) * 3 if isinstance(value, (int, float)) else tuple(value)
     if len(values) != 3 or any(int(v) != v or v < 1 for v in values):
         raise ValueError(f"{what} must be one positive int (a cube) or 3 of them, got {value!r}")
     return tuple(int(v) for v in values)
+
+
+def voxel_spacing(spacing: float | Sequence[float] | None) -> tuple[float, float, float] | None:
+    """A voxel spacing in mm from one number or 3 (None: none)."""
+    if spacing is None:
+        return None
+    pixdim = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(map(float, spacing))
+    if len(pixdim) != 3 or min(pixdim) <= 0:
+        raise ValueError(f"spacing must be one positive number or 3 of them, got {spacing!r}")
+    return pixdim
 
 
 def volume_transforms(
@@ -127,7 +138,7 @@ def volume_transforms(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     if fit not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-    size = _size3(image_size, "image_size")
+    size = volume_size(image_size)
     steps = [
         LoadImaged(keys, reader=VolumeReader(), image_only=True),
         EnsureChannelFirstd(keys),
@@ -136,10 +147,7 @@ def volume_transforms(
         Orientationd(keys, axcodes=axcodes, labels=None),  # labels from the RAS metadata of both readers
     ]
     if spacing is not None:
-        pixdim = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(map(float, spacing))
-        if len(pixdim) != 3 or min(pixdim) <= 0:
-            raise ValueError(f"spacing must be one positive number or 3 of them, got {spacing!r}")
-        steps.append(Spacingd(keys, pixdim=pixdim, mode="bilinear"))
+        steps.append(Spacingd(keys, pixdim=voxel_spacing(spacing), mode="bilinear"))
     steps += intensity_transforms(intensity, keys=keys, **(intensity_kwargs or {}))
     if fit == "resize":
         anti_aliasing = resize_mode not in ("nearest", "area")
