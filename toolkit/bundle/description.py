@@ -5,9 +5,9 @@ Training writes what every consumer needs to rebuild the model and feed it: the 
 (the bundle's chain recorded as data, ``transforms``, and the facts read from it: input size,
 channels, colour, intensity family; for 3D models ``spatial_dims`` 3 and the voxel spacing / fit;
 records written before the chain was recorded hold ``classification_transforms`` arguments) and
-the fingerprint of the split it was trained on. Evaluation, bundle inference, `cit infer` and `cit report` read it,
-so no training choice has to be repeated as an override;
-an override that contradicts it is an error, since it would silently change the predictions.
+the fingerprint of the split it was trained on. Evaluation, bundle inference, `cit infer` and
+`cit report` read it, so no training choice has to be repeated as an override; an override that
+contradicts it is an error, since it would silently change the predictions.
 The file sits in the checkpoint's folder, so a ``ckpt_path`` pointing elsewhere brings its own.
 """
 
@@ -85,8 +85,9 @@ class ModelInfo:
 
 def preprocessing_transforms(preprocessing: dict, **kwargs):
     """The evaluation chain ``preprocessing`` (a model record's) describes: the recorded steps
-    (``"transforms"``, :mod:`toolkit.transforms.recorded`) when it holds them, else, for 3D models and
-    records written before bundles stated their chain, ``classification_transforms`` with its arguments.
+    (``"transforms"``, :mod:`toolkit.transforms.recorded`) when it holds them, else, for records written
+    before bundles stated their chain and an untrained bundle's ``study_model``, ``classification_transforms``
+    with its arguments.
     ``kwargs``: ``label_key`` (``None`` for unlabelled input); other arguments of the older form."""
     if "transforms" not in preprocessing:
         return classification_transforms(stage="eval", **{**preprocessing, **kwargs})

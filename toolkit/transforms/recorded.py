@@ -1,6 +1,6 @@
 """A transform chain as data: written in a bundle's train.json, recorded with the trained model, rebuilt.
 
-A 2D bundle states its loading and normalisation steps in ``configs/train.json`` as MONAI config
+A bundle states its loading and normalisation steps in ``configs/train.json`` as MONAI config
 components with ``"_mode_": "callable"``: MONAI's parser then hands over each class with its
 resolved arguments (a ``functools.partial``) instead of the built object, so :func:`record_steps`
 can write exactly those arguments, as plain JSON, into ``models/model_info.json``. Evaluation,
@@ -117,8 +117,12 @@ def record_steps(steps: Sequence, where: str = "transforms") -> list[dict]:
     return out
 
 
+def _in_namespace(dotted: str) -> bool:
+    return any(dotted == n or dotted.startswith(f"{n}.") for n in ALLOWED_NAMESPACES)
+
+
 def _check_target(name: Any, where: str) -> None:
-    if not isinstance(name, str) or not name.startswith(tuple(f"{n}." for n in ALLOWED_NAMESPACES)):
+    if not isinstance(name, str) or not _in_namespace(name.rpartition(".")[0]):
         raise RecordedChainError(
             f"{where}: _target_ {name!r} is outside the allowed namespaces {', '.join(ALLOWED_NAMESPACES)}"
         )
@@ -129,7 +133,7 @@ def _check_target(name: Any, where: str) -> None:
         found = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError):
         raise RecordedChainError(f"{where}: _target_ {name!r} does not exist in this installation") from None
-    if not inspect.isclass(found) or not found.__module__.startswith(ALLOWED_NAMESPACES):
+    if not inspect.isclass(found) or not _in_namespace(found.__module__):
         raise RecordedChainError(f"{where}: _target_ {name!r} is not a transform class of {module}")
 
 
