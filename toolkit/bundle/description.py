@@ -4,7 +4,8 @@ Training writes what every consumer needs to rebuild the model and feed it: the 
 (``toolkit.networks.create_network`` arguments), the class names, the evaluation preprocessing
 (the bundle's chain recorded as data, ``transforms``, and the facts read from it: input size,
 channels, colour, intensity family; for 3D models ``spatial_dims`` 3 and the voxel spacing / fit;
-records written before the chain was recorded hold ``classification_transforms`` arguments) and
+records written before the chain was recorded hold the facts only, and are read as the chain they stood
+for, :mod:`toolkit.bundle.legacy_records`) and
 the fingerprint of the split it was trained on. Evaluation, bundle inference, `cit infer` and
 `cit report` read it, so no training choice has to be repeated as an override; an override that
 contradicts it is an error, since it would silently change the predictions.
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 
 from toolkit.bundle.datalists import read_json_object
+from toolkit.bundle.legacy_records import legacy_chain
 from toolkit.io import atomic_write_json
 from toolkit.networks import create_network
-from toolkit.transforms import classification_transforms
 from toolkit.transforms.recorded import RecordedChainError, check_record, record_steps, recorded_transforms
 from toolkit.transforms.volumes import FIT_MODES
 
@@ -78,23 +79,18 @@ class ModelInfo:
         """The untrained network of this model (weights are loaded by the caller)."""
         return create_network(**self.network, pretrained=None)
 
-    def preprocessing_transforms(self, **kwargs):
-        """The evaluation chain this model was validated with (``kwargs`` add e.g. ``label_key=None``)."""
-        return preprocessing_transforms(self.preprocessing, **kwargs)
+    def preprocessing_transforms(self, label_key: str | None = "label"):
+        """The evaluation chain this model was validated with (``label_key=None`` for unlabelled input)."""
+        return preprocessing_transforms(self.preprocessing, label_key=label_key)
 
 
-def preprocessing_transforms(preprocessing: dict, **kwargs):
-    """The evaluation chain ``preprocessing`` (a model record's) describes: the recorded steps
-    (``"transforms"``, :mod:`toolkit.transforms.recorded`) when it holds them, else, for records written
-    before bundles stated their chain and an untrained bundle's ``study_model``, ``classification_transforms``
-    with its arguments.
-    ``kwargs``: ``label_key`` (``None`` for unlabelled input); other arguments of the older form."""
-    if "transforms" not in preprocessing:
-        return classification_transforms(stage="eval", **{**preprocessing, **kwargs})
-    unknown = set(kwargs) - {"label_key"}
-    if unknown:
-        raise TypeError(f"a recorded chain takes only label_key, got {sorted(unknown)}")
-    return recorded_transforms(preprocessing["transforms"], **kwargs)
+def preprocessing_transforms(preprocessing: dict, label_key: str | None = "label"):
+    """The evaluation chain ``preprocessing`` (a model record's) describes: its recorded steps
+    (``"transforms"``, :mod:`toolkit.transforms.recorded`), or, for a record written before bundles
+    stated their chain and an untrained bundle's ``study_model``, the chain its facts stood for.
+    ``label_key``: ``None`` for unlabelled input."""
+    record = preprocessing["transforms"] if "transforms" in preprocessing else legacy_chain(preprocessing)
+    return recorded_transforms(record, label_key=label_key)
 
 
 def weights_start(network: torch.nn.Module) -> dict:
@@ -199,8 +195,8 @@ def write_model_info(
 
     ``network`` holds ``create_network`` arguments that define the architecture (``name``,
     ``num_classes``, ``in_channels``, extra model options); weight options (``pretrained``,
-    ``freeze``...) are not part of it. ``preprocessing`` holds the evaluation-stage
-    ``classification_transforms`` arguments.
+    ``freeze``...) are not part of it. ``preprocessing`` is :func:`chain_preprocessing`'s: the
+    recorded evaluation chain and the facts read from it.
     """
     split_fp = read_json_object(Path(datalist_file)).get("split_fingerprint") if datalist_file else None
     info = ModelInfo(
@@ -273,13 +269,14 @@ def load_model_info(ckpt: str | os.PathLike, untrained: dict | None = None, **ov
             bundle_name=doc.get("bundle_name"),
             start=doc.get("start"),
         )
+        if "transforms" not in info.preprocessing:  # an older record, or an untrained bundle's study_model
+            info.preprocessing["transforms"] = legacy_chain(info.preprocessing)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid model description: {err!r}") from err
-    if "transforms" in info.preprocessing:  # configuration that names classes to build: data only
-        try:
-            check_record(info.preprocessing["transforms"], "preprocessing#transforms")
-        except RecordedChainError as err:
-            raise RecordedChainError(f"{path}: {err}; the model is refused") from None
+    try:  # configuration that names classes to build: data only
+        check_record(info.preprocessing["transforms"], "preprocessing#transforms")
+    except RecordedChainError as err:
+        raise RecordedChainError(f"{path}: {err}; the model is refused") from None
     contradictions = []
     for key, value in overrides.items():
         if key not in OVERRIDABLE:
