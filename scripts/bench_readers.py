@@ -5,9 +5,10 @@ folder and measures CPU milliseconds per image (median over the files, one torch
 
   a) ``pydicom_torch``: pydicom ``dcmread`` + ``pixel_array`` + torch area resize to 224 + [0, 1]
      (the floor: what any reader must do);
-  b) ``ours``: ``toolkit.transforms.classification_transforms("eval", 224, channels=1,
-     reader_max_size=224)`` (DicomReader with early shrinking + channel-first + resize +
-     min-max), plus the same chain without ``reader_max_size`` (``ours_no_max_size``);
+  b) ``ours``: the evaluation chain of a model recorded with ``image_size`` 224, ``channels`` 1,
+     ``reader_max_size`` 224 (``toolkit.bundle.preprocessing_transforms``: DicomReader with early
+     shrinking + channel-first + resize + min-max), plus the same chain without ``reader_max_size``
+     (``ours_no_max_size``);
   c) ``monai_pydicom``: MONAI ``LoadImage(PydicomReader)`` + ``EnsureChannelFirst`` +
      ``ScaleIntensity`` + ``Resize(224)``;
 
@@ -105,10 +106,11 @@ def main() -> None:
     from monai.data import PydicomReader
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensity
 
-    from toolkit.transforms import classification_transforms
+    from toolkit.bundle import preprocessing_transforms
 
-    ours = classification_transforms("eval", 224, channels=1, reader_max_size=224, label_key=None)
-    ours_full = classification_transforms("eval", 224, channels=1, label_key=None)
+    record = {"image_size": 224, "channels": 1}
+    ours = preprocessing_transforms({**record, "reader_max_size": 224}, label_key=None)
+    ours_full = preprocessing_transforms(record, label_key=None)
     monai_chain = Compose(
         [
             LoadImage(reader=PydicomReader(), image_only=True),

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from monai.data import list_data_collate
 from monai.transforms import Compose, Randomizable
 from monai.utils import set_determinism
 
+from toolkit.bundle.configs import bundle_parser
 from toolkit.data import load_datalist, make_synthetic_dataset
 from toolkit.engines import dataset_items, prepare_batch_for, prepare_network
 from toolkit.networks import create_network
-from toolkit.transforms import classification_transforms
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "bundles" / "resnet18_brain_ct" / "configs" / "train.json"
@@ -74,15 +74,9 @@ def bare_rates(datalist: Path, args) -> tuple[list[float], int]:
 
     Like the bundle's loader, a last partial batch is dropped (BatchNorm cannot train on one image)."""
     items = dataset_items(load_datalist(datalist), "training")
-    parser = ConfigParser()  # the bundle's own augmentation list, built as the bundle builds it
-    parser.read_config(str(CONFIG))
-    parser["image_size"] = args.image_size
-    chain = classification_transforms(
-        stage="train",
-        image_size=args.image_size,
-        channels=3,
-        intensity="imagenet",
-        augmentation=parser.get_parsed_content("augmentation"),
+    # the bundle's own training chain (loading, augmentation, normalisation), built as its training builds it
+    chain = bundle_parser(CONFIG.parents[1], image_size=args.image_size).get_parsed_content(
+        "train_transforms"
     )
     first_random = next(i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable))
     prepare, augment = Compose(chain.transforms[:first_random]), Compose(chain.transforms[first_random:])

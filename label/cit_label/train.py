@@ -10,7 +10,7 @@ label is a class, not a mask. This task instead:
    case-insensitively; an unknown name fails the run and names the image and the classes;
 3. lays the images out as a class-per-folder tree of links and runs the bundle's ``train.json``
    (``python -m monai.bundle run training``) in a subprocess, with the served model's architecture,
-   input size, channels and intensity preset and ``--split#classes`` fixing the class order;
+   input size, channels and intensity and ``--split#classes`` fixing the class order;
 4. on success puts the new ``model.pt`` and ``model_info.json`` beside the served ones (the infer task
    reloads a ``model.pt`` whose time stamp changed) and keeps the run in ``<bundle>/train_runs/<time>``.
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from toolkit.bundle.configs import read_config
+from toolkit.bundle.configs import bundle_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # config files of each run, as the README's commands give them (evaluation overlays train.json)
@@ -61,10 +61,7 @@ def run_bundle(
 def bundle_recipe(bundle: str, config: str = "train", **ids) -> ConfigParser:
     """MONAI's ConfigParser on a bundle's config as a run reads it (macros resolved), with ``ids`` set:
     ``parser.get_parsed_content("augmentation")`` builds the bundle's augmentation as its training does."""
-    parser = ConfigParser(read_config(bundle_config(bundle, config)))
-    parser.resolve_macro_and_relative_ids()
-    parser.update(ids)
-    return parser
+    return bundle_parser(REPO_ROOT / "bundles" / bundle, config, **ids)
 
 
 def verify_bundle(bundle: str, ckpt_dir: Path) -> None:

@@ -192,3 +192,36 @@ def test_exported_copy_has_monai_properties_from_another_folder(trained, tmp_pat
     assert study["network"] == recorded["network"] and study["preprocessing"] == facts
     assert recorded["preprocessing"]["transforms"]  # the chain is in the model's own record
     assert not os.path.exists(packed / "output"), "the check wrote into the copy"
+
+
+def test_an_untrained_bundle_passes_verify_net_in_out_and_ckpt_export(tmp_path, in_repo):
+    """MONAI's own tools on a bundle as shipped (no model_info.json, no weights): train.json's
+    ``network_def`` is built from the configuration, so ``verify_net_in_out`` runs, and ``ckpt_export``
+    turns a checkpoint given from elsewhere into TorchScript that answers as the network does."""
+    import torch
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    from toolkit.bundle.configs import bundle_parser
+
+    bundle = REPO_ROOT / "bundles" / "resnet18_brain_ct"
+    meta, train = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "train.json")
+    ids = {"ckpt_dir": str(tmp_path / "models")}  # holds nothing: the bundle is untrained
+    verify_net_in_out("network_def", meta_file=meta, config_file=train, device="cpu", **ids)
+    parser = bundle_parser(bundle, **ids)
+    parser.read_meta(meta)
+    network = parser.get_parsed_content("network_def").eval()
+    torch.save(network.state_dict(), tmp_path / "weights.pt")
+    exported = tmp_path / "model.ts"
+    ckpt_export(
+        "network_def",
+        filepath=str(exported),
+        ckpt_file=str(tmp_path / "weights.pt"),
+        meta_file=meta,
+        config_file=train,
+        use_trace=True,
+        **ids,
+    )
+    image = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(exported))(image), network(image), atol=1e-4, rtol=0)
+    assert not (tmp_path / "models").exists()  # nothing was trained or written into the bundle

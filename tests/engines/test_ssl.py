@@ -13,6 +13,7 @@ from monai.engines import SupervisedTrainer
 from monai.losses import ContrastiveLoss
 from monai.utils import set_determinism
 
+from toolkit.bundle import preprocessing_transforms
 from toolkit.bundle.teacher import imagenet_teacher
 from toolkit.data import load_datalist, make_synthetic_dataset
 from toolkit.engines.ssl import (
@@ -24,7 +25,6 @@ from toolkit.engines.ssl import (
     trunk_of,
 )
 from toolkit.networks import create_network
-from toolkit.transforms import classification_transforms
 from toolkit.transforms.ssl_views import TwoViewsd
 
 SIZE = 32
@@ -143,7 +143,7 @@ def test_the_imagenet_teacher_names_grace_hopper_from_the_students_input():
     input: the teacher still gives the classic answer, military uniform."""
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     student = {"image_size": 224, "channels": 3, "colour": "rgb", "intensity": "imagenet"}
-    image = classification_transforms("eval", label_key=None, **student)({"image": str(photo)})["image"]
+    image = preprocessing_transforms(student, label_key=None)({"image": str(photo)})["image"]
     teacher = imagenet_teacher("tf_efficientnet_lite0", student)
     probs = teacher(image[None]).softmax(1)[0]
     assert int(probs.argmax()) == 652 and probs[652] > 0.3

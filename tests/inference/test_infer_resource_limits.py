@@ -34,8 +34,9 @@ from resource_bombs import (
     write_bombs,
 )
 
+from toolkit.bundle import preprocessing_transforms
 from toolkit.inference.discovery import discover_inputs
-from toolkit.transforms import classification_transforms, find_read_error
+from toolkit.transforms import find_read_error
 from toolkit.transforms.dicom_io import read_dicom
 from toolkit.transforms.errors import DicomLimitError, ImageReadError, ResourceLimitError
 from toolkit.transforms.limits import ReadLimits, pillow_guard
@@ -162,7 +163,9 @@ def test_a_2d_chain_reads_one_slice_of_a_nifti_volume(tmp_path):
     arr, meta = NiftiReader(slice_index="middle").get_data(str(path))
     np.testing.assert_array_equal(arr, data[..., 4])
     assert meta["slice_index"] == 4 and tuple(meta["spatial_shape"]) == (6, 7)
-    image = classification_transforms("eval", 8, channels=1)({"image": str(path), "label": 0})["image"]
+    image = preprocessing_transforms({"image_size": 8, "channels": 1})({"image": str(path), "label": 0})[
+        "image"
+    ]
     assert tuple(image.shape) == (1, 8, 8) and bool(np.isfinite(image.numpy()).all())
 
 
@@ -211,7 +214,7 @@ def test_truncated_and_corrupt_jpegs_fail_with_a_reason(tmp_path):
     ]:
         (tmp_path / name).write_bytes(data)
         Image.open(io.BytesIO(data)).load()  # Pillow alone decodes them without a word
-        chain = classification_transforms("eval", 32)
+        chain = preprocessing_transforms({"image_size": 32})
         with pytest.raises(RuntimeError) as info:
             chain({"image": str(tmp_path / name), "label": 0})
         error = find_read_error(info.value)

@@ -12,10 +12,10 @@ import timm
 import torch
 
 from tests.bundles.bundle_helpers import bundle_recipe
-from toolkit.networks import PretrainedWeightsUnavailable, create_network, input_normalisation
+from toolkit.bundle import preprocessing_transforms
+from toolkit.networks import PretrainedWeightsUnavailable, create_network
 from toolkit.networks import packaged_weights as pw
 from toolkit.networks.freezing import stage_parameter_names
-from toolkit.transforms import classification_transforms
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MILITARY_UNIFORM = 652  # ImageNet-1k class of the classic Grace Hopper portrait
@@ -34,13 +34,11 @@ def _source_state(name="tf_efficientnet_lite0") -> OrderedDict:
 def test_lite0_imagenet_weights_name_grace_hopper_through_the_toolkit_chain(weights_dir):
     model = create_network("tf_efficientnet_lite0", 1000, pretrained="imagenet").eval()
     assert len(model.pretrained_report.loaded) == 296 and not model.pretrained_report.missing
-    chain = classification_transforms(
-        "eval",
-        image_size=224,
-        intensity="imagenet",
-        label_key=None,
-        intensity_kwargs=input_normalisation("tf_efficientnet_lite0"),
+    # the chain a bundle records for this model: its own normalisation from the weights' config
+    recipe = bundle_recipe(
+        "resnet18_brain_ct", model_name="tf_efficientnet_lite0", image_size=224, colour="rgb"
     )
+    chain = preprocessing_transforms(recipe.get_parsed_content("evaluation_preprocessing"), label_key=None)
     image = chain({"image": str(GRACE_HOPPER)})["image"]
     assert image.min() < -0.9 and image.max() > 0.9, "not the model's own 0.5 / 0.5 normalisation"
     with torch.no_grad():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.transforms import AsChannels, RasterReader, classification_transforms
-from toolkit.transforms import chains as chains_module
+from toolkit.bundle import preprocessing_transforms
+from toolkit.transforms import AsChannels, RasterReader, utility
 
 SIZE = 16
 
@@ -33,8 +33,9 @@ def _rgba(tmp_path) -> tuple[str, np.ndarray, np.ndarray]:
     return str(path), rgb, alpha
 
 
-def _chain(**kwargs):
-    return classification_transforms("eval", SIZE, intensity="none", label_key=None, **kwargs)
+def _chain(**facts):
+    """The evaluation chain of a model recorded with these facts (no intensity step)."""
+    return preprocessing_transforms({"image_size": SIZE, "intensity": "none", **facts}, label_key=None)
 
 
 def test_default_keeps_colour_and_grey_policy_gives_luminance_on_every_channel(tmp_path):
@@ -71,11 +72,10 @@ def test_alpha_dropped_or_composited_on_black(tmp_path):
 
 
 def test_policy_is_logged_once_per_run_and_bad_values_are_refused(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(chains_module, "_LOGGED", set())
-    with caplog.at_level(logging.INFO, logger="toolkit.transforms.chains"):
-        _chain(colour="grey", alpha="black")
-        _chain(colour="grey", alpha="black")
-        classification_transforms("train", SIZE, colour="grey", alpha="black")
+    monkeypatch.setattr(utility, "_LOGGED", set())
+    with caplog.at_level(logging.INFO, logger="toolkit.transforms.utility"):
+        for _ in range(3):
+            _chain(colour="grey", alpha="black")
     lines = [r.getMessage() for r in caplog.records if "colour policy" in r.getMessage()]
     assert lines == [
         "colour policy 'grey': colour images are converted to luminance (BT.601), then every image is repeated "

@@ -17,7 +17,8 @@ import torch
 from monai.data import PydicomReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged, Resized, ScaleIntensityd
 
-from toolkit.transforms import DicomReader, DicomReadError, classification_transforms
+from toolkit.bundle import preprocessing_transforms
+from toolkit.transforms import DicomReader, DicomReadError
 
 MAX_BYTES = 5_000_000  # larger files (big JPEG 2000) are skipped: each costs seconds to decode
 
@@ -173,7 +174,7 @@ def test_acr_nema_and_extensionless_files_are_recognised(shared_data):
 
 
 def test_extensionless_ct_series_loads_through_classification_chain(shared_data):
-    chain = classification_transforms("eval", image_size=24, intensity="ct_window", label_key=None)
+    chain = preprocessing_transforms({"image_size": 24, "intensity": "ct_window"}, label_key=None)
     series = sorted((shared_data / "dicom/ct_series_head_16x16").iterdir())
     for path in series:
         image = chain({"image": str(path)})["image"]

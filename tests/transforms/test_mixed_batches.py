@@ -9,7 +9,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.bundles.bundle_helpers import bundle_recipe
-from toolkit.transforms import classification_transforms
+from toolkit.bundle import preprocessing_transforms
 
 
 def _write_dicom(path):
@@ -38,9 +38,11 @@ def test_grey_rgb_and_dicom_images_collate_into_one_batch(tmp_path, stage):
         {"image": str(tmp_path / n), "label": i % 3}
         for i, n in enumerate(["rgb.jpg", "grey.png", "deep.png", "ct"])
     ]
-    brain_ct = bundle_recipe("resnet18_brain_ct", image_size=32).get_parsed_content("augmentation")
-    chain = classification_transforms(
-        stage=stage, image_size=32, augmentation=brain_ct if stage == "train" else []
+    recipe = bundle_recipe("resnet18_brain_ct", image_size=32)  # its training chain, or the one it records
+    chain = (
+        recipe.get_parsed_content("train_transforms")
+        if stage == "train"
+        else preprocessing_transforms(recipe.get_parsed_content("evaluation_preprocessing"))
     )
     batch = next(iter(DataLoader(Dataset(items, chain), batch_size=4)))
     assert tuple(batch["image"].shape) == (4, 3, 32, 32)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
+from toolkit.bundle import preprocessing_transforms
 from toolkit.transforms import (
     ImageReadError,
     NiftiReader,
     SelectSlice,
     SelectSliced,
-    classification_transforms,
     find_read_error,
 )
 
@@ -83,7 +83,7 @@ def test_nan_volume_is_rejected_with_its_name(tmp_path):
     data[2, 3, 2] = np.nan  # in the middle slice: the 2D chain reads only that slice
     path = tmp_path / "has_nan.nii.gz"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-    for chain in (_loader(), classification_transforms("eval", 16)):
+    for chain in (_loader(), preprocessing_transforms({"image_size": 16})):
         with pytest.raises(RuntimeError, match="applying transform.*LoadImaged") as info:
             chain({"image": str(path), "label": 0})
         assert isinstance(find_read_error(info.value), ImageReadError)

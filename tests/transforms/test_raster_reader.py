@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.transforms import ImageReadError, RasterReader, classification_transforms, find_read_error
+from toolkit.bundle import preprocessing_transforms
+from toolkit.transforms import ImageReadError, RasterReader, find_read_error
 
 
 def _gradient(height: int, width: int) -> np.ndarray:
@@ -22,7 +23,7 @@ def test_16bit_png_keeps_its_depth_and_orientation(tmp_path):
     arr, meta = RasterReader().get_data(str(path))
     assert arr.shape == (40, 60) and meta["original_channel_dim"] == "no_channel"
     np.testing.assert_array_equal(arr, pixels.astype(np.float32))
-    image = classification_transforms("eval", 32, label_key=None)({"image": str(path)})["image"]
+    image = preprocessing_transforms({"image_size": 32}, label_key=None)({"image": str(path)})["image"]
     assert tuple(image.shape) == (3, 32, 32) and image.dtype == torch.float32
     assert float(image.min()) == 0.0 and float(image.max()) == 1.0
     assert torch.unique(image[0]).numel() > 256  # not squeezed to 8 bits
@@ -33,11 +34,13 @@ def test_rgb_jpeg_comes_out_three_channel_in_unit_range(tmp_path):
     rgb = np.stack([_gradient(50, 70), 1 - _gradient(50, 70), np.full((50, 70), 0.5)], axis=-1)
     path = tmp_path / "colour.jpg"
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path, quality=95)
-    image = classification_transforms("eval", 32, label_key=None)({"image": str(path)})["image"]
+    image = preprocessing_transforms({"image_size": 32}, label_key=None)({"image": str(path)})["image"]
     assert tuple(image.shape) == (3, 32, 32) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     assert image[0].mean() > image[2].mean() * 0.5  # channels kept apart
-    grey = classification_transforms("eval", 32, channels=1, label_key=None)({"image": str(path)})["image"]
+    grey = preprocessing_transforms({"image_size": 32, "channels": 1}, label_key=None)({"image": str(path)})[
+        "image"
+    ]
     assert tuple(grey.shape) == (1, 32, 32)
 
 
@@ -62,10 +65,10 @@ def test_jpeg_draft_is_close_to_full_decode(tmp_path):
     rgb = np.stack([_gradient(1024, 768), 1 - _gradient(1024, 768), _gradient(1024, 768) ** 2], axis=-1)
     path = tmp_path / "large.jpg"
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path, quality=90)
-    fast = classification_transforms("eval", 96, reader_max_size=96, label_key=None)({"image": str(path)})[
-        "image"
-    ]
-    full = classification_transforms("eval", 96, label_key=None)({"image": str(path)})["image"]
+    fast = preprocessing_transforms({"image_size": 96, "reader_max_size": 96}, label_key=None)(
+        {"image": str(path)}
+    )["image"]
+    full = preprocessing_transforms({"image_size": 96}, label_key=None)({"image": str(path)})["image"]
     _, meta = RasterReader(max_size=96).get_data(str(path))
     assert meta["shrink_factor"] >= 4  # draft decoded at 1/4 or 1/8 scale
     difference = (fast - full).abs()
@@ -78,7 +81,7 @@ def test_unreadable_raster_names_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="broken.png"):
         RasterReader().get_data(str(path))
     with pytest.raises(RuntimeError, match="applying transform.*LoadImaged") as info:
-        classification_transforms("eval", 16)({"image": str(path), "label": 0})
+        preprocessing_transforms({"image_size": 16})({"image": str(path), "label": 0})
     assert "broken.png" in str(find_read_error(info.value))
 
 

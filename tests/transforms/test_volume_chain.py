@@ -1,5 +1,6 @@
-"""The 3D chain (classification_transforms(spatial_dims=3)) on the real volumes in ../shared/data/nifti, the
-CT series in ../shared/data/dicom and MHA / NRRD files written here with ITK."""
+"""The 3D chain (resnet3d_adrenal's ``loading`` in its train.json, as a model trained with it rebuilds it) on
+the real volumes in ../shared/data/nifti, the CT series in ../shared/data/dicom and MHA / NRRD files written
+here with ITK."""
 
 from __future__ import annotations
 
@@ -12,17 +13,35 @@ import torch
 from monai.transforms import Randomizable
 
 from tests.bundles.bundle_helpers import bundle_recipe
-from toolkit.bundle import load_model_info, write_model_info
+from toolkit.bundle import load_model_info, preprocessing_transforms, write_model_info
 from toolkit.data import make_synthetic_dataset
 from toolkit.data.datalist import load_datalist
-from toolkit.transforms import ImageReadError, classification_transforms, find_read_error, volume_transforms
+from toolkit.transforms import ImageReadError, find_read_error
+from toolkit.transforms.volumes import volume_size
 
 SIZE = 24
 
 
-def _chain(**kwargs):
-    options = {"stage": "eval", "image_size": SIZE, "channels": 1, "intensity": "minmax", "label_key": None}
-    return classification_transforms(spatial_dims=3, **{**options, **kwargs})
+# a CT window instead of the bundle's min-max, overridden as on the command line (--loading#6 ...)
+CT_WINDOW = {
+    "loading#6": {
+        "_target_": "ScaleIntensityRanged",
+        "_mode_": "callable",
+        "keys": "image",
+        **{"a_min": -160.0, "a_max": 240.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
+    }
+}
+
+
+def _recipe(**ids):
+    return bundle_recipe("resnet3d_adrenal", **{"image_size": SIZE, **ids})
+
+
+def _chain(**ids):
+    """The bundle's evaluation chain (``ids`` override its train.json), rebuilt from its record."""
+    return preprocessing_transforms(
+        _recipe(**ids).get_parsed_content("evaluation_preprocessing"), label_key=None
+    )
 
 
 def _image(chain, source) -> torch.Tensor:
@@ -63,19 +82,11 @@ def test_the_spacing_recorded_in_the_model_description_is_applied(shared_data, t
     path = shared_data / "nifti" / "orientation" / "RAS.nii.gz"
     image = nib.load(path)
     stored, voxel = np.asanyarray(image.dataobj), image.header.get_zooms()[:3]
-    info = write_model_info(
-        tmp_path,
-        {"name": "resnet18", "num_classes": 2, "in_channels": 1, "spatial_dims": 3},
-        ["a", "b"],
-        {
-            "image_size": 48,
-            "channels": 1,
-            "intensity": "minmax",
-            "spatial_dims": 3,
-            "spacing": spacing,
-            "fit": "pad_crop",
-        },
+    preprocessing = _recipe(image_size=48, spacing=spacing, fit="pad_crop").get_parsed_content(
+        "evaluation_preprocessing"
     )
+    network = {"name": "resnet18", "num_classes": 2, "in_channels": 1, "spatial_dims": 3}
+    info = write_model_info(tmp_path, network, ["a", "b"], preprocessing)
     out = load_model_info(tmp_path).preprocessing_transforms(label_key=None)({"image": str(path)})["image"]
     assert info.preprocessing["spacing"] == spacing and tuple(out.shape) == (1, 48, 48, 48)
     for axis in range(3):  # physical extent / new voxel size, within a voxel of resampling blur
@@ -96,7 +107,7 @@ def test_a_3d_network_with_2d_preprocessing_is_refused(tmp_path):
 def test_a_dicom_series_reads_alike_as_a_folder_and_as_files_in_any_order(shared_data):
     folder = shared_data / "dicom" / "ct_series_head_16x16"
     files = sorted(str(p) for p in folder.iterdir())
-    chain = _chain(intensity="ct_window", intensity_kwargs={"center": 40.0, "width": 400.0})
+    chain = _chain(**CT_WINDOW)
     from_folder = _image(chain, str(folder))
     assert tuple(from_folder.shape) == (1, SIZE, SIZE, SIZE)
     assert 0.0 <= float(from_folder.min()) and float(from_folder.max()) <= 1.0  # HU windowed
@@ -126,9 +137,9 @@ def test_a_4d_time_series_is_refused_unless_a_volume_is_chosen(shared_data):
     path = str(shared_data / "nifti" / "brain_4d" / "example4d.nii.gz")
     error = _read_error(_chain(), path)
     assert "4D image (2 volumes" in error.reason and error.filename == path
-    first, second = (_image(_chain(nifti_volume=v), path) for v in (0, 1))
+    first, second = (_image(_chain(**{"loading#2#volume": v}), path) for v in (0, 1))
     assert tuple(first.shape) == (1, SIZE, SIZE, SIZE) and not torch.equal(first, second)
-    assert "out of range for 2 volumes" in _read_error(_chain(nifti_volume=5), path).reason
+    assert "out of range for 2 volumes" in _read_error(_chain(**{"loading#2#volume": 5}), path).reason
 
 
 @pytest.mark.parametrize(
@@ -153,11 +164,12 @@ def test_a_broken_slice_in_a_series_names_that_file(shared_data, tmp_path):
     assert error.filename is not None and error.reason
 
 
-def test_3d_options_are_refused_by_the_2d_chain():
-    with pytest.raises(TypeError, match=r"\['spacing'\] apply to 3D chains only"):
-        classification_transforms(spacing=2.0)
+def test_an_image_size_that_is_not_a_cube_or_3_sides_is_refused():
     with pytest.raises(ValueError, match="image_size must be one positive int"):
-        volume_transforms(image_size=(16, 16))
+        volume_size((16, 16))
+    with pytest.raises(RuntimeError) as info:  # MONAI's parser names the expression, its cause the value
+        _chain(image_size=[16, 16])
+    assert "image_size must be one positive int" in str(info.value.__cause__)
 
 
 def test_training_chain_augments_after_the_cached_steps(tmp_path):
@@ -171,10 +183,7 @@ def test_training_chain_augments_after_the_cached_steps(tmp_path):
         spatial_dims=3,
     )
     item = load_datalist(datalist)["training"][0]
-    augmentation = bundle_recipe("resnet3d_adrenal", image_size=20).get_parsed_content("augmentation")
-    chain = classification_transforms(
-        stage="train", spatial_dims=3, image_size=20, channels=1, augmentation=augmentation
-    )
+    chain = bundle_recipe("resnet3d_adrenal", image_size=20).get_parsed_content("train_transforms")
     random_at = [i for i, t in enumerate(chain.transforms) if isinstance(t, Randomizable)]
     assert random_at and random_at == list(range(random_at[0], random_at[-1] + 1))  # one random block ...
     assert all(

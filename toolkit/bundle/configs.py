@@ -55,11 +55,18 @@ def _absolute_macros(value: Any, prefix: str) -> Any:
     return value
 
 
+def bundle_parser(bundle_dir: str | os.PathLike, config: str = "train", **ids: Any) -> ConfigParser:
+    """MONAI's ``ConfigParser`` on a bundle's ``configs/<config>.json`` as a run reads it (base macros
+    resolved), with ``ids`` set: ``get_parsed_content("train_transforms")`` builds the bundle's training
+    chain as its training does."""
+    parser = ConfigParser(read_config(Path(bundle_dir) / "configs" / f"{config}.json"))
+    parser.resolve_macro_and_relative_ids()
+    parser.update(ids)
+    return parser
+
+
 def trained_preprocessing(bundle_dir: str | os.PathLike, **ids: Any) -> dict:
     """The evaluation preprocessing that training the bundle (its ``train.json``, ``ids`` overriding
     it) records in ``model_info.json``: for describing a model made without a training run."""
-    parser = ConfigParser(read_config(Path(bundle_dir) / "configs" / "train.json"))
-    parser.resolve_macro_and_relative_ids()
-    parser.update(ids)
-    prep = parser.get_parsed_content("evaluation_preprocessing")
+    prep = bundle_parser(bundle_dir, **ids).get_parsed_content("evaluation_preprocessing")
     return {k: v for k, v in prep.items() if v is not None}

@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from toolkit.transforms.volumes import FIT_MODES, volume_size, voxel_spacing
 
-__all__ = ["LEGACY_INTENSITIES", "legacy_chain"]
+__all__ = ["LEGACY_INTENSITIES", "imagenet_statistics", "legacy_chain", "legacy_intensity"]
 
 LEGACY_INTENSITIES = ("minmax", "percentile", "ct_window", "zscore", "imagenet", "none")
 _KEYS = "image"
@@ -40,7 +40,7 @@ def legacy_chain(preprocessing: dict) -> list[dict]:
     size = options.pop("image_size", 224)
     channels = options.pop("channels", 3)
     colour = options.pop("colour", "rgb")
-    intensity = _intensity_steps(
+    intensity = legacy_intensity(
         options.pop("intensity", "minmax"), options.pop("intensity_kwargs", None), channels
     )
     dims = options.pop("spatial_dims", 2)
@@ -106,7 +106,7 @@ def _volume_loading(size, channels: int, colour: str, intensity: list[dict], opt
     return steps
 
 
-def _intensity_steps(name: str, kwargs: dict | None, channels: int) -> list[dict]:
+def legacy_intensity(name: str, kwargs: dict | None, channels: int) -> list[dict]:
     """The steps each intensity name stood for, with the defaults it had."""
     kwargs = dict(kwargs or {})
     known = {
@@ -162,16 +162,22 @@ def _intensity_steps(name: str, kwargs: dict | None, channels: int) -> list[dict
                 channel_wise=kwargs.get("channel_wise", True),
             )
         ]
-    channels = kwargs.get("channels", channels)
-    mean = kwargs.get("mean") or _imagenet_default(IMAGENET_DEFAULT_MEAN, channels)
-    std = kwargs.get("std") or _imagenet_default(IMAGENET_DEFAULT_STD, channels)
+    mean, std = imagenet_statistics(kwargs, kwargs.get("channels", channels))
+    return [minmax, _step("NormalizeIntensityd", subtrahend=mean, divisor=std, channel_wise=True)]
+
+
+def imagenet_statistics(kwargs: dict | None, channels: int) -> tuple[list[float], list[float]]:
+    """The mean / std of an ``imagenet`` intensity: as recorded, else ImageNet's per channel (for one
+    channel the average of the three)."""
+    kwargs = kwargs or {}
+    mean = list(kwargs.get("mean") or _imagenet_default(IMAGENET_DEFAULT_MEAN, channels))
+    std = list(kwargs.get("std") or _imagenet_default(IMAGENET_DEFAULT_STD, channels))
     if len(mean) != channels or len(std) != channels:
         raise ValueError(
             f"imagenet intensity: mean / std need {channels} values, got {len(mean)} / {len(std)}"
         )
-    return [minmax, _step("NormalizeIntensityd", subtrahend=list(mean), divisor=list(std), channel_wise=True)]
+    return mean, std
 
 
 def _imagenet_default(values: tuple, channels: int) -> list[float]:
-    """ImageNet's mean or std per channel; for one channel the average of the three."""
     return list(values) if channels == 3 else [sum(values) / 3] * channels

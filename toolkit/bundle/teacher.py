@@ -5,7 +5,7 @@ The teacher is a bundle folder (its ``configs/inference.json`` network definitio
 ``models/model.pt``, loaded as `cit infer` loads it) or a checkpoint file with its
 ``model_info.json`` beside it. Its recorded preprocessing is reconciled with the student's: the
 same tensor when they agree, else :class:`TeacherInput` converts the student's (augmented) input
-tensor to what the teacher was trained on (undo / redo the intensity preset, colour, channels,
+tensor to what the teacher was trained on (undo / redo the intensity normalisation, colour, channels,
 size), or the run is refused with both preprocessings named.
 """
 
@@ -19,21 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.bundle.description import load_model_info
+from toolkit.bundle.legacy_records import imagenet_statistics
 from toolkit.bundle.loading import load_bundle, load_weights
 from toolkit.engines import prepare_network
 from toolkit.engines.distillation import FrozenTeacher
 from toolkit.networks import create_network, input_normalisation
-from toolkit.transforms.intensity import IMAGENET_MEAN, IMAGENET_STD
 from toolkit.transforms.utility import AsChannels, colour_policy
 
 logger = logging.getLogger(__name__)
 
-# intensity presets whose map from the [0, 1] min-max image is known exactly (so it can be undone / redone)
+# intensity families whose map from the [0, 1] min-max image is known exactly (so it can be undone / redone)
 INVERTIBLE = ("minmax", "imagenet")
 # preprocessing keys a teacher and a student may differ in without any conversion; a recorded chain
 # ("transforms") is compared through the facts read from it, unless its intensity is no preset's
 IGNORED = ("reader_max_size", "resize_mode", "transforms")
-# classification_transforms defaults, for descriptions that leave a key out
+# the defaults of older records, for descriptions that leave a key out
 DEFAULTS = {"channels": 3, "colour": "rgb", "intensity": "minmax", "intensity_kwargs": {}}
 
 
@@ -148,7 +148,7 @@ def teacher_input(student: dict, teacher: dict, source: str = "the teacher") -> 
         )
     if "recorded" in (s["intensity"], t["intensity"]) and s.get("transforms") != t.get("transforms"):
         raise TeacherMismatchError(
-            f"{source}: the teacher's and the student's recorded preprocessing differ and no intensity preset "
+            f"{source}: the teacher's and the student's recorded preprocessing differ and no intensity family "
             "describes them, so the student's input cannot be converted; train the student with the teacher's chain"
         )
     if all(s.get(k) == t.get(k) for k in ("image_size", *DEFAULTS)):
@@ -160,7 +160,7 @@ def teacher_input(student: dict, teacher: dict, source: str = "the teacher") -> 
             f"{source}: the teacher was trained with intensity {t['intensity']!r} {t['intensity_kwargs'] or ''}, "
             f"{t['channels']} channel(s), colour {t['colour']!r}; the student with {s['intensity']!r} "
             f"{s['intensity_kwargs'] or ''}, {s['channels']} channel(s), colour {s['colour']!r}: converting between them "
-            f"needs intensity presets {' / '.join(INVERTIBLE)} on both sides; train the student with the teacher's preprocessing"
+            f"needs the intensity {' / '.join(INVERTIBLE)} on both sides; train the student with the teacher's preprocessing"
         )
     if t["colour"] == "rgb" and t["channels"] == 3 and (s["colour"] == "grey" or s["channels"] == 1):
         raise TeacherMismatchError(
@@ -175,7 +175,7 @@ def teacher_input(student: dict, teacher: dict, source: str = "the teacher") -> 
 class TeacherInput(torch.nn.Module):
     """The student's input batch ``(B, C, H, W)`` as the teacher's preprocessing makes it: back to
     the [0, 1] image, colour / channels as the teacher's, resized (bilinear, antialiased), min-max
-    per image and the teacher's intensity preset. With ``convert=False`` (same intensity, channels and colour on
+    per image and the teacher's intensity normalisation. With ``convert=False`` (same intensity, channels and colour on
     both sides) only the resize runs, on the normalised tensor."""
 
     def __init__(self, student: dict, teacher: dict, convert: bool = True):
@@ -208,10 +208,8 @@ class TeacherInput(torch.nn.Module):
 
 
 def _imagenet_stats(prep: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean / std of the imagenet preset as ``toolkit.transforms.intensity`` applies them."""
-    kwargs, channels = prep["intensity_kwargs"], prep["channels"]
-    mean = kwargs.get("mean") or (IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,) * channels)
-    std = kwargs.get("std") or (IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,) * channels)
+    """Mean / std of an ``imagenet`` intensity, as the model's chain applies them."""
+    mean, std = imagenet_statistics(prep["intensity_kwargs"], prep["channels"])
 
     def shaped(values):
         return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)

@@ -4,8 +4,8 @@ A bundle's augmentation is a list of MONAI transforms in its own ``configs/train
 (``"augmentation": [{"_target_": "RandRotated", ...}, ...]``, with the study's words and our
 assumptions in each ``_desc_``); this module holds only the transforms such a list names by full
 path, e.g. ``toolkit.transforms.RandGaussianBlurKerneld``, and :func:`augmentation_steps`, how
-the chains take such a list (:func:`~toolkit.transforms.chains.classification_transforms` runs it
-after the intensity scaling and before the ImageNet standardisation).
+the chains take such a list (:func:`~toolkit.transforms.recorded.training_transforms` runs it
+after the loading's [0, 1] scaling and before the normalisation).
 """
 
 from __future__ import annotations

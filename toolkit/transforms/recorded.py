@@ -28,8 +28,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureTyped
 
 from toolkit.transforms.augmentation import augmentation_steps
-from toolkit.transforms.chains import state_colour_policy
-from toolkit.transforms.utility import LabelToTensord
+from toolkit.transforms.utility import LabelToTensord, state_colour_policy
 
 __all__ = [
     "ALLOWED_NAMESPACES",
@@ -162,13 +161,20 @@ def check_record(record: Any, where: str = "transforms") -> None:
 
 
 def build_steps(record: list[dict], where: str = "transforms") -> list:
-    """The transforms ``record`` describes, built by MONAI's ``ConfigParser`` after :func:`check_record`."""
+    """The transforms ``record`` describes, built by MONAI's ``ConfigParser`` after :func:`check_record`;
+    an argument a transform refuses is a :class:`RecordedChainError` with the transform's own words."""
     if not isinstance(record, list) or not all(
         isinstance(step, dict) and "_target_" in step for step in record
     ):
         raise RecordedChainError(f"{where}: expected a list of transform components, each with a _target_")
     check_record(record, where)
-    return list(ConfigParser({"steps": record}).get_parsed_content("steps", lazy=False))
+    try:
+        return list(ConfigParser({"steps": record}).get_parsed_content("steps", lazy=False))
+    except RuntimeError as err:  # MONAI names the whole component; its cause says what is wrong with it
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise RecordedChainError(f"{where}: a step cannot be built: {cause}") from err
 
 
 def _finish(steps: list, keys: str, label_key: str | None) -> Compose:
@@ -182,7 +188,7 @@ def _finish(steps: list, keys: str, label_key: str | None) -> Compose:
 
 def recorded_transforms(record: list[dict], label_key: str | None = "label", keys: str = "image") -> Compose:
     """The evaluation chain of a recorded model: its steps, then tensors out (and the label, if any).
-    Its colour policy is stated in the log once per run, as the Python chain states it."""
+    Its colour policy is stated in the log once per run."""
     steps = build_steps(record)
     reader = next((step["reader"] for step in record if isinstance(step.get("reader"), dict)), {})
     for step in record:

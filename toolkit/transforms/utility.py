@@ -1,9 +1,11 @@
 """Small deterministic transforms the chains need and MONAI lacks: 2D slice / volume selection,
-channel-count conversion and label-to-tensor conversion. Array form + dictionary form, MONAI style.
+channel-count conversion under a colour policy (stated in the log once per run) and label-to-tensor
+conversion. Array form + dictionary form, MONAI style.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -22,11 +24,15 @@ __all__ = [
     "AsChannelsd",
     "COLOUR_POLICIES",
     "colour_policy",
+    "describe_colour_policy",
+    "state_colour_policy",
     "LabelToTensord",
     "label_to_tensor",
     "invert_intensity",
 ]
 
+logger = logging.getLogger(__name__)
+_LOGGED: set[tuple] = set()  # colour policies already stated in this process (once per run)
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
 
@@ -129,6 +135,28 @@ def colour_policy(colour: str) -> str:
     if value not in COLOUR_POLICIES:
         raise ValueError(f"colour must be one of {COLOUR_POLICIES}, got {colour!r}")
     return value
+
+
+def describe_colour_policy(colour: str, alpha: str, channels: int) -> str:
+    """One sentence saying what the chain does with grey, colour and transparent images."""
+    colour = colour_policy(colour)
+    if colour == "grey":
+        text = f"colour images are converted to luminance (BT.601), then every image is repeated to {channels} channel(s)"
+    elif channels == 1:
+        text = "grey stays grey, colour images are converted to luminance (BT.601) for the 1-channel network"
+    else:
+        text = f"colour is kept (RGB), grey images are repeated to {channels} channels"
+    transparent = (
+        "alpha is dropped" if alpha == "drop" else "images are composited on black (pixel x opacity)"
+    )
+    return f"colour policy {colour!r}: {text}; RGBA / LA / transparent palette: {transparent}"
+
+
+def state_colour_policy(colour: str, alpha: str, channels: int) -> None:
+    """Log (INFO) :func:`describe_colour_policy`, once per run for each policy."""
+    if (colour, alpha, channels) not in _LOGGED:
+        _LOGGED.add((colour, alpha, channels))
+        logger.info(describe_colour_policy(colour, alpha, channels))
 
 
 class AsChannels(Transform):

@@ -1,7 +1,7 @@
 """Reading 3D volumes for 3D models: NIfTI (nibabel), MHA / MHD / NRRD files and DICOM series (ITK).
 
-:class:`VolumeReader` is the ``LoadImage(d)`` reader of the 3D chain
-(:func:`toolkit.transforms.volumes.volume_transforms`). It gives MONAI's channel-last ``(x, y, z)``
+:class:`VolumeReader` is the ``LoadImage(d)`` reader of the 3D chain (a 3D bundle's
+``loading`` list, ``loading#volume_3d`` in ``configs/base/components.json``). It gives MONAI's channel-last ``(x, y, z)``
 arrays with a RAS ``affine`` and ``spacing`` in the metadata, so ``Orientation`` and ``Spacing``
 put every volume on one grid whatever its header's voxel order.
 

@@ -1,11 +1,10 @@
-"""The 3D chain: volumes (NIfTI, MHA / NRRD, DICOM series) to network-ready ``(C, D, H, W)`` tensors.
+"""What a 3D bundle's chain needs besides MONAI's transforms: one volume of a 4D image
+(:class:`SelectVolumed`) and the checks of its ``image_size`` and ``spacing`` ids.
 
-:func:`volume_transforms` is what :func:`~toolkit.transforms.chains.classification_transforms`
-builds for ``spatial_dims=3``: load (:class:`~toolkit.transforms.volume_reader.VolumeReader`) ->
-channel first -> one volume of a 4D image -> channels -> ``Orientation`` to RAS -> ``Spacing`` to
-the model's voxel spacing (when it has one) -> intensity preset -> resize (or pad / crop) to
-``image_size`` -> (train only) the bundle's 3D augmentation transforms -> float32 tensors.
-Deterministic steps come first, so ``CacheDataset`` caches them once.
+The chain itself is the bundle's ``loading`` list in its train.json (``loading#volume_3d`` in
+``configs/base/components.json``): load (:class:`~toolkit.transforms.volume_reader.VolumeReader`) ->
+channel first -> one volume -> channels -> ``Orientation`` to RAS -> ``Spacing`` to the voxel spacing
+(when given) -> min-max -> resize (or pad / crop) to ``image_size``.
 """
 
 from __future__ import annotations
@@ -15,24 +14,12 @@ from typing import Any
 
 from monai.config import KeysCollection
 from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
     MapTransform,
-    Orientationd,
-    Resized,
-    ResizeWithPadOrCropd,
-    Spacingd,
 )
 
-from toolkit.transforms.augmentation import augmentation_steps
-from toolkit.transforms.intensity import intensity_transforms
 from toolkit.transforms.readers import ImageReadError
-from toolkit.transforms.utility import AsChannelsd, LabelToTensord
-from toolkit.transforms.volume_reader import VolumeReader
 
-__all__ = ["FIT_MODES", "SelectVolumed", "volume_size", "volume_transforms", "voxel_spacing"]
+__all__ = ["FIT_MODES", "SelectVolumed", "volume_size", "voxel_spacing"]
 
 FIT_MODES = ("resize", "pad_crop")
 
@@ -93,70 +80,3 @@ def voxel_spacing(spacing: float | Sequence[float] | None) -> tuple[float, float
     if len(pixdim) != 3 or min(pixdim) <= 0:
         raise ValueError(f"spacing must be one positive number or 3 of them, got {spacing!r}")
     return pixdim
-
-
-def volume_transforms(
-    stage: str = "train",
-    image_size: int | Sequence[int] = 64,
-    channels: int = 1,
-    intensity: str = "minmax",
-    intensity_kwargs: dict | None = None,
-    augmentation: Sequence | Compose | None = None,
-    keys: str = "image",
-    label_key: str | None = "label",
-    spacing: float | Sequence[float] | None = None,
-    axcodes: str = "RAS",
-    fit: str = "resize",
-    resize_mode: str = "trilinear",
-    volume: int | None = None,
-    colour: str = "grey",
-) -> Compose:
-    """Transforms for 3D classification over a datalist entry ``{"image": volume, "label": ...}``.
-
-    ``image`` is a NIfTI / MHA / MHD / NRRD file, a folder holding one DICOM series or a list of
-    a series' instance files (see :class:`~toolkit.transforms.volume_reader.VolumeReader`).
-
-    Args:
-        image_size: network input, one int (a cube) or 3 ints, in RAS axis order.
-        channels: network input channels; RGB volumes become luminance for 1 channel (``colour``).
-        spacing: voxel spacing in mm (one number or 3) to resample to after reorienting; None (for
-            data without a physical spacing, e.g. MedMNIST) resamples nothing: ``fit`` alone decides the size.
-        axcodes: the voxel order every volume is turned to (MONAI ``Orientation``), RAS by default.
-        fit: ``"resize"`` stretches the volume to ``image_size`` (``resize_mode`` interpolation,
-            anti-aliased when shrinking); ``"pad_crop"`` keeps the voxel size and pads / crops
-            symmetrically (use it with ``spacing`` to keep physical scale).
-        intensity: preset of :func:`~toolkit.transforms.intensity.intensity_transforms` (``minmax``,
-            ``ct_window`` for CT series in HU, ``zscore``, ``percentile``); applied before padding, so
-            padding is the preset's 0.
-        augmentation: the bundle's random 3D transforms (a list or a ``Compose``; its ``"augmentation"``
-            list in ``configs/train.json``), run after the resize on the preset's scale (train stage only).
-        volume: for 4D images (time series), the volume to use; None refuses them.
-    """
-    if stage not in ("train", "eval"):
-        raise ValueError(f"stage must be 'train' or 'eval', got {stage!r}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if fit not in FIT_MODES:
-        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
-    size = volume_size(image_size)
-    steps = [
-        LoadImaged(keys, reader=VolumeReader(), image_only=True),
-        EnsureChannelFirstd(keys),
-        SelectVolumed(keys, volume=volume),
-        AsChannelsd(keys, channels=channels, colour=colour),
-        Orientationd(keys, axcodes=axcodes, labels=None),  # labels from the RAS metadata of both readers
-    ]
-    if spacing is not None:
-        steps.append(Spacingd(keys, pixdim=voxel_spacing(spacing), mode="bilinear"))
-    steps += intensity_transforms(intensity, keys=keys, **(intensity_kwargs or {}))
-    if fit == "resize":
-        anti_aliasing = resize_mode not in ("nearest", "area")
-        steps.append(Resized(keys, spatial_size=size, mode=resize_mode, anti_aliasing=anti_aliasing))
-    else:
-        steps.append(ResizeWithPadOrCropd(keys, spatial_size=size))
-    if stage == "train":
-        steps += augmentation_steps(augmentation)
-    steps.append(EnsureTyped(keys, data_type="tensor", dtype="float32", track_meta=False))
-    if label_key:
-        steps.append(LabelToTensord(label_key, allow_missing_keys=True))
-    return Compose(steps)

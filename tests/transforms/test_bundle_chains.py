@@ -1,4 +1,5 @@
-"""Intensity presets and the classification chain (with the bundles' augmentation lists)."""
+"""The bundles' chains (loading, augmentation, normalisation in their train.json), built as training and
+evaluation build them."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ from monai.transforms import Compose, RandomizableTrait
 from PIL import Image
 
 from tests.bundles.bundle_helpers import bundle_recipe
-from toolkit.transforms import INTENSITY_PRESETS, classification_transforms, intensity_transforms
+from toolkit.bundle import preprocessing_transforms
+from toolkit.transforms import augmentation_steps
+from toolkit.transforms.recorded import build_steps, record_steps
 
 SIZE = 32
-
-
-def _image(channels: int = 3) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, SIZE), torch.linspace(0, 1, SIZE), indexing="ij")
-    base = 0.2 + 0.6 * xx * (1 - 0.5 * yy)
-    base[8:14, 20:26] = 0.95  # an asymmetric bright block so flips / rotations show
-    return torch.stack([base * (1 - 0.1 * c) for c in range(channels)])
 
 
 def _augmentation(bundle: str, **ids) -> list:
@@ -29,36 +25,9 @@ def _augmentation(bundle: str, **ids) -> list:
     return bundle_recipe(bundle, image_size=SIZE, **ids).get_parsed_content("augmentation")
 
 
-# ---------------------------------------------------------------- intensity
-
-
-def test_intensity_presets():
-    hu = torch.tensor([[[-1000.0, 0.0, 40.0, 80.0, 3000.0]]])
-    out = Compose(intensity_transforms("ct_window"))({"image": hu})["image"]
-    torch.testing.assert_close(torch.as_tensor(out), torch.tensor([[[0.0, 0.0, 0.5, 1.0, 1.0]]]))
-
-    out = Compose(intensity_transforms("minmax"))({"image": hu})["image"]
-    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
-
-    spiky = torch.cat([torch.linspace(0, 1, 1000), torch.tensor([1000.0])]).view(1, 1, -1)
-    out = Compose(intensity_transforms("percentile", lower=1, upper=99))({"image": spiky})["image"]
-    assert float(out.max()) == 1.0 and float(out[0, 0, 500]) == pytest.approx(0.5, abs=0.02)
-
-    out = Compose(intensity_transforms("zscore"))({"image": _image()})["image"]
-    assert abs(float(out[0].mean())) < 1e-5 and float(out[0].std()) == pytest.approx(1.0, abs=0.05)
-
-    out = Compose(intensity_transforms("imagenet"))({"image": _image()})["image"]
-    scaled = (_image() - _image().min()) / (_image().max() - _image().min())
-    expected = (scaled[1] - 0.456) / 0.224
-    torch.testing.assert_close(torch.as_tensor(out[1]), expected, atol=1e-5, rtol=0)
-    grey = Compose(intensity_transforms("imagenet", channels=1))({"image": _image(1)})["image"]
-    assert grey.shape == (1, SIZE, SIZE)
-
-    assert set(INTENSITY_PRESETS) == {"minmax", "percentile", "ct_window", "zscore", "imagenet"}
-    with pytest.raises(ValueError, match="unknown intensity preset"):
-        intensity_transforms("nope")
-    with pytest.raises(ValueError, match="ct_window"):
-        intensity_transforms("ct_window", level=3)
+def _training_chain(bundle: str, **ids) -> Compose:
+    """The bundle's training chain (``train_transforms``) at ``SIZE`` px, as its training builds it."""
+    return bundle_recipe(bundle, image_size=SIZE, **ids).get_parsed_content("train_transforms")
 
 
 # ---------------------------------------------------------------- augmentation
@@ -66,18 +35,17 @@ def test_intensity_presets():
 
 def test_augmentation_is_a_list_of_transforms_not_a_preset_name():
     assert not any(
-        isinstance(t, RandomizableTrait) for t in classification_transforms("train", SIZE).transforms
+        isinstance(t, RandomizableTrait)
+        for t in _training_chain("resnet18_brain_ct", augmentation=[]).transforms
     )
     with pytest.raises(TypeError, match="the preset names are gone"):
-        classification_transforms("train", SIZE, augmentation="pneumonia")
-    flat = classification_transforms("train", SIZE, augmentation=Compose(_augmentation("resnet18_brain_ct")))
-    assert [type(t).__name__ for t in flat.transforms[6:11]] == [
-        "RandRotated",
-        "RandFlipd",
-        "RandZoomd",
-        "RandScaleIntensityd",
-        "RandAdjustContrastd",
-    ]
+        augmentation_steps("pneumonia")
+    flat = augmentation_steps(Compose(_augmentation("resnet18_brain_ct")))
+    assert (
+        [type(t).__name__ for t in _training_chain("resnet18_brain_ct").transforms[6:11]]
+        == [type(t).__name__ for t in flat]
+        == ["RandRotated", "RandFlipd", "RandZoomd", "RandScaleIntensityd", "RandAdjustContrastd"]
+    )
 
 
 # ---------------------------------------------------------------- chains
@@ -100,13 +68,7 @@ def png_files(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_train_chain_gives_float_tensors_of_the_right_shape(png_files, shared_data, channels):
-    chain = classification_transforms(
-        "train",
-        image_size=SIZE,
-        channels=channels,
-        intensity="imagenet",
-        augmentation=_augmentation("resnet18_brain_ct"),
-    )
+    chain = _training_chain("resnet18_brain_ct", channels=channels)
     files = [
         *png_files,
         str(shared_data / "dicom/mr/MR_small.dcm"),
@@ -120,7 +82,7 @@ def test_train_chain_gives_float_tensors_of_the_right_shape(png_files, shared_da
         assert out["patient_id"] == "p1"
 
 
-@pytest.mark.parametrize("builder", ["classification_transforms", "minority_training_transforms"])
+@pytest.mark.parametrize("builder", ["training_transforms", "minority_training_transforms"])
 def test_augmentation_pads_with_black_under_imagenet_standardisation(tmp_path, builder):
     """A shifted training image is padded with black, the value black has at test time, not with
     the ImageNet mean (a mid grey no test image has): augmentation runs before mean / std."""
@@ -130,42 +92,42 @@ def test_augmentation_pads_with_black_under_imagenet_standardisation(tmp_path, b
     pixels[0, 0] = 0  # one black pixel: after min-max, white is 1 and black 0
     path = tmp_path / "white.png"
     Image.fromarray(pixels).save(path)
-    build = getattr(minority, builder) if builder.startswith("minority") else classification_transforms
     shift_only = {  # the pneumonia study's affine, overridden as on the command line: shifts of 40 %
         "augmentation#0#rotate_range": 0.0,
         "augmentation#0#scale_range": [0.0, 0.0],
         "augmentation#0#translate_range": [0.4 * SIZE, 0.4 * SIZE],
     }
     augmentation = _augmentation("resnet50_pneumonia", **shift_only)
-    if builder == "classification_transforms":
-        chain = build(
-            image_size=SIZE, channels=1, augmentation=augmentation, intensity="imagenet", stage="train"
-        )
+    if builder == "training_transforms":
+        recipe = bundle_recipe("resnet50_pneumonia", image_size=SIZE, channels=1, **shift_only)
+        chain = recipe.get_parsed_content("train_transforms")
     else:
         recipe = bundle_recipe("resnet_d_covid_cxr", image_size=SIZE, channels=1)
         parts = ("minority_synthesis", "loading", "normalisation")
         syntheses, loading, normalisation = (recipe.get_parsed_content(part) for part in parts)
-        chain = build(syntheses, loading, normalisation, augmentation=augmentation)
+        chain = minority.minority_training_transforms(
+            syntheses, loading, normalisation, augmentation=augmentation
+        )
     chain.set_random_state(seed=0)
-    black, white = Compose(intensity_transforms("imagenet", channels=1))(
-        {"image": torch.tensor([[[0.0, 1.0]]])}
-    )["image"][0, 0]
+    standardise = Compose(build_steps(record_steps(recipe.get_parsed_content("normalisation"))))
+    black, white = standardise({"image": torch.tensor([[[0.0, 1.0]]])})["image"][0, 0]
     outs = torch.stack([chain({"image": str(path), "label": 0})["image"] for _ in range(8)])
     near_black = float((outs - black).abs().lt(0.05).float().mean())
     mid_grey = float(((outs > black + 0.5) & (outs < white - 0.5)).float().mean())
+    assert black < -1.0 and white > 1.0  # the ImageNet mean / std did run
     assert mid_grey < 0.05, f"{mid_grey:.0%} of the pixels are neither black nor white (grey padding)"
     assert near_black > 0.1, "the shifts never padded the image"
 
 
 def test_multi_hot_label_becomes_float_vector(png_files):
-    out = classification_transforms("eval", SIZE)({"image": png_files[0], "label": [0, 1, 1]})
+    out = preprocessing_transforms({"image_size": SIZE})({"image": png_files[0], "label": [0, 1, 1]})
     torch.testing.assert_close(out["label"], torch.tensor([0.0, 1.0, 1.0]))
 
 
 def test_eval_chain_is_deterministic_and_gives_plain_tensors(shared_data):
-    chain = classification_transforms(
-        "eval", SIZE, augmentation=_augmentation("resnet50_pneumonia")
-    )  # ignored
+    recipe = bundle_recipe("resnet50_pneumonia", image_size=SIZE)
+    chain = preprocessing_transforms(recipe.get_parsed_content("evaluation_preprocessing"))
+    assert not any(isinstance(t, RandomizableTrait) for t in chain.transforms)
     path = str(shared_data / "dicom/ct/CT_small.dcm")
     a, b = chain({"image": path, "label": 1}), chain({"image": path, "label": 1})
     torch.testing.assert_close(a["image"], b["image"])
@@ -173,7 +135,7 @@ def test_eval_chain_is_deterministic_and_gives_plain_tensors(shared_data):
 
 
 def test_deterministic_steps_come_first_and_cache(png_files):
-    chain = classification_transforms("train", SIZE, augmentation=_augmentation("deit_distilled_lung_histo"))
+    chain = _training_chain("deit_distilled_lung_histo")
     kinds = [isinstance(t, RandomizableTrait) for t in chain.transforms]
     first_random = kinds.index(True)
     assert not any(kinds[:first_random]) and first_random >= 5
@@ -182,13 +144,6 @@ def test_deterministic_steps_come_first_and_cache(png_files):
     batch = next(iter(DataLoader(dataset, batch_size=3)))
     assert batch["image"].shape == (3, 3, SIZE, SIZE)
     pickle.dumps(chain)  # DataLoader workers need picklable transforms
-
-
-def test_chain_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="stage"):
-        classification_transforms("test")
-    with pytest.raises(ValueError, match="channels"):
-        classification_transforms(channels=2)
 
 
 def test_blur_uses_a_3x3_gaussian_kernel():
