@@ -254,3 +254,23 @@ def test_the_recipe_digest_follows_configs_and_the_code_a_bundle_run_executes(tm
         json.dumps({"training": {"command": ["x"], "configs": "y", "returncode": 0}})
     )
     assert not compare._reusable(tmp_path, "training", ["x"], compare.recipe_digest(bundle), [])
+
+
+def test_an_override_names_an_earlier_models_weights_and_their_hash_joins_the_recipe(tmp_path):
+    """``{model:teacher}`` (a distillation student's teacher_ckpt) becomes the weights the teacher trained
+    in this comparison; other weights give another digest (the student is retrained), and a model that is
+    not trained yet, or the model itself, is refused naming the file."""
+    from toolkit.studies.compare import Comparison, _fill_model_references
+
+    comparison = Comparison(tmp_path, tmp_path / "datalist.json", [])
+    weights = tmp_path / "runs" / "teacher" / "models" / "model.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(2)}, weights)
+    filled, first = _fill_model_references(["--teacher_ckpt", "{model:teacher}"], comparison, "student")
+    assert filled == ["--teacher_ckpt", str(weights)] and len(first) == 1
+    torch.save({"w": torch.ones(2)}, weights)
+    assert _fill_model_references(["{model:teacher}"], comparison, "student")[1] != first
+    assert _fill_model_references(["--max_epochs", "2"], comparison, "student") == (["--max_epochs", "2"], [])
+    for reference, name in (("{model:other}", "student"), ("{model:teacher}", "teacher")):
+        with pytest.raises(FileNotFoundError, match="so that it is trained first"):
+            _fill_model_references([reference], comparison, name)

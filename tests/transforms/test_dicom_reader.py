@@ -173,7 +173,7 @@ def test_acr_nema_and_extensionless_files_are_recognised(shared_data):
     assert not reader.verify_suffix(shared_data / "dicom/manifest.csv")
 
 
-def test_extensionless_ct_series_loads_through_classification_chain(shared_data):
+def test_extensionless_ct_series_loads_through_the_evaluation_chain(shared_data):
     chain = preprocessing_transforms({"image_size": 24, "intensity": "ct_window"}, label_key=None)
     series = sorted((shared_data / "dicom/ct_series_head_16x16").iterdir())
     for path in series:

@@ -9,7 +9,7 @@ train.json gives today (``toolkit.transforms.recorded``), so every model is rebu
 the record and its allow-list. An untrained bundle's ``study_model`` (its inference.json) states the
 same facts and is read the same way.
 
-The arguments' defaults and the five intensity names are those of the function the records came
+The arguments' defaults and the intensity names are those of the function the records came
 from; this is the only place they live.
 """
 
@@ -23,7 +23,16 @@ from toolkit.transforms.volumes import FIT_MODES, volume_size, voxel_spacing
 
 __all__ = ["LEGACY_INTENSITIES", "imagenet_statistics", "legacy_chain", "legacy_intensity"]
 
-LEGACY_INTENSITIES = ("minmax", "percentile", "ct_window", "zscore", "imagenet", "none")
+# each intensity name of the older records, with the arguments it took
+_INTENSITY_ARGUMENTS = {
+    "minmax": (),
+    "percentile": ("lower", "upper", "channel_wise"),
+    "ct_window": ("center", "width"),
+    "zscore": ("nonzero", "channel_wise"),
+    "imagenet": ("mean", "std", "channels"),
+    "none": (),
+}
+LEGACY_INTENSITIES = tuple(_INTENSITY_ARGUMENTS)
 _KEYS = "image"
 _IMAGE_ONLY = ("reader_max_size", "dicom_frame", "nifti_slice", "alpha")
 
@@ -62,20 +71,20 @@ def legacy_chain(preprocessing: dict) -> list[dict]:
 def _image_loading(size: int, channels: int, colour: str, options: dict) -> list[dict]:
     """Read (the project's reader), channel first, a volume's slice, channels, a square resize."""
     slice_index = options.pop("nifti_slice", "middle")
-    nifti_volume = options.pop("nifti_volume", None)
-    volume = {"volume": nifti_volume} if nifti_volume is not None else {}
     reader = {
         "_target_": "toolkit.transforms.MedicalImageReader",
         "max_size": options.pop("reader_max_size", None),
         "dicom_frame": options.pop("dicom_frame", "reject"),
         "alpha": options.pop("alpha", "drop"),
         "nifti_slice": slice_index,
-        **{f"nifti_{k}": v for k, v in volume.items()},
     }
+    select = _step("toolkit.transforms.SelectSliced", axis=-1, index=slice_index)
+    if "nifti_volume" in options:  # one volume of a 4D NIfTI (written only when given)
+        reader["nifti_volume"] = select["volume"] = options.pop("nifti_volume")
     return [
         _step("LoadImaged", image_only=True, reader=reader),
         _step("EnsureChannelFirstd"),
-        _step("toolkit.transforms.SelectSliced", axis=-1, index=slice_index, **volume),
+        select,
         _step("toolkit.transforms.AsChannelsd", channels=channels, colour=colour),
         _step("Resized", spatial_size=[size, size], mode=options.pop("resize_mode", None) or "area"),
     ]
@@ -109,18 +118,10 @@ def _volume_loading(size, channels: int, colour: str, intensity: list[dict], opt
 def legacy_intensity(name: str, kwargs: dict | None, channels: int) -> list[dict]:
     """The steps each intensity name stood for, with the defaults it had."""
     kwargs = dict(kwargs or {})
-    known = {
-        "minmax": (),
-        "percentile": ("lower", "upper", "channel_wise"),
-        "ct_window": ("center", "width"),
-        "zscore": ("nonzero", "channel_wise"),
-        "imagenet": ("mean", "std", "channels"),
-        "none": (),
-    }
-    if name not in known:
+    if name not in _INTENSITY_ARGUMENTS:
         raise ValueError(f"unknown intensity {name!r}; records hold one of {list(LEGACY_INTENSITIES)}")
-    if set(kwargs) - set(known[name]):
-        raise ValueError(f"intensity {name!r} takes {list(known[name])}, got {sorted(kwargs)}")
+    if set(kwargs) - set(_INTENSITY_ARGUMENTS[name]):
+        raise ValueError(f"intensity {name!r} takes {list(_INTENSITY_ARGUMENTS[name])}, got {sorted(kwargs)}")
     minmax = _step("ScaleIntensityd", minv=0.0, maxv=1.0)
     if name == "none":
         return []

@@ -22,8 +22,10 @@ examples:
 Everything after `--` is passed to every bundle's training run (and, for the ids its evaluate.json
 defines, e.g. --image_size or --batch_size, to its evaluation). The split is built once into
 <out>/datalist.json; every model must have been trained on it (an already-trained model is refused
-otherwise). Exit status: 0 every model compared, 3 some failed (listed in the table), 1 none could
-be scored, 2 bad command line or input.
+otherwise). An override may name an earlier --model's weights as {model:NAME}, e.g. a distillation
+student's --set 'student:teacher_ckpt={model:teacher}' (models run in the order given).
+Exit status: 0 every model compared, 3 some failed (listed in the table), 1 none could be scored,
+2 bad command line or input.
 """
 
 

@@ -10,6 +10,11 @@ Layout of the output folder ``out``::
     out/runs/<name>/run.json            the commands run and their exit codes (for ``reuse``)
     out/comparison.md, .csv, .json      the table (``toolkit.studies.compare_table``)
 
+An override may name the weights an earlier model of the same comparison trained as
+``{model:<name>}`` (e.g. a distillation student's ``--teacher_ckpt {model:teacher}``: the teacher is
+then trained on the same split first); their hash is part of the run's recipe, so new teacher weights
+retrain the student.
+
 Each bundle is trained and evaluated with MONAI's bundle runner in a subprocess, exactly as a user
 runs it, so a crash stays in its model's row and log. Every model must have been trained on the
 shared split (same images in training / validation / test, checked from the split file its
@@ -61,6 +66,7 @@ RESERVED = (
     "eval_split",
 )
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+MODEL_REFERENCE = re.compile(r"\{model:([A-Za-z0-9._-]+)\}")  # an earlier model's weights, in an override
 # what a model's own checks raise: missing files, a bad model description or split, an unknown id
 MODEL_ERRORS = (OSError, ValueError, KeyError)
 
@@ -319,15 +325,17 @@ def run_model(spec: ModelSpec, comparison: Comparison, shared: dict, position: s
     run_dir = comparison.run_dir(spec.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     run = ModelRun(spec.name, str(spec.bundle), overrides=list(spec.overrides))
-    overrides = comparison.overrides + spec.overrides
     try:
+        overrides, references = _fill_model_references(
+            comparison.overrides + spec.overrides, comparison, spec.name
+        )
         job = _Job(
             spec,
             comparison,
             run,
             run_dir,
             base_config_dir(spec.bundle).parents[1],
-            recipe_digest(spec.bundle),
+            "-".join([recipe_digest(spec.bundle), *references]),
             overrides,
             [],
         )
@@ -354,6 +362,24 @@ def run_model(spec: ModelSpec, comparison: Comparison, shared: dict, position: s
     if _evaluate(job, ckpt_dir, output_dir):
         job.progress.close("evaluated" + (f" (reused: {', '.join(run.reused)})" if run.reused else ""))
     return run
+
+
+def _fill_model_references(overrides: list[str], comparison: Comparison, name: str) -> tuple[list[str], list]:
+    """``{model:<earlier>}`` in ``overrides`` -> the weights that model of this comparison trained, and
+    the start of their SHA-256 for the recipe digest."""
+    hashes = []
+
+    def weights(match: re.Match) -> str:
+        found = comparison.run_dir(match.group(1)) / "models" / "model.pt"
+        if match.group(1) == name or not found.is_file():
+            raise FileNotFoundError(
+                f"{match.group(0)}: {found} does not exist; list the model {match.group(1)!r} before "
+                f"{name!r} so that it is trained first (and check that its training succeeded)"
+            )
+        hashes.append(sha256_file(found)[:16])
+        return str(found)
+
+    return [MODEL_REFERENCE.sub(weights, value) for value in overrides], hashes
 
 
 def _train(job: _Job, ckpt_dir: Path, output_dir: Path) -> bool:
