@@ -44,6 +44,7 @@ from toolkit.bundle.datalists import saved_datalist
 from toolkit.bundle.description import load_model_info
 from toolkit.evaluation.compare import ComparisonSet, compare_predictions, paired_bootstrap
 from toolkit.evaluation.thresholds import THRESHOLDS_FILE, load_thresholds, threshold_vector
+from toolkit.studies.experiments import MIN_POSITIVES, scored_findings
 
 # the two `cit infer` runs of each candidate: the fp32 reference first
 RUNS = {
@@ -121,8 +122,7 @@ def score(info, items: list[dict], probs: dict[str, np.ndarray], ckpt_dir: Path,
     if multi:  # findings with too few positive or negative test images are left out (module docstring)
         thresholds_file = ckpt_dir / THRESHOLDS_FILE
         stored = load_thresholds(thresholds_file) if thresholds_file.is_file() else None
-        positives = y_true.sum(axis=0)
-        keep = (positives >= args.min_positives) & (len(y_true) - positives >= args.min_positives)
+        keep = scored_findings(y_true, args.min_positives)
         left_out = [c for c, k in zip(classes, keep, strict=True) if not k]
         classes, y_true = [c for c, k in zip(classes, keep, strict=True) if k], y_true[:, keep]
         probs = {k: p[:, keep] for k, p in probs.items()}
@@ -162,7 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--calibration-images", type=int, default=200)
     p.add_argument("--max-auroc-drop", type=float, default=None, help="loosen the export's guard")
     p.add_argument("--min-agreement", type=float, default=None, help="loosen the export's guard")
-    p.add_argument("--min-positives", type=int, default=5, help="multi-label: findings scored (see above)")
+    p.add_argument(
+        "--min-positives", type=int, default=MIN_POSITIVES, help="multi-label: findings scored (see above)"
+    )
     args = p.parse_args(argv)
 
     ckpt_dir, output_dir = Path(args.ckpt_dir).resolve(), Path(args.output_dir).resolve()

@@ -159,6 +159,7 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             "- arms: " + "; ".join(f"`{a}` {o or '(bundle defaults)'}" for a, o in spec["arms"].items()),
             f"- label fractions {spec.get('label_fractions', [1.0])}, seeds {spec.get('seeds', [0])}",
         ]
+        lines += _findings_line(read_json_object(out_dir / name / "summary.json"))
         if spec.get("discussion"):
             lines += [f"- {spec['discussion']}"]
         if name in missing:
@@ -167,6 +168,24 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
             lines += _stale_line(name, stale[name])
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _findings_line(summary: dict | None) -> list[str]:
+    """Multi-label experiments: the findings left out of the scores (the same in every run: one split)."""
+    left_out = {
+        tuple(run["findings_left_out"])
+        for run in (summary or {}).get("runs", [])
+        if "findings_left_out" in run
+    }
+    if not left_out:
+        return []
+    names = ", ".join(sorted({f for run in left_out for f in run})) or "none"
+    return [
+        "- multi-label: AUROC is the mean over the findings with at least "
+        f"{experiments.MIN_POSITIVES} positive and {experiments.MIN_POSITIVES} negative test images, "
+        f"each model at its own thresholds chosen on validation; left out: {names}; exact-match accuracy "
+        "is not shown"
+    ]
 
 
 TIME_NOTE = (

@@ -243,3 +243,49 @@ def test_the_verdict_compares_the_difference_of_seed_means_with_the_scratch_ci_w
     assert results_doc.reached({"accuracy": 0.90, "auroc": 0.97}, {"accuracy": 0.928}).startswith(
         "no: accuracy 0.900"
     )
+
+
+def test_scored_findings_need_enough_positive_and_negative_test_images():
+    y = np.zeros((20, 4), dtype=int)
+    y[:5, 0] = 1  # 5 positives, 15 negatives: scored
+    y[:4, 1] = 1  # 4 positives: left out
+    y[:16, 2] = 1  # 16 positives, 4 negatives: left out
+    y[:15, 3] = 1  # 15 positives, 5 negatives: scored
+    assert experiments.scored_findings(y).tolist() == [True, False, False, True]
+
+
+def _multi_label_eval(folder, y, probs, thresholds):
+    folder.mkdir(parents=True)
+    names = ["Effusion", "Hernia", "Mass"]
+    with open(folder / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient_id", "label", *(f"prob_{c}" for c in names)])
+        for i, (labels, p) in enumerate(zip(y, probs, strict=True)):
+            w.writerow([f"img{i}.png", f"p{i // 2}", "|".join(map(str, labels)), *p])
+    (folder / "metrics.json").write_text(json.dumps({"threshold": thresholds}))
+
+
+def test_a_multi_label_experiment_is_scored_on_the_findings_with_enough_test_images(tmp_path):
+    """Hernia (1 positive) is left out; the mean AUROC is over Effusion and Mass, each model keeps its own
+    thresholds for the findings scored."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((40, 3), dtype=int)
+    y[rng.choice(40, 12, replace=False), 0] = 1
+    y[3, 1] = 1
+    y[rng.choice(40, 9, replace=False), 2] = 1
+    probs = {n: np.clip(0.6 * y + rng.uniform(0, 0.6, y.shape), 0, 1) for n in ("a", "b")}
+    dirs = {n: tmp_path / n for n in probs}
+    _multi_label_eval(dirs["a"], y, probs["a"], [0.3, 0.5, 0.7])
+    _multi_label_eval(dirs["b"], y, probs["b"], [0.4, 0.5, 0.6])
+    result, left_out = experiments._multi_label_result(dirs, seed=0)
+    assert left_out == ["Hernia"]
+    assert result["test_set"]["class_names"] == ["Effusion", "Mass"]
+    for name, p in probs.items():
+        expected = np.mean([roc_auc_score(y[:, k], p[:, k]) for k in (0, 2)])
+        assert result["models"][name]["metrics"]["auroc"] == pytest.approx(expected, abs=1e-6)
+    assert result["models"]["a"]["threshold"] == [0.3, 0.7]
+    assert result["models"]["b"]["threshold"] == [0.4, 0.6]
+    row = experiments._arm_metrics(result["models"]["a"], None, multi_label=True)
+    assert row["accuracy"] is None and row["auroc"] == result["models"]["a"]["metrics"]["auroc"]

@@ -490,7 +490,7 @@ def compare_bundles(
     result = None
     if predictions:
         test, probs = align_predictions(predictions)
-        own = {name: _model_threshold(pred, threshold) for name, pred in predictions.items()}
+        own = {name: model_threshold(pred, threshold) for name, pred in predictions.items()}
         result = compare_predictions(
             test, probs, threshold=own, n_resamples=n_resamples, seed=seed, alpha=alpha, rank_by=rank_by
         )
@@ -511,7 +511,7 @@ def compare_bundles(
     return {"rows": rows, "comparison": result, "files": files}
 
 
-def _model_threshold(pred, default: float):
+def model_threshold(pred, default: float):
     """A multi-label model's per-class thresholds chosen on validation (the ones its own test metrics
     used, recorded in ``metrics.json`` beside its predictions), else ``default``."""
     if not pred.multi_label:

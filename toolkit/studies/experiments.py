@@ -13,6 +13,8 @@ Two kinds of experiment file:
   saved split, the same test set, CIs by (patient) bootstrap and paired tests between the arms.
   Optional ``time_to_accuracy`` (``fraction``, ``seeds``, ``targets``: test accuracies to reach):
   those runs keep every epoch's checkpoint, each tested after training (:func:`accuracy_per_epoch`).
+  Multi-label test sets are scored on the findings :func:`scored_findings` keeps (mean AUROC over
+  them, each model at its own validation-chosen thresholds); exact-match accuracy is not shown.
 
 Nothing here looks at a test image to choose anything: the split is the published one or made by
 ``datalist_for``; a label fraction is a seeded, stratified, patient-grouped subset of the
@@ -44,6 +46,7 @@ from toolkit.studies.compare import (
     bundle_command,
     compare_bundles,
     eval_overrides,
+    model_threshold,
     parse_overrides,
     recipe_digest,
 )
@@ -231,14 +234,18 @@ def _interval(node: Mapping | None) -> list[float | None]:
     return [node.get("low"), node.get("high")]
 
 
-def _arm_metrics(model: Mapping, positive: str | None) -> dict:
-    """Accuracy, AUROC (and sensitivity / specificity for a binary task) with their CIs."""
+def _arm_metrics(model: Mapping, positive: str | None, multi_label: bool = False) -> dict:
+    """Accuracy, AUROC (and sensitivity / specificity for a binary task) with their CIs; no accuracy
+    for a multi-label task (exact match of every finding says little and no published row uses it)."""
     row = {
         "accuracy": model["metrics"]["accuracy"],
         "accuracy_ci": _interval(model["intervals"]["accuracy"]),
         "auroc": model["metrics"]["auroc"],
         "auroc_ci": _interval(model["intervals"]["auroc"]),
     }
+    if multi_label:
+        row["accuracy"], row["accuracy_ci"] = None, [None, None]
+        return row
     full = model["full"]
     names = list(full["per_class"])
     if positive is not None and positive not in names:
@@ -264,6 +271,34 @@ def _paired(result: Mapping) -> dict:
             for m in ("accuracy", "auroc")
         }
     return out
+
+
+MIN_POSITIVES = 5
+
+
+def scored_findings(y_true: np.ndarray, min_positives: int = MIN_POSITIVES) -> np.ndarray:
+    """Which findings of a multi-label test set (``y_true``: images x findings, 0 / 1) are scored: those
+    with at least ``min_positives`` positive and as many negative images. With fewer, a finding's AUROC
+    is undefined in many bootstrap resamples and rests on a handful of images (a small subset's rare
+    findings: ChestX-ray14's Hernia has 1 test image in 188)."""
+    positives = np.asarray(y_true).sum(axis=0)
+    return (positives >= min_positives) & (len(y_true) - positives >= min_positives)
+
+
+def _multi_label_result(eval_dirs: Mapping[str, Path], seed: int) -> tuple[dict, list[str]]:
+    """The arms compared on the scored findings only (:func:`scored_findings`), each at its own
+    thresholds chosen on validation; also the names of the findings left out."""
+    predictions = {n: read_predictions(d / "predictions.csv") for n, d in eval_dirs.items()}
+    test, probs = align_predictions(predictions)
+    keep = scored_findings(test.y_true)
+    names = [c for c, k in zip(test.class_names, keep, strict=True) if k]
+    subset = ComparisonSet(test.images, test.groups, test.y_true[:, keep], names, True)
+    own = {}
+    for name, pred in predictions.items():
+        used = model_threshold(pred, 0.5)
+        own[name] = used if isinstance(used, float) else np.asarray(used)[keep]
+    result = compare_predictions(subset, {n: p[:, keep] for n, p in probs.items()}, own, seed=seed)
+    return result, [c for c, k in zip(test.class_names, keep, strict=True) if not k]
 
 
 def _subset_rows(predictions_csv: Path, spec: Mapping, data_dir: Path) -> set[str]:
@@ -328,6 +363,11 @@ def run_classification(
             extra = ["--seed", str(seed), *(["--checkpoints_kept", "0"] if timed else [])]
             summary = compare_bundles(arms, subset, run_dir, seed=0, overrides=[*common, *extra], reuse=True)
             result = summary["comparison"]
+            ok = {r["name"]: Path(r["eval_dir"]) for r in summary["rows"] if r["status"] == "ok"}
+            multi_label = bool(result and result["test_set"]["multi_label"])
+            left_out = None
+            if multi_label:
+                result, left_out = _multi_label_result(ok, seed=0)
             entry = {
                 "fraction": fraction,
                 "seed": seed,
@@ -339,7 +379,7 @@ def run_classification(
             for row in summary["rows"]:
                 arm = {"status": row["status"], "train_seconds": row["seconds"].get("training")}
                 if row["status"] == "ok":
-                    arm.update(_arm_metrics(result["models"][row["name"]], positive))
+                    arm.update(_arm_metrics(result["models"][row["name"]], positive, multi_label))
                     histories[row["name"]] = _history(Path(row["ckpt_dir"]))
                     arm["epochs"], arm["train_cpu_seconds"] = _epochs(histories[row["name"]])
                     arm["weights_sha256"] = sha256_file(Path(row["ckpt_dir"]) / "model.pt")
@@ -350,8 +390,9 @@ def run_classification(
                 entry["paired"] = _paired(result)
             doc = load_datalist(subset)
             entry["images"] = {k: len(doc[k]) for k in ("training", "validation", "test") if k in doc}
+            if left_out is not None:
+                entry["findings_left_out"] = left_out
             entry["subsets"] = {}
-            ok = {r["name"]: Path(r["eval_dir"]) for r in summary["rows"] if r["status"] == "ok"}
             for label, subset_spec in spec.get("test_subsets", {}).items():
                 if not ok:
                     continue
