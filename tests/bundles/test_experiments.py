@@ -289,3 +289,12 @@ def test_a_multi_label_experiment_is_scored_on_the_findings_with_enough_test_ima
     assert result["models"]["b"]["threshold"] == [0.4, 0.6]
     row = experiments._arm_metrics(result["models"]["a"], None, multi_label=True)
     assert row["accuracy"] is None and row["auroc"] == result["models"]["a"]["metrics"]["auroc"]
+
+
+def test_a_multi_label_test_set_too_small_for_the_rule_scores_every_finding(tmp_path):
+    y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    probs = np.clip(0.5 * y + 0.25, 0, 1)
+    _multi_label_eval(tmp_path / "a", y, probs, [0.5, 0.5, 0.5])
+    result, left_out = experiments._multi_label_result({"a": tmp_path / "a"}, seed=0)
+    assert left_out == []
+    assert result["test_set"]["class_names"] == ["Effusion", "Hernia", "Mass"]

@@ -291,6 +291,13 @@ def _multi_label_result(eval_dirs: Mapping[str, Path], seed: int) -> tuple[dict,
     predictions = {n: read_predictions(d / "predictions.csv") for n, d in eval_dirs.items()}
     test, probs = align_predictions(predictions)
     keep = scored_findings(test.y_true)
+    if not keep.any():  # a test set too small for the rule: every finding, with AUROC n/a where undefined
+        logger.warning(
+            "no finding has %d positive and %d negative test images: all are scored",
+            MIN_POSITIVES,
+            MIN_POSITIVES,
+        )
+        keep = np.ones(len(test.class_names), dtype=bool)
     names = [c for c, k in zip(test.class_names, keep, strict=True) if k]
     subset = ComparisonSet(test.images, test.groups, test.y_true[:, keep], names, True)
     own = {}
