@@ -172,14 +172,10 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
 
 def _findings_line(summary: dict | None) -> list[str]:
     """Multi-label experiments: the findings left out of the scores (the same in every run: one split)."""
-    left_out = {
-        tuple(run["findings_left_out"])
-        for run in (summary or {}).get("runs", [])
-        if "findings_left_out" in run
-    }
-    if not left_out:
+    runs = [run for run in (summary or {}).get("runs", []) if "findings_left_out" in run]
+    if not runs:
         return []
-    names = ", ".join(sorted({f for run in left_out for f in run})) or "none"
+    names = ", ".join(sorted({f for run in runs for f in run["findings_left_out"]})) or "none"
     return [
         "- multi-label: AUROC is the mean over the findings with at least "
         f"{experiments.MIN_POSITIVES} positive and {experiments.MIN_POSITIVES} negative test images, "

@@ -298,14 +298,14 @@ def _multi_label_result(eval_dirs: Mapping[str, Path], seed: int) -> tuple[dict,
             MIN_POSITIVES,
         )
         keep = np.ones(len(test.class_names), dtype=bool)
-    names = [c for c, k in zip(test.class_names, keep, strict=True) if k]
-    subset = ComparisonSet(test.images, test.groups, test.y_true[:, keep], names, True)
+    scored = [c for c, k in zip(test.class_names, keep, strict=True) if k]
+    subset = ComparisonSet(test.images, test.groups, test.y_true[:, keep], scored, True)
     own = {}
     for name, pred in predictions.items():
         used = model_threshold(pred, 0.5)
         own[name] = used if isinstance(used, float) else np.asarray(used)[keep]
     result = compare_predictions(subset, {n: p[:, keep] for n, p in probs.items()}, own, seed=seed)
-    return result, [c for c, k in zip(test.class_names, keep, strict=True) if not k]
+    return result, [c for c in test.class_names if c not in scored]
 
 
 def _subset_rows(predictions_csv: Path, spec: Mapping, data_dir: Path) -> set[str]:
