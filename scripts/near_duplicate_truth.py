@@ -5,7 +5,9 @@ source tiles): recall of same-group pairs, precision of the named pairs. Prints 
         --truth ../shared/data/lc25000_lung_224/source_tiles.csv --group-column source_tile
 
 Every image is put in one split, so each pair the audit confirms (exact, hash stage, embedding
-stage) is counted once, whichever split it would fall in.
+stage) is counted once, whichever split it would fall in. ``--dev-folder lung_aca`` also scores the
+pairs inside that subfolder (where a rule is chosen) apart from those with neither image in it (held
+out): a threshold chosen on the first is then measured on the second.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def named_pairs(report: dict, min_inliers: int = 0) -> set[tuple[str, str]]:
     return pairs
 
 
-def score(report: dict, root: Path, truth: dict[str, str], min_inliers: int = 0) -> dict:
+def score(
+    report: dict, root: Path, truth: dict[str, str], min_inliers: int = 0, keep=lambda image: True
+) -> dict:
+    """Recall and precision of the named pairs whose two images both pass ``keep``."""
     groups = defaultdict(list)
     for name, group in truth.items():
         groups[group].append(str(root / name))
     true = {tuple(sorted(p)) for members in groups.values() for p in itertools.combinations(members, 2)}
-    named = named_pairs(report, min_inliers)
+    true = {p for p in true if keep(p[0]) and keep(p[1])}
+    named = {p for p in named_pairs(report, min_inliers) if keep(p[0]) and keep(p[1])}
     hit = named & true
     stages = defaultdict(int)
     for record in report["within_split_pairs"]:
@@ -73,6 +79,7 @@ def main() -> None:
         "--also-at", default="", help="more keypoint thresholds to score, e.g. 4,5 (>= --min-inliers)"
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--dev-folder", default=None, help="also score inside this subfolder and outside it")
     args = parser.parse_args()
     root = Path(args.folder).resolve()
     with open(args.truth, newline="") as f:
@@ -94,6 +101,19 @@ def main() -> None:
         result[f"at_min_inliers_{extra}"] = {
             k: scored[k] for k in ("named_pairs", "true_pairs_named", "recall", "precision")
         }
+    if args.dev_folder:
+        dev = str(root / args.dev_folder) + "/"
+        subsets = {"dev": lambda p: p.startswith(dev), "held_out": lambda p: not p.startswith(dev)}
+        thresholds = [args.min_inliers] + [int(t) for t in args.also_at.split(",") if t.strip()]
+        for subset, keep in subsets.items():
+            result[subset] = {
+                f"at_min_inliers_{t}": {
+                    k: v
+                    for k, v in score(report, root, truth, t, keep).items()
+                    if k in ("true_pairs", "named_pairs", "true_pairs_named", "recall", "precision")
+                }
+                for t in thresholds
+            }
     result.update(
         images=len(files),
         seconds=round(time.perf_counter() - started, 1),
