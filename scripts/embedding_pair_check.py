@@ -26,6 +26,7 @@ from pathlib import Path
 def main() -> None:
     from toolkit.cli.audit import read_image
     from toolkit.data.audit import audit_datalist
+    from toolkit.data.audit.registration import DEFAULT_MIN_INLIERS
     from toolkit.networks.embeddings import ImageEmbedder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,7 +88,7 @@ def main() -> None:
                 "transform": r["transform"],
             }
         )
-    thresholds = sorted({args.min_inliers, 4, 5, 6, 8, 10, 15, 20})
+    thresholds = sorted({args.min_inliers, 4, 5, 6, 8, DEFAULT_MIN_INLIERS, 10, 15, 20})
     result = {
         "labels": args.labels,
         "every": args.every,

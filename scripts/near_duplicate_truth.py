@@ -21,9 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def named_pairs(report: dict, min_inliers: int = 0) -> set[tuple[str, str]]:
-    """Every pair the audit named; embedding-stage pairs only with at least ``min_inliers``."""
-    pairs = set()
+def named_pairs(report: dict, min_inliers: int = 0) -> dict[tuple[str, str], int | None]:
+    """Every pair the audit named -> its keypoint inliers (None outside the embedding stage);
+    embedding-stage pairs only with at least ``min_inliers``."""
+    pairs = {}
     for record in (
         report["within_split_pairs"]
         + report["leakage"]["exact_duplicates"]
@@ -31,7 +32,7 @@ def named_pairs(report: dict, min_inliers: int = 0) -> set[tuple[str, str]]:
     ):
         if record.get("stage") == "embedding" and record["keypoint_inliers"] < min_inliers:
             continue
-        pairs.add(tuple(sorted((record["a"]["image"], record["b"]["image"]))))
+        pairs[tuple(sorted((record["a"]["image"], record["b"]["image"])))] = record.get("keypoint_inliers")
     return pairs
 
 
@@ -44,7 +45,8 @@ def score(
         groups[group].append(str(root / name))
     true = {tuple(sorted(p)) for members in groups.values() for p in itertools.combinations(members, 2)}
     true = {p for p in true if keep(p[0]) and keep(p[1])}
-    named = {p for p in named_pairs(report, min_inliers) if keep(p[0]) and keep(p[1])}
+    inliers = {p: n for p, n in named_pairs(report, min_inliers).items() if keep(p[0]) and keep(p[1])}
+    named = set(inliers)
     hit = named & true
     stages = defaultdict(int)
     for record in report["within_split_pairs"]:
@@ -56,7 +58,7 @@ def score(
         "true_pairs_named": len(hit),
         "recall": round(len(hit) / max(len(true), 1), 3),
         "precision": round(len(hit) / max(len(named), 1), 3),
-        "false_pairs": sorted([list(p) for p in named - true]),
+        "false_pairs": sorted(([*p, inliers[p]] for p in named - true), key=lambda r: (-(r[2] or 0), r)),
         "named_by_stage": dict(stages),
     }
 

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 from toolkit.data.audit.embeddings import BatchEmbedding, EmbeddingCache, candidate_pairs
-from toolkit.data.audit.registration import REG_SIZE, image_keypoints, verify
+from toolkit.data.audit.registration import REG_SIZE, image_keypoints, match_descriptors, verify
 
 
 def _texture(seed: int, n: int = 256) -> np.ndarray:
@@ -42,6 +42,27 @@ def test_keypoints_confirm_a_rotated_zoomed_mirrored_copy():
     assert abs(match["scale"] - 1.3) < 0.1 or abs(match["scale"] - 1 / 1.3) < 0.1, match
     other = verify(image_keypoints(_thumb(a)), image_keypoints(_thumb(_texture(1))))
     assert other["inliers"] < 6, other
+
+
+def test_descriptor_matches_are_mutual_nearest_passing_the_ratio_test():
+    """Against the definition, pair by pair: j is i's nearest, i is j's nearest, and i's nearest is
+    closer than 0.8 x its second nearest."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 128)).astype(np.uint8)
+    b = np.concatenate(
+        [a[:15] + rng.integers(0, 3, (15, 128)).astype(np.uint8), rng.integers(0, 256, (30, 128))]
+    )
+    b = b.astype(np.uint8)
+    dist = np.linalg.norm(a[:, None, :].astype(float) - b[None, :, :].astype(float), axis=2)
+    expected = []
+    for i in range(len(a)):
+        j = int(dist[i].argmin())
+        second = np.sort(dist[i])[1]
+        if int(dist[:, j].argmin()) == i and dist[i, j] < 0.8 * second:
+            expected.append((i, j))
+    assert [tuple(m) for m in match_descriptors(a, b).tolist()] == expected
+    assert expected[:15] == [(i, i) for i in range(15)]  # the near copies, and only they
+    assert len(expected) == 15
 
 
 def test_candidate_pairs_are_mutual_nearest_above_similarity():

@@ -19,7 +19,9 @@ from PIL import Image
 
 from tests.bundles.test_model_info import _cit
 from toolkit.bundle.precision_guard import GuardRefused
-from toolkit.bundle.quantize import quantize_onnx
+from toolkit.bundle.quantize import cpu_has_vnni, quantize_onnx
+from toolkit.inference import backends
+from toolkit.inference.backends import current_int8_export
 
 pytest.importorskip("onnxruntime")
 
@@ -233,3 +235,23 @@ def test_an_export_without_its_weights_file_is_never_used(exported, tmp_path):
     assert refused.returncode == 1 and "lacks its weights file model.onnx.data" in refused.stderr
     result, run = _infer(models, root / "images" / "val", tmp_path / "auto")
     assert result.returncode == 0 and run["options"]["backend"] == "onnxruntime-int8"
+
+
+def test_full_8bit_weights_are_not_used_on_a_cpu_without_int8_dot_products(exported, tmp_path, monkeypatch):
+    """Without VNNI / AMX, ONNX Runtime's uint8 x int8 products can saturate with 8-bit weights: the
+    export made here chose the weight range for this CPU, and an export with 8-bit weights (checked on
+    another CPU) is not used on one without them."""
+    root, _ = exported
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    record_path = models / "model.int8.onnx.json"
+    record = json.loads(record_path.read_text())
+    assert record["quantization"]["reduce_range"] is (not cpu_has_vnni())
+    assert current_int8_export(models / "model.pt")[0] == models / "model.int8.onnx"
+    record["quantization"]["reduce_range"] = False
+    record_path.write_text(json.dumps(record))
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: False)
+    path, why_not = current_int8_export(models / "model.pt")
+    assert path is None and "this CPU lacks them" in why_not
+    monkeypatch.setattr(backends, "cpu_has_vnni", lambda: True)
+    assert current_int8_export(models / "model.pt")[0] == models / "model.int8.onnx"

@@ -2,7 +2,8 @@
 
 :func:`quantize_onnx` turns the fp32 ONNX export of a trained model (``cit export --format onnx``)
 into ``model.int8.onnx``: ``quant_pre_process`` (shape inference and graph optimisation), then static
-quantization (``quantize_static``: QDQ, per-channel int8 weights, uint8 activations) calibrated on
+quantization (``quantize_static``: QDQ, per-channel int8 weights, uint8 activations; weights in 7 bits
+on a CPU without int8 dot-product instructions, see :func:`cpu_has_vnni`) calibrated on
 un-augmented images of the model's recorded **training** split, preprocessed exactly as the model
 was validated. It then compares the fp32 and the int8 model on the recorded **validation** split
 (``toolkit.bundle.precision_guard``) and writes the comparison into ``model.int8.onnx.json``; inference
@@ -51,6 +52,18 @@ class QuantizeResult:
     record: dict
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI / AVX-VNNI, or AMX), as torch
+    reports them. Without them ONNX Runtime multiplies uint8 activations by int8 weights with an
+    instruction whose 16-bit sums saturate, and a model quantized with full 8-bit weights can change its
+    answers (ONNX Runtime's quantization guide: use ``reduce_range``, 7-bit weights, there). Seen here: the
+    tiny model of tests/inference/test_int8_export.py flipped 1 of its 12 validation answers with 8-bit
+    weights on an AVX2-only CPU."""
+    import torch
+
+    return bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def int8_path(onnx_path: str | os.PathLike) -> Path:
     """``model.int8.onnx`` beside the fp32 export ``onnx_path``."""
     return Path(onnx_path).with_name(INT8_NAME)
@@ -94,7 +107,8 @@ def quantize_onnx(
     if not len(calib):
         raise ValueError("none of the chosen training images could be read for calibration")
 
-    out = _quantized(onnx_path, calib, method)
+    reduce_range = not cpu_has_vnni()
+    out = _quantized(onnx_path, calib, method, reduce_range)
     context = checked_with(ckpt_dir)
     runners = tuple(_onnx_runner(path) for path in (onnx_path, out))
     guard = compare_on_validation(
@@ -105,7 +119,7 @@ def quantize_onnx(
         "source_weights_sha256": sha256_file(ckpt_dir / "model.pt"),
         "source_onnx_sha256": sha256_file(onnx_path),
         "sha256": sha256_file(out),
-        **_quantization_record(out, method),
+        **_quantization_record(out, method, reduce_range),
         "calibration": {
             "split": "training",
             "split_fingerprint": split.get("split_fingerprint"),
@@ -126,9 +140,9 @@ def quantize_onnx(
     return QuantizeResult(out, record)
 
 
-def _quantized(onnx_path: Path, calib: np.ndarray, method: str) -> Path:
+def _quantized(onnx_path: Path, calib: np.ndarray, method: str, reduce_range: bool) -> Path:
     """``model.int8.onnx`` beside ``onnx_path``: ONNX Runtime's pre-processing, then static quantization
-    calibrated on the images ``calib`` (written whole: temp file + rename)."""
+    calibrated on the images ``calib`` (written whole: temp file + rename); ``reduce_range``: 7-bit weights."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -144,13 +158,14 @@ def _quantized(onnx_path: Path, calib: np.ndarray, method: str) -> Path:
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
             calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(method, method.title())),
         )
         os.replace(Path(tmp) / INT8_NAME, out)
     return out
 
 
-def _quantization_record(out: Path, method: str) -> dict:
+def _quantization_record(out: Path, method: str, reduce_range: bool) -> dict:
     import onnx
     import onnxruntime
 
@@ -161,7 +176,9 @@ def _quantization_record(out: Path, method: str) -> dict:
             "tool": f"onnxruntime.quantization {onnxruntime.__version__} (quant_pre_process + quantize_static)",
             "format": "QDQ",
             "per_channel": True,
-            "weights": "int8",
+            "weights": "int8, 7-bit range" if reduce_range else "int8",
+            # 8-bit weights are safe only on a CPU with int8 dot products (cpu_has_vnni): inference checks it
+            "reduce_range": reduce_range,
             "activations": "uint8",
             "calibration_method": method,
         },

@@ -144,7 +144,7 @@ def _add_embedding_options(parser) -> None:
         "--embeddings",
         action="store_true",
         help="also run the second near-duplicate stage (ImageNet EfficientNet-Lite0 embeddings, nearest neighbours, "
-        "confirmed on ORB keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
+        "confirmed on SIFT keypoints under rotation / zoom / shift / mirror), which finds copies rotated by a few "
         "degrees, zoomed or cropped (LC25000); slower: about 0.3 s per image on 2 cores (--workers N helps). "
         "For histology-like images only: on chest radiographs it pairs different patients (docs/data-audit.md)",
     )
@@ -164,7 +164,7 @@ def _add_embedding_options(parser) -> None:
         "--min-inliers",
         type=int,
         default=DEFAULT_MIN_INLIERS,
-        help="embedding stage: min ORB keypoints of the two grey thumbnails that one rotation / zoom / "
+        help="embedding stage: min SIFT keypoints of the two grey thumbnails that one rotation / zoom / "
         f"shift (maybe mirrored) maps onto each other, confirming a candidate (default {DEFAULT_MIN_INLIERS})",
     )
     group.add_argument(

@@ -10,7 +10,9 @@ export is never used silently.
 ``onnxruntime-int8`` runs ``model.int8.onnx`` (`cit export --format onnx --int8`: static int8
 quantization, measured against fp32 on the validation split). ``auto`` prefers it on the CPU, but only
 when its record (``model.int8.onnx.json``) names these very weights, hashes this very file and marks it
-usable (it passed the accuracy check); otherwise the fp32 export, otherwise PyTorch.
+usable (it passed the accuracy check), and, when it has full 8-bit weights, only on a CPU with int8
+dot-product instructions like the one that checked it (``toolkit.bundle.quantize.cpu_has_vnni``);
+otherwise the fp32 export, otherwise PyTorch.
 
 ``--precision bf16`` runs the PyTorch backend under CPU bf16 autocast, only where oneDNN reports native
 bf16 support (AVX512-BF16 / AMX): elsewhere bf16 is emulated and several times slower, so it is refused;
@@ -29,7 +31,7 @@ import torch
 from toolkit.bundle.bf16_check import bf16_record_path, cpu_has_native_bf16
 from toolkit.bundle.export import FORMATS, export_record_path, onnx_weight_files
 from toolkit.bundle.precision_guard import checked_with
-from toolkit.bundle.quantize import INT8_NAME
+from toolkit.bundle.quantize import INT8_NAME, cpu_has_vnni
 from toolkit.io import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,11 @@ def current_int8_export(ckpt_path: str | Path) -> tuple[Path | None, str]:
     if record.get("usable") is not True:
         refusal = (record.get("validation") or {}).get("refusal") or "no accuracy check recorded"
         return None, f"{int8} did not pass its accuracy check against fp32: {refusal}"
+    if (record.get("quantization") or {}).get("reduce_range") is False and not cpu_has_vnni():
+        return None, (
+            f"{int8} has full 8-bit weights, checked on a CPU with int8 dot-product instructions (VNNI / AMX); "
+            "this CPU lacks them and its answers may differ: export it again here (7-bit weights)"
+        )
     why_not = _missing_weights(int8)
     return (None if why_not else int8), why_not
 

@@ -11,7 +11,7 @@ copies of one image, in both training and test. The audit looks for exactly that
   often rotated or mirrored; each candidate is confirmed with a finer 256-bit pHash and on the
   pixels (contrast-normalised thumbnail difference under the matched rotation / flip);
 * with an embedder (``cit audit --embeddings``), near-duplicates under small rotations, zooms and
-  crops: nearest ImageNet embeddings, confirmed by ORB keypoints that fit one similarity transform
+  crops: nearest ImageNet embeddings, confirmed by SIFT keypoints that fit one similarity transform
   (``embeddings``, ``registration``).
 
 It also looks for confounds: image properties (colour mode, channels as stored, bit depth, size,
@@ -31,7 +31,7 @@ The package, one module per concept (lower modules never import this one):
   and the 256-bit pHash / pixel confirmation of a candidate pair;
 * ``duplicates``: candidate pairs of 64-bit pHashes;
 * ``embeddings``: the embedding stage (feature cache, nearest-neighbour candidates);
-* ``registration``: keypoint confirmation of a candidate (ORB + RANSAC, scikit-image);
+* ``registration``: keypoint confirmation of a candidate (SIFT + RANSAC, OpenCV);
 * ``items``: datalist items as the audit sees them (flattened with their split, class names);
 * ``confounding``: image properties that predict the label;
 * ``report``: audit.md and writing audit.json + audit.md;

@@ -184,7 +184,7 @@ def _settings(
 
 EMBEDDING_RULE = (
     "among each image's k nearest embeddings, cosine similarity >= min_similarity; confirmed when >= min_inliers "
-    "ORB keypoints of the 224 px grey thumbnails fit one similarity transform (RANSAC, 2 px; the second image "
+    "SIFT keypoints of the 224 px grey thumbnails fit one similarity transform (RANSAC, 2 px; the second image "
     "also mirrored)"
 )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -183,12 +182,10 @@ _SHARED_POINTS: dict[int, tuple] = {}
 def _verify_chunk(chunk: Sequence[tuple[int, int, float]], min_inliers: int) -> list[dict]:
     from toolkit.data.audit.registration import verify  # noqa: PLC0415
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # RANSAC's "No inliers found": a pair that does not match
-        return [
-            {"i": i, "j": j, "similarity": s, **verify(_SHARED_POINTS[i], _SHARED_POINTS[j], min_inliers)}
-            for i, j, s in chunk
-        ]
+    return [
+        {"i": i, "j": j, "similarity": s, **verify(_SHARED_POINTS[i], _SHARED_POINTS[j], min_inliers)}
+        for i, j, s in chunk
+    ]
 
 
 def verify_candidates(
