@@ -12,9 +12,10 @@ transform within ``RESIDUAL`` px.
 
 SIFT replaced ORB (scikit-image's) here: on LC25000 the copies ORB missed shared too few ORB
 matches; SIFT confirms more of them, and the whole audit took 85 s instead of 309 s
-(docs/data-audit.md gives both, measured by ``scripts/near_duplicate_truth.py``). A global alignment (Fourier-Mellin phase correlation, tried
-first) failed on a third of the copies, those cropped off-centre with a large zoom, where the two
-pictures share only part of their field of view; keypoints need only the shared part.
+(docs/data-audit.md gives both, measured by ``scripts/near_duplicate_truth.py``). A global alignment
+(Fourier-Mellin phase correlation, tried first) failed on a third of the copies, those cropped
+off-centre with a large zoom, where the two pictures share only part of their field of view;
+keypoints need only the shared part.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def match_descriptors(da: np.ndarray, db: np.ndarray, max_ratio: float = MAX_RAT
     """Mutual nearest neighbours of two sets of descriptors (Euclidean distance) passing Lowe's
     ratio test: ``(k, 2)`` index pairs. What scikit-image's ``match_descriptors(cross_check=True,
     max_ratio=...)`` returns, written here with one matrix product because its ``cdist`` took 30 ms
-    for two sets of 500 keypoints, ten times this."""
+    for two sets of 500 keypoints, twice per candidate pair."""
     a, b = da.astype(np.float32), db.astype(np.float32)
     if len(a) < 2 or len(b) < 2:
         return np.empty((0, 2), np.intp)
