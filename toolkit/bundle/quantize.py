@@ -176,8 +176,9 @@ def _quantization_record(out: Path, method: str, reduce_range: bool) -> dict:
             "tool": f"onnxruntime.quantization {onnxruntime.__version__} (quant_pre_process + quantize_static)",
             "format": "QDQ",
             "per_channel": True,
-            "weights": "int8, 7-bit range" if reduce_range else "int8",
-            # 8-bit weights are safe only on a CPU with int8 dot products (cpu_has_vnni): inference checks it
+            "weights": "int8",
+            # True: weights in 7 bits; full 8-bit weights are safe only on a CPU with int8 dot products
+            # (cpu_has_vnni), which inference checks
             "reduce_range": reduce_range,
             "activations": "uint8",
             "calibration_method": method,
