@@ -42,3 +42,9 @@ def test_bad_scales_are_refused():
         create_network("multiscale_resnet18", num_classes=2, scales=[1.0, 2.0])
     with pytest.raises(ValueError, match="scales must be distinct numbers"):
         create_network("multiscale_resnet18", num_classes=2, scales=[])
+
+
+def test_scales_for_a_plain_network_name_the_multiscale_one():
+    # the multi-scale bundle's model_kwargs with `--model_name tf_efficientnet_lite0` (a TypeError from timm before)
+    with pytest.raises(ValueError, match="name the multi-scale network 'multiscale_tf_efficientnet_lite0'"):
+        create_network("tf_efficientnet_lite0", num_classes=2, scales=[1.0, 0.5])

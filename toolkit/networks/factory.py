@@ -111,6 +111,12 @@ def _build(
         scales = model_kwargs.pop("scales", (1.0, 0.5, 0.25))
         trunk = _build(trunk_name(name), 0, in_channels, spatial_dims, 0.0, model_kwargs)
         return MultiScaleNet(trunk, num_classes, scales, drop_rate)
+    if "scales" in model_kwargs:  # the multi-scale bundle's model_kwargs given a plain network name
+        raise ValueError(
+            f"{name!r} is not a multi-scale network, but scales {list(model_kwargs['scales'])} were given "
+            f"(model_kwargs): name the multi-scale network {'multiscale_' + name!r} instead, "
+            "or drop the scales"
+        )
     if name not in SUPPORTED_2D and not timm.is_model(name.split(".")[0]):
         raise ValueError(
             f"Unknown 2-D network {name!r}; supported: {', '.join(SUPPORTED_2D)} "
