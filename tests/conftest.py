@@ -18,6 +18,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), loaded afresh."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def on_ci() -> bool:
     """True when the environment variable CI is "true" (or "1"), as CI services set it."""
     return os.environ.get("CI", "").strip().lower() in ("true", "1")

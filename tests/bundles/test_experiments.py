@@ -5,7 +5,6 @@ PneumoniaMNIST rebuild, and the table logic on hand-made summaries."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -13,17 +12,13 @@ import pytest
 
 from tests.bundles.bundle_helpers import REPO_ROOT
 from tests.bundles.test_compare import _stripes
+from tests.conftest import load_script
 from toolkit.data import load_datalist
 from toolkit.studies import experiments, results_doc
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "reproduce_results", REPO_ROOT / "scripts" / "reproduce_results.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_results")
 
 
 def test_the_repositorys_experiments_are_well_formed():

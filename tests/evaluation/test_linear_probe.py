@@ -3,18 +3,13 @@ tested with the audit)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("linear_probe", REPO_ROOT / "scripts" / "linear_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("linear_probe")
 
 
 def _datalist(rng, swap_test: bool):
