@@ -189,7 +189,7 @@ TIME_NOTE = (
     "training (it stopped and selected nothing); CPU-minutes are the CPU time of the training process "
     "(all its threads) over the epochs' iterations, without validation, evaluation or start-up. It grows "
     "less than wall time when other jobs share the machine, but it does grow (a training process whose "
-    "threads wait for the cores still counts some of the wait: 23 CPU-seconds an epoch alone, 45-63 "
+    "threads wait for the cores still counts some of the wait: 23 CPU-seconds an epoch alone, 37-63 "
     "while another job ran, in distill_pool's run of 2026-12-07); on an otherwise idle 2-core machine "
     "a 2-thread run takes about half as many wall minutes."
 )
