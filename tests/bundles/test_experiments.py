@@ -240,6 +240,21 @@ def test_the_verdict_compares_the_difference_of_seed_means_with_the_scratch_ci_w
     )
 
 
+def test_a_published_entry_without_figures_gives_a_row_with_nothing_to_reach():
+    arm = {**_arm(0.9, 0.85, 0.95), "status": "ok", "epochs": 5, "train_cpu_seconds": 60.0}
+    summary = {
+        "spec": {
+            "title": "Three classes",
+            "published": [{"source": "no comparable figure in the references"}],
+        },
+        "runs": [{"fraction": 1.0, "seed": 0, "images": {"test": 30}, "arms": {"imagenet": arm}}],
+    }
+    header, _, row = results_doc.published_table([summary])
+    assert row.count("|") == header.count("|")
+    assert row.endswith("| none (no comparable figure in the references) | - |")
+    assert "| 0.900 [0.850, 0.950] |" in row
+
+
 def test_scored_findings_need_enough_positive_and_negative_test_images():
     y = np.zeros((20, 4), dtype=int)
     y[:5, 0] = 1  # 5 positives, 15 negatives: scored

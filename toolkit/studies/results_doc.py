@@ -35,11 +35,14 @@ def training_time(arm: Mapping) -> str:
 
 def _published_cell(published: Mapping) -> str:
     values = ", ".join(f"{m} {published[m]:.3f}" for m in METRICS if m in published)
-    return f"{values} ({published['source']})"
+    return f"{values or 'none'} ({published['source']})"
 
 
 def reached(arm: Mapping, published: Mapping) -> str:
-    """``yes`` when every published metric is met by our point estimate, else what falls short."""
+    """``yes`` when every published metric is met by our point estimate, else what falls short; ``-``
+    for an entry with a source and no figure (a row with nothing comparable published)."""
+    if not any(m in published for m in METRICS):
+        return "-"
     short = [m for m in METRICS if m in published and (arm.get(m) is None or arm[m] < published[m])]
     return (
         "yes"
