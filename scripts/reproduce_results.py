@@ -115,9 +115,9 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         "validation and test kept whole), two seeds each (the seed draws the label subset and the "
         "initialisation of the head / network). Pretrained arms: `simclr` (the project's SimCLR backbone, "
         "ssl_pool), `imagenet` (EfficientNet-Lite0 from its ImageNet-1k weights), `imagenet_distilled` (the "
-        "study's ResNet-18 taught by that Lite0 on unlabelled training images, distill_pool). The last columns "
-        "ask, for each pretrained arm, whether the difference of the seed means exceeds the mean width of the "
-        "scratch arm's 95% CI.",
+        "study's ResNet-18 taught by that Lite0 on the target's unlabelled training images: distill_pool, "
+        "distill_pool_kermany). The last columns ask, for each pretrained arm, whether the difference of the "
+        "seed means exceeds the mean width of the scratch arm's 95% CI.",
         "",
     ]
     for summary in summaries:
