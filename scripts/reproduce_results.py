@@ -117,7 +117,9 @@ def render(specs: dict[str, dict], out_dir: Path) -> str:
         "ssl_pool), `imagenet` (EfficientNet-Lite0 from its ImageNet-1k weights), `imagenet_distilled` (the "
         "study's ResNet-18 taught by that Lite0 on the target's unlabelled training images: distill_pool, "
         "distill_pool_kermany). The last columns ask, for each pretrained arm, whether the difference of the "
-        "seed means exceeds the mean width of the scratch arm's 95% CI.",
+        "seed means exceeds the mean width of the scratch arm's 95% CI. That bar is strict: the width spans "
+        "about four standard errors of one run's accuracy, more than a difference needs to be significant in "
+        "the paired tests listed under each table.",
         "",
     ]
     for summary in summaries:
