@@ -89,6 +89,13 @@ def csv_text(rows: Iterable[Iterable]) -> str:
     return buffer.getvalue()
 
 
+def float_text(value: float) -> str:
+    """A float (a probability, mostly) as CSV text with the 9 significant digits that round-trip a
+    float32. Six decimals, as written before, tied every probability above 0.9999995 or under 5e-7, and
+    the AUROC of a confident model, computed from the file, fell with the ties."""
+    return f"{float(value):.9g}"
+
+
 def atomic_write_csv(
     path: str | os.PathLike, header: list[str], rows: Iterable[Iterable], mode: int = 0o644
 ) -> Path:

@@ -72,6 +72,28 @@ def test_prediction_writer_does_not_depend_on_batching(tmp_path):
     ).read_text()
 
 
+def test_prediction_writer_keeps_the_probabilities_of_a_confident_model(tmp_path):
+    """Saturated softmax outputs differ only beyond six decimals: the file must keep them apart, or AUROC
+    computed from it (as `cit compare` does) ties them and falls."""
+    from sklearn.metrics import roc_auc_score
+
+    gaps = torch.tensor([-20.0, -18.0, -16.0, -15.0, 14.6, 15.0, 15.5, 16.0])
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+    probs = torch.softmax(torch.stack([-gaps / 2, gaps / 2], dim=1), dim=1)  # float32
+    records = [{"image": f"/data/{i}.png", "label": y} for i, y in enumerate(labels)]
+    engine = Engine(lambda e, batch: {"pred": probs[batch["index"]]})
+    PredictionWriter(tmp_path, ["normal", "pneumonia"], records).attach(engine)
+    engine.run([{"index": torch.arange(8)}])
+
+    with open(tmp_path / "predictions.csv") as f:
+        written = np.array([float(r["prob_pneumonia"]) for r in csv.DictReader(f)])
+    assert np.array_equal(written.astype(np.float32), probs[:, 1].numpy())  # float32 round trip
+    assert len(set(written)) == 8
+    assert (
+        roc_auc_score(labels, written) == roc_auc_score(labels, probs[:, 1].numpy()) == 0.625
+    )  # six decimals: 0.5
+
+
 def _history_run(path, epochs, start_epoch=0):
     """A trainer-like engine with an optimizer whose lr halves every epoch and a validator."""
     param = torch.nn.Parameter(torch.zeros(1))

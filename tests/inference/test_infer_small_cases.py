@@ -3,10 +3,12 @@ image (exit 6), and a run that fails before writing anything leaves no folder ho
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 
+import pytest
 import torch
 from infer_helpers import infer_args, png_bytes, read_csv
 
@@ -36,6 +38,22 @@ def test_journal_lines_that_are_not_rows_are_skipped_with_a_warning(
     assert "1 processed now, 2 done by an earlier run" in capsys.readouterr().err
     assert "skipped 5 line(s) of parts/predictions.part0.jsonl that are not result rows" in caplog.text
     assert (out / "predictions.csv").read_text() == reference
+
+
+def test_csv_probabilities_are_the_jsonl_ones(bundle_dir, tiny_ckpt, tmp_path):
+    """The CSV keeps every probability to float32 precision (it once rounded to six decimals)."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for k in range(3):
+        (inputs / f"{k}.png").write_bytes(png_bytes(k))
+    assert main(infer_args(bundle_dir, tiny_ckpt, inputs, out)) == EXIT_OK
+    full = {r["path"]: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    rows = read_csv(out / "predictions.csv")
+    probabilities = [c for c in rows[0] if c.startswith("prob_")]
+    assert probabilities and len(rows) == 3
+    for row in rows:
+        for column in probabilities:
+            assert float(row[column]) == pytest.approx(full[row["path"]][column], rel=1e-7, abs=0)
 
 
 def test_read_journals_ignores_values_that_are_not_rows(tmp_path):

@@ -21,7 +21,7 @@ from ignite.engine import Engine, Events
 from toolkit.engines import is_distributed
 from toolkit.evaluation import metrics as evaluation_metrics
 from toolkit.evaluation import thresholds
-from toolkit.io import atomic_write_csv
+from toolkit.io import atomic_write_csv, float_text
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class PredictionWriter:
             if has_labels:
                 row += [_label_text(record["label"]), self._label_name(record["label"])]
             pred = (p >= self.thresholds).astype(int).tolist() if self.multi_label else int(p.argmax())
-            row += [_label_text(pred), self._label_name(pred)] + [f"{v:.6f}" for v in p]
+            row += [_label_text(pred), self._label_name(pred)] + [float_text(v) for v in p]
             rows.append(row)
         path = self.output_dir / self.filename
         atomic_write_csv(path, header, rows)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from toolkit.io import atomic_write_bytes, csv_text
+from toolkit.io import atomic_write_bytes, csv_text, float_text
 
 logger = logging.getLogger(__name__)
 
@@ -133,5 +133,5 @@ def _csv_value(value):
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.6f}"
+        return float_text(value)
     return value
